@@ -1,0 +1,40 @@
+"""celeryflow: durable, event-driven workflows on the Celery you already run."""
+
+from .errors import (
+    CeleryflowError,
+    ConfigError,
+    EventError,
+    ExpressionError,
+    NondeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    RunNotFound,
+    SerializationError,
+    StepError,
+)
+from .events import Event, event
+from .flow import Flow
+from .functions import FlowFunction
+from .runs import Run, RunStatus, StepRecord
+from .steps import Context
+
+__all__ = [
+    "CeleryflowError",
+    "ConfigError",
+    "Context",
+    "Event",
+    "EventError",
+    "ExpressionError",
+    "Flow",
+    "FlowFunction",
+    "NonRetriableError",
+    "NondeterminismError",
+    "RetryAfterError",
+    "Run",
+    "RunNotFound",
+    "RunStatus",
+    "SerializationError",
+    "StepError",
+    "StepRecord",
+    "event",
+]

@@ -1,0 +1,384 @@
+"""Executes one run: claim it, replay recorded steps from the memo, do the next
+steps in-process, and leave the worker only when the run must wait.
+
+Each step is keyed by its id (``id:N`` for the N-th repeat of an id in one run, as
+Inngest does) and records its position; a replay that asks for a different kind of
+step under a recorded key is nondeterministic and fails the run (as DBOS does). A
+step found at another position only logs a warning, so adding a step to a deployed
+function does not break the runs already in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .codec import to_json
+from .durations import parse_datetime, parse_duration, utcnow
+from .errors import (
+    Interrupt,
+    NondeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    SerializationError,
+    StepError,
+)
+from .events import Event
+from .functions import FlowFunction
+from .leases import LeaseKeeper
+from .runs import RunStatus
+from .steps import AsyncSteps, Context, Steps
+from .store import Claim
+
+if TYPE_CHECKING:
+    from .flow import Flow, FlowSettings
+
+__all__ = ["Engine", "Execution", "error_info"]
+
+log = logging.getLogger("celeryflow.engine")
+S = RunStatus
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """What the store keeps of an error: type, message and traceback (JSON)."""
+    info: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+    if isinstance(exc, StepError):
+        info["step"] = exc.step_id
+        info["cause"] = {k: v for k, v in exc.error.items() if k != "traceback"}
+    return info
+
+
+@dataclass
+class StepPlan:
+    key: str
+    name: str
+    position: int
+    kind: str
+    prior_attempts: int = 0
+    new: bool = True
+    done: bool = False
+    value: Any = None
+    started_at: datetime = field(default_factory=utcnow)
+
+
+class Engine:
+    """Runs claimed runs for one Flow. Holds no Celery objects (see tasks.py)."""
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        self.leases = LeaseKeeper(flow.store, flow.settings.lease)
+        self._host = socket.gethostname()
+
+    def owner(self) -> str:
+        return f"{self._host}:{os.getpid()}:{threading.get_ident()}"
+
+    def execute(self, run_id: str) -> datetime | None:
+        """Run ``run_id`` as far as it goes now. Returns when the doorbell should
+        ring again (a short sleep or retry), or None."""
+        settings = self.flow.settings
+        now = utcnow()
+        claim = self.flow.store.claim(run_id, self.owner(), now, now + settings.lease)
+        if claim is None:
+            return self._not_claimed(run_id, now)
+        function = self.flow.functions.get(claim.run["function_id"])
+        if function is None:
+            # A rolling deploy: this worker lacks the function; another may have it.
+            log.error(
+                "run %s: function %r is not registered in this worker; released",
+                run_id,
+                claim.run["function_id"],
+            )
+            self.flow.store.park(
+                run_id,
+                claim.fence,
+                status=S.QUEUED,
+                wake_at=None,
+                due_at=now + settings.redeliver_after,
+            )
+            return None
+        self.leases.hold(run_id, claim.fence)
+        try:
+            return Execution(self.flow, function, claim).drive()
+        finally:
+            self.leases.release(run_id)
+
+    def _not_claimed(self, run_id: str, now: datetime) -> datetime | None:
+        row = self.flow.store.peek(run_id)
+        if row is None:
+            log.warning("run %s does not exist; message dropped", run_id)
+            return None
+        wake = row["wake_at"]
+        if row["status"] in (S.QUEUED.value, S.SLEEPING.value) and wake is not None and wake > now:
+            return wake  # an early doorbell (ETA restored early, reconciler look-ahead)
+        return None  # finished, or a live executor holds it: a duplicate delivery
+
+
+class Execution:
+    """One pass of one run through its function."""
+
+    def __init__(self, flow: Flow, function: FlowFunction, claim: Claim) -> None:
+        self.flow = flow
+        self.settings: FlowSettings = flow.settings
+        self.store = flow.store
+        self.function = function
+        self.claim = claim
+        self.run_id: str = claim.run["id"]
+        self.fence = claim.fence
+        self.memo = claim.steps
+        self._seen: dict[str, int] = {}
+        self._position = 0
+        self._in_step = False
+        events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
+        steps: Steps | AsyncSteps = AsyncSteps(self) if function.is_async else Steps(self)
+        self.ctx = Context(
+            run_id=self.run_id,
+            function_id=function.id,
+            events=events,
+            step=steps,
+            attempt=self._resume_attempt(),
+            logger=logging.LoggerAdapter(
+                logging.getLogger("celeryflow.run"),
+                {"run_id": self.run_id, "function_id": function.id},
+            ),
+        )
+
+    def _resume_attempt(self) -> int:
+        for row in self.memo.values():
+            if row["status"] == "retrying":
+                return int(row["attempts"])
+        return int(self.claim.run["attempt"])
+
+    # -- the function -----------------------------------------------------------------
+
+    def drive(self) -> datetime | None:
+        try:
+            if self.function.is_async:
+                output = asyncio.run(self.function.fn(self.ctx))
+            else:
+                output = self.function.fn(self.ctx)
+        except Interrupt as signal:
+            return signal.wake_at
+        except (StepError, NonRetriableError) as exc:
+            self._fail_run(exc)
+            return None
+        except Exception as exc:
+            return self._retry_or_fail_run(exc)
+        try:
+            text = to_json(output, f"function {self.function.id!r} output")
+        except SerializationError as exc:
+            self._fail_run(exc)
+            return None
+        if not self.store.finish(
+            self.run_id, self.fence, status=S.COMPLETED, now=utcnow(), output=text
+        ):
+            log.warning("run %s: completed, but it was cancelled or taken over", self.run_id)
+        return None
+
+    def _fail_run(self, exc: BaseException) -> None:
+        error = to_json(error_info(exc), "error")
+        if not self.store.finish(self.run_id, self.fence, status=S.FAILED, now=utcnow(), error=error):
+            log.warning("run %s: failed, but it was cancelled or taken over", self.run_id)
+
+    def _retry_or_fail_run(self, exc: Exception) -> datetime | None:
+        attempt = int(self.claim.run["attempt"]) + 1
+        if attempt > self.function.config.retries:
+            self._fail_run(exc)
+            return None
+        wake = utcnow() + self._retry_delay(exc, attempt)
+        self.ctx.logger.warning("function raised %r; retry %d at %s", exc, attempt, wake)
+        if not self.store.park(
+            self.run_id,
+            self.fence,
+            status=S.QUEUED,
+            wake_at=wake,
+            due_at=self._due_for(wake),
+            attempt=attempt,
+        ):
+            return None
+        return wake
+
+    # -- helpers the steps call ----------------------------------------------------------
+
+    def _next_key(self, name: str) -> tuple[str, int]:
+        if not isinstance(name, str) or not name:
+            raise NonRetriableError(f"a step id must be a non-empty string, got {name!r}")
+        if self._in_step:
+            raise NonRetriableError(
+                f"step {name!r} was called inside another step; steps cannot be nested"
+            )
+        count = self._seen.get(name, 0)
+        self._seen[name] = count + 1
+        position = self._position
+        self._position += 1
+        return (name if count == 0 else f"{name}:{count}"), position
+
+    def _recorded(self, key: str, name: str, kind: str, position: int) -> Any:
+        row = self.memo.get(key)
+        if row is None:
+            return None
+        if row["kind"] != kind:
+            raise NondeterminismError(
+                f"step {name!r} was recorded as a {row['kind']!r} step but the function now "
+                f"calls it as {kind!r}: the code changed under a run in flight"
+            )
+        if row["position"] != position:
+            self.ctx.logger.warning(
+                "step %r replayed at position %d, recorded at %d", key, position, row["position"]
+            )
+        return row
+
+    def _lost(self) -> Interrupt:
+        row = self.store.peek(self.run_id)
+        status = row["status"] if row else "missing"
+        self.ctx.logger.info("run left this executor: %s", status)
+        return Interrupt("cancelled" if status == S.CANCELLED.value else "lease lost")
+
+    def _due_for(self, wake: datetime) -> datetime:
+        # A wake within the horizon gets an ETA message; the reconciler only backs it
+        # up. A farther one is woken by the reconciler alone, so no message sits in a
+        # broker past Redis' visibility timeout or RabbitMQ's consumer_timeout.
+        if wake - utcnow() <= self.settings.eta_horizon:
+            return wake + self.settings.redeliver_after
+        return wake
+
+    def _retry_delay(self, exc: BaseException, attempt: int) -> timedelta:
+        if isinstance(exc, RetryAfterError):
+            if isinstance(exc.delay, datetime):
+                return max(timedelta(0), parse_datetime(exc.delay) - utcnow())
+            return parse_duration(exc.delay, "RetryAfterError delay")
+        base = self.settings.retry_base.total_seconds()
+        ceiling = self.settings.retry_max.total_seconds()
+        delay = min(ceiling, base * 2 ** (attempt - 1))
+        return timedelta(seconds=delay * random.uniform(0.5, 1.0))
+
+    # -- step.run ---------------------------------------------------------------------
+
+    def begin_run_step(self, name: str) -> StepPlan:
+        key, position = self._next_key(name)
+        plan = StepPlan(key=key, name=name, position=position, kind="run")
+        row = self._recorded(key, name, "run", position)
+        if row is not None:
+            if row["status"] == "completed":
+                plan.done = True
+                plan.value = None if row["output"] is None else json.loads(row["output"])
+                return plan
+            if row["status"] == "failed":
+                raise StepError(name, json.loads(row["error"]))
+            plan.prior_attempts = int(row["attempts"])
+            plan.new = False
+        self.ctx.attempt = plan.prior_attempts
+        return plan
+
+    @contextmanager
+    def inside_step(self, plan: StepPlan) -> Iterator[None]:
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    def complete_step(self, plan: StepPlan, result: Any, retries: int | None) -> Any:
+        try:
+            text = to_json(result, f"step {plan.name!r} result")
+        except SerializationError as exc:
+            self.fail_step(plan, NonRetriableError(str(exc)), retries)
+        values = self._step_values(plan, status="completed", output=text)
+        if not self.store.save_step(self.fence, values, new=plan.new):
+            raise self._lost()
+        return json.loads(text)
+
+    def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
+        """Record a failed attempt; raises StepError (for good) or Interrupt (retry)."""
+        attempts = plan.prior_attempts + 1
+        limit = self.function.config.retries if retries is None else retries
+        error = error_info(exc)
+        if isinstance(exc, NonRetriableError) or attempts > limit:
+            values = self._step_values(plan, status="failed", error=to_json(error, "error"))
+            values["attempts"] = attempts
+            if not self.store.save_step(self.fence, values, new=plan.new):
+                raise self._lost()
+            raise StepError(plan.name, error) from exc
+        wake = utcnow() + self._retry_delay(exc, attempts)
+        self.ctx.logger.warning(
+            "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
+        )
+        values = self._step_values(plan, status="retrying", error=to_json(error, "error"))
+        values["attempts"] = attempts
+        values["ended_at"] = None
+        if not self.store.park(
+            self.run_id,
+            self.fence,
+            status=S.QUEUED,
+            wake_at=wake,
+            due_at=self._due_for(wake),
+            step=(values, plan.new),
+        ):
+            raise self._lost()
+        raise Interrupt("retry", wake)
+
+    def _step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "run_id": self.run_id,
+            "key": plan.key,
+            "name": plan.name,
+            "position": plan.position,
+            "kind": plan.kind,
+            "status": status,
+            "output": None,
+            "error": None,
+            "attempts": plan.prior_attempts + 1,
+            "wake_at": None,
+            "started_at": plan.started_at,
+            "ended_at": utcnow(),
+        }
+        values.update(extra)
+        return values
+
+    # -- step.sleep -------------------------------------------------------------------
+
+    def sleep_until(self, name: str, when: Callable[[], datetime]) -> None:
+        key, position = self._next_key(name)
+        plan = StepPlan(key=key, name=name, position=position, kind="sleep", prior_attempts=0)
+        row = self._recorded(key, name, "sleep", position)
+        now = utcnow()
+        if row is not None:
+            if row["status"] == "completed":
+                return
+            wake = row["wake_at"]
+            plan.new = False
+            plan.started_at = row["started_at"]
+        else:
+            wake = when()
+        if wake <= now:
+            values = self._step_values(plan, status="completed", wake_at=wake)
+            values["attempts"] = 1
+            if not self.store.save_step(self.fence, values, new=plan.new):
+                raise self._lost()
+            return
+        values = self._step_values(plan, status="sleeping", wake_at=wake, ended_at=None)
+        values["attempts"] = 1
+        if not self.store.park(
+            self.run_id,
+            self.fence,
+            status=S.SLEEPING,
+            wake_at=wake,
+            due_at=self._due_for(wake),
+            step=(values, plan.new),
+        ):
+            raise self._lost()
+        raise Interrupt("sleep", wake)

@@ -1,0 +1,90 @@
+"""Every error celeryflow raises shares the root :class:`CeleryflowError`.
+
+:class:`Interrupt` is the exception: it is the engine's internal "this run leaves
+the worker now" signal and derives from ``BaseException`` so that user code written
+as ``except Exception:`` around a step cannot swallow a sleep or a wait.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "CeleryflowError",
+    "ConfigError",
+    "EventError",
+    "ExpressionError",
+    "Interrupt",
+    "NondeterminismError",
+    "NonRetriableError",
+    "RetryAfterError",
+    "RunNotFound",
+    "SerializationError",
+    "StepError",
+]
+
+
+class CeleryflowError(Exception):
+    """Root of every error raised by celeryflow."""
+
+
+class ConfigError(CeleryflowError, ValueError):
+    """A function definition or a Flow setting is invalid (raised at decoration time)."""
+
+
+class ExpressionError(ConfigError):
+    """A CEL expression does not compile, or failed to evaluate."""
+
+
+class EventError(CeleryflowError, ValueError):
+    """An event given to ``Flow.send`` is invalid; nothing of the call was written."""
+
+
+class SerializationError(CeleryflowError, TypeError):
+    """A value that must be stored as JSON is not JSON-serializable."""
+
+
+class RunNotFound(CeleryflowError, LookupError):
+    """No run with that id exists in the store."""
+
+
+class NonRetriableError(CeleryflowError):
+    """Raise from a step or a function to fail it at once, without further retries."""
+
+
+class NondeterminismError(NonRetriableError):
+    """A replay asked for a different kind of step than the one recorded under that id."""
+
+
+class RetryAfterError(CeleryflowError):
+    """Raise from a step to retry it after ``delay`` (seconds, duration string,
+    timedelta, or an absolute datetime) instead of the exponential back-off."""
+
+    def __init__(self, message: str, delay: float | str | timedelta | datetime) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class StepError(CeleryflowError):
+    """Raised into the function when a step failed for good (retries exhausted or
+    non-retriable). Catch it to compensate; uncaught, it fails the run."""
+
+    def __init__(self, step_id: str, error: dict[str, Any]) -> None:
+        self.step_id = step_id
+        self.error = error
+        self.error_type: str = str(error.get("type", "Exception"))
+        self.error_message: str = str(error.get("message", ""))
+        super().__init__(f"step {step_id!r} failed: {self.error_type}: {self.error_message}")
+
+
+class Interrupt(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """The run must leave this worker (it parked, was cancelled, or lost its lease).
+
+    ``reason`` says why; ``wake_at`` is set when a doorbell should ring at that time.
+    """
+
+    def __init__(self, reason: str, wake_at: datetime | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wake_at = wake_at

@@ -1,0 +1,200 @@
+"""Flow: binds a Celery app and a store, registers functions, sends events."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import tasks
+from .durations import Duration, parse_duration, utcnow
+from .engine import Engine
+from .errors import ConfigError
+from .events import Event, EventTrigger, prepare_events
+from .functions import DEFAULT_RETRIES, FlowFunction
+from .runs import Run, RunStatus
+from .store import Store
+
+__all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
+
+DEFAULT_STORE = "sqlite:///celeryflow.db"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FlowSettings(BaseModel):
+    """Knobs of the engine; durations take any form ``step.sleep`` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: str | None = None  # the Celery queue for celeryflow's own messages
+    lease: timedelta = timedelta(seconds=20)  # how long a silent executor keeps a run
+    reconcile_interval: timedelta = timedelta(seconds=5)
+    redeliver_after: timedelta = timedelta(seconds=30)  # ring again if nothing happened
+    eta_horizon: timedelta = timedelta(minutes=5)  # longer waits: the reconciler wakes them
+    retry_base: timedelta = timedelta(seconds=1)
+    retry_max: timedelta = timedelta(hours=1)
+    reconcile_in_worker: bool = True
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator(
+        "lease",
+        "reconcile_interval",
+        "redeliver_after",
+        "eta_horizon",
+        "retry_base",
+        "retry_max",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Duration) -> timedelta:
+        return parse_duration(value, "Flow setting")
+
+
+def new_run_id() -> str:
+    """Sortable by creation time, unique without coordination."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def default_broker_for(store_url: str) -> str | None:
+    """The embedded broker beside a SQLite store: its own file, because SQLite has
+    one writer at a time per file and doorbells should not queue behind steps."""
+    from .store.database import sqlite_path
+
+    path = sqlite_path(store_url)
+    if path is None or path == ":memory:":
+        return None
+    base = Path(path)
+    return f"celeryflow+sqlite:///{base.with_name(base.stem + '-broker.db')}"
+
+
+class Flow:
+    """Durable functions on an existing Celery app.
+
+    ``store`` is a SQLAlchemy URL; it defaults to ``$CELERYFLOW_STORE``, else
+    ``sqlite:///celeryflow.db``. If the app has no broker configured and the store
+    is SQLite, the app gets the embedded SQLite broker (``celeryflow+sqlite://``)
+    beside the store, so a first try needs no service at all.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        store: str | None = None,
+        *,
+        auto_migrate: bool | None = None,
+        **settings: Any,
+    ) -> None:
+        try:
+            self.settings = FlowSettings(**settings)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid Flow settings: {exc}") from None
+        self.app = app
+        url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
+        self.store = Store(url, auto_migrate=auto_migrate)
+        if not tasks.broker_configured(app):
+            broker = default_broker_for(url)
+            if broker is not None:
+                tasks.set_default_broker(app, broker)
+        self.functions: dict[str, FlowFunction] = {}
+        self.engine = Engine(self)
+        self.doorbell = tasks.install(self)
+
+    # -- defining functions -------------------------------------------------------------
+
+    def function(
+        self,
+        *,
+        id: str | None = None,
+        trigger: EventTrigger | list[EventTrigger] | None = None,
+        retries: int = DEFAULT_RETRIES,
+    ) -> Callable[[Callable[..., Any]], FlowFunction]:
+        """Register a durable function: ``@flow.function(id=..., trigger=event(...))``."""
+
+        def register(fn: Callable[..., Any]) -> FlowFunction:
+            function = FlowFunction.build(self, fn, id=id, trigger=trigger, retries=retries)
+            if function.id in self.functions:
+                raise ConfigError(
+                    f"function id {function.id!r} is already registered "
+                    f"(by {self.functions[function.id].fn!r}); ids must be unique"
+                )
+            self.functions[function.id] = function
+            return function
+
+        return register
+
+    # -- events -------------------------------------------------------------------------
+
+    def send(self, events: Event | dict[str, Any] | list[Event | dict[str, Any]]) -> list[str]:
+        """Record events and start the runs they trigger; returns the event ids.
+        An id already seen in the last 24 h starts nothing new."""
+        prepared = prepare_events(events)
+        now = utcnow()
+        functions = list(self.functions.values())
+
+        def plan_runs(ev: Event) -> list[dict[str, Any]]:
+            variables = {"event": ev.model_dump()}
+            return [
+                self._new_run(fn.id, [ev], now)
+                for fn in functions
+                if fn.wants(ev.name, variables)
+            ]
+
+        run_ids = self.store.record_events(prepared, plan_runs, now)
+        self.doorbell.ring(run_ids)
+        return [ev.id for ev in prepared if ev.id is not None]
+
+    def _new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
+        return {
+            "id": new_run_id(),
+            "function_id": function_id,
+            "event_id": evs[0].id,
+            "events": json.dumps([e.model_dump() for e in evs], separators=(",", ":")),
+            "status": RunStatus.QUEUED.value,
+            "attempt": 0,
+            "fence": 0,
+            "dispatches": 0,
+            "due_at": now + self.settings.redeliver_after,
+            "created_at": now,
+        }
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with its steps; raises RunNotFound."""
+        return self.store.get_run(run_id)
+
+    def list_runs(
+        self,
+        *,
+        event_id: str | None = None,
+        function_id: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Runs, newest first (without their steps; use get_run for those)."""
+        return self.store.list_runs(
+            event_id=event_id, function_id=function_id, status=status, limit=limit
+        )
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run: a parked one at once, a running one at its next step.
+        False if it had already ended."""
+        return self.store.cancel(run_id, utcnow())
+
+    def replay(self, run_id: str) -> str:
+        """Start a new run of the same function with the same event(s)."""
+        old = self.store.get_run(run_id)
+        now = utcnow()
+        evs = [Event.model_validate(e) for e in old.events]
+        row = self._new_run(old.function_id, evs, now)
+        self.store.insert_runs([row])
+        self.doorbell.ring([row["id"]])
+        return str(row["id"])

@@ -1,0 +1,61 @@
+"""Keeps the leases of the runs this process executes alive while their steps work.
+
+One daemon thread per process (started lazily, so prefork children get their own)
+renews every held lease each third of the lease time; steps themselves never pay
+for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+
+from .durations import utcnow
+from .store import Store
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger("celeryflow.leases")
+
+
+class LeaseKeeper:
+    def __init__(self, store: Store, lease: timedelta) -> None:
+        self.store = store
+        self.lease = lease
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+
+    def hold(self, run_id: str, fence: int) -> None:
+        with self._lock:
+            self._held[run_id] = fence
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._held = {run_id: fence}
+                self._thread = threading.Thread(
+                    target=self._loop, name="celeryflow-leases", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.pop(run_id, None)
+
+    def _loop(self) -> None:
+        interval = self.lease.total_seconds() / 3
+        while not self._wake.wait(interval):
+            with self._lock:
+                held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                lost = self.store.renew_leases(held, utcnow() + self.lease)
+            except Exception:  # a failed renewal is retried next round; the lease is long
+                log.exception("renewing %d run leases failed", len(held))
+                continue
+            for run_id in lost:
+                log.warning("run %s: lease lost (cancelled or taken over)", run_id)

@@ -1,0 +1,123 @@
+"""What user code sees: ``ctx.step.run``, ``ctx.step.sleep``... and the Context.
+
+The step objects are thin: the decisions (memo, retries, parking) live in
+:class:`celeryflow.engine.Execution`, shared by the sync and async variants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .durations import Duration, parse_datetime, parse_duration, utcnow
+from .events import Event
+
+if TYPE_CHECKING:
+    from .engine import Execution
+
+__all__ = ["AsyncSteps", "Context", "Steps"]
+
+
+def _resolve(result: Any) -> Any:
+    """A sync function may call an async step function; run it to completion."""
+    if inspect.isawaitable(result):
+        return asyncio.run(_awaited(result))
+    return result
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class Steps:
+    """Durable steps for ``def`` functions."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+
+    def run(
+        self, step_id: str, fn: Callable[..., Any], *args: Any, retries: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once for this run; later replays return its
+        recorded (JSON) result. ``retries`` overrides the function's setting."""
+        plan = self._x.begin_run_step(step_id)
+        if plan.done:
+            return plan.value
+        try:
+            with self._x.inside_step(plan):
+                result = _resolve(fn(*args, **kwargs))
+        except Exception as exc:
+            self._x.fail_step(plan, exc, retries)
+        return self._x.complete_step(plan, result, retries)
+
+    def sleep(self, step_id: str, duration: Duration) -> None:
+        """Park the run for ``duration`` ("3 days", "30s", "1h30m", seconds, timedelta)."""
+        delta = parse_duration(duration, f"step.sleep({step_id!r})")
+        self._x.sleep_until(step_id, lambda: utcnow() + delta)
+
+    def sleep_until(self, step_id: str, when: datetime | str) -> None:
+        """Park the run until ``when`` (aware or UTC datetime, or ISO-8601 string)."""
+        at = parse_datetime(when, f"step.sleep_until({step_id!r})")
+        self._x.sleep_until(step_id, lambda: at)
+
+
+class AsyncSteps:
+    """Durable steps for ``async def`` functions: ``await ctx.step.run(...)``."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+
+    async def run(
+        self, step_id: str, fn: Callable[..., Any], *args: Any, retries: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        plan = self._x.begin_run_step(step_id)
+        if plan.done:
+            return plan.value
+        try:
+            with self._x.inside_step(plan):
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            self._x.fail_step(plan, exc, retries)
+        return self._x.complete_step(plan, result, retries)
+
+    async def sleep(self, step_id: str, duration: Duration) -> None:
+        delta = parse_duration(duration, f"step.sleep({step_id!r})")
+        self._x.sleep_until(step_id, lambda: utcnow() + delta)
+
+    async def sleep_until(self, step_id: str, when: datetime | str) -> None:
+        at = parse_datetime(when, f"step.sleep_until({step_id!r})")
+        self._x.sleep_until(step_id, lambda: at)
+
+
+class Context:
+    """Passed to every flow function.
+
+    ``attempt`` is 0-based (as in Inngest): while a step is being retried it is that
+    step's attempt, otherwise the attempt of the function body.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        function_id: str,
+        events: list[Event],
+        step: Steps | AsyncSteps,
+        attempt: int,
+        logger: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.run_id = run_id
+        self.function_id = function_id
+        self.events = events
+        self.event = events[0]
+        self.step = step
+        self.attempt = attempt
+        self.logger = logger

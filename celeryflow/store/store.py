@@ -1,0 +1,486 @@
+"""The one place that writes SQL: every state change of events, runs and steps.
+
+Writes made on behalf of an executing run are *fenced*: they name the fence value
+the executor got when it claimed the run, and do nothing if the run was claimed
+again or cancelled since (DESIGN principle 3). The steady state costs one statement
+and one commit per step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..errors import ConfigError, RunNotFound
+from ..events import Event
+from ..runs import TERMINAL, Run, RunStatus, StepRecord, sources_of
+from .database import create_store_engine, sqlite_path
+from .tables import events, runs, steps
+
+__all__ = ["Claim", "DueRun", "Store"]
+
+EVENT_DEDUP_WINDOW = timedelta(hours=24)
+S = RunStatus
+
+
+@dataclass
+class Claim:
+    """A run this executor now holds, with every recorded step (one load per claim)."""
+
+    run: sa.RowMapping
+    fence: int
+    steps: dict[str, sa.RowMapping]
+
+
+@dataclass
+class DueRun:
+    id: str
+    eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
+
+
+class _Refused(Exception):
+    """Rolls a fenced transaction back when the fence no longer holds."""
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    """A SQL store at ``url`` (SQLite, PostgreSQL, MySQL/MariaDB).
+
+    SQLite stores are created on first use; other databases are migrated explicitly
+    with ``celeryflow migrate`` or :meth:`migrate`, unless ``auto_migrate=True``.
+    """
+
+    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
+        self.url = url
+        self.is_sqlite = sqlite_path(url) is not None
+        self.auto_migrate = self.is_sqlite if auto_migrate is None else auto_migrate
+        self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()
+        self._insert_step: sa.Insert | None = None
+
+    # -- setup ------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    engine = create_store_engine(self.url)
+                    self._check_schema(engine)
+                    self._engine = engine
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent, safe to run twice)."""
+        from .migrate import upgrade
+
+        engine = self._engine or create_store_engine(self.url)
+        with self._migration_lock():
+            upgrade(engine)
+        self._engine = engine
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        # Two workers starting on a fresh SQLite file must not both create tables.
+        path = sqlite_path(self.url)
+        if path is None or path == ":memory:":
+            yield
+            return
+        with open(path + ".migrate-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _check_schema(self, engine: sa.Engine) -> None:
+        from .migrate import current_revision, head_revision
+
+        with engine.connect() as conn:
+            current = current_revision(conn)
+        if current == head_revision():
+            return
+        if self.auto_migrate:
+            from .migrate import upgrade
+
+            with self._migration_lock():
+                upgrade(engine)
+            return
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"the celeryflow store at {where} is at schema revision {current or 'none'}, "
+            f"not {head_revision()}: run `celeryflow migrate --store {where}` "
+            "(or Flow(..., auto_migrate=True))"
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(readonly=True)
+            with conn.begin():
+                yield conn
+
+    def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        if name == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        return sa.insert(table).prefix_with("IGNORE")
+
+    # -- events -----------------------------------------------------------------------
+
+    def record_events(
+        self,
+        items: Sequence[Event],
+        plan_runs: Callable[[Event], list[dict[str, Any]]],
+        now: datetime,
+    ) -> list[str]:
+        """Store the events and, for each one not seen in the last 24 h, the runs
+        ``plan_runs`` gives for it — all in one transaction. Returns new run ids."""
+        created: list[dict[str, Any]] = []
+        insert_event = self._insert_ignoring_duplicates(events)
+        cutoff = now - EVENT_DEDUP_WINDOW
+        with self._write() as conn:
+            for ev in items:
+                values = {
+                    "id": ev.id,
+                    "name": ev.name,
+                    "data": json.dumps(ev.data, separators=(",", ":")),
+                    "ts": ev.ts,
+                    "received_at": now,
+                }
+                fresh = conn.execute(insert_event, values).rowcount == 1
+                if not fresh:
+                    # An id seen more than 24 h ago counts as new again.
+                    fresh = (
+                        conn.execute(
+                            events.update()
+                            .where(events.c.id == ev.id, events.c.received_at < cutoff)
+                            .values(**values)
+                        ).rowcount
+                        == 1
+                    )
+                if fresh:
+                    created.extend(plan_runs(ev))
+            if created:
+                conn.execute(runs.insert(), created)
+        return [row["id"] for row in created]
+
+    def insert_runs(self, rows: list[dict[str, Any]]) -> None:
+        with self._write() as conn:
+            conn.execute(runs.insert(), rows)
+
+    # -- executing a run --------------------------------------------------------------
+
+    def claim(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim | None:
+        """Take the run if it may proceed now; None if it may not (terminal, parked
+        until later, or held by a live executor)."""
+        may_start = sa.and_(
+            runs.c.status.in_([S.QUEUED.value, S.SLEEPING.value]),
+            sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= now),
+        )
+        lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < now)
+        update = (
+            runs.update()
+            .where(runs.c.id == run_id, sa.or_(may_start, lease_lapsed))
+            .values(
+                status=S.RUNNING.value,
+                lease_owner=owner,
+                lease_expires_at=lease_until,
+                due_at=lease_until,
+                wake_at=None,
+                fence=runs.c.fence + 1,
+                started_at=sa.func.coalesce(runs.c.started_at, now),
+            )
+        )
+        with self._write() as conn:
+            if self.engine.dialect.update_returning:
+                row = conn.execute(update.returning(*runs.c)).mappings().first()
+                if row is None:
+                    return None
+            else:
+                if conn.execute(update).rowcount != 1:
+                    return None
+                row = conn.execute(runs.select().where(runs.c.id == run_id)).mappings().one()
+            step_rows = conn.execute(steps.select().where(steps.c.run_id == run_id)).mappings()
+            return Claim(run=row, fence=int(row["fence"]), steps={r["key"]: r for r in step_rows})
+
+    def peek(self, run_id: str) -> sa.RowMapping | None:
+        with self._read() as conn:
+            return conn.execute(runs.select().where(runs.c.id == run_id)).mappings().first()
+
+    def _fenced_step_insert(self) -> sa.Insert:
+        # INSERT ... SELECT FROM the run row, so the step lands only if the fence
+        # still holds; the shared row lock orders it against a concurrent claim.
+        if self._insert_step is None:
+            names = [c.name for c in steps.c]
+            source = (
+                sa.select(
+                    runs.c.id,
+                    *(sa.bindparam(n, type_=steps.c[n].type) for n in names if n != "run_id"),
+                )
+                .where(runs.c.id == sa.bindparam("run_id"), runs.c.fence == sa.bindparam("fence"))
+                .with_for_update(read=True)
+            )
+            self._insert_step = steps.insert().from_select(names, source)
+        return self._insert_step
+
+    def _write_step(self, conn: sa.Connection, fence: int, values: dict[str, Any], new: bool) -> bool:
+        if new:
+            params = {c.name: values.get(c.name) for c in steps.c}
+            params["fence"] = fence
+            return conn.execute(self._fenced_step_insert(), params).rowcount == 1
+        key = values["key"]
+        run_id = values["run_id"]
+        holds = sa.exists().where(runs.c.id == run_id, runs.c.fence == fence)
+        changes = {k: v for k, v in values.items() if k not in ("run_id", "key")}
+        update = (
+            steps.update().where(steps.c.run_id == run_id, steps.c.key == key, holds).values(changes)
+        )
+        return conn.execute(update).rowcount == 1
+
+    def save_step(self, fence: int, values: dict[str, Any], *, new: bool) -> bool:
+        """Record a step's outcome; False if this executor no longer holds the run."""
+        with self._write() as conn:
+            return self._write_step(conn, fence, values, new)
+
+    def park(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        status: RunStatus,
+        wake_at: datetime | None,
+        due_at: datetime | None,
+        step: tuple[dict[str, Any], bool] | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Release the run into ``status`` (with the step that parks it), atomically."""
+        changes: dict[str, Any] = {
+            "status": status.value,
+            "wake_at": wake_at,
+            "due_at": due_at,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if attempt is not None:
+            changes["attempt"] = attempt
+        try:
+            with self._write() as conn:
+                moved = conn.execute(
+                    runs.update()
+                    .where(
+                        runs.c.id == run_id,
+                        runs.c.fence == fence,
+                        runs.c.status.in_(sources_of(status)),
+                    )
+                    .values(changes)
+                ).rowcount
+                if moved != 1:
+                    raise _Refused
+                if step is not None and not self._write_step(conn, fence, step[0], step[1]):
+                    raise _Refused
+        except _Refused:
+            return False
+        return True
+
+    def finish(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        status: RunStatus,
+        now: datetime,
+        output: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    runs.update()
+                    .where(
+                        runs.c.id == run_id,
+                        runs.c.fence == fence,
+                        runs.c.status.in_(sources_of(status)),
+                    )
+                    .values(
+                        status=status.value,
+                        output=output,
+                        error=error,
+                        ended_at=now,
+                        due_at=None,
+                        wake_at=None,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                ).rowcount
+                == 1
+            )
+
+    def renew_leases(self, held: Sequence[tuple[str, int]], until: datetime) -> list[str]:
+        """Extend the leases this process holds; returns the run ids it lost."""
+        lost: list[str] = []
+        with self._write() as conn:
+            for run_id, fence in held:
+                renewed = conn.execute(
+                    runs.update()
+                    .where(
+                        runs.c.id == run_id,
+                        runs.c.fence == fence,
+                        runs.c.status == S.RUNNING.value,
+                    )
+                    .values(lease_expires_at=until, due_at=until)
+                ).rowcount
+                if renewed != 1:
+                    lost.append(run_id)
+        return lost
+
+    # -- reconciling ------------------------------------------------------------------
+
+    def take_due(
+        self, now: datetime, lookahead: timedelta, redeliver_after: timedelta, limit: int = 500
+    ) -> list[DueRun]:
+        """Runs whose next move is due (or, for sleepers, due within ``lookahead``):
+        each gets a new due time so other reconcilers skip it for ``redeliver_after``."""
+        horizon = now + lookahead
+        query = (
+            sa.select(runs.c.id, runs.c.status, runs.c.wake_at)
+            .where(runs.c.due_at <= horizon)
+            .order_by(runs.c.due_at)
+            .limit(limit)
+        )
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        due: list[DueRun] = []
+        updates: list[dict[str, Any]] = []
+        with self._write() as conn:
+            for row in conn.execute(query):
+                wake = row.wake_at
+                if row.status in (S.SLEEPING.value, S.QUEUED.value) and wake and wake > now:
+                    due.append(DueRun(row.id, wake))
+                    updates.append({"rid": row.id, "next_due": wake + redeliver_after})
+                elif row.status in (S.QUEUED.value, S.SLEEPING.value, S.RUNNING.value):
+                    due.append(DueRun(row.id, None))
+                    updates.append({"rid": row.id, "next_due": now + redeliver_after})
+                else:
+                    updates.append({"rid": row.id, "next_due": None})
+            if updates:
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.id == sa.bindparam("rid"))
+                    .values(due_at=sa.bindparam("next_due"), dispatches=runs.c.dispatches + 1),
+                    updates,
+                )
+        return due
+
+    # -- reading and control ----------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        with self._read() as conn:
+            row = conn.execute(runs.select().where(runs.c.id == run_id)).mappings().first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            step_rows = conn.execute(
+                steps.select().where(steps.c.run_id == run_id).order_by(steps.c.position)
+            ).mappings()
+            return self._to_run(row, list(step_rows))
+
+    def list_runs(
+        self,
+        *,
+        event_id: str | None = None,
+        function_id: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        query = runs.select().order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        if event_id is not None:
+            query = query.where(runs.c.event_id == event_id)
+        if function_id is not None:
+            query = query.where(runs.c.function_id == function_id)
+        if status is not None:
+            query = query.where(runs.c.status == RunStatus(status).value)
+        with self._read() as conn:
+            return [self._to_run(row, None) for row in conn.execute(query).mappings()]
+
+    def cancel(self, run_id: str, now: datetime) -> bool:
+        """Cancel at once; a running executor finds its fence gone at its next write."""
+        with self._write() as conn:
+            done = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
+                .values(
+                    status=S.CANCELLED.value,
+                    fence=runs.c.fence + 1,
+                    ended_at=now,
+                    due_at=None,
+                    wake_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+            if done == 1:
+                return True
+            exists = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
+        if exists is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return False
+
+    @staticmethod
+    def _to_run(row: sa.RowMapping, step_rows: list[sa.RowMapping] | None) -> Run:
+        return Run(
+            id=row["id"],
+            function_id=row["function_id"],
+            event_id=row["event_id"],
+            status=RunStatus(row["status"]),
+            output=_loads(row["output"]),
+            error=_loads(row["error"]),
+            attempt=row["attempt"],
+            events=_loads(row["events"]),
+            parent_run_id=row["parent_run_id"],
+            wake_at=row["wake_at"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            steps=[
+                StepRecord(
+                    id=s["key"],
+                    name=s["name"],
+                    kind=s["kind"],
+                    status=s["status"],
+                    output=_loads(s["output"]),
+                    error=_loads(s["error"]),
+                    attempts=s["attempts"],
+                    position=s["position"],
+                    wake_at=s["wake_at"],
+                    started_at=s["started_at"],
+                    ended_at=s["ended_at"],
+                )
+                for s in (step_rows or [])
+            ],
+        )
+
+    def is_terminal(self, status: str) -> bool:
+        return RunStatus(status) in TERMINAL

@@ -1,0 +1,102 @@
+"""The store's schema (SQLAlchemy Core). Alembic migrations must produce exactly this;
+tests/test_store_schema.py checks it on every database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = ["events", "metadata", "runs", "steps"]
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Naive UTC in the column (portable, microsecond precision on MySQL too);
+    aware UTC datetimes in Python."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+# MySQL's TEXT stops at 64 KB; step outputs can be larger.
+JSONText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "cf_events",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("data", JSONText, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Index("ix_cf_events_name_received", "name", "received_at"),
+)
+
+runs = sa.Table(
+    "cf_runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("function_id", sa.String(255), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=True),
+    # the triggering event(s), copied so a run never depends on the events table
+    sa.Column("events", JSONText, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("output", JSONText, nullable=True),
+    sa.Column("error", JSONText, nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    # fencing: bumped by every claim and by cancel; writes name the value they hold
+    sa.Column("fence", sa.BigInteger, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    # the run may not proceed before wake_at (sleep, retry back-off)
+    sa.Column("wake_at", UTCDateTime, nullable=True),
+    # when the reconciler must ring again if nothing happened; NULL once terminal
+    sa.Column("due_at", UTCDateTime, nullable=True),
+    sa.Column("dispatches", sa.Integer, nullable=False, default=0),
+    sa.Column("parent_run_id", sa.String(36), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Index("ix_cf_runs_due_at", "due_at"),
+    sa.Index("ix_cf_runs_event_id", "event_id"),
+    sa.Index("ix_cf_runs_function_created", "function_id", "created_at"),
+    sa.Index("ix_cf_runs_status_created", "status", "created_at"),
+)
+
+steps = sa.Table(
+    "cf_steps",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("output", JSONText, nullable=True),
+    sa.Column("error", JSONText, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("wake_at", UTCDateTime, nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+)

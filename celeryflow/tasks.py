@@ -1,0 +1,123 @@
+"""The only module that talks to Celery: the tasks registered on the user's app,
+the doorbell that sends them, the beat entry and the worker bootstep."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, bootsteps
+
+from .reconciler import Reconciler, ReconcilerThread
+
+if TYPE_CHECKING:
+    from .flow import Flow
+
+__all__ = ["RUN_TASK", "TICK_TASK", "CeleryDoorbell", "flow_of", "install"]
+
+RUN_TASK = "celeryflow.run"
+TICK_TASK = "celeryflow.reconcile"
+log = logging.getLogger("celeryflow.tasks")
+
+_flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
+
+
+def flow_of(app: Celery) -> Flow | None:
+    """The Flow bound to ``app``, if any."""
+    return _flows.get(app)
+
+
+def broker_configured(app: Celery) -> bool:
+    """Whether the user chose a broker (in the app's config or Celery's env variable)."""
+    import os
+
+    return bool(app.conf.broker_url or app.conf.broker_write_url or os.environ.get("CELERY_BROKER_URL"))
+
+
+def set_default_broker(app: Celery, url: str) -> None:
+    app.conf.broker_url = url
+
+
+class CeleryDoorbell:
+    """Sends ``celeryflow.run(run_id)`` messages: the broker is only the doorbell."""
+
+    def __init__(self, app: Celery, queue: str | None) -> None:
+        self.app = app
+        self.queue = queue
+
+    def ring(self, run_ids: Sequence[str], eta: datetime | None = None) -> None:
+        if not run_ids:
+            return
+        task = self.app.tasks[RUN_TASK]
+        options: dict[str, Any] = {}
+        if self.queue:
+            options["queue"] = self.queue
+        if eta is not None:
+            options["eta"] = eta
+        with self.app.producer_or_acquire() as producer:
+            for run_id in run_ids:
+                task.apply_async((run_id,), producer=producer, **options)
+
+
+def install(flow: Flow) -> CeleryDoorbell:
+    """Register celeryflow's tasks, beat entry and worker step on the user's app."""
+    app = flow.app
+    if app in _flows:
+        raise RuntimeError(f"Celery app {app.main!r} already has a Flow")
+    _flows[app] = flow
+    settings = flow.settings
+    doorbell = CeleryDoorbell(app, settings.queue)
+
+    @app.task(name=RUN_TASK, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    def run(run_id: str) -> None:
+        # Acked on receipt: the store, not the broker, keeps the run; a worker that
+        # dies mid-step is covered by the lease and the reconciler, and no message
+        # stays unacked long enough to meet RabbitMQ's consumer_timeout.
+        wake = flow.engine.execute(run_id)
+        if wake is not None:
+            from .durations import utcnow
+
+            if wake - utcnow() <= settings.eta_horizon:
+                doorbell.ring([run_id], eta=wake)
+
+    @app.task(name=TICK_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def reconcile() -> int:
+        return Reconciler(flow).run_once()
+
+    entry = {
+        "task": TICK_TASK,
+        "schedule": settings.reconcile_interval.total_seconds(),
+        "options": {"queue": settings.queue} if settings.queue else {},
+    }
+
+    def add_beat_entry(**_: Any) -> None:
+        # Added, never replacing the user's own schedule or entries.
+        if app.conf.beat_schedule is None:
+            app.conf.beat_schedule = {}
+        app.conf.beat_schedule.setdefault(TICK_TASK, entry)
+
+    app.on_after_finalize.connect(add_beat_entry, weak=False)
+    if app.finalized:
+        add_beat_entry()
+
+    if settings.reconcile_in_worker:
+
+        class ReconcilerStep(bootsteps.StartStopStep):  # type: ignore[misc]
+            """Runs the reconciler inside the worker, so beat is optional."""
+
+            def __init__(self, worker: Any, **kwargs: Any) -> None:
+                self.thread: ReconcilerThread | None = None
+
+            def start(self, worker: Any) -> None:
+                self.thread = ReconcilerThread(flow)
+                self.thread.start()
+
+            def stop(self, worker: Any) -> None:
+                if self.thread is not None:
+                    self.thread.stop()
+
+        app.steps["worker"].add(ReconcilerStep)
+    return doorbell
