@@ -122,7 +122,7 @@ class Engine:
         if row is None:
             log.warning("run %s does not exist; message dropped", run_id)
             return None
-        wake = row["wake_at"]
+        wake: datetime | None = row["wake_at"]
         if row["status"] in (S.QUEUED.value, S.SLEEPING.value) and wake is not None and wake > now:
             return wake  # an early doorbell (ETA restored early, reconciler look-ahead)
         return None  # finished, or a live executor holds it: a duplicate delivery
@@ -191,7 +191,9 @@ class Execution:
 
     def _fail_run(self, exc: BaseException) -> None:
         error = to_json(error_info(exc), "error")
-        if not self.store.finish(self.run_id, self.fence, status=S.FAILED, now=utcnow(), error=error):
+        if not self.store.finish(
+            self.run_id, self.fence, status=S.FAILED, now=utcnow(), error=error
+        ):
             log.warning("run %s: failed, but it was cancelled or taken over", self.run_id)
 
     def _retry_or_fail_run(self, exc: Exception) -> datetime | None:

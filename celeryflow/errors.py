@@ -16,8 +16,8 @@ __all__ = [
     "EventError",
     "ExpressionError",
     "Interrupt",
-    "NondeterminismError",
     "NonRetriableError",
+    "NondeterminismError",
     "RetryAfterError",
     "RunNotFound",
     "SerializationError",
@@ -78,7 +78,7 @@ class StepError(CeleryflowError):
         super().__init__(f"step {step_id!r} failed: {self.error_type}: {self.error_message}")
 
 
-class Interrupt(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class Interrupt(BaseException):
     """The run must leave this worker (it parked, was cancelled, or lost its lease).
 
     ``reason`` says why; ``wake_at`` is set when a doorbell should ring at that time.

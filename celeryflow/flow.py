@@ -142,9 +142,7 @@ class Flow:
         def plan_runs(ev: Event) -> list[dict[str, Any]]:
             variables = {"event": ev.model_dump()}
             return [
-                self._new_run(fn.id, [ev], now)
-                for fn in functions
-                if fn.wants(ev.name, variables)
+                self._new_run(fn.id, [ev], now) for fn in functions if fn.wants(ev.name, variables)
             ]
 
         run_ids = self.store.record_events(prepared, plan_runs, now)

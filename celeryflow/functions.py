@@ -53,7 +53,7 @@ class FlowFunction:
         trigger: EventTrigger | list[EventTrigger] | None,
         retries: int,
     ) -> FlowFunction:
-        function_id = id or getattr(fn, "__name__", "")
+        function_id: str = id or str(getattr(fn, "__name__", ""))
         triggers = [] if trigger is None else trigger if isinstance(trigger, list) else [trigger]
         for t in triggers:
             if not isinstance(t, EventTrigger):

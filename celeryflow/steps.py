@@ -40,7 +40,11 @@ class Steps:
         self._x = execution
 
     def run(
-        self, step_id: str, fn: Callable[..., Any], *args: Any, retries: int | None = None,
+        self,
+        step_id: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retries: int | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` once for this run; later replays return its
@@ -73,7 +77,11 @@ class AsyncSteps:
         self._x = execution
 
     async def run(
-        self, step_id: str, fn: Callable[..., Any], *args: Any, retries: int | None = None,
+        self,
+        step_id: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retries: int | None = None,
         **kwargs: Any,
     ) -> Any:
         plan = self._x.begin_run_step(step_id)

@@ -4,8 +4,10 @@ the doorbell that sends them, the beat entry and the worker bootstep."""
 from __future__ import annotations
 
 import logging
+import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,14 @@ from .reconciler import Reconciler, ReconcilerThread
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["RUN_TASK", "TICK_TASK", "CeleryDoorbell", "flow_of", "install"]
+__all__ = [
+    "RUN_TASK",
+    "TICK_TASK",
+    "CeleryDoorbell",
+    "flow_of",
+    "install",
+    "start_test_worker",
+]
 
 RUN_TASK = "celeryflow.run"
 TICK_TASK = "celeryflow.reconcile"
@@ -32,9 +41,10 @@ def flow_of(app: Celery) -> Flow | None:
 
 def broker_configured(app: Celery) -> bool:
     """Whether the user chose a broker (in the app's config or Celery's env variable)."""
-    import os
 
-    return bool(app.conf.broker_url or app.conf.broker_write_url or os.environ.get("CELERY_BROKER_URL"))
+    return bool(
+        app.conf.broker_url or app.conf.broker_write_url or os.environ.get("CELERY_BROKER_URL")
+    )
 
 
 def set_default_broker(app: Celery, url: str) -> None:
@@ -119,5 +129,27 @@ def install(flow: Flow) -> CeleryDoorbell:
                 if self.thread is not None:
                     self.thread.stop()
 
+            # A cold shutdown (and Celery's test worker) calls terminate, not stop.
+            terminate = stop
+
         app.steps["worker"].add(ReconcilerStep)
     return doorbell
+
+
+@contextmanager
+def start_test_worker(
+    app: Celery, *, pool: str = "threads", concurrency: int = 2, **options: Any
+) -> Iterator[Any]:
+    """A real Celery worker in a thread of this process (Celery's own test worker)."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        app,
+        pool=pool,
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel=options.pop("loglevel", "WARNING"),
+        shutdown_timeout=options.pop("shutdown_timeout", 30.0),
+        **options,
+    ) as worker:
+        yield worker

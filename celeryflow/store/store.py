@@ -149,6 +149,15 @@ class Store:
             return sqlite.insert(table).on_conflict_do_nothing()
         return sa.insert(table).prefix_with("IGNORE")
 
+    def _inserted(self, conn: sa.Connection, stmt: Any, params: dict[str, Any]) -> bool:
+        """Whether a one-row INSERT (that may insert nothing) inserted its row.
+        SQLAlchemy 2.1 with psycopg reports rowcount -1 for INSERTs, so ask RETURNING."""
+        if self.engine.dialect.insert_returning:
+            table = stmt.table
+            key = next(iter(table.primary_key.columns))
+            return conn.execute(stmt.returning(key), params).first() is not None
+        return bool(conn.execute(stmt, params).rowcount == 1)
+
     # -- events -----------------------------------------------------------------------
 
     def record_events(
@@ -171,7 +180,7 @@ class Store:
                     "ts": ev.ts,
                     "received_at": now,
                 }
-                fresh = conn.execute(insert_event, values).rowcount == 1
+                fresh = self._inserted(conn, insert_event, values)
                 if not fresh:
                     # An id seen more than 24 h ago counts as new again.
                     fresh = (
@@ -247,17 +256,21 @@ class Store:
             self._insert_step = steps.insert().from_select(names, source)
         return self._insert_step
 
-    def _write_step(self, conn: sa.Connection, fence: int, values: dict[str, Any], new: bool) -> bool:
+    def _write_step(
+        self, conn: sa.Connection, fence: int, values: dict[str, Any], new: bool
+    ) -> bool:
         if new:
             params = {c.name: values.get(c.name) for c in steps.c}
             params["fence"] = fence
-            return conn.execute(self._fenced_step_insert(), params).rowcount == 1
+            return self._inserted(conn, self._fenced_step_insert(), params)
         key = values["key"]
         run_id = values["run_id"]
         holds = sa.exists().where(runs.c.id == run_id, runs.c.fence == fence)
         changes = {k: v for k, v in values.items() if k not in ("run_id", "key")}
         update = (
-            steps.update().where(steps.c.run_id == run_id, steps.c.key == key, holds).values(changes)
+            steps.update()
+            .where(steps.c.run_id == run_id, steps.c.key == key, holds)
+            .values(changes)
         )
         return conn.execute(update).rowcount == 1
 

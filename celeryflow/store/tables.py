@@ -37,6 +37,14 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc)
 
 
+def Key(length: int) -> sa.types.TypeEngine[str]:
+    """An identifier: compared case-sensitively everywhere (MariaDB's default
+    collation is case-insensitive, which would merge ids that differ in case)."""
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
+
 # MySQL's TEXT stops at 64 KB; step outputs can be larger.
 JSONText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
@@ -45,8 +53,8 @@ metadata = sa.MetaData()
 events = sa.Table(
     "cf_events",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("id", Key(64), primary_key=True),
+    sa.Column("name", Key(255), nullable=False),
     sa.Column("data", JSONText, nullable=False),
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
@@ -56,9 +64,9 @@ events = sa.Table(
 runs = sa.Table(
     "cf_runs",
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("function_id", sa.String(255), nullable=False),
-    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("id", Key(36), primary_key=True),
+    sa.Column("function_id", Key(255), nullable=False),
+    sa.Column("event_id", Key(64), nullable=True),
     # the triggering event(s), copied so a run never depends on the events table
     sa.Column("events", JSONText, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
@@ -74,7 +82,7 @@ runs = sa.Table(
     # when the reconciler must ring again if nothing happened; NULL once terminal
     sa.Column("due_at", UTCDateTime, nullable=True),
     sa.Column("dispatches", sa.Integer, nullable=False, default=0),
-    sa.Column("parent_run_id", sa.String(36), nullable=True),
+    sa.Column("parent_run_id", Key(36), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
@@ -87,9 +95,9 @@ runs = sa.Table(
 steps = sa.Table(
     "cf_steps",
     metadata,
-    sa.Column("run_id", sa.String(36), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("run_id", Key(36), primary_key=True),
+    sa.Column("key", Key(255), primary_key=True),
+    sa.Column("name", Key(255), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from celeryflow.store.tables import JSONText, UTCDateTime
+from celeryflow.store.tables import JSONText, Key, UTCDateTime
 
 revision = "0001"
 down_revision = None
@@ -21,8 +21,8 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "cf_events",
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("id", Key(64), primary_key=True),
+        sa.Column("name", Key(255), nullable=False),
         sa.Column("data", JSONText, nullable=False),
         sa.Column("ts", sa.BigInteger, nullable=False),
         sa.Column("received_at", UTCDateTime, nullable=False),
@@ -30,9 +30,9 @@ def upgrade() -> None:
     op.create_index("ix_cf_events_name_received", "cf_events", ["name", "received_at"])
     op.create_table(
         "cf_runs",
-        sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("function_id", sa.String(255), nullable=False),
-        sa.Column("event_id", sa.String(64), nullable=True),
+        sa.Column("id", Key(36), primary_key=True),
+        sa.Column("function_id", Key(255), nullable=False),
+        sa.Column("event_id", Key(64), nullable=True),
         sa.Column("events", JSONText, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("output", JSONText, nullable=True),
@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("wake_at", UTCDateTime, nullable=True),
         sa.Column("due_at", UTCDateTime, nullable=True),
         sa.Column("dispatches", sa.Integer, nullable=False),
-        sa.Column("parent_run_id", sa.String(36), nullable=True),
+        sa.Column("parent_run_id", Key(36), nullable=True),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("started_at", UTCDateTime, nullable=True),
         sa.Column("ended_at", UTCDateTime, nullable=True),
@@ -55,9 +55,9 @@ def upgrade() -> None:
     op.create_index("ix_cf_runs_status_created", "cf_runs", ["status", "created_at"])
     op.create_table(
         "cf_steps",
-        sa.Column("run_id", sa.String(36), primary_key=True),
-        sa.Column("key", sa.String(255), primary_key=True),
-        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("run_id", Key(36), primary_key=True),
+        sa.Column("key", Key(255), primary_key=True),
+        sa.Column("name", Key(255), nullable=False),
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
