@@ -17,6 +17,11 @@ from .flow import Flow
 from .functions import FlowFunction
 from .runs import Run, RunStatus, StepRecord
 from .steps import Context
+from .store import kombu_sqlite
+
+# `celery -A app worker` resolves the embedded broker URL (celeryflow+sqlite://)
+# after importing the app module, which imports celeryflow: register it here.
+kombu_sqlite.register()
 
 __all__ = [
     "CeleryflowError",

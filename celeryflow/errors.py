@@ -22,7 +22,20 @@ __all__ = [
     "RunNotFound",
     "SerializationError",
     "StepError",
+    "describe",
 ]
+
+
+def describe(exc: Any) -> str:
+    """One line per problem of a pydantic ValidationError: "retries: Input should be..."."""
+    try:
+        problems = exc.errors()
+    except AttributeError:
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg', '')}"
+        for e in problems
+    )
 
 
 class CeleryflowError(Exception):

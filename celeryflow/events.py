@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .codec import to_jsonable
-from .errors import EventError, SerializationError
+from .errors import EventError, SerializationError, describe
 from .expressions import Expression, compile_expression
 
 __all__ = ["Event", "EventTrigger", "event", "prepare_events"]
@@ -73,7 +73,7 @@ def prepare_events(events: Event | dict[str, Any] | list[Event | dict[str, Any]]
         try:
             ev = item if isinstance(item, Event) else Event.model_validate(item)
         except ValidationError as exc:
-            raise EventError(f"{label} is invalid: {exc}") from None
+            raise EventError(f"{label} is invalid: {describe(exc)}") from None
         label = f"event #{index} ({ev.name!r})"
         try:
             data = to_jsonable(ev.data, f"{label} data")

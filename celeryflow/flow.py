@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import tasks
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
-from .errors import ConfigError
+from .errors import ConfigError, describe
 from .events import Event, EventTrigger, prepare_events
 from .functions import DEFAULT_RETRIES, FlowFunction
 from .runs import Run, RunStatus
@@ -95,7 +95,7 @@ class Flow:
         try:
             self.settings = FlowSettings(**settings)
         except ValidationError as exc:
-            raise ConfigError(f"invalid Flow settings: {exc}") from None
+            raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
         self.store = Store(url, auto_migrate=auto_migrate)
@@ -134,9 +134,16 @@ class Flow:
 
     def send(self, events: Event | dict[str, Any] | list[Event | dict[str, Any]]) -> list[str]:
         """Record events and start the runs they trigger; returns the event ids.
-        An id already seen in the last 24 h starts nothing new."""
+
+        An id already seen in the last 24 h starts nothing new. Like calling a Celery
+        task, the sending process must have imported the functions (directly or by
+        ``app.autodiscover_tasks``); the events are validated before anything is written.
+        """
         prepared = prepare_events(events)
         now = utcnow()
+        # Runs are planned with the functions this process knows; finalizing the app
+        # runs Celery's autodiscovery first, exactly as calling a task would.
+        tasks.finalize(self.app)
         functions = list(self.functions.values())
 
         def plan_runs(ev: Event) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
 from .events import EventTrigger
 from .expressions import Expression
 
@@ -63,7 +63,9 @@ class FlowFunction:
         try:
             config = FunctionConfig(id=function_id, triggers=triggers, retries=retries)
         except ValidationError as exc:
-            raise ConfigError(f"function {function_id!r} is misconfigured: {exc}") from None
+            raise ConfigError(
+                f"function {function_id!r} is misconfigured: {describe(exc)}"
+            ) from None
         return cls(flow, fn, config)
 
     def wants(self, name: str, variables: dict[str, Any]) -> bool:

@@ -47,6 +47,12 @@ def broker_configured(app: Celery) -> bool:
     )
 
 
+def finalize(app: Celery) -> None:
+    """Finalize the app (autodiscovering task modules) if nothing has yet."""
+    if not app.finalized:
+        app.finalize(auto=True)
+
+
 def set_default_broker(app: Celery, url: str) -> None:
     app.conf.broker_url = url
 

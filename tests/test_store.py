@@ -1,0 +1,179 @@
+"""The store on SQLite, PostgreSQL and MariaDB: schema, fencing, claims, dedup."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from celeryflow.durations import utcnow
+from celeryflow.errors import ConfigError, RunNotFound
+from celeryflow.events import Event
+from celeryflow.flow import new_run_id
+from celeryflow.runs import RunStatus
+from celeryflow.store import Store
+from celeryflow.store.migrate import VERSION_TABLE
+from celeryflow.store.tables import metadata, runs
+
+
+def _run_row(function_id: str = "f") -> dict[str, object]:
+    now = utcnow()
+    return {
+        "id": new_run_id(),
+        "function_id": function_id,
+        "event_id": None,
+        "events": '[{"name":"x","data":{},"id":"e","ts":1}]',
+        "status": "queued",
+        "attempt": 0,
+        "fence": 0,
+        "dispatches": 0,
+        "due_at": now,
+        "created_at": now,
+    }
+
+
+def _step(run_id: str, key: str) -> dict[str, object]:
+    return {
+        "run_id": run_id,
+        "key": key,
+        "name": key,
+        "position": 0,
+        "kind": "run",
+        "status": "completed",
+        "output": "1",
+        "attempts": 1,
+        "started_at": utcnow(),
+        "ended_at": utcnow(),
+    }
+
+
+def test_migrations_produce_exactly_the_models_schema(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=False)
+    store.migrate()
+    store.migrate()  # idempotent
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
+        diff = [
+            d
+            for d in compare_metadata(context, metadata)
+            # our version table is alembic's, not the models'
+            if not (d[0] == "remove_table" and d[1].name == VERSION_TABLE)
+        ]
+    assert diff == []
+
+
+def test_a_production_database_must_be_migrated_first(store_url: str) -> None:
+    if store_url.startswith("sqlite"):
+        Store(store_url).get_run  # noqa: B018 - SQLite is created on first use
+        assert Store(store_url).list_runs() == []
+        return
+    with pytest.raises(ConfigError, match="celeryflow migrate"):
+        Store(store_url).list_runs()
+    result = subprocess.run(
+        [sys.executable, "-m", "celeryflow.cli", "migrate", "--store", store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+    assert Store(store_url).list_runs() == []
+
+
+def test_a_stale_executor_cannot_write(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    row = _run_row()
+    store.insert_runs([row])
+    run_id = str(row["id"])
+    now = utcnow()
+    first = store.claim(run_id, "a", now, now + timedelta(milliseconds=1))
+    assert first is not None
+    # The first lease lapses; a second executor takes over with a higher fence.
+    later = now + timedelta(seconds=1)
+    second = store.claim(run_id, "b", later, later + timedelta(seconds=30))
+    assert second is not None and second.fence == first.fence + 1
+    assert store.save_step(first.fence, _step(run_id, "s1"), new=True) is False
+    assert store.finish(run_id, first.fence, status=RunStatus.COMPLETED, now=later) is False
+    assert store.save_step(second.fence, _step(run_id, "s1"), new=True) is True
+    assert store.finish(run_id, second.fence, status=RunStatus.COMPLETED, now=later) is True
+    assert [s.id for s in store.get_run(run_id).steps] == ["s1"]
+
+
+def test_only_one_of_many_concurrent_claims_wins(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    rows = [_run_row() for _ in range(5)]
+    store.insert_runs(rows)
+    for row in rows:
+        winners: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def claim(
+            row: dict[str, object] = row,
+            barrier: threading.Barrier = barrier,
+            winners: list[int] = winners,
+        ) -> None:
+            barrier.wait()
+            now = utcnow()
+            lease = now + timedelta(seconds=30)
+            got = store.claim(str(row["id"]), threading.current_thread().name, now, lease)
+            if got is not None:
+                winners.append(got.fence)
+
+        threads = [threading.Thread(target=claim) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert winners == [1]
+
+
+def test_cancel_fences_out_the_executor(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    row = _run_row()
+    store.insert_runs([row])
+    run_id = str(row["id"])
+    now = utcnow()
+    claim = store.claim(run_id, "a", now, now + timedelta(seconds=30))
+    assert claim is not None
+    assert store.cancel(run_id, now) is True
+    assert store.save_step(claim.fence, _step(run_id, "s"), new=True) is False
+    assert store.cancel(run_id, now) is False
+    assert store.get_run(run_id).status == RunStatus.CANCELLED
+    with pytest.raises(RunNotFound):
+        store.cancel("no-such-run", now)
+
+
+def test_an_event_id_older_than_24_hours_counts_as_new(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    ev = Event(name="a/b", id="evt-x", data={"n": 1}, ts=1)
+
+    def plan(e: Event) -> list[dict[str, object]]:
+        return [_run_row()]
+
+    assert len(store.record_events([ev], plan, utcnow())) == 1
+    assert store.record_events([ev], plan, utcnow()) == []
+    assert len(store.record_events([ev], plan, utcnow() + timedelta(hours=25))) == 1
+
+
+def test_due_runs_are_taken_once_per_redelivery_window(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    overdue, later = _run_row(), _run_row()
+    later["due_at"] = utcnow() + timedelta(hours=1)
+    store.insert_runs([overdue, later])
+    now = utcnow()
+    taken = store.take_due(now, timedelta(seconds=1), timedelta(seconds=30))
+    assert [d.id for d in taken] == [overdue["id"]]
+    assert store.take_due(now, timedelta(seconds=1), timedelta(seconds=30)) == []
+    with store.engine.connect() as conn:
+        dispatches = conn.execute(
+            sa.select(runs.c.dispatches).where(runs.c.id == overdue["id"])
+        ).scalar()
+    assert dispatches == 1

@@ -1,0 +1,88 @@
+"""Bad input gets a clear error naming what was wrong, and nothing is written."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from celeryflow import ConfigError, Event, EventError, ExpressionError, Flow, event
+from celeryflow.durations import parse_datetime, parse_duration
+
+
+def _flow(tmp_path: Path) -> Flow:
+    app = Celery("v", broker=f"celeryflow+sqlite:///{tmp_path}/broker.db")
+    return Flow(app, store=f"sqlite:///{tmp_path}/store.db")
+
+
+def test_invalid_cel_fails_at_decoration_naming_the_function(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    with pytest.raises(ExpressionError, match=r"function 'bad-filter' trigger if_.*event.data.x >"):
+
+        @flow.function(id="bad-filter", trigger=event("a/b", if_="event.data.x >"))
+        def bad(ctx):  # type: ignore[no-untyped-def]
+            pass
+
+    assert "bad-filter" not in flow.functions
+
+
+def test_duplicate_function_id_fails_at_decoration(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+
+    @flow.function(id="same", trigger=event("a/b"))
+    def first(ctx):  # type: ignore[no-untyped-def]
+        pass
+
+    with pytest.raises(ConfigError, match="'same' is already registered"):
+
+        @flow.function(id="same", trigger=event("a/c"))
+        def second(ctx):  # type: ignore[no-untyped-def]
+            pass
+
+
+def test_bad_function_config_is_named(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    with pytest.raises(ConfigError, match=r"'neg'.*retries"):
+        flow.function(id="neg", trigger=event("a/b"), retries=-1)(lambda ctx: None)
+    with pytest.raises(ConfigError, match="trigger must be event"):
+        flow.function(id="t", trigger="a/b")(lambda ctx: None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="invalid Flow settings"):
+        Flow(Celery("x2", broker="memory://"), store=f"sqlite:///{tmp_path}/s2.db", lease="soon")
+
+
+def test_non_json_event_data_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+
+    @flow.function(id="f", trigger=event("a/b"))
+    def f(ctx):  # type: ignore[no-untyped-def]
+        pass
+
+    good = Event(name="a/b", data={"ok": 1})
+    bad = Event(name="a/b", data={"when": datetime.now()})
+    with pytest.raises(EventError, match=r"event #1 \('a/b'\) data must be JSON.*datetime"):
+        flow.send([good, bad])
+    with pytest.raises(EventError, match=r"event #0 is invalid.*name"):
+        flow.send({"data": {}})
+    with pytest.raises(EventError, match="at least one event"):
+        flow.send([])
+    assert flow.list_runs() == []
+    with pytest.raises(EventError, match=r"nan|NaN"):
+        flow.send(Event(name="a/b", data={"x": float("nan")}))
+    assert flow.list_runs() == []
+
+
+def test_durations_in_every_form() -> None:
+    assert parse_duration("3 days") == timedelta(days=3)
+    assert parse_duration("1h30m") == timedelta(hours=1, minutes=30)
+    assert parse_duration("30s") == timedelta(seconds=30)
+    assert parse_duration("250ms") == timedelta(milliseconds=250)
+    assert parse_duration(90) == timedelta(seconds=90)
+    assert parse_duration(timedelta(minutes=2)) == timedelta(minutes=2)
+    for bad in ("3 fortnights", "soon", "", -1, True, [1]):
+        with pytest.raises(ConfigError):
+            parse_duration(bad, "step.sleep('x')")  # type: ignore[arg-type]
+    assert parse_datetime("2030-01-01T09:00:00Z") == datetime(2030, 1, 1, 9, tzinfo=timezone.utc)
+    with pytest.raises(ConfigError, match="ISO-8601"):
+        parse_datetime("next tuesday")
