@@ -86,3 +86,13 @@ def test_durations_in_every_form() -> None:
     assert parse_datetime("2030-01-01T09:00:00Z") == datetime(2030, 1, 1, 9, tzinfo=timezone.utc)
     with pytest.raises(ConfigError, match="ISO-8601"):
         parse_datetime("next tuesday")
+
+
+def test_beat_entry_is_added_beside_the_users_schedule(tmp_path: Path) -> None:
+    app = Celery("beat", broker="memory://")
+    app.conf.beat_schedule = {"mine": {"task": "mine", "schedule": 60.0}}
+    Flow(app, store=f"sqlite:///{tmp_path}/store.db", reconcile_interval="7s")
+    app.finalize()
+    assert app.conf.beat_schedule["mine"] == {"task": "mine", "schedule": 60.0}
+    assert app.conf.beat_schedule["celeryflow.reconcile"]["schedule"] == 7.0
+    assert {"celeryflow.run", "celeryflow.reconcile"} <= set(app.tasks)

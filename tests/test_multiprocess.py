@@ -1,0 +1,102 @@
+"""Two worker processes (prefork, -c 2 each) competing for the same runs: every step
+of every run executes exactly once, on the embedded default and on the services."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from services import Stack
+
+from celeryflow import Event, Flow
+from celeryflow.testing import wait_for
+
+APPS = Path(__file__).parent / "apps"
+RUNS = 60
+
+
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_competing_worker_processes_run_each_step_once(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal.txt"
+    journal.touch()
+    env = {
+        "CF_BROKER": stack.broker_url,
+        "CF_STORE": stack.store_url,
+        "CF_QUEUE": stack.queue,
+        "CF_JOURNAL": str(journal),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("many_app", None)
+    flow: Flow = importlib.import_module("many_app").flow
+    flow.store.migrate()  # before two workers race to first use
+
+    workers: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    child_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    try:
+        for i, log in enumerate(logs):
+            with open(log, "wb") as out:
+                workers.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "many_app",
+                            "worker",
+                            "-c",
+                            "2",
+                            "--pool",
+                            "prefork",
+                            "-n",
+                            f"w{i}@%h",
+                            "--without-mingle",
+                            "--without-gossip",
+                        ],
+                        env=child_env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        event_ids = flow.send([Event(name="t/many", data={"n": n}) for n in range(RUNS)])
+        wait_for(
+            lambda: len(flow.list_runs(status="completed", limit=RUNS + 1)) == RUNS,
+            timeout=120,
+            interval=0.2,
+            what=f"{RUNS} runs to complete",
+        )
+    except BaseException:
+        for log in logs:
+            print(f"--- {log.name} ---\n{log.read_text()[-3000:]}")
+        raise
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    entries = [line.split() for line in journal.read_text().splitlines()]
+    per_step = Counter((run_id, step) for run_id, step, _ in entries)
+    assert len(per_step) == RUNS * 4
+    assert set(per_step.values()) == {1}, [k for k, v in per_step.items() if v > 1]
+    assert len({pid for _, _, pid in entries}) >= 2  # the work really was shared
+    outputs = sorted(flow.get_run(flow.list_runs(event_id=e)[0].id).output for e in event_ids)
+    assert outputs == list(range(RUNS))
