@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
@@ -26,12 +26,15 @@ from urllib.parse import parse_qsl
 
 import kombu.transport
 from kombu.transport import virtual
-from kombu.utils.json import dumps, loads
+from kombu.utils import json as kombu_json
 
 __all__ = ["Channel", "QoS", "Transport", "register"]
 
 ALIAS = "celeryflow"
 logger = logging.getLogger(__name__)
+# kombu's codec (not the stdlib's) so that headers holding datetimes etc. survive.
+dumps: Callable[[Any], str] = kombu_json.dumps
+loads: Callable[[str], Any] = kombu_json.loads
 
 
 def register() -> None:
@@ -64,10 +67,12 @@ _SCHEMA = (
         pid INTEGER NOT NULL,
         heartbeat REAL NOT NULL)""",
 )
-_PEEK = "SELECT 1 FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL LIMIT 1"
-_NEXT = (
-    "SELECT id, payload FROM cf_broker_message"
-    " WHERE queue = ? AND reserved_by IS NULL ORDER BY id LIMIT 1"
+_READY = "FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL"
+_PEEK = f"SELECT 1 {_READY} LIMIT 1"
+_NEXT = f"SELECT id, payload {_READY} ORDER BY id LIMIT 1"
+_BIND = (
+    "INSERT OR REPLACE INTO cf_broker_binding (exchange, routing_key, queue, pattern, owner)"
+    " VALUES (?, ?, ?, ?, ?)"
 )
 
 
@@ -91,19 +96,54 @@ def parse_location(hostname: str) -> tuple[str, dict[str, str]]:
     return location, dict(parse_qsl(query))
 
 
+class _Conn(sqlite3.Connection):
+    """Weak-referenceable, so that fork handling can find every open handle."""
+
+
 # Connections are per process and per thread: sqlite3 handles must not cross a fork,
 # and a prefork child inherits the parent's thread-local storage.
 _local = threading.local()
 _schema_ready: set[tuple[int, str]] = set()
-# Handles inherited across fork are kept referenced so that the child never closes
-# (and so never checkpoints or unlocks) a connection that belongs to its parent.
-_inherited: list[sqlite3.Connection] = []
+_open: weakref.WeakSet[_Conn] = weakref.WeakSet()
+# Every sqlite call here holds _guard, and fork() waits for it: a child must not be
+# born while a thread of ours is inside SQLite (its mutexes would stay locked).
+_guard = threading.RLock()
+_hooks_installed = False
+# Handles inherited across fork stay referenced so that the child never closes (and
+# so never tries to checkpoint or unlock) a connection that belongs to its parent.
+_inherited: list[_Conn] = []
+_forking: list[_Conn] = []
+
+
+def _before_fork() -> None:
+    _guard.acquire()
+    _forking[:] = list(_open)
+
+
+def _after_fork_in_parent() -> None:
+    _forking.clear()
+    _guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _guard
+    _guard = threading.RLock()
+    _inherited.extend(_forking)
+    _forking.clear()
 
 
 def connect(options: Options) -> sqlite3.Connection:
+    """This thread's connection to the file (call with _guard held)."""
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
     pid = os.getpid()
     if getattr(_local, "pid", None) != pid:
-        _inherited.extend(getattr(_local, "conns", {}).values())
         _local.pid, _local.conns = pid, {}
     conns: dict[str, sqlite3.Connection] = _local.conns
     conn = conns.get(options.path)
@@ -113,6 +153,7 @@ def connect(options: Options) -> sqlite3.Connection:
             timeout=options.busy_timeout,
             isolation_level=None,
             check_same_thread=False,
+            factory=_Conn,
         )
         conn.execute("PRAGMA synchronous=NORMAL")
         # After a burst, don't keep a WAL file the size of the burst.
@@ -121,6 +162,7 @@ def connect(options: Options) -> sqlite3.Connection:
             _create_schema(conn)
             _schema_ready.add((pid, options.path))
         conns[options.path] = conn
+        _open.add(conn)
     return conn
 
 
@@ -136,14 +178,14 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc):
                 raise
             time.sleep(0.05)
-    with write(conn):
+    with _transaction(conn):
         for statement in _SCHEMA:
             conn.execute(statement)
 
 
 @contextmanager
-def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that takes the lock up front (no deadlock-prone upgrade)."""
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE takes the write lock up front: no deadlock-prone read-to-write upgrade.
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -154,23 +196,35 @@ def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def _marks(ids: list[int]) -> str:
-    return ",".join("?" * len(ids))
+@contextmanager
+def write(options: Options) -> Iterator[sqlite3.Connection]:
+    with _guard, _transaction(connect(options)) as conn:
+        yield conn
+
+
+def execute(options: Options, sql: str, args: Any = ()) -> tuple[list[Any], int]:
+    """One statement in its own (implicit) transaction -> (rows, rowcount)."""
+    with _guard:
+        cur = connect(options).execute(sql, args)
+        return cur.fetchall(), cur.rowcount
 
 
 def _release(conn: sqlite3.Connection, dead: list[int]) -> None:
     """Give back what consumers ``dead`` reserved and drop their auto-delete queues."""
-    m = _marks(dead)
-    conn.execute(f"UPDATE cf_broker_message SET reserved_by = NULL WHERE reserved_by IN ({m})", dead)
+    m = ",".join("?" * len(dead))
+    conn.execute(
+        f"UPDATE cf_broker_message SET reserved_by = NULL WHERE reserved_by IN ({m})", dead
+    )
+    conn.execute(f"DELETE FROM cf_broker_consumer WHERE id IN ({m})", dead)
+    # By "no live owner" rather than "owned by dead": also catches a binding made by a
+    # consumer in the instant after it was judged dead.
+    orphan = "owner NOT IN (SELECT id FROM cf_broker_consumer)"
     conn.execute(
         f"DELETE FROM cf_broker_message WHERE queue IN"
-        f" (SELECT queue FROM cf_broker_binding WHERE owner IN ({m}))"
-        f" AND queue NOT IN (SELECT queue FROM cf_broker_binding"
-        f" WHERE owner IS NULL OR owner NOT IN ({m}))",
-        dead + dead,
+        f" (SELECT queue FROM cf_broker_binding WHERE {orphan}) AND queue NOT IN"
+        f" (SELECT queue FROM cf_broker_binding WHERE owner IS NULL OR NOT ({orphan}))"
     )
-    conn.execute(f"DELETE FROM cf_broker_binding WHERE owner IN ({m})", dead)
-    conn.execute(f"DELETE FROM cf_broker_consumer WHERE id IN ({m})", dead)
+    conn.execute(f"DELETE FROM cf_broker_binding WHERE {orphan}")
 
 
 class Member:
@@ -189,9 +243,8 @@ class Member:
         self.bindings: dict[tuple[str, str, str], str | None] = {}
         self._stop = threading.Event()
         self._beats = 0
-        conn = connect(options)
-        self.sweep(conn)
-        with write(conn):
+        self.sweep()
+        with write(options) as conn:
             cur = conn.execute(
                 "INSERT INTO cf_broker_consumer (host, pid, heartbeat) VALUES (?, ?, ?)",
                 (socket.gethostname(), self.pid, time.time()),
@@ -205,26 +258,23 @@ class Member:
             if not os.path.exists(self.options.path):
                 return  # the file was removed (a test's temp dir): nothing left to keep alive
             try:
-                conn = connect(self.options)
-                self._beat(conn)
-                self.sweep(conn)
+                self._beat()
+                self.sweep()
                 self._beats += 1
                 if self._beats % 30 == 0:
-                    _vacuum(conn)
-            except sqlite3.Error:
+                    _vacuum(self.options)
+            except Exception:  # the thread must outlive any one failure, or we look dead
                 logger.warning("celeryflow broker heartbeat failed", exc_info=True)
 
-    def _beat(self, conn: sqlite3.Connection) -> None:
-        cur = conn.execute(
-            "UPDATE cf_broker_consumer SET heartbeat = ? WHERE id = ?", (time.time(), self.id)
-        )
-        if cur.rowcount:
+    def _beat(self) -> None:
+        beat = "UPDATE cf_broker_consumer SET heartbeat = ? WHERE id = ?"
+        if execute(self.options, beat, (time.time(), self.id))[1]:
             return
         # Another process judged us dead (we were frozen longer than heartbeat_timeout)
         # and gave our messages back: rejoin under the same id and take back whatever
-        # nobody else has taken yet, so a held ETA message does not run twice.
+        # nobody else has taken yet, so that a held ETA message does not run twice.
         held = [(self.id, tag) for ch in list(self.channels) for tag in ch.held()]
-        with write(conn):
+        with write(self.options) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO cf_broker_consumer (id, host, pid, heartbeat)"
                 " VALUES (?, ?, ?, ?)",
@@ -234,17 +284,16 @@ class Member:
                 "UPDATE cf_broker_message SET reserved_by = ? WHERE id = ? AND reserved_by IS NULL",
                 held,
             )
-            for (exchange, key, queue), pattern in list(self.bindings.items()):
-                _bind(conn, exchange, key, queue, pattern, self.id)
+            conn.executemany(_BIND, [(*key, pat, self.id) for key, pat in self.bindings.items()])
         logger.warning("celeryflow broker: consumer %s was declared dead and rejoined", self.id)
 
-    def sweep(self, conn: sqlite3.Connection) -> None:
+    def sweep(self) -> None:
         cutoff = time.time() - self.options.heartbeat_timeout
-        # A read first, so that the common case (nobody died) takes no write lock.
         query = "SELECT id FROM cf_broker_consumer WHERE heartbeat < ?"
-        if not conn.execute(query + " LIMIT 1", (cutoff,)).fetchall():
+        # A read first, so that the common case (nobody died) takes no write lock.
+        if not execute(self.options, query + " LIMIT 1", (cutoff,))[0]:
             return
-        with write(conn):
+        with write(self.options) as conn:
             dead = [row[0] for row in conn.execute(query, (cutoff,))]
             if dead:
                 _release(conn, dead)
@@ -257,52 +306,35 @@ class Member:
             return
         self._stop.set()
         try:
-            conn = connect(self.options)
-            with write(conn):
+            with write(self.options) as conn:
                 _release(conn, [self.id])
         except sqlite3.Error:
             logger.warning("celeryflow broker: could not release consumer %s", self.id)
 
 
-def _vacuum(conn: sqlite3.Connection) -> None:
+def _vacuum(options: Options) -> None:
     # Returns space after a burst; a no-op unless the file was created with
     # auto_vacuum=INCREMENTAL. Keeps some free pages for the next burst.
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    free = execute(options, "PRAGMA freelist_count")[0][0][0]
     if free > 1024:
-        conn.execute(f"PRAGMA incremental_vacuum({min(free - 256, 4096)})").fetchall()
+        execute(options, f"PRAGMA incremental_vacuum({min(free - 256, 4096)})")
 
 
 _members: dict[tuple[int, str], Member] = {}
-_members_lock = threading.Lock()
 
 
 def member(options: Options) -> Member:
     key = (os.getpid(), options.path)
     found = _members.get(key)
     if found is None:
-        with _members_lock:
+        with _guard:
             found = _members.get(key)
             if found is None:
                 found = _members[key] = Member(options)
     return found
 
 
-def _bind(
-    conn: sqlite3.Connection,
-    exchange: str,
-    key: str,
-    queue: str,
-    pattern: str | None,
-    owner: int | None,
-) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO cf_broker_binding (exchange, routing_key, queue, pattern, owner)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (exchange, key, queue, pattern, owner),
-    )
-
-
-class QoS(virtual.QoS):  # type: ignore[misc]
+class QoS(virtual.QoS):
     """Unacked messages are reserved rows: restoring un-reserves them, never copies."""
 
     channel: Channel
@@ -312,7 +344,7 @@ class QoS(virtual.QoS):  # type: ignore[misc]
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list[tuple[BaseException, Any]]:
-        self._flush()
+        self._flush()  # type: ignore[no-untyped-call]
         tags = list(self._delivered)
         self._delivered.clear()
         if tags:
@@ -324,7 +356,7 @@ class QoS(virtual.QoS):  # type: ignore[misc]
         return []
 
 
-class Channel(virtual.Channel):  # type: ignore[misc]
+class Channel(virtual.Channel):
     QoS = QoS
     supports_fanout = True
 
@@ -334,10 +366,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self.options: Options = connection.options
         self._noack: set[str] = set()
         self._auto_delete: set[str] = set()
-        super().__init__(connection, **kwargs)
-
-    def _db(self) -> sqlite3.Connection:
-        return connect(self.options)
+        super().__init__(connection, **kwargs)  # type: ignore[no-untyped-call]
 
     def _member(self) -> Member:
         found = member(self.options)
@@ -347,7 +376,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     def held(self) -> list[int]:
         try:
             return list(self._qos._delivered) if self._qos is not None else []
-        except RuntimeError:  # resized by the consuming thread; next beat will do
+        except RuntimeError:  # resized by the consuming thread; the next beat will do
             return []
 
     # -- queues and bindings (kept in the file, so every process sees them) --------
@@ -357,31 +386,33 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             self._auto_delete.add(queue)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
-        owner = None
+        key, owner = (exchange, routing_key or "", queue), None
         if queue in self._auto_delete:
             found = self._member()
-            owner = found.id
-            found.bindings[(exchange, routing_key or "", queue)] = pattern
-        _bind(self._db(), exchange, routing_key or "", queue, pattern, owner)
+            found.bindings[key], owner = pattern, found.id
+        execute(self.options, _BIND, (*key, pattern, owner))
 
     def queue_unbind(
-        self, queue: str, exchange: str | None = None, routing_key: str = "", **kwargs: Any
-    ) -> None:
-        super().queue_unbind(queue, exchange, routing_key, **kwargs)
-        self._db().execute(
+        self,
+        queue: Any,
+        exchange: Any = None,
+        routing_key: Any = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        super().queue_unbind(queue, exchange, routing_key, arguments, **kwargs)  # type: ignore[no-untyped-call]
+        execute(
+            self.options,
             "DELETE FROM cf_broker_binding WHERE exchange = ? AND routing_key = ? AND queue = ?",
             (exchange or "amq.direct", routing_key or "", queue),
         )
 
     def get_table(self, exchange: str) -> list[tuple[str, str | None, str]]:
-        rows = self._db().execute(
-            "SELECT routing_key, pattern, queue FROM cf_broker_binding WHERE exchange = ?",
-            (exchange,),
-        )
-        return [tuple(row) for row in rows]
+        sql = "SELECT routing_key, pattern, queue FROM cf_broker_binding WHERE exchange = ?"
+        return [tuple(row) for row in execute(self.options, sql, (exchange,))[0]]
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        with write(self._db()) as conn:
+        with write(self.options) as conn:
             conn.execute("DELETE FROM cf_broker_binding WHERE queue = ?", (queue,))
             conn.execute(
                 "DELETE FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL", (queue,)
@@ -392,33 +423,27 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 found.bindings.pop(key, None)
 
     def _purge(self, queue: str) -> int:
-        cur = self._db().execute(
-            "DELETE FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL", (queue,)
-        )
-        return cur.rowcount
+        sql = "DELETE FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL"
+        return execute(self.options, sql, (queue,))[1]
 
     def _size(self, queue: str) -> int:
-        row = self._db().execute(
-            "SELECT count(*) FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL",
-            (queue,),
-        ).fetchone()
-        return int(row[0])
+        sql = "SELECT count(*) FROM cf_broker_message WHERE queue = ? AND reserved_by IS NULL"
+        return int(execute(self.options, sql, (queue,))[0][0][0])
 
     # -- publishing ----------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        self._db().execute(
-            "INSERT INTO cf_broker_message (queue, payload) VALUES (?, ?)", (queue, dumps(message))
-        )
+        sql = "INSERT INTO cf_broker_message (queue, payload) VALUES (?, ?)"
+        execute(self.options, sql, (queue, dumps(message)))
 
     def _put_fanout(
         self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
     ) -> None:
-        self._db().execute(
+        sql = (
             "INSERT INTO cf_broker_message (queue, payload)"
-            " SELECT DISTINCT queue, ? FROM cf_broker_binding WHERE exchange = ?",
-            (dumps(message), exchange),
+            " SELECT DISTINCT queue, ? FROM cf_broker_binding WHERE exchange = ?"
         )
+        execute(self.options, sql, (dumps(message), exchange))
 
     # -- consuming -----------------------------------------------------------------
 
@@ -427,16 +452,16 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             self._noack.add(queue)
         else:
             self._noack.discard(queue)
-            self._member()
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
+            self._member()  # join now: a worker that starts after a crash recovers at once
+        return super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     def basic_cancel(self, consumer_tag: str) -> Any:
         self._noack.discard(self._tag_to_queue.get(consumer_tag, ""))
-        return super().basic_cancel(consumer_tag)
+        return super().basic_cancel(consumer_tag)  # type: ignore[no-untyped-call]
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         try:
-            message = self.Message(self._fetch(queue, no_ack), channel=self)
+            message = self.Message(self._fetch(queue, no_ack), channel=self)  # type: ignore[no-untyped-call]
         except Empty:
             return None
         if not no_ack:
@@ -447,20 +472,25 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         return self._fetch(queue, queue in self._noack)
 
     def _fetch(self, queue: str, no_ack: bool) -> dict[str, Any]:
-        conn = self._db()
         # Idle polling is a read: it takes no write lock, so it never delays publishers.
-        if not conn.execute(_PEEK, (queue,)).fetchall():
+        if not execute(self.options, _PEEK, (queue,))[0]:
             raise Empty()
         owner = None if no_ack else self._member().id
-        # BEGIN IMMEDIATE serialises competing fetchers: no two get the same row.
-        with write(conn):
+        # BEGIN IMMEDIATE serialises competing fetchers: no two get the same row. A
+        # no_ack consumer (pidbox, replies) will never ack, so its row goes at once.
+        with write(self.options) as conn:
             rows = conn.execute(_NEXT, (queue,)).fetchall()
             if rows and no_ack:
                 conn.execute("DELETE FROM cf_broker_message WHERE id = ?", (rows[0][0],))
             elif rows:
-                conn.execute(
-                    "UPDATE cf_broker_message SET reserved_by = ? WHERE id = ?", (owner, rows[0][0])
+                # Only while our consumer row exists (we may have just been judged dead):
+                # a reservation with no consumer row behind it would never be swept.
+                reserve = (
+                    "UPDATE cf_broker_message SET reserved_by = ? WHERE id = ?"
+                    " AND EXISTS (SELECT 1 FROM cf_broker_consumer WHERE id = ?)"
                 )
+                if not conn.execute(reserve, (owner, rows[0][0], owner)).rowcount:
+                    rows = []
         if not rows:
             raise Empty()
         payload: dict[str, Any] = loads(rows[0][1])
@@ -470,9 +500,9 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
     def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
         self._settle([delivery_tag], requeue=False)
-        super().basic_ack(delivery_tag, multiple)
+        super().basic_ack(delivery_tag, multiple)  # type: ignore[no-untyped-call]
 
-    def _settle(self, tags: Iterable[int], requeue: bool) -> None:
+    def _settle(self, tags: list[int], requeue: bool) -> None:
         """Delete (ack/reject) or un-reserve (requeue) rows this process holds.
 
         Guarded by ``reserved_by``: once a row was given back and taken by someone
@@ -481,17 +511,15 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         found = _members.get((os.getpid(), self.options.path))
         if found is None:
             return
-        args = [(found.id, tag) for tag in tags]
         if requeue:
             sql = "UPDATE cf_broker_message SET reserved_by = NULL WHERE reserved_by = ? AND id = ?"
         else:
             sql = "DELETE FROM cf_broker_message WHERE reserved_by = ? AND id = ?"
-        conn = self._db()
-        if len(args) == 1:
-            conn.execute(sql, args[0])
+        if len(tags) == 1:
+            execute(self.options, sql, (found.id, tags[0]))
         else:
-            with write(conn):
-                conn.executemany(sql, args)
+            with write(self.options) as conn:
+                conn.executemany(sql, [(found.id, tag) for tag in tags])
 
     def _restore(self, message: Any) -> None:
         self._settle([message.delivery_tag], requeue=True)
@@ -500,7 +528,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._restore(message)
 
 
-class Transport(virtual.Transport):  # type: ignore[misc]
+class Transport(virtual.Transport):
     """``celeryflow+sqlite:///path.db``; options via the URL query or transport options:
 
     ``polling_interval`` (0.1 s), ``heartbeat_interval`` (2 s), ``heartbeat_timeout``
@@ -510,11 +538,11 @@ class Transport(virtual.Transport):  # type: ignore[misc]
 
     Channel = Channel
     can_parse_url = True
-    default_port = 0
     driver_type = "sqlite"
     driver_name = "sqlite3"
     polling_interval = 0.1
-    connection_errors = (*virtual.Transport.connection_errors, sqlite3.OperationalError)
+    # kombu reconnects (and retries publishes) on these; "database is locked" is one.
+    connection_errors = (*virtual.Transport.connection_errors, sqlite3.OperationalError)  # type: ignore[assignment]
     implements = virtual.Transport.implements.extend(
         exchange_type=frozenset(["direct", "topic", "fanout"])
     )
@@ -523,21 +551,19 @@ class Transport(virtual.Transport):  # type: ignore[misc]
         hostname = client.hostname or ""
         path, query = parse_location(hostname if "://" in hostname else f"sqlite:///{hostname}")
         opts: dict[str, Any] = {**query, **(client.transport_options or {})}
-        defaults = Options(path)
+        knobs = ("busy_timeout", "heartbeat_interval", "heartbeat_timeout")
         self.options = Options(
-            path=os.path.abspath(path),
-            busy_timeout=float(opts.get("busy_timeout", defaults.busy_timeout)),
-            heartbeat_interval=float(opts.get("heartbeat_interval", defaults.heartbeat_interval)),
-            heartbeat_timeout=float(opts.get("heartbeat_timeout", defaults.heartbeat_timeout)),
+            os.path.abspath(path), *(float(opts.get(k, getattr(Options, k))) for k in knobs)
         )
         if self.options.heartbeat_timeout < 2 * self.options.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be at least twice heartbeat_interval")
-        super().__init__(client, **kwargs)
+        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
         self.polling_interval = float(opts.get("polling_interval", type(self).polling_interval))
 
     def establish_connection(self) -> Any:
-        connect(self.options)  # surface a bad path or a locked file at connect time
-        return super().establish_connection()
+        with _guard:
+            connect(self.options)  # surface a bad path or a locked file at connect time
+        return super().establish_connection()  # type: ignore[no-untyped-call]
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version
