@@ -243,6 +243,7 @@ class Store:
     def _fenced_step_insert(self) -> sa.Insert:
         # INSERT ... SELECT FROM the run row, so the step lands only if the fence
         # still holds; the shared row lock orders it against a concurrent claim.
+        # Built once: the statement is the hot path of every step.
         if self._insert_step is None:
             names = [c.name for c in steps.c]
             source = (
@@ -253,7 +254,10 @@ class Store:
                 .where(runs.c.id == sa.bindparam("run_id"), runs.c.fence == sa.bindparam("fence"))
                 .with_for_update(read=True)
             )
-            self._insert_step = steps.insert().from_select(names, source)
+            insert = steps.insert().from_select(names, source)
+            if self.engine.dialect.insert_returning:
+                insert = insert.returning(steps.c.key)
+            self._insert_step = insert
         return self._insert_step
 
     def _write_step(
@@ -262,7 +266,10 @@ class Store:
         if new:
             params = {c.name: values.get(c.name) for c in steps.c}
             params["fence"] = fence
-            return self._inserted(conn, self._fenced_step_insert(), params)
+            insert = self._fenced_step_insert()
+            if self.engine.dialect.insert_returning:
+                return conn.execute(insert, params).first() is not None
+            return bool(conn.execute(insert, params).rowcount == 1)
         key = values["key"]
         run_id = values["run_id"]
         holds = sa.exists().where(runs.c.id == run_id, runs.c.fence == fence)
