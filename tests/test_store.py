@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -177,3 +179,25 @@ def test_due_runs_are_taken_once_per_redelivery_window(store_url: str) -> None:
             sa.select(runs.c.dispatches).where(runs.c.id == overdue["id"])
         ).scalar()
     assert dispatches == 1
+
+
+def test_many_processes_opening_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None:
+    # Each process creates the schema on first use; none may fail with "locked"
+    # (switching a fresh file to WAL races without SQLite's busy handler).
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    start_at = time.time() + 2.0  # all processes imported and waiting by then
+    code = (
+        "import sys, time; from celeryflow.store import Store; s = Store(sys.argv[1]); "
+        "time.sleep(max(0, float(sys.argv[2]) - time.time())); print(len(s.list_runs()))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(10)
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 10, [e.decode()[-300:] for _, e in results]
+    assert [out.decode().strip() for out, _ in results] == ["0"] * 10
