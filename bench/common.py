@@ -1,0 +1,268 @@
+"""Shared helpers for the benchmarks: fresh databases, a locked Redis db, tables.
+
+Services are the ones the test-suite uses (tests/services.py); their addresses can be
+overridden with environment variables:
+
+* ``CF_BENCH_PG``    -- libpq-style base, default ``postgresql://postgres@127.0.0.1:5432``
+* ``CF_BENCH_REDIS`` -- ``host:port``, default ``127.0.0.1:6379``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PG_BASE = os.environ.get("CF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS_HOSTPORT = os.environ.get("CF_BENCH_REDIS", "127.0.0.1:6379")
+REDIS_HOST, _, _port = REDIS_HOSTPORT.partition(":")
+REDIS_PORT = int(_port or 6379)
+
+# --------------------------------------------------------------------------------------
+# Fresh resources
+# --------------------------------------------------------------------------------------
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(f"{PG_BASE}/postgres", autocommit=True, connect_timeout=5)
+
+
+@contextlib.contextmanager
+def fresh_postgres() -> Iterator[tuple[str, str]]:
+    """A new PostgreSQL database ``cf_bench_<hex>``, dropped after.
+
+    Yields ``(sqlalchemy_url, libpq_url)``."""
+    name = f"cf_bench_{secrets.token_hex(6)}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = PG_BASE.replace("postgresql://", "postgresql+psycopg://", 1)
+        yield f"{base}/{name}", f"{PG_BASE}/{name}"
+    finally:
+        with _pg_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fresh_sqlite() -> Iterator[tuple[str, str]]:
+    """A SQLite file in a new temporary directory. Yields ``(sqlalchemy_url, path)``."""
+    tmp = tempfile.mkdtemp(prefix="cf-bench-")
+    try:
+        path = os.path.join(tmp, "store.db")
+        yield f"sqlite:///{path}", path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_store(kind: str) -> Iterator[str]:
+    """A fresh store URL for ``kind`` in ("postgresql", "sqlite")."""
+    maker = fresh_postgres if kind == "postgresql" else fresh_sqlite
+    with maker() as (url, _raw):
+        yield url
+
+
+# Same lock keys as tests/services.py, so a benchmark and a test session never share a
+# Redis db: db 0 only holds the locks, dbs 1..15 are taken with SET NX EX.
+REDIS_DBS = tuple(range(1, 16))
+REDIS_LOCK_KEY = "celeryflow-tests:redis-db-lock:{db}"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+
+@contextlib.contextmanager
+def fresh_redis_db(wait: float = 60.0) -> Iterator[int]:
+    """A Redis db number nobody else uses (locked, FLUSHDB-ed before and after)."""
+    import redis
+
+    control = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=10)
+    token = f"bench:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    deadline = time.monotonic() + wait
+    db: int | None = None
+    try:
+        while db is None:
+            for candidate in random.sample(REDIS_DBS, len(REDIS_DBS)):
+                if control.set(REDIS_LOCK_KEY.format(db=candidate), token, nx=True, ex=1800):
+                    db = candidate
+                    break
+            else:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("all Redis dbs 1..15 are locked by other sessions")
+                time.sleep(0.5)
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=10)
+        client.flushdb()
+        try:
+            yield db
+        finally:
+            client.flushdb()
+            client.close()
+    finally:
+        if db is not None:
+            control.eval(_RELEASE, 1, REDIS_LOCK_KEY.format(db=db), token)
+        control.close()
+
+
+def redis_url(db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def redis_client(db: int) -> Any:
+    import redis
+
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=30)
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def wait_until(probe: Callable[[], Any], timeout: float, interval: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_rate(per_second: float) -> str:
+    return f"{per_second:,.0f}/s"
+
+
+# --------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One compared figure: celeryflow's value against a baseline."""
+
+    what: str
+    value: str
+    baseline: str
+    ratio: float | None = None
+    target: str = ""
+    passed: bool | None = None
+
+    def cells(self) -> list[str]:
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}x"
+        result = "" if self.passed is None else ("PASS" if self.passed else "MISS")
+        return [self.what, self.value, self.baseline, ratio, self.target, result]
+
+
+@dataclass
+class Table:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    HEADER = ("measure", "celeryflow", "baseline", "ratio", "target", "result")
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def render(self) -> str:
+        cells = [list(self.HEADER), *(r.cells() for r in self.rows)]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(self.HEADER))]
+        lines = [self.title, "=" * len(self.title)]
+        for n, row in enumerate(cells):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            if n == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.extend(f"  * {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def machine_info() -> list[str]:
+    lines = [
+        f"host: {platform.platform()}, nproc={os.cpu_count()}, load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        f"python: {sys.version.split()[0]} ({sys.executable})",
+        "packages: "
+        + ", ".join(
+            f"{d}={_version(d)}"
+            for d in ("celeryflow", "celery", "kombu", "sqlalchemy", "psycopg", "redis")
+        ),
+    ]
+    try:
+        with _pg_admin() as admin:
+            row = admin.execute("SHOW server_version").fetchone()
+            sync = admin.execute("SHOW synchronous_commit").fetchone()
+            fsync = admin.execute("SHOW fsync").fetchone()
+        lines.append(
+            f"postgresql: {row[0] if row else '?'} (synchronous_commit={sync[0] if sync else '?'}"
+            f", fsync={fsync[0] if fsync else '?'})"
+        )
+    except Exception as exc:
+        lines.append(f"postgresql: unreachable ({exc})")
+    try:
+        info = redis_client(0).info("server")
+        lines.append(f"redis server: {info.get('redis_version')}")
+    except Exception as exc:
+        lines.append(f"redis server: unreachable ({exc})")
+    import sqlite3
+
+    lines.append(f"sqlite: {sqlite3.sqlite_version}")
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "celeryflow"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        ).stdout.strip()
+        lines.append(f"git: {rev}{' (+ uncommitted changes in celeryflow/)' if dirty else ''}")
+    except OSError:
+        pass
+    return lines

@@ -1,0 +1,625 @@
+"""Engine benchmarks against baselines measured in the same run (issue 3).
+
+    python bench/engine.py                      # all parts, PostgreSQL and SQLite stores
+    python bench/engine.py --only steps         # or chain, events (comma-separated)
+    python bench/engine.py --stores postgresql  # skip SQLite
+
+Parts, each a table of figures with the baseline, the ratio and the target:
+
+1. steps  -- per-step overhead of a 100-step function (real in-process thread worker)
+             vs one INSERT + COMMIT of a step-sized row with SQLAlchemy Core on the same
+             database and engine settings; target <= 1.6x.
+2. chain  -- wall time of a 100-step function vs a Celery ``chain`` of 100 trivial tasks
+             on the same Redis broker, both on an in-process thread worker (-c 2);
+             target: celeryflow >= 10x faster.
+3. events -- one-step runs per second from N events vs N plain trivial tasks, both on a
+             subprocess ``celery worker -c 2 --pool prefork`` on the same Redis broker;
+             target >= 0.5x.
+
+Needs PostgreSQL and Redis as in tests/services.py (see bench/common.py to override).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import apps  # noqa: E402
+from common import (  # noqa: E402
+    Row,
+    Table,
+    fmt_rate,
+    fmt_time,
+    fresh_postgres,
+    fresh_redis_db,
+    fresh_sqlite,
+    machine_info,
+    median,
+    redis_client,
+    redis_url,
+    wait_until,
+)
+
+from celeryflow import Event, Flow, RunStatus  # noqa: E402
+from celeryflow.runs import Run  # noqa: E402
+from celeryflow.store.database import create_store_engine  # noqa: E402
+from celeryflow.store.tables import runs as runs_table  # noqa: E402
+from celeryflow.store.tables import steps as steps_table  # noqa: E402
+from celeryflow.tasks import start_test_worker  # noqa: E402
+
+STORE_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
+STEP_OUTPUT = json.dumps(apps.trivial(), separators=(",", ":"))
+_queue_seq = 0
+
+
+def new_queue(tag: str) -> str:
+    global _queue_seq
+    _queue_seq += 1
+    return f"cf-bench-{os.getpid()}-{_queue_seq}-{tag}"
+
+
+@contextmanager
+def fresh(kind: str) -> Iterator[tuple[str, str]]:
+    """(sqlalchemy url, raw driver url or path) of a fresh store database."""
+    maker = fresh_postgres if kind == "postgresql" else fresh_sqlite
+    with maker() as urls:
+        yield urls
+
+
+def utc_ts(value: datetime | None) -> float:
+    assert value is not None
+    return value.timestamp()
+
+
+def poll_run(flow: Flow, event_id: str, timeout: float = 120.0) -> Run:
+    """The finished run of ``event_id`` (polling every 20 ms; timings come from the
+    store's own timestamps, so the poll interval does not enter the figures)."""
+
+    def probe() -> Run | None:
+        found = flow.list_runs(event_id=event_id, limit=1)
+        if not found or found[0].status.value not in ("completed", "failed", "cancelled"):
+            return None
+        return flow.get_run(found[0].id)
+
+    run: Run = wait_until(probe, timeout, 0.02, f"the run of event {event_id}")
+    if run.status != RunStatus.COMPLETED:
+        raise RuntimeError(f"run {run.id} ended {run.status}: {run.error}")
+    return run
+
+
+# ======================================================================================
+# Part 1: per-step overhead
+# ======================================================================================
+
+
+def step_row(run_id: str, i: int, now: datetime) -> dict[str, Any]:
+    """A row shaped like the one the engine writes for a completed ``step.run``."""
+    return {
+        "run_id": run_id,
+        "key": "s" if i == 0 else f"s:{i}",
+        "name": "s",
+        "position": i,
+        "kind": "run",
+        "status": "completed",
+        "output": STEP_OUTPUT,
+        "error": None,
+        "attempts": 1,
+        "wake_at": None,
+        "started_at": now,
+        "ended_at": now,
+    }
+
+
+def measure_engine_steps(kind: str, broker: str, runs: int) -> dict[str, float]:
+    """Median per-step costs of a 100-step function on a real in-process worker."""
+    per_step_run: list[float] = []
+    per_step_span: list[float] = []
+    with fresh(kind) as (url, _raw):
+        app, flow = apps.flow_app(broker, url, new_queue(f"steps-{kind}"))
+        with start_test_worker(app, pool="threads", concurrency=2):
+            for n in range(runs + 1):
+                [event_id] = flow.send(Event(name=apps.HUNDRED_EVENT))
+                run = poll_run(flow, event_id)
+                if len(run.steps) != apps.STEPS:
+                    raise RuntimeError(f"run {run.id} recorded {len(run.steps)} steps")
+                if n == 0:
+                    continue  # warm-up: connections, statement caches, imports
+                claim_to_end = utc_ts(run.ended_at) - utc_ts(run.started_at)
+                first, last = run.steps[0], run.steps[-1]
+                span = utc_ts(last.ended_at) - utc_ts(first.started_at)
+                per_step_run.append(claim_to_end / apps.STEPS)
+                per_step_span.append(span / (apps.STEPS - 1))
+        flow.store.engine.dispose()
+    return {"run": median(per_step_run), "span": median(per_step_span)}
+
+
+def scratch_table() -> sa.Table:
+    """A table with exactly cf_steps' columns, types and primary key."""
+    return steps_table.to_metadata(sa.MetaData(), name="bench_scratch")
+
+
+def measure_sa_inserts(url: str, runs: int) -> float:
+    """Median cost of one INSERT + COMMIT with SQLAlchemy Core, celeryflow's engine setup."""
+    engine = create_store_engine(url)
+    table = scratch_table()
+    table.metadata.create_all(engine)
+    insert = table.insert()
+    results: list[float] = []
+    for n in range(runs + 1):
+        run_id = f"sa-{n:04d}-{os.urandom(8).hex()}"
+        now = datetime.now().astimezone()
+        started = time.perf_counter()
+        for i in range(apps.STEPS):
+            with engine.begin() as conn:
+                conn.execute(insert, step_row(run_id, i, now))
+        if n:  # the first round warms up
+            results.append((time.perf_counter() - started) / apps.STEPS)
+    engine.dispose()
+    return median(results)
+
+
+def measure_raw_inserts(kind: str, raw: str, runs: int) -> float:
+    """The same INSERT + COMMIT through the driver alone (psycopg / sqlite3)."""
+    cols = [c.name for c in steps_table.c]
+    naive = datetime.utcnow()  # the columns hold naive UTC
+    results: list[float] = []
+    if kind == "postgresql":
+        import psycopg
+
+        marks = ", ".join(["%s"] * len(cols))
+        sql = f"INSERT INTO bench_scratch ({', '.join(cols)}) VALUES ({marks})"
+        with psycopg.connect(raw) as conn:
+            for n in range(runs + 1):
+                run_id = f"pg-{n:04d}-{os.urandom(8).hex()}"
+                started = time.perf_counter()
+                for i in range(apps.STEPS):
+                    row = step_row(run_id, i, naive)
+                    conn.execute(sql, [row[c] for c in cols])
+                    conn.commit()
+                if n:
+                    results.append((time.perf_counter() - started) / apps.STEPS)
+    else:
+        sql = f"INSERT INTO bench_scratch ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        conn = sqlite3.connect(raw, isolation_level=None, timeout=60)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            conn.execute(f"PRAGMA {pragma}")
+        try:
+            for n in range(runs + 1):
+                run_id = f"lite-{n:04d}-{os.urandom(8).hex()}"
+                started = time.perf_counter()
+                for i in range(apps.STEPS):
+                    row = step_row(run_id, i, naive)
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(sql, [row[c] for c in cols])
+                    conn.execute("COMMIT")
+                if n:
+                    results.append((time.perf_counter() - started) / apps.STEPS)
+        finally:
+            conn.close()
+    return median(results)
+
+
+def part_steps(kinds: list[str], broker: str, runs: int) -> Table:
+    table = Table(f"1. Per-step overhead: 100-step function vs INSERT+COMMIT (median of {runs})")
+    for kind in kinds:
+        label = STORE_LABEL[kind]
+        engine = measure_engine_steps(kind, broker, runs)
+        with fresh(kind) as (url, raw):
+            base = measure_sa_inserts(url, runs)
+            raw_cost = measure_raw_inserts(kind, raw, runs)
+        ratio = engine["run"] / base
+        table.add(
+            Row(
+                f"{label}: per step, claim->completion / 100",
+                fmt_time(engine["run"]),
+                f"{fmt_time(base)} SA Core",
+                ratio,
+                "<= 1.6x",
+                ratio <= 1.6,
+            )
+        )
+        table.add(
+            Row(
+                f"{label}: per step, step span / 99 (info)",
+                fmt_time(engine["span"]),
+                f"{fmt_time(base)} SA Core",
+                engine["span"] / base,
+            )
+        )
+        table.add(
+            Row(
+                f"{label}: same vs raw driver (info)",
+                fmt_time(engine["run"]),
+                f"{fmt_time(raw_cost)} {'psycopg' if kind == 'postgresql' else 'sqlite3'}",
+                engine["run"] / raw_cost,
+            )
+        )
+    table.notes += [
+        "celeryflow: a real worker (Celery thread pool, -c 2, Redis broker) runs a function "
+        "of 100 ctx.step.run('s', trivial) steps; the figure used for the target is "
+        "(run.ended_at - run.started_at) / 100 from the store's own timestamps: the claim "
+        "(UPDATE .. RETURNING + loading the memo), 100 step bodies and 100 step writes, up "
+        "to the final UPDATE (that last commit is not included).",
+        "step span = (last step ended_at - first step started_at) / 99: the steady state "
+        "between steps, without claim and finish.",
+        "baseline: 100 x (BEGIN; INSERT one cf_steps-shaped row; COMMIT) into a scratch "
+        "table with cf_steps' columns, via SQLAlchemy Core on create_store_engine(url) "
+        "(SQLite: WAL, synchronous=NORMAL, BEGIN IMMEDIATE); raw driver rows use the same "
+        "statement and, for SQLite, the same pragmas.",
+        "fresh database per measurement (PostgreSQL cf_bench_<hex>, SQLite in a temp dir); "
+        "one warm-up round before the timed ones.",
+    ]
+    return table
+
+
+# ======================================================================================
+# Part 2: a 100-step function vs a chain of 100 tasks
+# ======================================================================================
+
+
+def measure_chain(broker: str, db: int, runs: int) -> float:
+    app = apps.plain_app(broker, new_queue("chain"))
+    r = redis_client(db)
+    results: list[float] = []
+    with start_test_worker(app, pool="threads", concurrency=2):
+        for n in range(runs + 1):
+            r.delete(apps.CHAIN_KEY)
+            signature = apps.hundred_chain(app)
+            started = time.time()
+            signature.apply_async()
+            popped = r.blpop([apps.CHAIN_KEY], timeout=120)
+            if popped is None:
+                raise TimeoutError("the chain did not finish in 120 s")
+            if n:
+                results.append(float(popped[1]) - started)
+    r.close()
+    return median(results)
+
+
+def measure_flow_wall(kind: str, broker: str, runs: int) -> float:
+    results: list[float] = []
+    with fresh(kind) as (url, _raw):
+        app, flow = apps.flow_app(broker, url, new_queue(f"wall-{kind}"))
+        flow.store.engine  # noqa: B018  (migrate before timing)
+        with start_test_worker(app, pool="threads", concurrency=2):
+            for n in range(runs + 1):
+                started = time.time()
+                [event_id] = flow.send(Event(name=apps.HUNDRED_EVENT))
+                run = poll_run(flow, event_id)
+                if n:
+                    results.append(utc_ts(run.ended_at) - started)
+        flow.store.engine.dispose()
+    return median(results)
+
+
+def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
+    table = Table(
+        f"2. Wall time: 100-step function vs chain of 100 Celery tasks (median of {runs})"
+    )
+    chain_wall = measure_chain(broker, db, runs)
+    for kind in kinds:
+        wall = measure_flow_wall(kind, broker, runs)
+        speedup = chain_wall / wall
+        table.add(
+            Row(
+                f"{STORE_LABEL[kind]} store: send -> run completed",
+                fmt_time(wall),
+                f"{fmt_time(chain_wall)} chain",
+                speedup,
+                ">= 10x faster",
+                speedup >= 10,
+            )
+        )
+    table.notes += [
+        "ratio = chain wall time / celeryflow wall time (higher is better for celeryflow).",
+        "both sides: the same Redis broker, an in-process Celery worker (thread pool, -c 2), "
+        "one warm-up round; no result backend.",
+        "chain: chain(hop.si() x 99, last.si()).apply_async(); timed from apply_async until "
+        "the last task's time.time(), which it RPUSHes to Redis.",
+        "celeryflow: timed from flow.send(event) until run.ended_at (taken just before the "
+        "final UPDATE+COMMIT).",
+    ]
+    return table
+
+
+# ======================================================================================
+# Part 3: events -> one-step runs per second, subprocess worker -c 2 prefork
+# ======================================================================================
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], queue: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m celery -A apps worker -c 2 --pool prefork`` on ``queue``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "apps",
+        "worker",
+        "-c",
+        "2",
+        "--pool",
+        "prefork",
+        "-Q",
+        queue,
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    full_env = {**os.environ, **env, "CF_BENCH_QUEUE": queue}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+    )
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        cmd, cwd=HERE, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc
+    except BaseException:
+        log.seek(0)
+        tail = log.read().decode(errors="replace")[-4000:]
+        print(f"--- worker output (last 4000 chars) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        log.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group: it and its children
+            proc.wait(timeout=10)
+
+
+WARMUP = 40
+
+
+class RunCounter:
+    """Completed runs and the latest ended_at, read from the store."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_store_engine(url)
+        self.query = sa.select(sa.func.count(), sa.func.max(runs_table.c.ended_at)).where(
+            runs_table.c.status == RunStatus.COMPLETED.value
+        )
+
+    def read(self) -> tuple[int, datetime | None]:
+        with self.engine.connect() as conn:
+            count, last = conn.execute(self.query).one()
+        return int(count), last
+
+    def wait_for(self, total: int, timeout: float) -> float:
+        """Wait until ``total`` runs have completed; returns the last one's ended_at."""
+
+        def probe() -> datetime | None:
+            count, last = self.read()
+            return last if count >= total else None
+
+        last: datetime = wait_until(probe, timeout, 0.02, f"{total} completed runs")
+        return last.timestamp()
+
+
+def measure_flow_events(
+    kind: str, broker: str, n: int, runs: int, deadline: float
+) -> dict[str, float]:
+    """Runs/s for N one-step runs: single sends and one batched send."""
+    single: list[float] = []
+    batched: list[float] = []
+    send_single: list[float] = []
+    queue = new_queue(f"events-{kind}")
+    with fresh(kind) as (url, _raw):
+        _app, flow = apps.flow_app(broker, url, queue)
+        flow.store.engine  # noqa: B018  (migrate before the worker starts)
+        counter = RunCounter(url)
+        env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": broker, "CF_BENCH_STORE": url}
+        with celery_worker(env, queue):
+            expected = 0
+
+            def batch(size: int, tag: str) -> list[Event]:
+                return [
+                    Event(name=apps.ONE_STEP_EVENT, data={"i": i, "t": tag}) for i in range(size)
+                ]
+
+            for ev in batch(WARMUP, "warm"):
+                flow.send(ev)
+            expected += WARMUP
+            counter.wait_for(expected, 120)
+            for r in range(runs):
+                evs = batch(n, f"single-{r}")
+                started = time.time()
+                for ev in evs:
+                    flow.send(ev)
+                send_single.append(time.time() - started)
+                expected += n
+                single.append(n / (counter.wait_for(expected, deadline) - started))
+
+                evs = batch(n, f"batch-{r}")
+                started = time.time()
+                flow.send(evs)
+                expected += n
+                batched.append(n / (counter.wait_for(expected, deadline) - started))
+        counter.engine.dispose()
+        flow.store.engine.dispose()
+    return {
+        "single": median(single),
+        "batched": median(batched),
+        "send_single": median(send_single),
+    }
+
+
+def measure_plain_events(
+    broker: str, db: int, n: int, runs: int, deadline: float
+) -> dict[str, float]:
+    queue = new_queue("events-plain")
+    app = apps.plain_app(broker, queue)
+    task = app.tasks["bench.count"]
+    r = redis_client(db)
+    r.delete(apps.COUNT_KEY, apps.LAST_AT_KEY)
+    single: list[float] = []
+    batched: list[float] = []
+    send_single: list[float] = []
+
+    def wait_for(total: int) -> float:
+        wait_until(
+            lambda: int(r.get(apps.COUNT_KEY) or 0) >= total, deadline, 0.02, f"{total} tasks"
+        )
+        return float(r.get(apps.LAST_AT_KEY) or 0)
+
+    with celery_worker({"CF_BENCH_KIND": "plain", "CF_BENCH_BROKER": broker}, queue):
+        expected = 0
+        for _ in range(WARMUP):
+            task.delay()
+        expected += WARMUP
+        wait_for(expected)
+        for _ in range(runs):
+            started = time.time()
+            for _ in range(n):
+                task.delay()
+            send_single.append(time.time() - started)
+            expected += n
+            single.append(n / (wait_for(expected) - started))
+
+            started = time.time()
+            with app.producer_or_acquire() as producer:
+                for _ in range(n):
+                    task.apply_async(producer=producer)
+            expected += n
+            batched.append(n / (wait_for(expected) - started))
+    r.close()
+    return {
+        "single": median(single),
+        "batched": median(batched),
+        "send_single": median(send_single),
+    }
+
+
+def part_events(kinds: list[str], broker: str, db: int, n: int, runs: int) -> Table:
+    table = Table(
+        f"3. Throughput: {n:,} events -> one-step runs vs {n:,} plain tasks "
+        f"(worker -c 2 prefork, median of {runs})"
+    )
+    deadline = 180.0
+    plain = measure_plain_events(broker, db, n, runs, deadline)
+    for kind in kinds:
+        flow = measure_flow_events(kind, broker, n, runs, deadline)
+        label = STORE_LABEL[kind]
+        ratio = flow["single"] / plain["single"]
+        table.add(
+            Row(
+                f"{label}: flow.send(event) x N",
+                fmt_rate(flow["single"]),
+                f"{fmt_rate(plain['single'])} task.delay() x N",
+                ratio,
+                ">= 0.5x",
+                ratio >= 0.5,
+            )
+        )
+        table.add(
+            Row(
+                f"{label}: flow.send([N events]) (info)",
+                fmt_rate(flow["batched"]),
+                f"{fmt_rate(plain['batched'])} one producer",
+                flow["batched"] / plain["batched"],
+            )
+        )
+        table.add(
+            Row(
+                f"{label}: sending alone, N single sends (info)",
+                fmt_rate(n / flow["send_single"]),
+                f"{fmt_rate(n / plain['send_single'])} task.delay()",
+                plain["send_single"] / flow["send_single"],
+            )
+        )
+    table.notes += [
+        "rate = N / (time from the first send until the last run/task finished); sending "
+        "happens in this process while the worker runs, as in production.",
+        "celeryflow: each event triggers a one-step function; the end is the newest "
+        "cf_runs.ended_at once N runs are completed (store polled every 20 ms).",
+        "plain: a trivial task that INCRs a Redis counter and SETs its time.time() (one "
+        "pipelined round trip); the end is that time once the counter reaches N.",
+        f"same worker for both: python -m celery -A bench/apps.py worker -c 2 --pool prefork "
+        f"--without-gossip --without-mingle --without-heartbeat; {WARMUP} warm-up "
+        "runs/tasks first; same Redis db, no result backend.",
+        "'sending alone' ratio = plain send time / celeryflow send time.",
+    ]
+    return table
+
+
+# ======================================================================================
+
+
+PARTS = ("steps", "chain", "events")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help="comma-separated: steps,chain,events"
+    )
+    parser.add_argument("--stores", default="postgresql,sqlite", help="postgresql,sqlite")
+    parser.add_argument("--runs", type=int, default=5, help="timed repeats for parts 1 and 2")
+    parser.add_argument("--events", type=int, default=1000, help="N for part 3")
+    parser.add_argument("--event-runs", type=int, default=3, help="timed repeats for part 3")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
+    for p in parts:
+        if p not in PARTS:
+            parser.error(f"unknown part {p!r}; choose from {', '.join(PARTS)}")
+    for k in kinds:
+        if k not in STORE_LABEL:
+            parser.error(f"unknown store {k!r}; choose from postgresql, sqlite")
+
+    began = time.time()
+    print(f"# python bench/engine.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    for line in machine_info():
+        print(f"# {line}")
+    print(flush=True)
+    tables: list[Table] = []
+    with fresh_redis_db() as db:
+        broker = redis_url(db)
+        steps: dict[str, Callable[[], Table]] = {
+            "steps": lambda: part_steps(kinds, broker, args.runs),
+            "chain": lambda: part_chain(kinds, broker, db, args.runs),
+            "events": lambda: part_events(kinds, broker, db, args.events, args.event_runs),
+        }
+        for part in parts:
+            t0 = time.time()
+            table = steps[part]()
+            table.notes.append(f"part took {time.time() - t0:.0f} s")
+            tables.append(table)
+            print(table.render(), end="\n\n", flush=True)
+    results = [r.passed for t in tables for r in t.rows if r.passed is not None]
+    print(
+        f"# {sum(1 for r in results if r)} of {len(results)} targets met; "
+        f"total {time.time() - began:.0f} s; load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
