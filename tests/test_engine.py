@@ -11,8 +11,9 @@ from datetime import timedelta
 import pytest
 from flowkit import make_flow
 from services import Stack
+from sqlalchemy import event as sa_event
 
-from celeryflow import Event, NonRetriableError, RunStatus, StepError, event
+from celeryflow import Event, NonRetriableError, RetryAfterError, RunStatus, StepError, event
 from celeryflow.testing import wait_for, wait_for_run, worker
 
 
@@ -394,3 +395,108 @@ def test_replay_starts_a_new_run_from_the_same_event(stack: Stack) -> None:
     assert second.id != first.id and second.event_id == event_id
     assert second.output == first.output == {"x": 1}
     assert [r.id for r in flow.list_runs(event_id=event_id)] == [second.id, first.id]
+
+
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_retry_after_error_sets_the_next_try(stack: Stack) -> None:
+    flow = make_flow(stack)  # retry_base is 50 ms: only RetryAfterError explains a 1 s gap
+    tries: list[float] = []
+
+    def rate_limited() -> str:
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            raise RetryAfterError("429 from the provider", "1s")
+        return "ok"
+
+    @flow.function(id="retry-after", trigger=event("t/retry-after"))
+    def retry_after(ctx):  # type: ignore[no-untyped-def]
+        return ctx.step.run("call", rate_limited)
+
+    with worker(flow):
+        [event_id] = flow.send(Event(name="t/retry-after"))
+        run = wait_for_run(flow, event_id=event_id, timeout=20)
+
+    assert run.status == RunStatus.COMPLETED and run.output == "ok"
+    assert len(tries) == 2
+    assert 1.0 <= tries[1] - tries[0] < 2.5
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_errors_outside_steps_retry_the_function_body(stack: Stack) -> None:
+    flow = make_flow(stack)
+    calls: Counter[str] = Counter()
+
+    @flow.function(id="body-retry", trigger=event("t/body"), retries=2)
+    def body_retry(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("once", lambda: calls.update(["once"]))
+        calls["body"] += 1
+        if calls["body"] < 3:
+            raise RuntimeError(f"flaky body {calls['body']}")
+        return {"attempt": ctx.attempt}
+
+    @flow.function(id="body-fails", trigger=event("t/body"), retries=1)
+    def body_fails(ctx):  # type: ignore[no-untyped-def]
+        calls["fails"] += 1
+        raise RuntimeError("always")
+
+    with worker(flow):
+        [event_id] = flow.send(Event(name="t/body"))
+        wait_for(
+            lambda: (
+                all(
+                    r.status.value in ("completed", "failed")
+                    for r in flow.list_runs(event_id=event_id)
+                )
+                and len(flow.list_runs(event_id=event_id)) == 2
+            ),
+            timeout=20,
+            what="both runs to end",
+        )
+
+    runs = {r.function_id: r for r in flow.list_runs(event_id=event_id)}
+    assert runs["body-retry"].status == RunStatus.COMPLETED
+    assert runs["body-retry"].output == {"attempt": 2}
+    assert runs["body-fails"].status == RunStatus.FAILED
+    assert (
+        runs["body-fails"].error is not None and runs["body-fails"].error["type"] == "RuntimeError"
+    )
+    assert calls == {"once": 1, "body": 3, "fails": 2}
+
+
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres", "rabbitmq-mariadb"], indirect=True)
+def test_one_sql_transaction_per_step_in_the_steady_state(stack: Stack) -> None:
+    flow = make_flow(stack)
+    commits: list[int] = []
+    flow.store.migrate()
+    engine = flow.store.engine
+    wrote: set[int] = set()
+
+    def on_execute(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            wrote.add(id(conn))
+
+    def on_commit(conn):  # type: ignore[no-untyped-def]
+        # only transactions that wrote: reads (polling here, idle reconciler passes) don't count
+        if id(conn.connection.dbapi_connection) in wrote:
+            wrote.discard(id(conn.connection.dbapi_connection))
+            commits.append(1)
+
+    sa_event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda c, cur, st, *a: on_execute(c.connection.dbapi_connection, cur, st),
+    )
+    sa_event.listen(engine, "commit", on_commit)
+
+    @flow.function(id="twenty", trigger=event("t/twenty"))
+    def twenty(ctx):  # type: ignore[no-untyped-def]
+        return sum(ctx.step.run("s", lambda i=i: i) for i in range(20))
+
+    with worker(flow):
+        [event_id] = flow.send(Event(name="t/twenty"))
+        run = wait_for_run(flow, event_id=event_id)
+        # count only the executor's writes: the send, then claim + 20 steps + finish
+        writes = len(commits)
+
+    assert run.status == RunStatus.COMPLETED and run.output == sum(range(20))
+    assert writes == 1 + 1 + 20 + 1, writes
