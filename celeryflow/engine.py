@@ -39,7 +39,7 @@ from .functions import FlowFunction
 from .leases import LeaseKeeper
 from .runs import RunStatus
 from .steps import AsyncSteps, Context, Steps
-from .store import Claim
+from .store import Claim, RunSession, StepWrite
 
 if TYPE_CHECKING:
     from .flow import Flow, FlowSettings
@@ -92,33 +92,35 @@ class Engine:
         ring again (a short sleep or retry), or None."""
         settings = self.flow.settings
         now = utcnow()
-        claim = self.flow.store.claim(run_id, self.owner(), now, now + settings.lease)
-        if claim is None:
-            return self._not_claimed(run_id, now)
-        function = self.flow.functions.get(claim.run["function_id"])
-        if function is None:
-            # A rolling deploy: this worker lacks the function; another may have it.
-            log.error(
-                "run %s: function %r is not registered in this worker; released",
-                run_id,
-                claim.run["function_id"],
-            )
-            self.flow.store.park(
-                run_id,
-                claim.fence,
-                status=S.QUEUED,
-                wake_at=None,
-                due_at=now + settings.redeliver_after,
-            )
-            return None
-        self.leases.hold(run_id, claim.fence)
-        try:
-            return Execution(self.flow, function, claim).drive()
-        finally:
-            self.leases.release(run_id)
+        with self.flow.store.session() as session:
+            claim = session.claim(run_id, self.owner(), now, now + settings.lease)
+            if claim is None:
+                return self._not_claimed(session, run_id, now)
+            function = self.flow.functions.get(claim.run["function_id"])
+            if function is None:
+                # A rolling deploy: this worker lacks the function; another may have it.
+                log.error(
+                    "run %s: function %r is not registered in this worker; released",
+                    run_id,
+                    claim.run["function_id"],
+                )
+                session.move(
+                    run_id,
+                    claim.fence,
+                    status=S.QUEUED,
+                    wake_at=None,
+                    due_at=now + settings.redeliver_after,
+                    attempt=int(claim.run["attempt"]),
+                )
+                return None
+            self.leases.hold(run_id, claim.fence)
+            try:
+                return Execution(self.flow, function, claim, session).drive()
+            finally:
+                self.leases.release(run_id)
 
-    def _not_claimed(self, run_id: str, now: datetime) -> datetime | None:
-        row = self.flow.store.peek(run_id)
+    def _not_claimed(self, session: RunSession, run_id: str, now: datetime) -> datetime | None:
+        row = session.peek(run_id)
         if row is None:
             log.warning("run %s does not exist; message dropped", run_id)
             return None
@@ -131,10 +133,12 @@ class Engine:
 class Execution:
     """One pass of one run through its function."""
 
-    def __init__(self, flow: Flow, function: FlowFunction, claim: Claim) -> None:
+    def __init__(
+        self, flow: Flow, function: FlowFunction, claim: Claim, session: RunSession
+    ) -> None:
         self.flow = flow
         self.settings: FlowSettings = flow.settings
-        self.store = flow.store
+        self.session = session
         self.function = function
         self.claim = claim
         self.run_id: str = claim.run["id"]
@@ -143,6 +147,10 @@ class Execution:
         self._seen: dict[str, int] = {}
         self._position = 0
         self._in_step = False
+        # The newest step result not yet written: it rides in the execution's next
+        # write (the next step's, a park or the finish), which always comes before
+        # any other step does work, so at-least-once per step holds unchanged.
+        self._pending: list[StepWrite] = []
         events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
         steps: Steps | AsyncSteps = AsyncSteps(self) if function.is_async else Steps(self)
         self.ctx = Context(
@@ -183,16 +191,34 @@ class Execution:
         except SerializationError as exc:
             self._fail_run(exc)
             return None
-        if not self.store.finish(
-            self.run_id, self.fence, status=S.COMPLETED, now=utcnow(), output=text
+        if not self.session.finish(
+            self.run_id,
+            self.fence,
+            status=S.COMPLETED,
+            now=utcnow(),
+            output=text,
+            writes=self._take_pending(),
         ):
             log.warning("run %s: completed, but it was cancelled or taken over", self.run_id)
         return None
 
+    def _take_pending(self) -> list[StepWrite]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _flush(self) -> None:
+        if self._pending and not self.session.save_steps(self.fence, self._take_pending()):
+            raise self._lost()
+
     def _fail_run(self, exc: BaseException) -> None:
         error = to_json(error_info(exc), "error")
-        if not self.store.finish(
-            self.run_id, self.fence, status=S.FAILED, now=utcnow(), error=error
+        if not self.session.finish(
+            self.run_id,
+            self.fence,
+            status=S.FAILED,
+            now=utcnow(),
+            error=error,
+            writes=self._take_pending(),
         ):
             log.warning("run %s: failed, but it was cancelled or taken over", self.run_id)
 
@@ -203,16 +229,31 @@ class Execution:
             return None
         wake = utcnow() + self._retry_delay(exc, attempt)
         self.ctx.logger.warning("function raised %r; retry %d at %s", exc, attempt, wake)
-        if not self.store.park(
+        if not self.session.move(
             self.run_id,
             self.fence,
             status=S.QUEUED,
             wake_at=wake,
             due_at=self._due_for(wake),
             attempt=attempt,
+            writes=self._take_pending(),
         ):
             return None
         return wake
+
+    def _park(self, status: RunStatus, wake: datetime, step: StepWrite) -> NoReturn:
+        """Leave the worker until ``wake``, recording the step that parks the run."""
+        if not self.session.move(
+            self.run_id,
+            self.fence,
+            status=status,
+            wake_at=wake,
+            due_at=self._due_for(wake),
+            attempt=int(self.claim.run["attempt"]),
+            writes=[*self._take_pending(), step],
+        ):
+            raise self._lost()
+        raise Interrupt(status.value, wake)
 
     # -- helpers the steps call ----------------------------------------------------------
 
@@ -245,7 +286,7 @@ class Execution:
         return row
 
     def _lost(self) -> Interrupt:
-        row = self.store.peek(self.run_id)
+        row = self.session.peek(self.run_id)
         status = row["status"] if row else "missing"
         self.ctx.logger.info("run left this executor: %s", status)
         return Interrupt("cancelled" if status == S.CANCELLED.value else "lease lost")
@@ -283,7 +324,9 @@ class Execution:
                 raise StepError(name, json.loads(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
+        self._flush()  # the previous step's result is durable before this one works
         self.ctx.attempt = plan.prior_attempts
+        plan.started_at = utcnow()
         return plan
 
     @contextmanager
@@ -299,9 +342,7 @@ class Execution:
             text = to_json(result, f"step {plan.name!r} result")
         except SerializationError as exc:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
-        values = self._step_values(plan, status="completed", output=text)
-        if not self.store.save_step(self.fence, values, new=plan.new):
-            raise self._lost()
+        self._pending.append((self._step_values(plan, status="completed", output=text), plan.new))
         return json.loads(text)
 
     def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
@@ -312,8 +353,8 @@ class Execution:
         if isinstance(exc, NonRetriableError) or attempts > limit:
             values = self._step_values(plan, status="failed", error=to_json(error, "error"))
             values["attempts"] = attempts
-            if not self.store.save_step(self.fence, values, new=plan.new):
-                raise self._lost()
+            self._pending.append((values, plan.new))
+            self._flush()
             raise StepError(plan.name, error) from exc
         wake = utcnow() + self._retry_delay(exc, attempts)
         self.ctx.logger.warning(
@@ -322,16 +363,7 @@ class Execution:
         values = self._step_values(plan, status="retrying", error=to_json(error, "error"))
         values["attempts"] = attempts
         values["ended_at"] = None
-        if not self.store.park(
-            self.run_id,
-            self.fence,
-            status=S.QUEUED,
-            wake_at=wake,
-            due_at=self._due_for(wake),
-            step=(values, plan.new),
-        ):
-            raise self._lost()
-        raise Interrupt("retry", wake)
+        self._park(S.QUEUED, wake, (values, plan.new))
 
     def _step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -369,18 +401,8 @@ class Execution:
         if wake <= now:
             values = self._step_values(plan, status="completed", wake_at=wake)
             values["attempts"] = 1
-            if not self.store.save_step(self.fence, values, new=plan.new):
-                raise self._lost()
+            self._pending.append((values, plan.new))
             return
         values = self._step_values(plan, status="sleeping", wake_at=wake, ended_at=None)
         values["attempts"] = 1
-        if not self.store.park(
-            self.run_id,
-            self.fence,
-            status=S.SLEEPING,
-            wake_at=wake,
-            due_at=self._due_for(wake),
-            step=(values, plan.new),
-        ):
-            raise self._lost()
-        raise Interrupt("sleep", wake)
+        self._park(S.SLEEPING, wake, (values, plan.new))

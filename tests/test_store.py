@@ -102,10 +102,12 @@ def test_a_stale_executor_cannot_write(store_url: str) -> None:
     later = now + timedelta(seconds=1)
     second = store.claim(run_id, "b", later, later + timedelta(seconds=30))
     assert second is not None and second.fence == first.fence + 1
-    assert store.save_step(first.fence, _step(run_id, "s1"), new=True) is False
-    assert store.finish(run_id, first.fence, status=RunStatus.COMPLETED, now=later) is False
-    assert store.save_step(second.fence, _step(run_id, "s1"), new=True) is True
-    assert store.finish(run_id, second.fence, status=RunStatus.COMPLETED, now=later) is True
+    done = RunStatus.COMPLETED
+    with store.session() as stale, store.session() as live:
+        assert stale.save_steps(first.fence, [(_step(run_id, "s1"), True)]) is False
+        assert stale.finish(run_id, first.fence, status=done, now=later) is False
+        assert live.save_steps(second.fence, [(_step(run_id, "s1"), True)]) is True
+        assert live.finish(run_id, second.fence, status=done, now=later) is True
     assert [s.id for s in store.get_run(run_id).steps] == ["s1"]
 
 
@@ -146,7 +148,8 @@ def test_cancel_fences_out_the_executor(store_url: str) -> None:
     claim = store.claim(run_id, "a", now, now + timedelta(seconds=30))
     assert claim is not None
     assert store.cancel(run_id, now) is True
-    assert store.save_step(claim.fence, _step(run_id, "s"), new=True) is False
+    with store.session() as session:
+        assert session.save_steps(claim.fence, [(_step(run_id, "s"), True)]) is False
     assert store.cancel(run_id, now) is False
     assert store.get_run(run_id).status == RunStatus.CANCELLED
     with pytest.raises(RunNotFound):

@@ -1,5 +1,6 @@
 """The SQL store: the only package that writes SQL."""
 
-from .store import Claim, DueRun, Store
+from .session import Claim, RunSession, StepWrite
+from .store import DueRun, Store
 
-__all__ = ["Claim", "DueRun", "Store"]
+__all__ = ["Claim", "DueRun", "RunSession", "StepWrite", "Store"]

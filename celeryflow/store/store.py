@@ -24,31 +24,19 @@ from ..errors import ConfigError, RunNotFound
 from ..events import Event
 from ..runs import TERMINAL, Run, RunStatus, StepRecord, sources_of
 from .database import create_store_engine, sqlite_path
+from .session import Claim, RunSession, SessionStatements
 from .tables import events, runs, steps
 
-__all__ = ["Claim", "DueRun", "Store"]
+__all__ = ["DueRun", "Store"]
 
 EVENT_DEDUP_WINDOW = timedelta(hours=24)
 S = RunStatus
 
 
 @dataclass
-class Claim:
-    """A run this executor now holds, with every recorded step (one load per claim)."""
-
-    run: sa.RowMapping
-    fence: int
-    steps: dict[str, sa.RowMapping]
-
-
-@dataclass
 class DueRun:
     id: str
     eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
-
-
-class _Refused(Exception):
-    """Rolls a fenced transaction back when the fence no longer holds."""
 
 
 def _loads(text: str | None) -> Any:
@@ -68,7 +56,8 @@ class Store:
         self.auto_migrate = self.is_sqlite if auto_migrate is None else auto_migrate
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
-        self._insert_step: sa.Insert | None = None
+        self._session_sql: SessionStatements | None = None
+        self._insert_event: Any = None
 
     # -- setup ------------------------------------------------------------------------
 
@@ -149,15 +138,6 @@ class Store:
             return sqlite.insert(table).on_conflict_do_nothing()
         return sa.insert(table).prefix_with("IGNORE")
 
-    def _inserted(self, conn: sa.Connection, stmt: Any, params: dict[str, Any]) -> bool:
-        """Whether a one-row INSERT (that may insert nothing) inserted its row.
-        SQLAlchemy 2.1 with psycopg reports rowcount -1 for INSERTs, so ask RETURNING."""
-        if self.engine.dialect.insert_returning:
-            table = stmt.table
-            key = next(iter(table.primary_key.columns))
-            return conn.execute(stmt.returning(key), params).first() is not None
-        return bool(conn.execute(stmt, params).rowcount == 1)
-
     # -- events -----------------------------------------------------------------------
 
     def record_events(
@@ -169,7 +149,12 @@ class Store:
         """Store the events and, for each one not seen in the last 24 h, the runs
         ``plan_runs`` gives for it — all in one transaction. Returns new run ids."""
         created: list[dict[str, Any]] = []
-        insert_event = self._insert_ignoring_duplicates(events)
+        if self._insert_event is None:
+            insert = self._insert_ignoring_duplicates(events)
+            if self.engine.dialect.insert_returning:
+                insert = insert.returning(events.c.id)
+            self._insert_event = insert
+        insert_event = self._insert_event
         cutoff = now - EVENT_DEDUP_WINDOW
         with self._write() as conn:
             for ev in items:
@@ -180,7 +165,10 @@ class Store:
                     "ts": ev.ts,
                     "received_at": now,
                 }
-                fresh = self._inserted(conn, insert_event, values)
+                if self.engine.dialect.insert_returning:
+                    fresh = conn.execute(insert_event, values).first() is not None
+                else:
+                    fresh = conn.execute(insert_event, values).rowcount == 1
                 if not fresh:
                     # An id seen more than 24 h ago counts as new again.
                     fresh = (
@@ -203,161 +191,22 @@ class Store:
 
     # -- executing a run --------------------------------------------------------------
 
+    def session_statements(self) -> SessionStatements:
+        if self._session_sql is None:
+            self._session_sql = SessionStatements(self.engine.dialect)
+        return self._session_sql
+
+    def session(self) -> RunSession:
+        """A held connection for one execution of a run (claim, steps, park, finish)."""
+        return RunSession(self)
+
     def claim(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim | None:
-        """Take the run if it may proceed now; None if it may not (terminal, parked
-        until later, or held by a live executor)."""
-        may_start = sa.and_(
-            runs.c.status.in_([S.QUEUED.value, S.SLEEPING.value]),
-            sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= now),
-        )
-        lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < now)
-        update = (
-            runs.update()
-            .where(runs.c.id == run_id, sa.or_(may_start, lease_lapsed))
-            .values(
-                status=S.RUNNING.value,
-                lease_owner=owner,
-                lease_expires_at=lease_until,
-                due_at=lease_until,
-                wake_at=None,
-                fence=runs.c.fence + 1,
-                started_at=sa.func.coalesce(runs.c.started_at, now),
-            )
-        )
-        with self._write() as conn:
-            if self.engine.dialect.update_returning:
-                row = conn.execute(update.returning(*runs.c)).mappings().first()
-                if row is None:
-                    return None
-            else:
-                if conn.execute(update).rowcount != 1:
-                    return None
-                row = conn.execute(runs.select().where(runs.c.id == run_id)).mappings().one()
-            step_rows = conn.execute(steps.select().where(steps.c.run_id == run_id)).mappings()
-            return Claim(run=row, fence=int(row["fence"]), steps={r["key"]: r for r in step_rows})
+        with self.session() as session:
+            return session.claim(run_id, owner, now, lease_until)
 
     def peek(self, run_id: str) -> sa.RowMapping | None:
         with self._read() as conn:
             return conn.execute(runs.select().where(runs.c.id == run_id)).mappings().first()
-
-    def _fenced_step_insert(self) -> sa.Insert:
-        # INSERT ... SELECT FROM the run row, so the step lands only if the fence
-        # still holds; the shared row lock orders it against a concurrent claim.
-        # Built once: the statement is the hot path of every step.
-        if self._insert_step is None:
-            names = [c.name for c in steps.c]
-            source = (
-                sa.select(
-                    runs.c.id,
-                    *(sa.bindparam(n, type_=steps.c[n].type) for n in names if n != "run_id"),
-                )
-                .where(runs.c.id == sa.bindparam("run_id"), runs.c.fence == sa.bindparam("fence"))
-                .with_for_update(read=True)
-            )
-            insert = steps.insert().from_select(names, source)
-            if self.engine.dialect.insert_returning:
-                insert = insert.returning(steps.c.key)
-            self._insert_step = insert
-        return self._insert_step
-
-    def _write_step(
-        self, conn: sa.Connection, fence: int, values: dict[str, Any], new: bool
-    ) -> bool:
-        if new:
-            params = {c.name: values.get(c.name) for c in steps.c}
-            params["fence"] = fence
-            insert = self._fenced_step_insert()
-            if self.engine.dialect.insert_returning:
-                return conn.execute(insert, params).first() is not None
-            return bool(conn.execute(insert, params).rowcount == 1)
-        key = values["key"]
-        run_id = values["run_id"]
-        holds = sa.exists().where(runs.c.id == run_id, runs.c.fence == fence)
-        changes = {k: v for k, v in values.items() if k not in ("run_id", "key")}
-        update = (
-            steps.update()
-            .where(steps.c.run_id == run_id, steps.c.key == key, holds)
-            .values(changes)
-        )
-        return conn.execute(update).rowcount == 1
-
-    def save_step(self, fence: int, values: dict[str, Any], *, new: bool) -> bool:
-        """Record a step's outcome; False if this executor no longer holds the run."""
-        with self._write() as conn:
-            return self._write_step(conn, fence, values, new)
-
-    def park(
-        self,
-        run_id: str,
-        fence: int,
-        *,
-        status: RunStatus,
-        wake_at: datetime | None,
-        due_at: datetime | None,
-        step: tuple[dict[str, Any], bool] | None = None,
-        attempt: int | None = None,
-    ) -> bool:
-        """Release the run into ``status`` (with the step that parks it), atomically."""
-        changes: dict[str, Any] = {
-            "status": status.value,
-            "wake_at": wake_at,
-            "due_at": due_at,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
-        if attempt is not None:
-            changes["attempt"] = attempt
-        try:
-            with self._write() as conn:
-                moved = conn.execute(
-                    runs.update()
-                    .where(
-                        runs.c.id == run_id,
-                        runs.c.fence == fence,
-                        runs.c.status.in_(sources_of(status)),
-                    )
-                    .values(changes)
-                ).rowcount
-                if moved != 1:
-                    raise _Refused
-                if step is not None and not self._write_step(conn, fence, step[0], step[1]):
-                    raise _Refused
-        except _Refused:
-            return False
-        return True
-
-    def finish(
-        self,
-        run_id: str,
-        fence: int,
-        *,
-        status: RunStatus,
-        now: datetime,
-        output: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        with self._write() as conn:
-            return (
-                conn.execute(
-                    runs.update()
-                    .where(
-                        runs.c.id == run_id,
-                        runs.c.fence == fence,
-                        runs.c.status.in_(sources_of(status)),
-                    )
-                    .values(
-                        status=status.value,
-                        output=output,
-                        error=error,
-                        ended_at=now,
-                        due_at=None,
-                        wake_at=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                ).rowcount
-                == 1
-            )
 
     def renew_leases(self, held: Sequence[tuple[str, int]], until: datetime) -> list[str]:
         """Extend the leases this process holds; returns the run ids it lost."""

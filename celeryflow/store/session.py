@@ -1,0 +1,261 @@
+"""The executor's side of the store: everything one execution of a run writes.
+
+A :class:`RunSession` holds one connection for the whole execution (no pool
+checkout per step) and uses statements built once per store (no SQL construction
+on the hot path). Every write is *fenced*: it names the fence the executor got at
+claim time and lands only while the fence still holds (DESIGN principle 3).
+
+A step's result may ride in the next write of the execution (the next step's, the
+park, or the finish), so a run of N steps costs N write transactions plus its claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ..runs import RunStatus, sources_of
+from .tables import runs, steps
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Claim", "RunSession", "SessionStatements", "StepWrite"]
+
+S = RunStatus
+# A step row to write, and whether it is new (INSERT) or recorded already (UPDATE).
+StepWrite = tuple[dict[str, Any], bool]
+_CLAIM_COLUMNS = (
+    runs.c.id,
+    runs.c.function_id,
+    runs.c.events,
+    runs.c.attempt,
+    runs.c.fence,
+    runs.c.status,
+)
+
+
+@dataclass
+class Claim:
+    """A run this executor now holds, with every recorded step."""
+
+    run: sa.RowMapping
+    fence: int
+    steps: dict[str, sa.RowMapping]
+
+
+class _Refused(Exception):
+    """Rolls a fenced transaction back when the fence no longer holds."""
+
+
+class SessionStatements:
+    """The executor's statements, built once per store."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.update_returning = bool(dialect.update_returning)
+        self.insert_returning = bool(dialect.insert_returning)
+        P = sa.bindparam
+        may_start = sa.and_(
+            runs.c.status.in_([S.QUEUED.value, S.SLEEPING.value]),
+            sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= P("now")),
+        )
+        lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < P("now"))
+        claim = (
+            runs.update()
+            .where(runs.c.id == P("rid"), sa.or_(may_start, lease_lapsed))
+            .values(
+                status=S.RUNNING.value,
+                lease_owner=P("owner"),
+                lease_expires_at=P("lease_until"),
+                due_at=P("lease_until"),
+                wake_at=None,
+                fence=runs.c.fence + 1,
+                started_at=sa.func.coalesce(runs.c.started_at, P("now")),
+            )
+        )
+        self.claim = claim.returning(*_CLAIM_COLUMNS) if self.update_returning else claim
+        self.claimed = sa.select(*_CLAIM_COLUMNS).where(runs.c.id == P("rid"))
+        self.load_steps = steps.select().where(steps.c.run_id == P("rid"))
+
+        names = [c.name for c in steps.c]
+        source = (
+            sa.select(runs.c.id, *(P(n, type_=steps.c[n].type) for n in names if n != "run_id"))
+            .where(runs.c.id == P("run_id"), runs.c.fence == P("fence"))
+            # the shared row lock orders this write against a concurrent claim
+            .with_for_update(read=True)
+        )
+        insert = steps.insert().from_select(names, source)
+        self.insert_step = insert.returning(steps.c.key) if self.insert_returning else insert
+        holds = sa.exists().where(runs.c.id == P("w_run_id"), runs.c.fence == P("w_fence"))
+        self.update_step = (
+            steps.update()
+            .where(steps.c.run_id == P("w_run_id"), steps.c.key == P("w_key"), holds)
+            .values(
+                {
+                    n: P(f"new_{n}", type_=steps.c[n].type)
+                    for n in names
+                    if n not in ("run_id", "key")
+                }
+            )
+        )
+        self.move: dict[RunStatus, sa.Update] = {}
+        for target in (S.QUEUED, S.SLEEPING, S.WAITING):
+            self.move[target] = (
+                runs.update()
+                .where(
+                    runs.c.id == P("rid"),
+                    runs.c.fence == P("p_fence"),
+                    runs.c.status.in_(sources_of(target)),
+                )
+                .values(
+                    status=target.value,
+                    wake_at=P("p_wake_at"),
+                    due_at=P("p_due_at"),
+                    attempt=P("p_attempt"),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        self.finish: dict[RunStatus, sa.Update] = {}
+        for target in (S.COMPLETED, S.FAILED):
+            self.finish[target] = (
+                runs.update()
+                .where(
+                    runs.c.id == P("rid"),
+                    runs.c.fence == P("p_fence"),
+                    runs.c.status.in_(sources_of(target)),
+                )
+                .values(
+                    status=target.value,
+                    output=P("p_output"),
+                    error=P("p_error"),
+                    ended_at=P("now"),
+                    due_at=None,
+                    wake_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
+
+class RunSession:
+    """One execution's connection to the store. Use as a context manager."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sql = store.session_statements()
+        self.conn = store.engine.connect()
+
+    def __enter__(self) -> RunSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+    def claim(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim | None:
+        """Take the run if it may proceed now; None if it may not (finished, parked
+        until later, or held by a live executor)."""
+        params = {"rid": run_id, "owner": owner, "now": now, "lease_until": lease_until}
+        with self.conn.begin():
+            if self.sql.update_returning:
+                row = self.conn.execute(self.sql.claim, params).mappings().first()
+                if row is None:
+                    return None
+            else:
+                if self.conn.execute(self.sql.claim, params).rowcount != 1:
+                    return None
+                row = self.conn.execute(self.sql.claimed, params).mappings().one()
+            fence = int(row["fence"])
+            if fence == 1:  # the first claim ever: no step can have been recorded
+                return Claim(run=row, fence=fence, steps={})
+            rows = self.conn.execute(self.sql.load_steps, params).mappings()
+            return Claim(run=row, fence=fence, steps={r["key"]: r for r in rows})
+
+    def _write_step(self, fence: int, values: dict[str, Any], new: bool) -> bool:
+        if new:
+            params = {c.name: values.get(c.name) for c in steps.c}
+            params["fence"] = fence
+            result = self.conn.execute(self.sql.insert_step, params)
+            if self.sql.insert_returning:
+                return result.first() is not None
+            return bool(result.rowcount == 1)
+        params = {f"new_{c.name}": values.get(c.name) for c in steps.c}
+        params.update(w_run_id=values["run_id"], w_key=values["key"], w_fence=fence)
+        return bool(self.conn.execute(self.sql.update_step, params).rowcount == 1)
+
+    def _write_steps(self, fence: int, writes: Sequence[StepWrite]) -> None:
+        for values, new in writes:
+            if not self._write_step(fence, values, new):
+                raise _Refused
+
+    def save_steps(self, fence: int, writes: Sequence[StepWrite]) -> bool:
+        """Record step outcomes; False if this executor no longer holds the run."""
+        try:
+            with self.conn.begin():
+                self._write_steps(fence, writes)
+        except _Refused:
+            return False
+        return True
+
+    def move(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        status: RunStatus,
+        wake_at: datetime | None,
+        due_at: datetime | None,
+        attempt: int,
+        writes: Sequence[StepWrite] = (),
+    ) -> bool:
+        """Release the run into a parked ``status`` with the steps that led there."""
+        params = {
+            "rid": run_id,
+            "p_fence": fence,
+            "p_wake_at": wake_at,
+            "p_due_at": due_at,
+            "p_attempt": attempt,
+        }
+        try:
+            with self.conn.begin():
+                self._write_steps(fence, writes)
+                if self.conn.execute(self.sql.move[status], params).rowcount != 1:
+                    raise _Refused
+        except _Refused:
+            return False
+        return True
+
+    def finish(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        status: RunStatus,
+        now: datetime,
+        output: str | None = None,
+        error: str | None = None,
+        writes: Sequence[StepWrite] = (),
+    ) -> bool:
+        params = {
+            "rid": run_id,
+            "p_fence": fence,
+            "p_output": output,
+            "p_error": error,
+            "now": now,
+        }
+        try:
+            with self.conn.begin():
+                self._write_steps(fence, writes)
+                if self.conn.execute(self.sql.finish[status], params).rowcount != 1:
+                    raise _Refused
+        except _Refused:
+            return False
+        return True
+
+    def peek(self, run_id: str) -> sa.RowMapping | None:
+        with self.conn.begin():
+            return self.conn.execute(runs.select().where(runs.c.id == run_id)).mappings().first()
