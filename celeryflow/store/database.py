@@ -68,7 +68,11 @@ def _configure_sqlite(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
+        # Straight to the driver: this runs once per step, and SQLAlchemy's full
+        # statement path would cost more than the BEGIN itself.
+        driver = conn.connection.driver_connection
+        assert driver is not None
         if conn.get_execution_options().get("readonly"):
-            conn.exec_driver_sql("BEGIN")
+            driver.execute("BEGIN")
         else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            driver.execute("BEGIN IMMEDIATE")
