@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-__all__ = ["create_store_engine", "sqlite_path"]
+__all__ = ["SQLiteWriteLock", "create_store_engine", "sqlite_path"]
 
 _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
@@ -76,3 +80,34 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             driver.execute("BEGIN")
         else:
             driver.execute("BEGIN IMMEDIATE")
+
+
+class SQLiteWriteLock:
+    """Queues SQLite writers on a kernel file lock before BEGIN IMMEDIATE.
+
+    SQLite's own busy handler polls with sleeps of 1, 2, 5, 10... ms, an eternity
+    next to a 0.1 ms transaction: under contention from several worker processes most
+    of the time went to sleeping. flock() wakes the next writer as soon as the lock
+    is released. Each thread has its own descriptor, because flock excludes per open
+    file, not per process.
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self.path = database_path + ".write-lock"
+        self._local = threading.local()
+
+    def _fd(self) -> int:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            local.pid = os.getpid()
+        return int(local.fd)
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        fd = self._fd()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)

@@ -57,6 +57,7 @@ class SessionStatements:
 
     def __init__(self, dialect: sa.Dialect) -> None:
         self.update_returning = bool(dialect.update_returning)
+        self.async_claim = dialect.name == "postgresql"
         self.insert_returning = bool(dialect.insert_returning)
         P = sa.bindparam
         may_start = sa.and_(
@@ -160,7 +161,13 @@ class RunSession:
         """Take the run if it may proceed now; None if it may not (finished, parked
         until later, or held by a live executor)."""
         params = {"rid": run_id, "owner": owner, "now": now, "lease_until": lease_until}
-        with self.conn.begin():
+        with self.store.write_lock(), self.conn.begin():
+            if self.sql.async_claim:
+                # The claim needs no flush of its own: it is visible to other sessions at
+                # once, and WAL is sequential, so the executor's next durable commit
+                # flushes it too. A server crash before that loses only the claim; the
+                # run is queued again and the reconciler rings for it.
+                self.conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             if self.sql.update_returning:
                 row = self.conn.execute(self.sql.claim, params).mappings().first()
                 if row is None:
@@ -195,7 +202,7 @@ class RunSession:
     def save_steps(self, fence: int, writes: Sequence[StepWrite]) -> bool:
         """Record step outcomes; False if this executor no longer holds the run."""
         try:
-            with self.conn.begin():
+            with self.store.write_lock(), self.conn.begin():
                 self._write_steps(fence, writes)
         except _Refused:
             return False
@@ -221,7 +228,7 @@ class RunSession:
             "p_attempt": attempt,
         }
         try:
-            with self.conn.begin():
+            with self.store.write_lock(), self.conn.begin():
                 self._write_steps(fence, writes)
                 if self.conn.execute(self.sql.move[status], params).rowcount != 1:
                     raise _Refused
@@ -248,7 +255,7 @@ class RunSession:
             "now": now,
         }
         try:
-            with self.conn.begin():
+            with self.store.write_lock(), self.conn.begin():
                 self._write_steps(fence, writes)
                 if self.conn.execute(self.sql.finish[status], params).rowcount != 1:
                     raise _Refused
@@ -257,5 +264,4 @@ class RunSession:
         return True
 
     def peek(self, run_id: str) -> sa.RowMapping | None:
-        with self.conn.begin():
-            return self.conn.execute(runs.select().where(runs.c.id == run_id)).mappings().first()
+        return self.store.peek(run_id)  # a read: no write lock, no held transaction

@@ -12,7 +12,7 @@ import fcntl
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..errors import ConfigError, RunNotFound
 from ..events import Event
 from ..runs import TERMINAL, Run, RunStatus, StepRecord, sources_of
-from .database import create_store_engine, sqlite_path
+from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .session import Claim, RunSession, SessionStatements
 from .tables import events, runs, steps
 
@@ -57,6 +57,10 @@ class Store:
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
         self._session_sql: SessionStatements | None = None
+        path = sqlite_path(url)
+        self.write_lock: Callable[[], AbstractContextManager[None]] = (
+            SQLiteWriteLock(path) if path and path != ":memory:" else nullcontext
+        )
         self._insert_event: Any = None
 
     # -- setup ------------------------------------------------------------------------
@@ -120,7 +124,7 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        with self.engine.begin() as conn:
+        with self.write_lock(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
