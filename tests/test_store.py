@@ -204,3 +204,23 @@ def test_many_processes_opening_a_fresh_sqlite_store_at_once(tmp_path: Path) -> 
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 10, [e.decode()[-300:] for _, e in results]
     assert [out.decode().strip() for out, _ in results] == ["0"] * 10
+
+
+def test_cli_lists_and_shows_runs(sqlite_store_url: str) -> None:
+    store = Store(sqlite_store_url)
+    row = _run_row("cli-fn")
+    store.insert_runs([row])
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "celeryflow.cli", *args, "--store", sqlite_store_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert f"{row['id']}  queued     cli-fn" in cli("runs")
+    assert cli("runs", "--status", "completed").strip() == ""
+    assert f'"id": "{row["id"]}"' in cli("run", str(row["id"]))

@@ -199,14 +199,27 @@ class RunSession:
             if not self._write_step(fence, values, new):
                 raise _Refused
 
-    def save_steps(self, fence: int, writes: Sequence[StepWrite]) -> bool:
-        """Record step outcomes; False if this executor no longer holds the run."""
+    def _fenced(
+        self,
+        fence: int,
+        writes: Sequence[StepWrite],
+        run_update: sa.Update | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> bool:
+        """Write the steps and then update the run, all or nothing; False if this
+        executor no longer holds the run."""
         try:
             with self.store.write_lock(), self.conn.begin():
                 self._write_steps(fence, writes)
+                if run_update is not None and self.conn.execute(run_update, params).rowcount != 1:
+                    raise _Refused
         except _Refused:
             return False
         return True
+
+    def save_steps(self, fence: int, writes: Sequence[StepWrite]) -> bool:
+        """Record step outcomes."""
+        return self._fenced(fence, writes)
 
     def move(
         self,
@@ -227,14 +240,7 @@ class RunSession:
             "p_due_at": due_at,
             "p_attempt": attempt,
         }
-        try:
-            with self.store.write_lock(), self.conn.begin():
-                self._write_steps(fence, writes)
-                if self.conn.execute(self.sql.move[status], params).rowcount != 1:
-                    raise _Refused
-        except _Refused:
-            return False
-        return True
+        return self._fenced(fence, writes, self.sql.move[status], params)
 
     def finish(
         self,
@@ -247,6 +253,7 @@ class RunSession:
         error: str | None = None,
         writes: Sequence[StepWrite] = (),
     ) -> bool:
+        """End the run in ``status`` with the steps not yet written."""
         params = {
             "rid": run_id,
             "p_fence": fence,
@@ -254,14 +261,7 @@ class RunSession:
             "p_error": error,
             "now": now,
         }
-        try:
-            with self.store.write_lock(), self.conn.begin():
-                self._write_steps(fence, writes)
-                if self.conn.execute(self.sql.finish[status], params).rowcount != 1:
-                    raise _Refused
-        except _Refused:
-            return False
-        return True
+        return self._fenced(fence, writes, self.sql.finish[status], params)
 
     def peek(self, run_id: str) -> sa.RowMapping | None:
         return self.store.peek(run_id)  # a read: no write lock, no held transaction
