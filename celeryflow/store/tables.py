@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["events", "metadata", "runs", "steps"]
+__all__ = ["cron_ticks", "events", "metadata", "runs", "steps", "wait_fields", "waits"]
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -83,6 +83,11 @@ runs = sa.Table(
     sa.Column("due_at", UTCDateTime, nullable=True),
     sa.Column("dispatches", sa.Integer, nullable=False, default=0),
     sa.Column("parent_run_id", Key(36), nullable=True),
+    # the parent's step (invoke, parallel branch) this run's output resumes
+    sa.Column("parent_step", Key(255), nullable=True),
+    # Timeouts(start=, finish=): cancelled if not started / not ended by then
+    sa.Column("start_deadline", UTCDateTime, nullable=True),
+    sa.Column("finish_deadline", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
@@ -107,4 +112,41 @@ steps = sa.Table(
     sa.Column("wake_at", UTCDateTime, nullable=True),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
+)
+
+# A run parked on an event: wait_for_event steps and cancel_on triggers. An incoming
+# event finds its waiters by (name, field, value) in one index lookup (DESIGN 6);
+# waiters with only a CEL condition have field NULL and are checked one by one.
+waits = sa.Table(
+    "cf_waits",
+    metadata,
+    sa.Column("run_id", Key(36), primary_key=True),
+    sa.Column("key", Key(255), primary_key=True),  # the step key, or "cancel:N"
+    sa.Column("kind", sa.String(16), nullable=False),  # "event" | "cancel"
+    sa.Column("event_name", Key(255), nullable=False),
+    sa.Column("match_field", Key(255), nullable=True),  # e.g. "data.order_id"
+    sa.Column("match_value", Key(255), nullable=True),  # JSON of the expected value
+    sa.Column("condition", JSONText, nullable=True),  # CEL over event and async
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_cf_waits_match", "event_name", "match_field", "match_value"),
+)
+
+# Which fields waiters of an event name match on, so an incoming event knows which
+# values to look up without scanning the waiters.
+wait_fields = sa.Table(
+    "cf_wait_fields",
+    metadata,
+    sa.Column("event_name", Key(255), primary_key=True),
+    sa.Column("match_field", Key(255), primary_key=True),
+)
+
+# One row per (function, scheduled time): two beats never fire a slot twice.
+cron_ticks = sa.Table(
+    "cf_cron_ticks",
+    metadata,
+    sa.Column("function_id", Key(255), primary_key=True),
+    sa.Column("scheduled_at", UTCDateTime, primary_key=True),
+    sa.Column("run_id", Key(36), nullable=True),
+    sa.Column("fired_at", UTCDateTime, nullable=False),
 )
