@@ -14,7 +14,7 @@ from .errors import (
 )
 from .events import Event, event
 from .flow import Flow
-from .functions import FlowFunction
+from .functions import CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus, StepRecord
 from .steps import Context
 from .store import kombu_sqlite
@@ -24,6 +24,7 @@ from .store import kombu_sqlite
 kombu_sqlite.register()
 
 __all__ = [
+    "CancelOn",
     "CeleryflowError",
     "ConfigError",
     "Context",
@@ -41,5 +42,6 @@ __all__ = [
     "SerializationError",
     "StepError",
     "StepRecord",
+    "Timeouts",
     "event",
 ]

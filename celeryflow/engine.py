@@ -113,11 +113,23 @@ class Engine:
                     attempt=int(claim.run["attempt"]),
                 )
                 return None
+            if self._past_deadline(claim, now):
+                log.info("run %s: cancelled by its Timeouts", run_id)
+                self.flow.store.cancel(run_id, now)
+                return None
             self.leases.hold(run_id, claim.fence)
             try:
                 return Execution(self.flow, function, claim, session).drive()
             finally:
                 self.leases.release(run_id)
+
+    @staticmethod
+    def _past_deadline(claim: Claim, now: datetime) -> bool:
+        start: datetime | None = claim.run["start_deadline"]
+        finish: datetime | None = claim.run["finish_deadline"]
+        if start is not None and claim.fence == 1 and start < now:
+            return True  # never started, and waited too long to
+        return finish is not None and finish < now
 
     def _not_claimed(self, session: RunSession, run_id: str, now: datetime) -> datetime | None:
         row = session.peek(run_id)
@@ -125,7 +137,8 @@ class Engine:
             log.warning("run %s does not exist; message dropped", run_id)
             return None
         wake: datetime | None = row["wake_at"]
-        if row["status"] in (S.QUEUED.value, S.SLEEPING.value) and wake is not None and wake > now:
+        parked = (S.QUEUED.value, S.SLEEPING.value, S.WAITING.value)
+        if row["status"] in parked and wake is not None and wake > now:
             return wake  # an early doorbell (ETA restored early, reconciler look-ahead)
         return None  # finished, or a live executor holds it: a duplicate delivery
 
@@ -197,18 +210,19 @@ class Execution:
             status=S.COMPLETED,
             now=utcnow(),
             output=text,
-            writes=self._take_pending(),
+            writes=self.take_pending(),
+            clear_waits=bool(self.function.config.cancel_on),
         ):
             log.warning("run %s: completed, but it was cancelled or taken over", self.run_id)
         return None
 
-    def _take_pending(self) -> list[StepWrite]:
+    def take_pending(self) -> list[StepWrite]:
         pending, self._pending = self._pending, []
         return pending
 
     def _flush(self) -> None:
-        if self._pending and not self.session.save_steps(self.fence, self._take_pending()):
-            raise self._lost()
+        if self._pending and not self.session.save_steps(self.fence, self.take_pending()):
+            raise self.lost()
 
     def _fail_run(self, exc: BaseException) -> None:
         error = to_json(error_info(exc), "error")
@@ -218,7 +232,8 @@ class Execution:
             status=S.FAILED,
             now=utcnow(),
             error=error,
-            writes=self._take_pending(),
+            writes=self.take_pending(),
+            clear_waits=bool(self.function.config.cancel_on),
         ):
             log.warning("run %s: failed, but it was cancelled or taken over", self.run_id)
 
@@ -236,7 +251,7 @@ class Execution:
             wake_at=wake,
             due_at=self._due_for(wake),
             attempt=attempt,
-            writes=self._take_pending(),
+            writes=self.take_pending(),
         ):
             return None
         return wake
@@ -250,14 +265,33 @@ class Execution:
             wake_at=wake,
             due_at=self._due_for(wake),
             attempt=int(self.claim.run["attempt"]),
-            writes=[*self._take_pending(), step],
+            writes=[*self.take_pending(), step],
         ):
-            raise self._lost()
+            raise self.lost()
         raise Interrupt(status.value, wake)
 
     # -- helpers the steps call ----------------------------------------------------------
 
-    def _next_key(self, name: str) -> tuple[str, int]:
+    @property
+    def run_attempt(self) -> int:
+        return int(self.claim.run["attempt"])
+
+    def _check_deadline(self) -> None:
+        finish: datetime | None = self.claim.run["finish_deadline"]
+        if finish is not None and utcnow() > finish:
+            self._flush()
+            self.store_cancel()
+            raise Interrupt("cancelled by Timeouts(finish)")
+
+    def store_cancel(self) -> None:
+        self.flow.store.cancel(self.run_id, utcnow())
+
+    def new_plan(self, key: str, name: str, position: int, kind: str) -> StepPlan:
+        self._check_deadline()
+        self._flush()  # the previous step's result is durable before this one works
+        return StepPlan(key=key, name=name, position=position, kind=kind)
+
+    def next_key(self, name: str) -> tuple[str, int]:
         if not isinstance(name, str) or not name:
             raise NonRetriableError(f"a step id must be a non-empty string, got {name!r}")
         if self._in_step:
@@ -270,7 +304,7 @@ class Execution:
         self._position += 1
         return (name if count == 0 else f"{name}:{count}"), position
 
-    def _recorded(self, key: str, name: str, kind: str, position: int) -> Any:
+    def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
         row = self.memo.get(key)
         if row is None:
             return None
@@ -285,7 +319,7 @@ class Execution:
             )
         return row
 
-    def _lost(self) -> Interrupt:
+    def lost(self) -> Interrupt:
         row = self.session.peek(self.run_id)
         status = row["status"] if row else "missing"
         self.ctx.logger.info("run left this executor: %s", status)
@@ -295,9 +329,12 @@ class Execution:
         # A wake within the horizon gets an ETA message; the reconciler only backs it
         # up. A farther one is woken by the reconciler alone, so no message sits in a
         # broker past Redis' visibility timeout or RabbitMQ's consumer_timeout.
+        finish: datetime | None = self.claim.run["finish_deadline"]
         if wake - utcnow() <= self.settings.eta_horizon:
-            return wake + self.settings.redeliver_after
-        return wake
+            due = wake + self.settings.redeliver_after
+        else:
+            due = wake
+        return min(due, finish) if finish is not None else due
 
     def _retry_delay(self, exc: BaseException, attempt: int) -> timedelta:
         if isinstance(exc, RetryAfterError):
@@ -312,9 +349,9 @@ class Execution:
     # -- step.run ---------------------------------------------------------------------
 
     def begin_run_step(self, name: str) -> StepPlan:
-        key, position = self._next_key(name)
+        key, position = self.next_key(name)
         plan = StepPlan(key=key, name=name, position=position, kind="run")
-        row = self._recorded(key, name, "run", position)
+        row = self.recorded(key, name, "run", position)
         if row is not None:
             if row["status"] == "completed":
                 plan.done = True
@@ -324,6 +361,7 @@ class Execution:
                 raise StepError(name, json.loads(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
+        self._check_deadline()
         self._flush()  # the previous step's result is durable before this one works
         self.ctx.attempt = plan.prior_attempts
         plan.started_at = utcnow()
@@ -342,7 +380,7 @@ class Execution:
             text = to_json(result, f"step {plan.name!r} result")
         except SerializationError as exc:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
-        self._pending.append((self._step_values(plan, status="completed", output=text), plan.new))
+        self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
         return json.loads(text)
 
     def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
@@ -351,7 +389,7 @@ class Execution:
         limit = self.function.config.retries if retries is None else retries
         error = error_info(exc)
         if isinstance(exc, NonRetriableError) or attempts > limit:
-            values = self._step_values(plan, status="failed", error=to_json(error, "error"))
+            values = self.step_values(plan, status="failed", error=to_json(error, "error"))
             values["attempts"] = attempts
             self._pending.append((values, plan.new))
             self._flush()
@@ -360,12 +398,12 @@ class Execution:
         self.ctx.logger.warning(
             "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
         )
-        values = self._step_values(plan, status="retrying", error=to_json(error, "error"))
+        values = self.step_values(plan, status="retrying", error=to_json(error, "error"))
         values["attempts"] = attempts
         values["ended_at"] = None
         self._park(S.QUEUED, wake, (values, plan.new))
 
-    def _step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
+    def step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
         values: dict[str, Any] = {
             "run_id": self.run_id,
             "key": plan.key,
@@ -386,9 +424,9 @@ class Execution:
     # -- step.sleep -------------------------------------------------------------------
 
     def sleep_until(self, name: str, when: Callable[[], datetime]) -> None:
-        key, position = self._next_key(name)
+        key, position = self.next_key(name)
         plan = StepPlan(key=key, name=name, position=position, kind="sleep", prior_attempts=0)
-        row = self._recorded(key, name, "sleep", position)
+        row = self.recorded(key, name, "sleep", position)
         now = utcnow()
         if row is not None:
             if row["status"] == "completed":
@@ -399,10 +437,10 @@ class Execution:
         else:
             wake = when()
         if wake <= now:
-            values = self._step_values(plan, status="completed", wake_at=wake)
+            values = self.step_values(plan, status="completed", wake_at=wake)
             values["attempts"] = 1
             self._pending.append((values, plan.new))
             return
-        values = self._step_values(plan, status="sleeping", wake_at=wake, ended_at=None)
+        values = self.step_values(plan, status="sleeping", wake_at=wake, ended_at=None)
         values["attempts"] = 1
         self._park(S.SLEEPING, wake, (values, plan.new))

@@ -13,7 +13,7 @@ from .codec import to_jsonable
 from .errors import EventError, SerializationError, describe
 from .expressions import Expression, compile_expression
 
-__all__ = ["Event", "EventTrigger", "event", "prepare_events"]
+__all__ = ["Event", "EventTrigger", "condition_holds", "event", "prepare_events"]
 
 
 class Event(BaseModel):
@@ -88,3 +88,10 @@ def prepare_events(events: Event | dict[str, Any] | list[Event | dict[str, Any]]
             )
         )
     return prepared
+
+
+def condition_holds(source: str, run_event: dict[str, Any], candidate: dict[str, Any]) -> bool:
+    """A wait's ``if_``: CEL over ``event`` (the run's) and ``async`` (the candidate)."""
+    return compile_expression(source, "wait condition").matches(
+        {"event": run_event, "async": candidate}
+    )

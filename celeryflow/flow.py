@@ -7,7 +7,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +18,10 @@ from . import tasks
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import ConfigError, describe
-from .events import Event, EventTrigger, prepare_events
-from .functions import DEFAULT_RETRIES, FlowFunction
+from .events import Event, EventTrigger, condition_holds, prepare_events
+from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus
-from .store import Store
+from .store import PlannedRun, Recorded, Store
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
@@ -115,11 +115,21 @@ class Flow:
         id: str | None = None,
         trigger: EventTrigger | list[EventTrigger] | None = None,
         retries: int = DEFAULT_RETRIES,
+        cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
+        timeouts: Timeouts | dict[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], FlowFunction]:
         """Register a durable function: ``@flow.function(id=..., trigger=event(...))``."""
 
         def register(fn: Callable[..., Any]) -> FlowFunction:
-            function = FlowFunction.build(self, fn, id=id, trigger=trigger, retries=retries)
+            function = FlowFunction.build(
+                self,
+                fn,
+                id=id,
+                trigger=trigger,
+                retries=retries,
+                cancel_on=cancel_on,
+                timeouts=timeouts,
+            )
             if function.id in self.functions:
                 raise ConfigError(
                     f"function id {function.id!r} is already registered "
@@ -146,15 +156,49 @@ class Flow:
         tasks.finalize(self.app)
         functions = list(self.functions.values())
 
-        def plan_runs(ev: Event) -> list[dict[str, Any]]:
-            variables = {"event": ev.model_dump()}
-            return [
-                self._new_run(fn.id, [ev], now) for fn in functions if fn.wants(ev.name, variables)
-            ]
-
-        run_ids = self.store.record_events(prepared, plan_runs, now)
-        self.doorbell.ring(run_ids)
+        recorded = self.store.record_events(
+            prepared,
+            lambda ev: self.plan_runs(ev, functions, now),
+            now,
+            resume_due=now + self.settings.redeliver_after,
+            condition_holds=condition_holds,
+        )
+        self.doorbell.ring([*recorded.created, *recorded.resumed])
         return [ev.id for ev in prepared if ev.id is not None]
+
+    def record_events_on(self, conn: Any, prepared: list[Event], now: datetime) -> Recorded:
+        """Record events inside a caller's transaction (``step.send_event``)."""
+        functions = list(self.functions.values())
+        return self.store.record_events_on(
+            conn,
+            prepared,
+            lambda ev: self.plan_runs(ev, functions, now),
+            now,
+            resume_due=now + self.settings.redeliver_after,
+            condition_holds=condition_holds,
+        )
+
+    def plan_runs(
+        self, ev: Event, functions: list[FlowFunction], now: datetime
+    ) -> list[PlannedRun]:
+        """The runs ``ev`` starts (one per function it triggers), with their waiters."""
+        variables = {"event": ev.model_dump()}
+        planned = []
+        for fn in functions:
+            if not fn.wants(ev.name, variables):
+                continue
+            row = self._new_run(fn.id, [ev], now)
+            timeouts = fn.config.timeouts
+            if timeouts is not None:
+                row["start_deadline"] = now + timeouts.start if timeouts.start else None
+                row["finish_deadline"] = now + timeouts.finish if timeouts.finish else None
+                # the reconciler looks at the run no later than its first deadline
+                row["due_at"] = min(
+                    d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d
+                )
+            waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
+            planned.append(PlannedRun(row, waits))
+        return planned
 
     def _new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         return {

@@ -4,20 +4,55 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .durations import parse_duration
 from .errors import ConfigError, describe
 from .events import EventTrigger
-from .expressions import Expression
+from .expressions import Expression, compile_expression
 
 if TYPE_CHECKING:
+    from .events import Event
     from .flow import Flow
 
-__all__ = ["FlowFunction", "FunctionConfig"]
+__all__ = ["CancelOn", "FlowFunction", "FunctionConfig", "Timeouts"]
 
 DEFAULT_RETRIES = 4  # as in Inngest: 4 retries, so 5 attempts per step
+
+
+class CancelOn(BaseModel):
+    """Cancel a run when ``event`` arrives whose ``match`` field equals the run's
+    event's (and ``if_``, CEL over ``event`` and ``async``, holds), within ``timeout``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str = Field(min_length=1, max_length=255)
+    match: str | None = Field(default=None, max_length=255)
+    if_: str | None = None
+    timeout: timedelta | None = None
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value, "CancelOn timeout")
+
+
+class Timeouts(BaseModel):
+    """Cancel a run not started within ``start`` or not finished within ``finish``
+    (both counted from its creation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: timedelta | None = None
+    finish: timedelta | None = None
+
+    @field_validator("start", "finish", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value, "Timeouts")
 
 
 class FunctionConfig(BaseModel):
@@ -26,6 +61,8 @@ class FunctionConfig(BaseModel):
     id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:/\-]+$")
     triggers: list[EventTrigger]
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
+    cancel_on: list[CancelOn] = Field(default_factory=list)
+    timeouts: Timeouts | None = None
 
 
 class FlowFunction:
@@ -40,6 +77,9 @@ class FlowFunction:
         self._filters: list[tuple[EventTrigger, Expression | None]] = [
             (trigger, trigger.compiled(config.id)) for trigger in config.triggers
         ]
+        for i, cancel in enumerate(config.cancel_on):
+            if cancel.if_ is not None:
+                compile_expression(cancel.if_, f"function {config.id!r} cancel_on[{i}] if_")
         self.__name__ = getattr(fn, "__name__", config.id)
         self.__doc__ = fn.__doc__
 
@@ -52,6 +92,8 @@ class FlowFunction:
         id: str | None,
         trigger: EventTrigger | list[EventTrigger] | None,
         retries: int,
+        cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
+        timeouts: Timeouts | dict[str, Any] | None = None,
     ) -> FlowFunction:
         function_id: str = id or str(getattr(fn, "__name__", ""))
         triggers = [] if trigger is None else trigger if isinstance(trigger, list) else [trigger]
@@ -61,7 +103,22 @@ class FlowFunction:
                     f"function {function_id!r}: trigger must be event(...), got {t!r}"
                 )
         try:
-            config = FunctionConfig(id=function_id, triggers=triggers, retries=retries)
+            cancels = (
+                []
+                if cancel_on is None
+                else cancel_on
+                if isinstance(cancel_on, list)
+                else [cancel_on]
+            )
+            config = FunctionConfig.model_validate(
+                {
+                    "id": function_id,
+                    "triggers": triggers,
+                    "retries": retries,
+                    "cancel_on": cancels,
+                    "timeouts": timeouts,
+                }
+            )
         except ValidationError as exc:
             raise ConfigError(
                 f"function {function_id!r} is misconfigured: {describe(exc)}"
@@ -74,6 +131,31 @@ class FlowFunction:
             if trigger.matches_name(name) and (condition is None or condition.matches(variables)):
                 return True
         return False
+
+    def cancel_waits(
+        self, ev: Event, variables: dict[str, Any], now: datetime
+    ) -> list[dict[str, Any]]:
+        """The cancel_on waiters a new run of this function starts with."""
+        from .store.waits import match_value
+
+        rows = []
+        for i, cancel in enumerate(self.config.cancel_on):
+            rows.append(
+                {
+                    "run_id": None,  # filled in by the caller, who knows the run id
+                    "key": f"cancel:{i}",
+                    "kind": "cancel",
+                    "event_name": cancel.event,
+                    "match_field": cancel.match,
+                    "match_value": (
+                        match_value(variables["event"], cancel.match) if cancel.match else None
+                    ),
+                    "condition": cancel.if_,
+                    "expires_at": now + cancel.timeout if cancel.timeout else None,
+                    "created_at": now,
+                }
+            )
+        return rows
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import waiting
 from .durations import Duration, parse_datetime, parse_duration, utcnow
 from .events import Event
 
@@ -69,6 +70,28 @@ class Steps:
         at = parse_datetime(when, f"step.sleep_until({step_id!r})")
         self._x.sleep_until(step_id, lambda: at)
 
+    def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        timeout: Duration,
+        match: str | None = None,
+        if_: str | None = None,
+        lookback: Duration | None = None,
+    ) -> Event | None:
+        """Park the run until a matching ``event`` arrives (returned) or ``timeout``
+        passes (None). See :func:`celeryflow.waiting.wait_for_event`."""
+        return waiting.wait_for_event(
+            self._x, step_id, event=event, timeout=timeout, match=match, if_=if_, lookback=lookback
+        )
+
+    def send_event(
+        self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
+    ) -> list[str]:
+        """Send events exactly once for this run; returns their ids."""
+        return waiting.send_event(self._x, step_id, events)
+
 
 class AsyncSteps:
     """Durable steps for ``async def`` functions: ``await ctx.step.run(...)``."""
@@ -103,6 +126,25 @@ class AsyncSteps:
     async def sleep_until(self, step_id: str, when: datetime | str) -> None:
         at = parse_datetime(when, f"step.sleep_until({step_id!r})")
         self._x.sleep_until(step_id, lambda: at)
+
+    async def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        timeout: Duration,
+        match: str | None = None,
+        if_: str | None = None,
+        lookback: Duration | None = None,
+    ) -> Event | None:
+        return waiting.wait_for_event(
+            self._x, step_id, event=event, timeout=timeout, match=match, if_=if_, lookback=lookback
+        )
+
+    async def send_event(
+        self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
+    ) -> list[str]:
+        return waiting.send_event(self._x, step_id, events)
 
 
 class Context:

@@ -19,7 +19,7 @@ from celeryflow.errors import ConfigError, RunNotFound
 from celeryflow.events import Event
 from celeryflow.flow import new_run_id
 from celeryflow.runs import RunStatus
-from celeryflow.store import Store
+from celeryflow.store import PlannedRun, Store
 from celeryflow.store.migrate import VERSION_TABLE
 from celeryflow.store.tables import metadata, runs
 
@@ -160,12 +160,12 @@ def test_an_event_id_older_than_24_hours_counts_as_new(store_url: str) -> None:
     store = Store(store_url, auto_migrate=True)
     ev = Event(name="a/b", id="evt-x", data={"n": 1}, ts=1)
 
-    def plan(e: Event) -> list[dict[str, object]]:
-        return [_run_row()]
+    def plan(e: Event) -> list[PlannedRun]:
+        return [PlannedRun(_run_row())]
 
-    assert len(store.record_events([ev], plan, utcnow())) == 1
-    assert store.record_events([ev], plan, utcnow()) == []
-    assert len(store.record_events([ev], plan, utcnow() + timedelta(hours=25))) == 1
+    assert len(store.record_events([ev], plan, utcnow()).created) == 1
+    assert store.record_events([ev], plan, utcnow()).created == []
+    assert len(store.record_events([ev], plan, utcnow() + timedelta(hours=25)).created) == 1
 
 
 def test_due_runs_are_taken_once_per_redelivery_window(store_url: str) -> None:

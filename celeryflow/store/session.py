@@ -11,7 +11,8 @@ park, or the finish), so a run of N steps costs N write transactions plus its cl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..runs import RunStatus, sources_of
-from .tables import runs, steps
+from .tables import runs, steps, waits
+from .waits import lock_wait_field, register_wait
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .store import Recorded, Store
 
 __all__ = ["Claim", "RunSession", "SessionStatements", "StepWrite"]
 
@@ -36,6 +38,8 @@ _CLAIM_COLUMNS = (
     runs.c.attempt,
     runs.c.fence,
     runs.c.status,
+    runs.c.start_deadline,
+    runs.c.finish_deadline,
 )
 
 
@@ -65,9 +69,11 @@ class SessionStatements:
             sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= P("now")),
         )
         lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < P("now"))
+        # a run waiting for an event is claimable only at its timeout
+        wait_expired = sa.and_(runs.c.status == S.WAITING.value, runs.c.wake_at <= P("now"))
         claim = (
             runs.update()
-            .where(runs.c.id == P("rid"), sa.or_(may_start, lease_lapsed))
+            .where(runs.c.id == P("rid"), sa.or_(may_start, wait_expired, lease_lapsed))
             .values(
                 status=S.RUNNING.value,
                 lease_owner=P("owner"),
@@ -205,14 +211,17 @@ class RunSession:
         writes: Sequence[StepWrite],
         run_update: sa.Update | None = None,
         params: dict[str, Any] | None = None,
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> bool:
-        """Write the steps and then update the run, all or nothing; False if this
-        executor no longer holds the run."""
+        """Write the steps, update the run and do ``also``, all or nothing; False if
+        this executor no longer holds the run."""
         try:
             with self.store.write_lock(), self.conn.begin():
                 self._write_steps(fence, writes)
                 if run_update is not None and self.conn.execute(run_update, params).rowcount != 1:
                     raise _Refused
+                if also is not None:
+                    also(self.conn)
         except _Refused:
             return False
         return True
@@ -252,8 +261,10 @@ class RunSession:
         output: str | None = None,
         error: str | None = None,
         writes: Sequence[StepWrite] = (),
+        clear_waits: bool = False,
     ) -> bool:
-        """End the run in ``status`` with the steps not yet written."""
+        """End the run in ``status`` with the steps not yet written; ``clear_waits``
+        drops its cancel_on waiters."""
         params = {
             "rid": run_id,
             "p_fence": fence,
@@ -261,7 +272,99 @@ class RunSession:
             "p_error": error,
             "now": now,
         }
-        return self._fenced(fence, writes, self.sql.finish[status], params)
+
+        def drop_waits(conn: sa.Connection) -> None:
+            conn.execute(waits.delete().where(waits.c.run_id == run_id))
+
+        also = drop_waits if clear_waits else None
+        return self._fenced(fence, writes, self.sql.finish[status], params, also)
+
+    def wait(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        wake_at: datetime,
+        attempt: int,
+        writes: Sequence[StepWrite],
+        waiting: StepWrite,
+        waiter: dict[str, Any],
+        lookback: Callable[[sa.Connection], dict[str, Any] | None] | None = None,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Park the run until an event (``waiter``) or ``wake_at`` (its timeout).
+
+        With ``lookback``, first take the waiter's correlation lock and search the
+        window: an event found there completes the step at once (returned), and an
+        event committed concurrently is ordered before or after this transaction
+        (the sender reads the same lock row), so none slips between the two.
+        Returns (still holds the run, the event taken from the lookback window).
+        """
+        params = {
+            "rid": run_id,
+            "p_fence": fence,
+            "p_wake_at": wake_at,
+            "p_due_at": wake_at,
+            "p_attempt": attempt,
+        }
+        try:
+            with self.store.write_lock(), self.conn.begin():
+                self._write_steps(fence, writes)
+                if lookback is not None:
+                    lock_wait_field(self.conn, self.store.insert_wait_field(), waiter)
+                    event = lookback(self.conn)
+                    if event is not None:
+                        values = dict(waiting[0], status="completed", wake_at=None)
+                        values["output"] = json.dumps(event)
+                        self._write_steps(fence, [(values, waiting[1])])
+                        return True, event
+                if self.conn.execute(self.sql.move[S.WAITING], params).rowcount != 1:
+                    raise _Refused
+                self._write_steps(fence, [waiting])
+                register_wait(self.conn, self.store.insert_wait_field(), waiter)
+        except _Refused:
+            return False, None
+        return True, None
+
+    def resolve_timeout(
+        self, fence: int, writes: Sequence[StepWrite], timed_out: StepWrite
+    ) -> tuple[bool, str | None]:
+        """At a wait's timeout: take the waiter and record ``timed_out``, unless an
+        event took it first. Returns (still holds the run, the event's JSON or None)."""
+        values = timed_out[0]
+        won_by_event: list[str | None] = []
+
+        def take(conn: sa.Connection) -> None:
+            gone = conn.execute(
+                waits.delete().where(
+                    waits.c.run_id == values["run_id"], waits.c.key == values["key"]
+                )
+            ).rowcount
+            if gone == 1:
+                self._write_steps(fence, [timed_out])
+                return
+            won_by_event.append(
+                conn.execute(
+                    sa.select(steps.c.output).where(
+                        steps.c.run_id == values["run_id"], steps.c.key == values["key"]
+                    )
+                ).scalar()
+            )
+
+        holds = self._fenced(fence, writes, also=take)
+        return holds, (won_by_event[0] if won_by_event else None)
+
+    def record_events(
+        self,
+        fence: int,
+        writes: Sequence[StepWrite],
+        record: Callable[[sa.Connection], Recorded],
+    ) -> Recorded | None:
+        """``step.send_event``: its events and its step in one fenced transaction, so
+        a replay never sends twice. None if this executor no longer holds the run."""
+        out: list[Recorded] = []
+        if not self._fenced(fence, writes, also=lambda conn: out.append(record(conn))):
+            return None
+        return out[0]
 
     def peek(self, run_id: str) -> sa.RowMapping | None:
         return self.store.peek(run_id)  # a read: no write lock, no held transaction

@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,18 +25,56 @@ from ..events import Event
 from ..runs import TERMINAL, Run, RunStatus, StepRecord, sources_of
 from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .session import Claim, RunSession, SessionStatements
-from .tables import events, runs, steps
+from .tables import events, runs, steps, wait_fields
+from .waits import register_wait, wake_waiters
 
-__all__ = ["DueRun", "Store"]
+__all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
 
 EVENT_DEDUP_WINDOW = timedelta(hours=24)
 S = RunStatus
 
 
 @dataclass
+class PlannedRun:
+    """A run to create, with the waiters (cancel_on) it starts with."""
+
+    row: dict[str, Any]
+    waits: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Recorded:
+    """What recording events did: runs created, waiting runs resumed or cancelled."""
+
+    created: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DueRun:
     id: str
     eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
+
+
+def _past_deadline(row: Any, now: datetime) -> bool:
+    """Timeouts(start=, finish=): never started by its start deadline, or not ended
+    by its finish deadline."""
+    if row.start_deadline is not None and row.started_at is None and row.start_deadline < now:
+        return True
+    return row.finish_deadline is not None and row.finish_deadline < now
+
+
+def _next_deadline(row: Any, now: datetime) -> datetime | None:
+    pending = [
+        d
+        for d in (
+            row.start_deadline if row.started_at is None else None,
+            row.finish_deadline,
+        )
+        if d is not None and d >= now
+    ]
+    return min(pending) if pending else None
 
 
 def _loads(text: str | None) -> Any:
@@ -62,6 +100,7 @@ class Store:
             SQLiteWriteLock(path) if path and path != ":memory:" else nullcontext
         )
         self._insert_event: Any = None
+        self._insert_field: Any = None
 
     # -- setup ------------------------------------------------------------------------
 
@@ -147,12 +186,39 @@ class Store:
     def record_events(
         self,
         items: Sequence[Event],
-        plan_runs: Callable[[Event], list[dict[str, Any]]],
+        plan_runs: Callable[[Event], list[PlannedRun]],
         now: datetime,
-    ) -> list[str]:
+        *,
+        resume_due: datetime | None = None,
+        condition_holds: Callable[[str, dict[str, Any], dict[str, Any]], bool] | None = None,
+    ) -> Recorded:
         """Store the events and, for each one not seen in the last 24 h, the runs
-        ``plan_runs`` gives for it — all in one transaction. Returns new run ids."""
-        created: list[dict[str, Any]] = []
+        ``plan_runs`` gives for it, and wake the runs waiting for it — all in one
+        transaction."""
+        with self._write() as conn:
+            return self.record_events_on(
+                conn,
+                items,
+                plan_runs,
+                now,
+                resume_due=resume_due or now,
+                condition_holds=condition_holds or (lambda *_: False),
+            )
+
+    def record_events_on(
+        self,
+        conn: sa.Connection,
+        items: Sequence[Event],
+        plan_runs: Callable[[Event], list[PlannedRun]],
+        now: datetime,
+        *,
+        resume_due: datetime,
+        condition_holds: Callable[[str, dict[str, Any], dict[str, Any]], bool],
+    ) -> Recorded:
+        """:meth:`record_events` inside the caller's transaction (``step.send_event``
+        records its events together with its step)."""
+        recorded = Recorded()
+        planned: list[PlannedRun] = []
         if self._insert_event is None:
             insert = self._insert_ignoring_duplicates(events)
             if self.engine.dialect.insert_returning:
@@ -160,34 +226,52 @@ class Store:
             self._insert_event = insert
         insert_event = self._insert_event
         cutoff = now - EVENT_DEDUP_WINDOW
-        with self._write() as conn:
-            for ev in items:
-                values = {
-                    "id": ev.id,
-                    "name": ev.name,
-                    "data": json.dumps(ev.data, separators=(",", ":")),
-                    "ts": ev.ts,
-                    "received_at": now,
-                }
-                if self.engine.dialect.insert_returning:
-                    fresh = conn.execute(insert_event, values).first() is not None
-                else:
-                    fresh = conn.execute(insert_event, values).rowcount == 1
-                if not fresh:
-                    # An id seen more than 24 h ago counts as new again.
-                    fresh = (
-                        conn.execute(
-                            events.update()
-                            .where(events.c.id == ev.id, events.c.received_at < cutoff)
-                            .values(**values)
-                        ).rowcount
-                        == 1
-                    )
-                if fresh:
-                    created.extend(plan_runs(ev))
-            if created:
-                conn.execute(runs.insert(), created)
-        return [row["id"] for row in created]
+        for ev in items:
+            values = {
+                "id": ev.id,
+                "name": ev.name,
+                "data": json.dumps(ev.data, separators=(",", ":")),
+                "ts": ev.ts,
+                "received_at": now,
+            }
+            if self.engine.dialect.insert_returning:
+                fresh = conn.execute(insert_event, values).first() is not None
+            else:
+                fresh = conn.execute(insert_event, values).rowcount == 1
+            if not fresh:
+                # An id seen more than 24 h ago counts as new again.
+                fresh = (
+                    conn.execute(
+                        events.update()
+                        .where(events.c.id == ev.id, events.c.received_at < cutoff)
+                        .values(**values)
+                    ).rowcount
+                    == 1
+                )
+            if not fresh:
+                continue
+            planned.extend(plan_runs(ev))
+            woken = wake_waiters(
+                conn,
+                ev.model_dump(),
+                now=now,
+                resume_due=resume_due,
+                condition_holds=condition_holds,
+            )
+            recorded.resumed.extend(woken.runs)
+            recorded.cancelled.extend(woken.cancelled)
+        if planned:
+            conn.execute(runs.insert(), [p.row for p in planned])
+            for p in planned:
+                for wait in p.waits:
+                    register_wait(conn, self.insert_wait_field(), wait)
+        recorded.created = [str(p.row["id"]) for p in planned]
+        return recorded
+
+    def insert_wait_field(self) -> Any:
+        if self._insert_field is None:
+            self._insert_field = self._insert_ignoring_duplicates(wait_fields)
+        return self._insert_field
 
     def insert_runs(self, rows: list[dict[str, Any]]) -> None:
         with self._write() as conn:
@@ -239,7 +323,14 @@ class Store:
         each gets a new due time so other reconcilers skip it for ``redeliver_after``."""
         horizon = now + lookahead
         query = (
-            sa.select(runs.c.id, runs.c.status, runs.c.wake_at)
+            sa.select(
+                runs.c.id,
+                runs.c.status,
+                runs.c.wake_at,
+                runs.c.started_at,
+                runs.c.start_deadline,
+                runs.c.finish_deadline,
+            )
             .where(runs.c.due_at <= horizon)
             .order_by(runs.c.due_at)
             .limit(limit)
@@ -248,17 +339,30 @@ class Store:
             query = query.with_for_update(skip_locked=True)
         due: list[DueRun] = []
         updates: list[dict[str, Any]] = []
+        expired: list[str] = []
         with self._write() as conn:
             for row in conn.execute(query):
+                if _past_deadline(row, now):
+                    expired.append(row.id)
+                    continue
                 wake = row.wake_at
-                if row.status in (S.SLEEPING.value, S.QUEUED.value) and wake and wake > now:
-                    due.append(DueRun(row.id, wake))
-                    updates.append({"rid": row.id, "next_due": wake + redeliver_after})
-                elif row.status in (S.QUEUED.value, S.SLEEPING.value, S.RUNNING.value):
+                parked = (S.SLEEPING.value, S.QUEUED.value, S.WAITING.value)
+                next_due: datetime | None
+                if row.status in parked and wake and wake > now:
+                    if wake <= horizon:  # wakes before the next pass: ring with an ETA
+                        due.append(DueRun(row.id, wake))
+                        next_due = wake + redeliver_after
+                    else:  # here for a deadline only; nothing to ring yet
+                        next_due = wake
+                elif row.status in (*parked, S.RUNNING.value):
                     due.append(DueRun(row.id, None))
-                    updates.append({"rid": row.id, "next_due": now + redeliver_after})
+                    next_due = now + redeliver_after
                 else:
-                    updates.append({"rid": row.id, "next_due": None})
+                    next_due = None
+                deadline = _next_deadline(row, now)
+                if next_due is not None and deadline is not None:
+                    next_due = min(next_due, deadline)
+                updates.append({"rid": row.id, "next_due": next_due})
             if updates:
                 conn.execute(
                     runs.update()
@@ -266,6 +370,8 @@ class Store:
                     .values(due_at=sa.bindparam("next_due"), dispatches=runs.c.dispatches + 1),
                     updates,
                 )
+            for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
+                conn.execute(self._cancel_statement(run_id, now))
         return due
 
     # -- reading and control ----------------------------------------------------------
@@ -301,25 +407,29 @@ class Store:
     def cancel(self, run_id: str, now: datetime) -> bool:
         """Cancel at once; a running executor finds its fence gone at its next write."""
         with self._write() as conn:
-            done = conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
-                .values(
-                    status=S.CANCELLED.value,
-                    fence=runs.c.fence + 1,
-                    ended_at=now,
-                    due_at=None,
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            ).rowcount
+            done = conn.execute(self._cancel_statement(run_id, now)).rowcount
             if done == 1:
                 return True
             exists = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
         if exists is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         return False
+
+    @staticmethod
+    def _cancel_statement(run_id: str, now: datetime) -> sa.Update:
+        return (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
+            .values(
+                status=S.CANCELLED.value,
+                fence=runs.c.fence + 1,
+                ended_at=now,
+                due_at=None,
+                wake_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
 
     @staticmethod
     def _to_run(row: sa.RowMapping, step_rows: list[sa.RowMapping] | None) -> Run:

@@ -1,0 +1,198 @@
+"""Runs parked on events: ``wait_for_event`` steps and ``cancel_on`` triggers.
+
+An incoming event finds its waiters with one index lookup per match field in use
+for its name (``cf_wait_fields`` lists those, a handful), whatever the number of
+runs waiting (DESIGN principle 6). Whoever deletes a waiter row owns it: an event
+and a timeout racing for the same wait resolve it exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..runs import RunStatus, sources_of
+from .tables import events, runs, steps, wait_fields, waits
+
+__all__ = [
+    "NO_FIELD",
+    "Resumed",
+    "extract",
+    "find_recent_event",
+    "lock_wait_field",
+    "match_value",
+    "register_wait",
+    "wake_waiters",
+]
+
+S = RunStatus
+NO_FIELD = ""  # cf_wait_fields marker: some waiters of this name have no match field
+
+
+def extract(event: dict[str, Any], path: str) -> Any:
+    """``event`` at a dotted path ("data.order_id"); None where it is missing."""
+    value: Any = event
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def match_value(event: dict[str, Any], path: str) -> str:
+    """The indexed form of the value at ``path``: canonical JSON, so 7 and "7" differ."""
+    return json.dumps(extract(event, path), sort_keys=True, separators=(",", ":"))[:255]
+
+
+@dataclass
+class Resumed:
+    """What an event did to waiting runs: runs to ring, runs it cancelled."""
+
+    runs: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+def register_wait(conn: sa.Connection, insert_ignore: Any, values: dict[str, Any]) -> None:
+    conn.execute(waits.insert(), values)
+    conn.execute(
+        insert_ignore,
+        {"event_name": values["event_name"], "match_field": values["match_field"] or NO_FIELD},
+    )
+
+
+def lock_wait_field(conn: sa.Connection, insert_ignore: Any, values: dict[str, Any]) -> None:
+    """Take the (event name, field) row for update: a sender of that event reads it
+    for share, so this transaction and the sender's are ordered."""
+    key = {"event_name": values["event_name"], "match_field": values["match_field"] or NO_FIELD}
+    conn.execute(insert_ignore, key)
+    conn.execute(
+        sa.select(wait_fields.c.event_name)
+        .where(
+            wait_fields.c.event_name == key["event_name"],
+            wait_fields.c.match_field == key["match_field"],
+        )
+        .with_for_update()
+    )
+
+
+def wake_waiters(
+    conn: sa.Connection,
+    event: dict[str, Any],
+    *,
+    now: datetime,
+    resume_due: datetime,
+    condition_holds: Callable[[str, dict[str, Any], dict[str, Any]], bool],
+) -> Resumed:
+    """Resume the runs waiting for ``event`` and cancel those it cancels, in the
+    caller's transaction. ``condition_holds(cel, run_event, event)`` checks ``if_``."""
+    name = event["name"]
+    fields = conn.execute(
+        sa.select(wait_fields.c.match_field)
+        .where(wait_fields.c.event_name == name)
+        .with_for_update(read=True)  # ordered against a waiter's lookback (lock_wait_field)
+    ).scalars()
+    candidates: list[sa.RowMapping] = []
+    base = sa.select(waits, runs.c.events, runs.c.status.label("run_status")).join(
+        runs, runs.c.id == waits.c.run_id
+    )
+    for path in list(fields):
+        if path == NO_FIELD:
+            query = base.where(waits.c.event_name == name, waits.c.match_field.is_(None))
+        else:
+            query = base.where(
+                waits.c.event_name == name,
+                waits.c.match_field == path,
+                waits.c.match_value == match_value(event, path),
+            )
+        candidates.extend(conn.execute(query).mappings())
+    resumed = Resumed()
+    for row in candidates:
+        if row["expires_at"] is not None and row["expires_at"] < now:
+            continue  # its timeout wins; the run's executor cleans it up
+        if row["condition"] is not None:
+            run_event = json.loads(row["events"])[0]
+            if not condition_holds(row["condition"], run_event, event):
+                continue
+        if row["kind"] == "cancel":
+            _cancel(conn, row["run_id"], now, resumed)
+        elif _take(conn, row["run_id"], row["key"]):
+            _resume(conn, row["run_id"], row["key"], event, now, resume_due, resumed)
+    return resumed
+
+
+def _take(conn: sa.Connection, run_id: str, key: str) -> bool:
+    gone = conn.execute(waits.delete().where(waits.c.run_id == run_id, waits.c.key == key))
+    return bool(gone.rowcount == 1)
+
+
+def _resume(
+    conn: sa.Connection,
+    run_id: str,
+    key: str,
+    event: dict[str, Any],
+    now: datetime,
+    resume_due: datetime,
+    resumed: Resumed,
+) -> None:
+    conn.execute(
+        steps.update()
+        .where(steps.c.run_id == run_id, steps.c.key == key, steps.c.status == "waiting")
+        .values(status="completed", output=json.dumps(event), ended_at=now)
+    )
+    moved = conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.status == S.WAITING.value)
+        .values(status=S.QUEUED.value, wake_at=None, due_at=resume_due)
+    ).rowcount
+    if moved == 1:
+        resumed.runs.append(run_id)
+    # else: an executor claimed it at its timeout; it finds the wait taken and the
+    # step completed with this event.
+
+
+def _cancel(conn: sa.Connection, run_id: str, now: datetime, resumed: Resumed) -> None:
+    done = conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
+        .values(
+            status=S.CANCELLED.value,
+            fence=runs.c.fence + 1,
+            ended_at=now,
+            due_at=None,
+            wake_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    ).rowcount
+    conn.execute(waits.delete().where(waits.c.run_id == run_id))
+    if done == 1:
+        resumed.cancelled.append(run_id)
+
+
+def find_recent_event(
+    conn: sa.Connection,
+    name: str,
+    since: datetime,
+    accept: Callable[[dict[str, Any]], bool],
+    limit: int = 1000,
+) -> dict[str, Any] | None:
+    """The newest event named ``name`` received since ``since`` that ``accept``s."""
+    rows = conn.execute(
+        sa.select(events)
+        .where(events.c.name == name, events.c.received_at >= since)
+        .order_by(events.c.received_at.desc())
+        .limit(limit)
+    ).mappings()
+    for row in rows:
+        candidate = {
+            "name": row["name"],
+            "data": json.loads(row["data"]),
+            "id": row["id"],
+            "ts": row["ts"],
+        }
+        if accept(candidate):
+            return candidate
+    return None

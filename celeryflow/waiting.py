@@ -1,0 +1,155 @@
+"""Steps that wait for or make events: ``step.wait_for_event`` and ``step.send_event``.
+
+They live beside the engine's ``Execution`` (whose memo, pending write and session
+they use) so that engine.py stays about replay, ``step.run`` and sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .durations import Duration, parse_duration, utcnow
+from .errors import ConfigError, EventError, Interrupt, NonRetriableError
+from .events import Event, condition_holds, prepare_events
+from .expressions import compile_expression
+from .runs import RunStatus
+from .store.waits import find_recent_event, match_value
+
+if TYPE_CHECKING:
+    from .engine import Execution
+
+__all__ = ["send_event", "wait_for_event"]
+
+
+def _checked(
+    name: str, timeout: Duration, lookback: Duration | None, if_: str | None
+) -> tuple[timedelta, timedelta | None]:
+    where = f"step.wait_for_event({name!r})"
+    try:
+        limit = parse_duration(timeout, f"{where} timeout")
+        window = None if lookback is None else parse_duration(lookback, f"{where} lookback")
+        if if_ is not None:
+            compile_expression(if_, f"{where} if_")
+    except ConfigError as exc:
+        raise NonRetriableError(str(exc)) from None
+    return limit, window
+
+
+def wait_for_event(
+    x: Execution,
+    name: str,
+    *,
+    event: str,
+    timeout: Duration,
+    match: str | None = None,
+    if_: str | None = None,
+    lookback: Duration | None = None,
+) -> Event | None:
+    """Park the run until an ``event`` arrives that matches, or ``timeout`` passes
+    (then None). ``match="data.order_id"``: the incoming event's field equals the
+    same field of this run's event. ``if_``: CEL over ``event`` (this run's) and
+    ``async`` (the candidate). ``lookback``: also take the newest matching event
+    received up to that long before the wait began (Inngest has no such option)."""
+    limit, window = _checked(name, timeout, lookback, if_)
+    key, position = x.next_key(name)
+    plan = x.new_plan(key, name, position, "wait")
+    row = x.recorded(key, name, "wait", position)
+    if row is not None:
+        if row["status"] == "completed":
+            return _event_or_none(row["output"])
+        # Claimed at the timeout: take the waiter, unless an event took it first.
+        plan.new = False
+        plan.started_at = row["started_at"]
+        timed_out = x.step_values(plan, status="completed", output="null", wake_at=row["wake_at"])
+        holds, won = x.session.resolve_timeout(x.fence, x.take_pending(), (timed_out, False))
+        if not holds:
+            raise x.lost()
+        return _event_or_none(won)
+
+    run_event = x.ctx.event.model_dump()
+
+    def accepts(candidate: dict[str, Any]) -> bool:
+        if match and match_value(candidate, match) != match_value(run_event, match):
+            return False
+        return if_ is None or condition_holds(if_, run_event, candidate)
+
+    now = utcnow()
+    expires = now + limit
+    waiting = x.step_values(plan, status="waiting", wake_at=expires, ended_at=None)
+    waiter = {
+        "run_id": x.run_id,
+        "key": key,
+        "kind": "event",
+        "event_name": event,
+        "match_field": match,
+        "match_value": match_value(run_event, match) if match else None,
+        "condition": if_,
+        "expires_at": expires,
+        "created_at": now,
+    }
+    search = None
+    if window is not None:
+        since = now - window
+
+        def search(conn: Any) -> dict[str, Any] | None:
+            return find_recent_event(conn, event, since, accepts)
+
+    holds, found = x.session.wait(
+        x.run_id,
+        x.fence,
+        wake_at=expires,
+        attempt=x.run_attempt,
+        writes=x.take_pending(),
+        waiting=(waiting, True),
+        waiter=waiter,
+        lookback=search,
+    )
+    if not holds:
+        raise x.lost()
+    if found is not None:
+        return Event.model_validate(found)
+    raise Interrupt(RunStatus.WAITING.value, expires)
+
+
+def _event_or_none(output: str | None) -> Event | None:
+    value = None if output is None else json.loads(output)
+    return None if value is None else Event.model_validate(value)
+
+
+def send_event(
+    x: Execution, name: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
+) -> list[str]:
+    """Send events once for this run: they are recorded with the step in one
+    transaction, and events without an id get one derived from the run and step,
+    so neither a replay nor a retry sends twice. Returns the event ids."""
+    key, position = x.next_key(name)
+    plan = x.new_plan(key, name, position, "send")
+    row = x.recorded(key, name, "send", position)
+    if row is not None and row["status"] == "completed":
+        return list(json.loads(row["output"]))
+    items = events if isinstance(events, list) else [events]
+    with_ids: list[Event | dict[str, Any]] = []
+    for index, item in enumerate(items):
+        data = item.model_dump() if isinstance(item, Event) else dict(item)
+        if not data.get("id"):
+            seed = f"{x.run_id}:{key}:{index}".encode()
+            data["id"] = hashlib.sha256(seed).hexdigest()[:32]
+        with_ids.append(data)
+    try:
+        prepared = prepare_events(with_ids)
+    except EventError as exc:
+        raise NonRetriableError(f"step.send_event({name!r}): {exc}") from None
+    ids = [str(ev.id) for ev in prepared]
+    done = x.step_values(plan, status="completed", output=json.dumps(ids))
+    recorded = x.session.record_events(
+        x.fence,
+        [*x.take_pending(), (done, plan.new)],
+        lambda conn: x.flow.record_events_on(conn, prepared, utcnow()),
+    )
+    if recorded is None:
+        raise x.lost()
+    x.flow.doorbell.ring([*recorded.created, *recorded.resumed])
+    return ids
