@@ -39,12 +39,14 @@ from .functions import FlowFunction
 from .leases import LeaseKeeper
 from .runs import RunStatus
 from .steps import AsyncSteps, Context, Steps
-from .store import Claim, RunSession, StepWrite
+from .store import Claim, Recorded, RunSession, StepWrite
 
 if TYPE_CHECKING:
     from .flow import Flow, FlowSettings
 
-__all__ = ["Engine", "Execution", "error_info"]
+__all__ = ["FAILED_EVENT", "Engine", "Execution", "error_info"]
+
+FAILED_EVENT = "celeryflow/function.failed"
 
 log = logging.getLogger("celeryflow.engine")
 S = RunStatus
@@ -204,17 +206,49 @@ class Execution:
         except SerializationError as exc:
             self._fail_run(exc)
             return None
-        if not self.session.finish(
+        self._finish(S.COMPLETED, output=text)
+        return None
+
+    def _finish(
+        self,
+        status: RunStatus,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        failure: BaseException | None = None,
+    ) -> None:
+        """End the run; resume its parent (invoke) and, on failure, send
+        ``celeryflow/function.failed`` — all in the finishing transaction."""
+        now = utcnow()
+        run = self.claim.run
+        parent = (run["parent_run_id"], run["parent_step"]) if run["parent_run_id"] else None
+        recorded: list[Recorded] = []
+        also = None
+        if failure is not None and self.ctx.event.name != FAILED_EVENT:
+
+            def also(conn: Any) -> None:
+                recorded.append(self.flow.record_failure_on(conn, self, failure, now))
+
+        held, resumed = self.session.finish(
             self.run_id,
             self.fence,
-            status=S.COMPLETED,
-            now=utcnow(),
-            output=text,
+            status=status,
+            now=now,
+            output=output,
+            error=error,
             writes=self.take_pending(),
             clear_waits=bool(self.function.config.cancel_on),
-        ):
-            log.warning("run %s: completed, but it was cancelled or taken over", self.run_id)
-        return None
+            parent=parent,
+            resume_due=now + self.settings.redeliver_after,
+            also=also,
+        )
+        if not held:
+            log.warning("run %s: %s, but it was cancelled or taken over", self.run_id, status)
+            return
+        ring = [parent[0]] if parent and resumed else []
+        for r in recorded:
+            ring += [*r.created, *r.resumed]
+        self.flow.doorbell.ring(ring)
 
     def take_pending(self) -> list[StepWrite]:
         pending, self._pending = self._pending, []
@@ -225,17 +259,7 @@ class Execution:
             raise self.lost()
 
     def _fail_run(self, exc: BaseException) -> None:
-        error = to_json(error_info(exc), "error")
-        if not self.session.finish(
-            self.run_id,
-            self.fence,
-            status=S.FAILED,
-            now=utcnow(),
-            error=error,
-            writes=self.take_pending(),
-            clear_waits=bool(self.function.config.cancel_on),
-        ):
-            log.warning("run %s: failed, but it was cancelled or taken over", self.run_id)
+        self._finish(S.FAILED, error=to_json(error_info(exc), "error"), failure=exc)
 
     def _retry_or_fail_run(self, exc: Exception) -> datetime | None:
         attempt = int(self.claim.run["attempt"]) + 1

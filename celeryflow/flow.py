@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,6 +23,9 @@ from .events import Event, EventTrigger, condition_holds, prepare_events
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus
 from .store import PlannedRun, Recorded, Store
+
+if TYPE_CHECKING:
+    from .engine import Execution
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
@@ -117,6 +121,7 @@ class Flow:
         retries: int = DEFAULT_RETRIES,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
+        on_failure: FlowFunction | str | None = None,
     ) -> Callable[[Callable[..., Any]], FlowFunction]:
         """Register a durable function: ``@flow.function(id=..., trigger=event(...))``."""
 
@@ -129,6 +134,7 @@ class Flow:
                 retries=retries,
                 cancel_on=cancel_on,
                 timeouts=timeouts,
+                on_failure=on_failure.id if isinstance(on_failure, FlowFunction) else on_failure,
             )
             if function.id in self.functions:
                 raise ConfigError(
@@ -178,6 +184,43 @@ class Flow:
             condition_holds=condition_holds,
         )
 
+    def record_failure_on(
+        self, conn: Any, execution: Execution, failure: BaseException, now: datetime
+    ) -> Recorded:
+        """Send ``celeryflow/function.failed`` for a run that failed for good: to every
+        function triggered by that name, and to the failed function's ``on_failure``."""
+        from .engine import FAILED_EVENT, error_info
+
+        info = error_info(failure)
+        failed = Event(
+            name=FAILED_EVENT,
+            id=hashlib.sha256(f"failed:{execution.run_id}".encode()).hexdigest()[:32],
+            ts=int(now.timestamp() * 1000),
+            data={
+                "run_id": execution.run_id,
+                "function_id": execution.function.id,
+                "event": execution.ctx.event.model_dump(),
+                "error": {k: v for k, v in info.items() if k != "traceback"},
+            },
+        )
+        functions = list(self.functions.values())
+        handler = self.functions.get(execution.function.config.on_failure or "")
+
+        def plan(ev: Event) -> list[PlannedRun]:
+            planned = self.plan_runs(ev, functions, now)
+            if handler is not None and all(p.row["function_id"] != handler.id for p in planned):
+                planned.append(PlannedRun(self.new_run(handler.id, [ev], now)))
+            return planned
+
+        return self.store.record_events_on(
+            conn,
+            [failed],
+            plan,
+            now,
+            resume_due=now + self.settings.redeliver_after,
+            condition_holds=condition_holds,
+        )
+
     def plan_runs(
         self, ev: Event, functions: list[FlowFunction], now: datetime
     ) -> list[PlannedRun]:
@@ -187,7 +230,7 @@ class Flow:
         for fn in functions:
             if not fn.wants(ev.name, variables):
                 continue
-            row = self._new_run(fn.id, [ev], now)
+            row = self.new_run(fn.id, [ev], now)
             timeouts = fn.config.timeouts
             if timeouts is not None:
                 row["start_deadline"] = now + timeouts.start if timeouts.start else None
@@ -200,7 +243,7 @@ class Flow:
             planned.append(PlannedRun(row, waits))
         return planned
 
-    def _new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
+    def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         return {
             "id": new_run_id(),
             "function_id": function_id,
@@ -243,7 +286,7 @@ class Flow:
         old = self.store.get_run(run_id)
         now = utcnow()
         evs = [Event.model_validate(e) for e in old.events]
-        row = self._new_run(old.function_id, evs, now)
+        row = self.new_run(old.function_id, evs, now)
         self.store.insert_runs([row])
         self.doorbell.ring([row["id"]])
         return str(row["id"])

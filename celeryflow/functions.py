@@ -63,6 +63,7 @@ class FunctionConfig(BaseModel):
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
     cancel_on: list[CancelOn] = Field(default_factory=list)
     timeouts: Timeouts | None = None
+    on_failure: str | None = None  # the id of a flow function
 
 
 class FlowFunction:
@@ -94,6 +95,7 @@ class FlowFunction:
         retries: int,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
+        on_failure: str | None = None,
     ) -> FlowFunction:
         function_id: str = id or str(getattr(fn, "__name__", ""))
         triggers = [] if trigger is None else trigger if isinstance(trigger, list) else [trigger]
@@ -117,6 +119,7 @@ class FlowFunction:
                     "retries": retries,
                     "cancel_on": cancels,
                     "timeouts": timeouts,
+                    "on_failure": on_failure,
                 }
             )
         except ValidationError as exc:

@@ -19,6 +19,7 @@ from .events import Event
 
 if TYPE_CHECKING:
     from .engine import Execution
+    from .functions import FlowFunction
 
 __all__ = ["AsyncSteps", "Context", "Steps"]
 
@@ -92,6 +93,18 @@ class Steps:
         """Send events exactly once for this run; returns their ids."""
         return waiting.send_event(self._x, step_id, events)
 
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        function: FlowFunction | str,
+        data: dict[str, Any] | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Run another flow function as a child and return its output (the run
+        parks meanwhile); its failure raises StepError here."""
+        return waiting.invoke(self._x, step_id, function=function, data=data, timeout=timeout)
+
 
 class AsyncSteps:
     """Durable steps for ``async def`` functions: ``await ctx.step.run(...)``."""
@@ -145,6 +158,16 @@ class AsyncSteps:
         self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
     ) -> list[str]:
         return waiting.send_event(self._x, step_id, events)
+
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        function: FlowFunction | str,
+        data: dict[str, Any] | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        return waiting.invoke(self._x, step_id, function=function, data=data, timeout=timeout)
 
 
 class Context:

@@ -1,4 +1,5 @@
-"""Steps that wait for or make events: ``step.wait_for_event`` and ``step.send_event``.
+"""Steps that wait for or make events and runs: ``step.wait_for_event``,
+``step.send_event`` and ``step.invoke``.
 
 They live beside the engine's ``Execution`` (whose memo, pending write and session
 they use) so that engine.py stays about replay, ``step.run`` and sleeps.
@@ -12,16 +13,19 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .durations import Duration, parse_duration, utcnow
-from .errors import ConfigError, EventError, Interrupt, NonRetriableError
+from .errors import ConfigError, EventError, Interrupt, NonRetriableError, StepError
 from .events import Event, condition_holds, prepare_events
 from .expressions import compile_expression
+from .functions import FlowFunction
 from .runs import RunStatus
 from .store.waits import find_recent_event, match_value
 
 if TYPE_CHECKING:
     from .engine import Execution
 
-__all__ = ["send_event", "wait_for_event"]
+INVOKED_EVENT = "celeryflow/function.invoked"  # the event a child run of step.invoke gets
+
+__all__ = ["invoke", "send_event", "wait_for_event"]
 
 
 def _checked(
@@ -153,3 +157,68 @@ def send_event(
         raise x.lost()
     x.flow.doorbell.ring([*recorded.created, *recorded.resumed])
     return ids
+
+
+def invoke(
+    x: Execution,
+    name: str,
+    *,
+    function: FlowFunction | str,
+    data: dict[str, Any] | None = None,
+    timeout: Duration | None = None,
+) -> Any:
+    """Start a run of ``function`` with ``data`` as its event's data, park this run
+    until it ends, and return its output; a failure (or ``timeout``) raises StepError.
+    The child's run records this run as its parent."""
+    target = function.id if isinstance(function, FlowFunction) else str(function)
+    where = f"step.invoke({name!r})"
+    if target not in x.flow.functions:
+        raise NonRetriableError(f"{where}: no function {target!r} is registered")
+    try:
+        limit = None if timeout is None else parse_duration(timeout, f"{where} timeout")
+    except ConfigError as exc:
+        raise NonRetriableError(str(exc)) from None
+    key, position = x.next_key(name)
+    plan = x.new_plan(key, name, position, "invoke")
+    row = x.recorded(key, name, "invoke", position)
+    if row is not None:
+        if row["status"] == "completed":
+            return None if row["output"] is None else json.loads(row["output"])
+        if row["status"] == "failed":
+            raise StepError(name, json.loads(row["error"]))
+        # claimed at the timeout: fail the step, unless the child ended first
+        error = {"type": "TimeoutError", "message": f"{target!r} did not finish in time"}
+        holds, child_won = x.session.fail_timed_out(
+            x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
+        )
+        if not holds:
+            raise x.lost()
+        if child_won is None:
+            raise StepError(name, error)
+        step = next(s for s in x.flow.store.get_run(x.run_id).steps if s.id == key)
+        if step.status == "failed":
+            raise StepError(name, step.error or {})
+        return step.output
+    now = utcnow()
+    wake = None if limit is None else now + limit
+    seed = f"{x.run_id}:{key}".encode()
+    child_event = Event(
+        name=INVOKED_EVENT,
+        id=hashlib.sha256(seed).hexdigest()[:32],
+        data=data or {},
+        ts=int(now.timestamp() * 1000),
+    )
+    child = x.flow.new_run(target, [child_event], now)
+    child.update(parent_run_id=x.run_id, parent_step=key)
+    waiting = x.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
+    if not x.session.invoke(
+        x.run_id,
+        x.fence,
+        wake_at=wake,
+        attempt=x.run_attempt,
+        writes=[*x.take_pending(), (waiting, True)],
+        child=child,
+    ):
+        raise x.lost()
+    x.flow.doorbell.ring([child["id"]])
+    raise Interrupt(RunStatus.WAITING.value, wake)

@@ -105,9 +105,9 @@ def test_a_stale_executor_cannot_write(store_url: str) -> None:
     done = RunStatus.COMPLETED
     with store.session() as stale, store.session() as live:
         assert stale.save_steps(first.fence, [(_step(run_id, "s1"), True)]) is False
-        assert stale.finish(run_id, first.fence, status=done, now=later) is False
+        assert stale.finish(run_id, first.fence, status=done, now=later) == (False, False)
         assert live.save_steps(second.fence, [(_step(run_id, "s1"), True)]) is True
-        assert live.finish(run_id, second.fence, status=done, now=later) is True
+        assert live.finish(run_id, second.fence, status=done, now=later) == (True, False)
     assert [s.id for s in store.get_run(run_id).steps] == ["s1"]
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..runs import RunStatus, sources_of
 from .tables import runs, steps, waits
-from .waits import lock_wait_field, register_wait
+from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 
 if TYPE_CHECKING:
     from .store import Recorded, Store
@@ -40,6 +40,8 @@ _CLAIM_COLUMNS = (
     runs.c.status,
     runs.c.start_deadline,
     runs.c.finish_deadline,
+    runs.c.parent_run_id,
+    runs.c.parent_step,
 )
 
 
@@ -50,6 +52,10 @@ class Claim:
     run: sa.RowMapping
     fence: int
     steps: dict[str, sa.RowMapping]
+
+
+def datetime_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class _Refused(Exception):
@@ -262,9 +268,14 @@ class RunSession:
         error: str | None = None,
         writes: Sequence[StepWrite] = (),
         clear_waits: bool = False,
-    ) -> bool:
-        """End the run in ``status`` with the steps not yet written; ``clear_waits``
-        drops its cancel_on waiters."""
+        parent: tuple[str, str] | None = None,
+        resume_due: datetime | None = None,
+        also: Callable[[sa.Connection], None] | None = None,
+    ) -> tuple[bool, bool]:
+        """End the run in ``status`` with the steps not yet written. ``clear_waits``
+        drops its cancel_on waiters; ``parent`` (run id, step key) is the invoke step
+        this run's outcome resolves; ``also`` runs in the same transaction.
+        Returns (still held the run, the parent was resumed)."""
         params = {
             "rid": run_id,
             "p_fence": fence,
@@ -272,12 +283,65 @@ class RunSession:
             "p_error": error,
             "now": now,
         }
+        resumed: list[bool] = []
 
-        def drop_waits(conn: sa.Connection) -> None:
-            conn.execute(waits.delete().where(waits.c.run_id == run_id))
+        def after(conn: sa.Connection) -> None:
+            if clear_waits:
+                conn.execute(waits.delete().where(waits.c.run_id == run_id))
+            if parent is not None:
+                resumed.append(
+                    resolve_parent(
+                        conn,
+                        parent[0],
+                        parent[1],
+                        output=output,
+                        error=error,
+                        now=now,
+                        resume_due=resume_due or now,
+                    )
+                )
+            if also is not None:
+                also(conn)
 
-        also = drop_waits if clear_waits else None
-        return self._fenced(fence, writes, self.sql.finish[status], params, also)
+        held = self._fenced(fence, writes, self.sql.finish[status], params, after)
+        return held, bool(resumed and resumed[0])
+
+    def invoke(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        wake_at: datetime | None,
+        attempt: int,
+        writes: Sequence[StepWrite],
+        child: dict[str, Any],
+    ) -> bool:
+        """Park the run on a child run (created here, in the same transaction)."""
+        params = {
+            "rid": run_id,
+            "p_fence": fence,
+            "p_wake_at": wake_at,
+            "p_due_at": wake_at,
+            "p_attempt": attempt,
+        }
+
+        def add_child(conn: sa.Connection) -> None:
+            conn.execute(runs.insert(), [child])
+
+        return self._fenced(fence, writes, self.sql.move[S.WAITING], params, add_child)
+
+    def fail_timed_out(
+        self, fence: int, writes: Sequence[StepWrite], run_id: str, key: str, error: str
+    ) -> tuple[bool, str | None]:
+        """At an invoke's timeout: fail its step unless the child resolved it first.
+        Returns (still holds the run, the step's status if the child won)."""
+        outcome: list[str | None] = []
+
+        def take(conn: sa.Connection) -> None:
+            outcome.append(resolve_timed_out_step(conn, run_id, key, error, datetime_now()))
+
+        holds = self._fenced(fence, writes, also=take)
+        return holds, (outcome[0] if outcome else None)
 
     def wait(
         self,

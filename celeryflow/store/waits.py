@@ -27,6 +27,8 @@ __all__ = [
     "lock_wait_field",
     "match_value",
     "register_wait",
+    "resolve_parent",
+    "resolve_timed_out_step",
     "wake_waiters",
 ]
 
@@ -196,3 +198,57 @@ def find_recent_event(
         if accept(candidate):
             return candidate
     return None
+
+
+def resolve_parent(
+    conn: sa.Connection,
+    parent_run_id: str,
+    parent_step: str,
+    *,
+    output: str | None,
+    error: str | None,
+    now: datetime,
+    resume_due: datetime,
+) -> bool:
+    """A child run ended: complete (or fail) the parent's waiting invoke step and
+    queue the parent. False if the step was already resolved (e.g. it timed out)."""
+    done = conn.execute(
+        steps.update()
+        .where(
+            steps.c.run_id == parent_run_id,
+            steps.c.key == parent_step,
+            steps.c.status == "waiting",
+        )
+        .values(
+            status="failed" if error is not None else "completed",
+            output=output,
+            error=error,
+            ended_at=now,
+        )
+    ).rowcount
+    if done != 1:
+        return False
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == parent_run_id, runs.c.status == S.WAITING.value)
+        .values(status=S.QUEUED.value, wake_at=None, due_at=resume_due)
+    )
+    return True
+
+
+def resolve_timed_out_step(
+    conn: sa.Connection, run_id: str, key: str, error: str, now: datetime
+) -> str | None:
+    """At an invoke's timeout: fail the step unless the child resolved it first.
+    Returns None if the timeout won, else the step's status ("completed"/"failed")."""
+    done = conn.execute(
+        steps.update()
+        .where(steps.c.run_id == run_id, steps.c.key == key, steps.c.status == "waiting")
+        .values(status="failed", error=error, ended_at=now)
+    ).rowcount
+    if done == 1:
+        return None
+    status = conn.execute(
+        sa.select(steps.c.status).where(steps.c.run_id == run_id, steps.c.key == key)
+    ).scalar()
+    return str(status)
