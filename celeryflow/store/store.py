@@ -22,11 +22,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigError, RunNotFound
 from ..events import Event
-from ..runs import TERMINAL, Run, RunStatus, StepRecord, sources_of
+from ..runs import TERMINAL, Run, RunStatus, StepRecord
 from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .session import Claim, RunSession, SessionStatements
 from .tables import events, runs, steps, wait_fields
-from .waits import register_wait, resolve_parent, wake_waiters
+from .waits import cancel_run, register_wait, wake_waiters
 
 __all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
 
@@ -371,7 +371,7 @@ class Store:
                     updates,
                 )
             for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
-                conn.execute(self._cancel_statement(run_id, now))
+                cancel_run(conn, run_id, now)
         return due
 
     # -- reading and control ----------------------------------------------------------
@@ -407,49 +407,12 @@ class Store:
     def cancel(self, run_id: str, now: datetime) -> bool:
         """Cancel at once; a running executor finds its fence gone at its next write."""
         with self._write() as conn:
-            done = conn.execute(self._cancel_statement(run_id, now)).rowcount
-            if done == 1:
-                self._release_parent(conn, run_id, now)
+            if cancel_run(conn, run_id, now):
                 return True
             exists = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
         if exists is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         return False
-
-    @staticmethod
-    def _release_parent(conn: sa.Connection, run_id: str, now: datetime) -> None:
-        """A cancelled child fails its parent's invoke step; the reconciler rings the
-        parent at its next pass (its due time is now)."""
-        link = conn.execute(
-            sa.select(runs.c.parent_run_id, runs.c.parent_step).where(runs.c.id == run_id)
-        ).first()
-        if link is not None and link.parent_run_id:
-            error = json.dumps({"type": "Cancelled", "message": f"run {run_id} was cancelled"})
-            resolve_parent(
-                conn,
-                link.parent_run_id,
-                link.parent_step,
-                output=None,
-                error=error,
-                now=now,
-                resume_due=now,
-            )
-
-    @staticmethod
-    def _cancel_statement(run_id: str, now: datetime) -> sa.Update:
-        return (
-            runs.update()
-            .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
-            .values(
-                status=S.CANCELLED.value,
-                fence=runs.c.fence + 1,
-                ended_at=now,
-                due_at=None,
-                wake_at=None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
 
     @staticmethod
     def _to_run(row: sa.RowMapping, step_rows: list[sa.RowMapping] | None) -> Run:

@@ -22,6 +22,7 @@ from .tables import events, runs, steps, wait_fields, waits
 __all__ = [
     "NO_FIELD",
     "Resumed",
+    "cancel_run",
     "extract",
     "find_recent_event",
     "lock_wait_field",
@@ -156,6 +157,16 @@ def _resume(
 
 
 def _cancel(conn: sa.Connection, run_id: str, now: datetime, resumed: Resumed) -> None:
+    done = cancel_run(conn, run_id, now)
+    conn.execute(waits.delete().where(waits.c.run_id == run_id))
+    if done:
+        resumed.cancelled.append(run_id)
+
+
+def cancel_run(conn: sa.Connection, run_id: str, now: datetime) -> bool:
+    """Cancel a run that has not ended, in the caller's transaction. Bumping the fence
+    stops a running executor at its next write; a parent waiting on this run (invoke)
+    gets a failed step and is queued (the reconciler rings it at its next pass)."""
     done = conn.execute(
         runs.update()
         .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
@@ -169,9 +180,23 @@ def _cancel(conn: sa.Connection, run_id: str, now: datetime, resumed: Resumed) -
             lease_expires_at=None,
         )
     ).rowcount
-    conn.execute(waits.delete().where(waits.c.run_id == run_id))
-    if done == 1:
-        resumed.cancelled.append(run_id)
+    if done != 1:
+        return False
+    link = conn.execute(
+        sa.select(runs.c.parent_run_id, runs.c.parent_step).where(runs.c.id == run_id)
+    ).first()
+    if link is not None and link.parent_run_id:
+        error = json.dumps({"type": "Cancelled", "message": f"run {run_id} was cancelled"})
+        resolve_parent(
+            conn,
+            link.parent_run_id,
+            link.parent_step,
+            output=None,
+            error=error,
+            now=now,
+            resume_due=now,
+        )
+    return True
 
 
 def find_recent_event(
