@@ -91,3 +91,43 @@ def test_on_failure_receives_the_error_and_failures_are_broadcast(stack: Stack) 
     assert handled[0].output == {"failed": "fragile", "error": "StepError", "run": failed.id}
     assert handled[0].events[0]["data"]["event"]["data"] == {"order": 7}
     assert [a.output for a in audited] == ["fragile"]
+
+
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_invoke_timeout_and_a_cancelled_child_raise_step_error(stack: Stack) -> None:
+    flow = make_flow(stack)
+
+    @flow.function(id="slow-child")
+    def slow_child(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", "1h")
+
+    @flow.function(id="parent", trigger=event("t/parent"))
+    def parent(ctx):  # type: ignore[no-untyped-def]
+        outcomes = []
+        for step, timeout in (("timed", "1s"), ("cancelled", None)):
+            try:
+                ctx.step.invoke(step, function=slow_child, timeout=timeout)
+                outcomes.append("returned")
+            except StepError as exc:
+                outcomes.append(exc.error_type)
+        return outcomes
+
+    with worker(flow, concurrency=4):
+        [eid] = flow.send(Event(name="t/parent"))
+        # the second child: cancel it once it sleeps; its parent must not wait forever
+        second = wait_for(
+            lambda: [
+                r
+                for r in flow.list_runs(function_id="slow-child")
+                if r.status.value == "sleeping"
+                and len(flow.list_runs(function_id="slow-child")) == 2
+                and r.id == flow.list_runs(function_id="slow-child")[0].id
+            ],
+            timeout=20,
+            what="the second child sleeping",
+        )[0]
+        assert flow.cancel(second.id)
+        run = wait_for_run(flow, event_id=eid, timeout=30)
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == ["TimeoutError", "Cancelled"]
