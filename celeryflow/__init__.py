@@ -16,6 +16,7 @@ from .events import Event, event
 from .flow import Flow
 from .functions import CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus, StepRecord
+from .schedule import CronTrigger, cron
 from .steps import Context
 from .store import kombu_sqlite
 
@@ -28,6 +29,7 @@ __all__ = [
     "CeleryflowError",
     "ConfigError",
     "Context",
+    "CronTrigger",
     "Event",
     "EventError",
     "ExpressionError",
@@ -43,5 +45,6 @@ __all__ = [
     "StepError",
     "StepRecord",
     "Timeouts",
+    "cron",
     "event",
 ]

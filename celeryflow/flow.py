@@ -22,6 +22,7 @@ from .errors import ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus
+from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
 from .store import PlannedRun, Recorded, Store
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class FlowSettings(BaseModel):
     eta_horizon: timedelta = timedelta(minutes=5)  # longer waits: the reconciler wakes them
     retry_base: timedelta = timedelta(seconds=1)
     retry_max: timedelta = timedelta(hours=1)
+    tick_interval: timedelta = timedelta(seconds=1)  # how often beat looks at cron slots
     reconcile_in_worker: bool = True
     extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -55,6 +57,7 @@ class FlowSettings(BaseModel):
         "eta_horizon",
         "retry_base",
         "retry_max",
+        "tick_interval",
         mode="before",
     )
     @classmethod
@@ -117,7 +120,7 @@ class Flow:
         self,
         *,
         id: str | None = None,
-        trigger: EventTrigger | list[EventTrigger] | None = None,
+        trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger] | None = None,
         retries: int = DEFAULT_RETRIES,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
@@ -220,6 +223,32 @@ class Flow:
             resume_due=now + self.settings.redeliver_after,
             condition_holds=condition_holds,
         )
+
+    def tick(self, now: datetime | None = None) -> list[str]:
+        """Fire the cron slots that are due (each once, whatever the number of beats);
+        returns the new run ids. Called by the ``celeryflow.tick`` beat entry."""
+        from .store.cron import fire_slot
+
+        now = now or utcnow()
+        created: list[str] = []
+        for fn in list(self.functions.values()):
+            for trigger in fn.crons:
+                slot = trigger.latest_slot(now)
+                stamp = slot.isoformat()
+                ev = Event(
+                    name=SCHEDULED_EVENT,
+                    id=hashlib.sha256(f"cron:{fn.id}:{stamp}".encode()).hexdigest()[:32],
+                    ts=int(now.timestamp() * 1000),
+                    data={"cron": trigger.expression, "scheduled_at": stamp, "function_id": fn.id},
+                )
+                run = self.new_run(fn.id, [ev], now)
+                if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
+                    created.append(str(run["id"]))
+        self.doorbell.ring(created)
+        return created
+
+    def has_crons(self) -> bool:
+        return any(fn.crons for fn in self.functions.values())
 
     def plan_runs(
         self, ev: Event, functions: list[FlowFunction], now: datetime

@@ -13,6 +13,7 @@ from .durations import parse_duration
 from .errors import ConfigError, describe
 from .events import EventTrigger
 from .expressions import Expression, compile_expression
+from .schedule import CronTrigger
 
 if TYPE_CHECKING:
     from .events import Event
@@ -59,7 +60,7 @@ class FunctionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:/\-]+$")
-    triggers: list[EventTrigger]
+    triggers: list[EventTrigger | CronTrigger]
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
     cancel_on: list[CancelOn] = Field(default_factory=list)
     timeouts: Timeouts | None = None
@@ -76,8 +77,11 @@ class FlowFunction:
         self.id = config.id
         self.is_async = inspect.iscoroutinefunction(fn)
         self._filters: list[tuple[EventTrigger, Expression | None]] = [
-            (trigger, trigger.compiled(config.id)) for trigger in config.triggers
+            (trigger, trigger.compiled(config.id))
+            for trigger in config.triggers
+            if isinstance(trigger, EventTrigger)
         ]
+        self.crons = [t for t in config.triggers if isinstance(t, CronTrigger)]
         for i, cancel in enumerate(config.cancel_on):
             if cancel.if_ is not None:
                 compile_expression(cancel.if_, f"function {config.id!r} cancel_on[{i}] if_")
@@ -91,7 +95,7 @@ class FlowFunction:
         fn: Callable[..., Any],
         *,
         id: str | None,
-        trigger: EventTrigger | list[EventTrigger] | None,
+        trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger] | None,
         retries: int,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
@@ -100,10 +104,12 @@ class FlowFunction:
         function_id: str = id or str(getattr(fn, "__name__", ""))
         triggers = [] if trigger is None else trigger if isinstance(trigger, list) else [trigger]
         for t in triggers:
-            if not isinstance(t, EventTrigger):
+            if not isinstance(t, EventTrigger | CronTrigger):
                 raise ConfigError(
-                    f"function {function_id!r}: trigger must be event(...), got {t!r}"
+                    f"function {function_id!r}: trigger must be event(...) or cron(...), got {t!r}"
                 )
+            if isinstance(t, CronTrigger):
+                t.check(function_id)
         try:
             cancels = (
                 []

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .flow import Flow
 
 __all__ = [
+    "CRON_TASK",
     "RUN_TASK",
     "TICK_TASK",
     "CeleryDoorbell",
@@ -29,6 +30,7 @@ __all__ = [
 
 RUN_TASK = "celeryflow.run"
 TICK_TASK = "celeryflow.reconcile"
+CRON_TASK = "celeryflow.tick"
 log = logging.getLogger("celeryflow.tasks")
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
@@ -103,6 +105,10 @@ def install(flow: Flow) -> CeleryDoorbell:
     def reconcile() -> int:
         return Reconciler(flow).run_once()
 
+    @app.task(name=CRON_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def tick() -> int:
+        return len(flow.tick())
+
     entry = {
         "task": TICK_TASK,
         "schedule": settings.reconcile_interval.total_seconds(),
@@ -114,6 +120,15 @@ def install(flow: Flow) -> CeleryDoorbell:
         if app.conf.beat_schedule is None:
             app.conf.beat_schedule = {}
         app.conf.beat_schedule.setdefault(TICK_TASK, entry)
+        if flow.has_crons():  # cron functions are defined by now: the app module ran
+            app.conf.beat_schedule.setdefault(
+                CRON_TASK,
+                {
+                    "task": CRON_TASK,
+                    "schedule": settings.tick_interval.total_seconds(),
+                    "options": entry["options"],
+                },
+            )
 
     app.on_after_finalize.connect(add_beat_entry, weak=False)
     if app.finalized:

@@ -173,6 +173,15 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def insert_if_new(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> bool:
+        """Insert ``row`` unless its primary key exists; True if it was inserted.
+        (SQLAlchemy 2.1 with psycopg reports rowcount -1 for INSERTs: use RETURNING.)"""
+        insert = self._insert_ignoring_duplicates(table)
+        if self.engine.dialect.insert_returning:
+            key = next(iter(table.primary_key.columns))
+            return conn.execute(insert.returning(key), row).first() is not None
+        return bool(conn.execute(insert, row).rowcount == 1)
+
     def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
         name = self.engine.dialect.name
         if name == "postgresql":

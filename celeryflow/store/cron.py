@@ -1,0 +1,44 @@
+"""The cron tick ledger: one row per (function, slot), so a slot fires once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .tables import cron_ticks, runs
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["fire_slot"]
+
+
+def fire_slot(
+    store: Store,
+    function_id: str,
+    slot: datetime,
+    now: datetime,
+    run: dict[str, Any],
+    catch_up: timedelta,
+) -> bool:
+    """Create ``run`` for ``slot`` unless that slot fired already (by any beat). A
+    function with no tick yet records an old slot without firing it. True if the run
+    was created."""
+    with store.write_lock(), store.engine.begin() as conn:
+        if slot < now - catch_up:
+            seen = conn.execute(
+                sa.select(cron_ticks.c.function_id)
+                .where(cron_ticks.c.function_id == function_id)
+                .limit(1)
+            ).first()
+            if seen is None:  # first sight of this function: a baseline, no run
+                baseline = {"scheduled_at": slot, "run_id": None, "fired_at": now}
+                store.insert_if_new(conn, cron_ticks, {"function_id": function_id, **baseline})
+                return False
+        tick = {"function_id": function_id, "scheduled_at": slot, "run_id": run["id"]}
+        if not store.insert_if_new(conn, cron_ticks, {**tick, "fired_at": now}):
+            return False
+        conn.execute(runs.insert(), [run])
+        return True
