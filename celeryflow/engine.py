@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .codec import to_json
 from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
+    BranchFinished,
     Interrupt,
     NondeterminismError,
     NonRetriableError,
@@ -158,7 +159,13 @@ class Execution:
         self.claim = claim
         self.run_id: str = claim.run["id"]
         self.fence = claim.fence
-        self.memo = claim.steps
+        # A step.parallel branch (DESIGN: parallel.py) replays its parent's memo up
+        # to the parallel step, then records its own steps on its own run.
+        self.branch: int | None = claim.run["branch"]
+        self.branch_key: str | None = claim.run["parent_step"] if self.branch is not None else None
+        self.in_branch = False
+        self.memo = self._branch_prefix(claim) if self.branch is not None else {}
+        self.memo.update(claim.steps)
         self._seen: dict[str, int] = {}
         self._position = 0
         self._in_step = False
@@ -180,6 +187,11 @@ class Execution:
             ),
         )
 
+    def _branch_prefix(self, claim: Claim) -> dict[str, Any]:
+        parallel = claim.parent_steps.get(str(self.branch_key))
+        limit = parallel["position"] if parallel is not None else 0
+        return {k: row for k, row in claim.parent_steps.items() if row["position"] < limit}
+
     def _resume_attempt(self) -> int:
         for row in self.memo.values():
             if row["status"] == "retrying":
@@ -196,11 +208,12 @@ class Execution:
                 output = self.function.fn(self.ctx)
         except Interrupt as signal:
             return signal.wake_at
-        except (StepError, NonRetriableError) as exc:
-            self._fail_run(exc)
-            return None
+        except BranchFinished as finished:
+            if finished.error is not None:
+                return self._raised(finished.error)
+            output = finished.value
         except Exception as exc:
-            return self._retry_or_fail_run(exc)
+            return self._raised(exc)
         try:
             text = to_json(output, f"function {self.function.id!r} output")
         except SerializationError as exc:
@@ -208,6 +221,12 @@ class Execution:
             return None
         self._finish(S.COMPLETED, output=text)
         return None
+
+    def _raised(self, exc: Exception) -> datetime | None:
+        if isinstance(exc, (StepError, NonRetriableError)):
+            self._fail_run(exc)
+            return None
+        return self._retry_or_fail_run(exc)
 
     def _finish(
         self,
@@ -221,10 +240,13 @@ class Execution:
         ``celeryflow/function.failed`` — all in the finishing transaction."""
         now = utcnow()
         run = self.claim.run
-        parent = (run["parent_run_id"], run["parent_step"]) if run["parent_run_id"] else None
+        parent = None
+        if run["parent_run_id"]:
+            parent = (run["parent_run_id"], run["parent_step"], self.branch)
         recorded: list[Recorded] = []
         also = None
-        if failure is not None and self.ctx.event.name != FAILED_EVENT:
+        # a failed branch fails its parent's step; the parent's failure is the one sent
+        if failure is not None and self.ctx.event.name != FAILED_EVENT and self.branch is None:
 
             def also(conn: Any) -> None:
                 recorded.append(self.flow.record_failure_on(conn, self, failure, now))
@@ -249,6 +271,12 @@ class Execution:
         for r in recorded:
             ring += [*r.created, *r.resumed]
         self.flow.doorbell.ring(ring)
+        if parent and resumed and self.branch is not None:
+            # the step is settled: branches still out (a lost race, a failure) stop
+            self.flow.store.cancel_branches(parent[0], parent[1], now)
+
+    def add_pending(self, write: StepWrite) -> None:
+        self._pending.append(write)
 
     def take_pending(self) -> list[StepWrite]:
         pending, self._pending = self._pending, []
@@ -331,6 +359,11 @@ class Execution:
     def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
         row = self.memo.get(key)
         if row is None:
+            if self.branch is not None and not self.in_branch:
+                raise NondeterminismError(
+                    f"step {name!r} is not in the parent's record before "
+                    f"step.parallel({self.branch_key!r}): the code changed under a run in flight"
+                )
             return None
         if row["kind"] != kind:
             raise NondeterminismError(

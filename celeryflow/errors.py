@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "BranchFinished",
     "CeleryflowError",
     "ConfigError",
     "EventError",
@@ -101,3 +102,15 @@ class Interrupt(BaseException):
         super().__init__(reason)
         self.reason = reason
         self.wake_at = wake_at
+
+
+class BranchFinished(BaseException):
+    """A step.parallel branch run reached the end of its callable (internal): the run
+    ends there with ``value`` as its output, or as if ``error`` were uncaught. It
+    must not pass through the function body, which belongs to the parent run: a
+    ``try`` around the parallel step there would see the branch's own error."""
+
+    def __init__(self, value: object = None, error: Exception | None = None) -> None:
+        super().__init__("branch finished")
+        self.value = value
+        self.error = error

@@ -72,6 +72,7 @@ class Run(BaseModel):
     attempt: int = 0
     events: list[dict[str, Any]] = []
     parent_run_id: str | None = None
+    branch: int | None = None  # a step.parallel branch: the index of its callable
     wake_at: datetime | None = None
     created_at: datetime
     started_at: datetime | None = None

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import waiting
+from . import parallel, waiting
 from .durations import Duration, parse_datetime, parse_duration, utcnow
+from .errors import BranchFinished
 from .events import Event
 
 if TYPE_CHECKING:
@@ -105,6 +106,21 @@ class Steps:
         parks meanwhile); its failure raises StepError here."""
         return waiting.invoke(self._x, step_id, function=function, data=data, timeout=timeout)
 
+    def parallel(
+        self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"
+    ) -> Any:
+        """Run each callable (which calls steps) as a run of its own, on any worker;
+        this run parks meanwhile. Returns the results in order (``mode="all"``; the
+        first failure raises StepError) or the first branch to end (``"race"``)."""
+        done, value = parallel.begin(self._x, step_id, branches, mode)
+        if done:
+            return value
+        try:
+            result = _resolve(value())
+        except Exception as exc:
+            raise BranchFinished(error=exc) from exc
+        raise BranchFinished(result)
+
 
 class AsyncSteps:
     """Durable steps for ``async def`` functions: ``await ctx.step.run(...)``."""
@@ -168,6 +184,20 @@ class AsyncSteps:
         timeout: Duration | None = None,
     ) -> Any:
         return waiting.invoke(self._x, step_id, function=function, data=data, timeout=timeout)
+
+    async def parallel(
+        self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"
+    ) -> Any:
+        done, value = parallel.begin(self._x, step_id, branches, mode)
+        if done:
+            return value
+        try:
+            result = value()
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            raise BranchFinished(error=exc) from exc
+        raise BranchFinished(result)
 
 
 class Context:

@@ -217,7 +217,7 @@ def invoke(
         wake_at=wake,
         attempt=x.run_attempt,
         writes=[*x.take_pending(), (waiting, True)],
-        child=child,
+        children=[child],
     ):
         raise x.lost()
     x.flow.doorbell.ring([child["id"]])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -42,16 +42,19 @@ _CLAIM_COLUMNS = (
     runs.c.finish_deadline,
     runs.c.parent_run_id,
     runs.c.parent_step,
+    runs.c.branch,
 )
 
 
 @dataclass
 class Claim:
-    """A run this executor now holds, with every recorded step."""
+    """A run this executor now holds, with every recorded step (and, for a
+    step.parallel branch, the parent's steps, which the branch replays)."""
 
     run: sa.RowMapping
     fence: int
     steps: dict[str, sa.RowMapping]
+    parent_steps: dict[str, sa.RowMapping] = field(default_factory=dict)
 
 
 def datetime_now() -> datetime:
@@ -189,10 +192,15 @@ class RunSession:
                     return None
                 row = self.conn.execute(self.sql.claimed, params).mappings().one()
             fence = int(row["fence"])
-            if fence == 1:  # the first claim ever: no step can have been recorded
-                return Claim(run=row, fence=fence, steps={})
-            rows = self.conn.execute(self.sql.load_steps, params).mappings()
-            return Claim(run=row, fence=fence, steps={r["key"]: r for r in rows})
+            claim = Claim(run=row, fence=fence, steps={})
+            if fence > 1:  # the first claim ever: no step can have been recorded
+                rows = self.conn.execute(self.sql.load_steps, params).mappings()
+                claim.steps = {r["key"]: r for r in rows}
+            if row["branch"] is not None:
+                parent = {"rid": row["parent_run_id"]}
+                rows = self.conn.execute(self.sql.load_steps, parent).mappings()
+                claim.parent_steps = {r["key"]: r for r in rows}
+            return claim
 
     def _write_step(self, fence: int, values: dict[str, Any], new: bool) -> bool:
         if new:
@@ -268,13 +276,13 @@ class RunSession:
         error: str | None = None,
         writes: Sequence[StepWrite] = (),
         clear_waits: bool = False,
-        parent: tuple[str, str] | None = None,
+        parent: tuple[str, str, int | None] | None = None,
         resume_due: datetime | None = None,
         also: Callable[[sa.Connection], None] | None = None,
     ) -> tuple[bool, bool]:
         """End the run in ``status`` with the steps not yet written. ``clear_waits``
-        drops its cancel_on waiters; ``parent`` (run id, step key) is the invoke step
-        this run's outcome resolves; ``also`` runs in the same transaction.
+        drops its cancel_on waiters; ``parent`` (run id, step key, branch) is the
+        invoke or parallel step this run's outcome resolves; ``also`` runs in the same transaction.
         Returns (still held the run, the parent was resumed)."""
         params = {
             "rid": run_id,
@@ -294,6 +302,7 @@ class RunSession:
                         conn,
                         parent[0],
                         parent[1],
+                        branch=parent[2],
                         output=output,
                         error=error,
                         now=now,
@@ -314,9 +323,9 @@ class RunSession:
         wake_at: datetime | None,
         attempt: int,
         writes: Sequence[StepWrite],
-        child: dict[str, Any],
+        children: list[dict[str, Any]],
     ) -> bool:
-        """Park the run on a child run (created here, in the same transaction)."""
+        """Park the run on child runs (created here, in the same transaction)."""
         params = {
             "rid": run_id,
             "p_fence": fence,
@@ -325,10 +334,10 @@ class RunSession:
             "p_attempt": attempt,
         }
 
-        def add_child(conn: sa.Connection) -> None:
-            conn.execute(runs.insert(), [child])
+        def add_children(conn: sa.Connection) -> None:
+            conn.execute(runs.insert(), children)
 
-        return self._fenced(fence, writes, self.sql.move[S.WAITING], params, add_child)
+        return self._fenced(fence, writes, self.sql.move[S.WAITING], params, add_children)
 
     def fail_timed_out(
         self, fence: int, writes: Sequence[StepWrite], run_id: str, key: str, error: str

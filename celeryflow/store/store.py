@@ -423,6 +423,23 @@ class Store:
             raise RunNotFound(f"no run with id {run_id!r}")
         return False
 
+    def cancel_branches(self, parent_run_id: str, key: str, now: datetime) -> list[str]:
+        """Cancel the branches of a parallel step that are still out (a race was
+        won, or a branch failed). One transaction per branch: each locks the
+        branch's run row, then the parent's step, in the order a finishing branch
+        does, so the two can never deadlock."""
+        with self._read() as conn:
+            out = conn.execute(
+                sa.select(runs.c.id).where(
+                    runs.c.parent_run_id == parent_run_id,
+                    runs.c.parent_step == key,
+                    runs.c.branch.is_not(None),
+                    runs.c.status.not_in([s.value for s in TERMINAL]),
+                )
+            ).scalars()
+            candidates = list(out)
+        return [run_id for run_id in candidates if self.cancel(run_id, now)]
+
     @staticmethod
     def _to_run(row: sa.RowMapping, step_rows: list[sa.RowMapping] | None) -> Run:
         return Run(
@@ -435,6 +452,7 @@ class Store:
             attempt=row["attempt"],
             events=_loads(row["events"]),
             parent_run_id=row["parent_run_id"],
+            branch=row["branch"],
             wake_at=row["wake_at"],
             created_at=row["created_at"],
             started_at=row["started_at"],

@@ -85,6 +85,8 @@ runs = sa.Table(
     sa.Column("parent_run_id", Key(36), nullable=True),
     # the parent's step (invoke, parallel branch) this run's output resumes
     sa.Column("parent_step", Key(255), nullable=True),
+    # a step.parallel branch: which of the parent step's callables this run executes
+    sa.Column("branch", sa.Integer, nullable=True),
     # Timeouts(start=, finish=): cancelled if not started / not ended by then
     sa.Column("start_deadline", UTCDateTime, nullable=True),
     sa.Column("finish_deadline", UTCDateTime, nullable=True),
@@ -95,6 +97,7 @@ runs = sa.Table(
     sa.Index("ix_cf_runs_event_id", "event_id"),
     sa.Index("ix_cf_runs_function_created", "function_id", "created_at"),
     sa.Index("ix_cf_runs_status_created", "status", "created_at"),
+    sa.Index("ix_cf_runs_parent", "parent_run_id", "parent_step"),
 )
 
 steps = sa.Table(

@@ -183,7 +183,9 @@ def cancel_run(conn: sa.Connection, run_id: str, now: datetime) -> bool:
     if done != 1:
         return False
     link = conn.execute(
-        sa.select(runs.c.parent_run_id, runs.c.parent_step).where(runs.c.id == run_id)
+        sa.select(runs.c.parent_run_id, runs.c.parent_step, runs.c.branch).where(
+            runs.c.id == run_id
+        )
     ).first()
     if link is not None and link.parent_run_id:
         error = json.dumps({"type": "Cancelled", "message": f"run {run_id} was cancelled"})
@@ -191,6 +193,7 @@ def cancel_run(conn: sa.Connection, run_id: str, now: datetime) -> bool:
             conn,
             link.parent_run_id,
             link.parent_step,
+            branch=link.branch,
             output=None,
             error=error,
             now=now,
@@ -230,13 +233,20 @@ def resolve_parent(
     parent_run_id: str,
     parent_step: str,
     *,
+    branch: int | None = None,
     output: str | None,
     error: str | None,
     now: datetime,
     resume_due: datetime,
 ) -> bool:
-    """A child run ended: complete (or fail) the parent's waiting invoke step and
-    queue the parent. False if the step was already resolved (e.g. it timed out)."""
+    """A child run ended: complete (or fail) the parent's waiting invoke or parallel
+    step and queue the parent. False if the step was already resolved (it timed out,
+    another branch settled it) or, for a branch, if other branches are still out."""
+    if branch is not None:
+        settled = _settle_branch(conn, parent_run_id, parent_step, branch, output, error)
+        if settled is None:
+            return False
+        output, error = settled
     done = conn.execute(
         steps.update()
         .where(
@@ -259,6 +269,50 @@ def resolve_parent(
         .values(status=S.QUEUED.value, wake_at=None, due_at=resume_due)
     )
     return True
+
+
+def _settle_branch(
+    conn: sa.Connection,
+    parent_run_id: str,
+    parent_step: str,
+    branch: int,
+    output: str | None,
+    error: str | None,
+) -> tuple[str | None, str | None] | None:
+    """Record one branch's outcome on the parallel step; return the step's final
+    (output, error) once it is settled, else None.
+
+    The parent's step row is locked first and holds the branches' results so far,
+    so branches ending at the same moment are serialized on that one row and no
+    transaction needs a lock on a sibling's run row (which could deadlock).
+    ``all``: settled when every branch completed, or at the first failure.
+    ``race``: settled by the first branch to end, whichever way it ends.
+    """
+    row = conn.execute(
+        sa.select(steps.c.kind, steps.c.status, steps.c.output)
+        .where(steps.c.run_id == parent_run_id, steps.c.key == parent_step)
+        .with_for_update()
+    ).first()
+    if row is None or row.status != "waiting":
+        return None
+    if error is not None:
+        failure = json.loads(error)
+        failure["branch"] = branch
+        failure["message"] = f"branch {branch} failed: {failure.get('message', '')}"
+        return None, json.dumps(failure)
+    if row.kind == "race":
+        return output or "null", None
+    progress = json.loads(row.output)
+    progress["results"][str(branch)] = json.loads(output) if output is not None else None
+    if len(progress["results"]) < progress["branches"]:
+        conn.execute(
+            steps.update()
+            .where(steps.c.run_id == parent_run_id, steps.c.key == parent_step)
+            .values(output=json.dumps(progress))
+        )
+        return None
+    ordered = [progress["results"][str(i)] for i in range(progress["branches"])]
+    return json.dumps(ordered), None
 
 
 def resolve_timed_out_step(

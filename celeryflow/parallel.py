@@ -1,0 +1,115 @@
+"""``step.parallel``: the branches of one step run as runs of their own, on any worker.
+
+The parent records the parallel step as waiting and, in the same transaction,
+creates one child run per callable: the same function and event, with
+``parent_step`` and ``branch`` set. A branch run replays the function against the
+parent's memo (every step before the parallel step is recorded there, so nothing
+before it is done again) and, on reaching the parallel step, calls only its own
+callable; what that returns is the branch's output, and the run ends there. Steps
+inside a branch are recorded on the branch's run. The branch that settles the step
+(the last to finish, the first to fail, or in race mode the first to end)
+completes it and queues the parent, in its own finishing transaction.
+
+This is Inngest's model too (the function is re-entered for each branch), so the
+same rule holds as for any step code: the callables must be built the same way on
+every replay. A parallel step inside a branch is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .durations import utcnow
+from .errors import Interrupt, NondeterminismError, NonRetriableError, StepError
+from .runs import RunStatus
+
+if TYPE_CHECKING:
+    from .engine import Execution
+
+__all__ = ["MODES", "begin"]
+
+MODES = ("all", "race")
+
+
+def _checked(name: str, branches: Sequence[Callable[[], Any]], mode: str) -> list[Any]:
+    where = f"step.parallel({name!r})"
+    if mode not in MODES:
+        raise NonRetriableError(f"{where}: mode must be 'all' or 'race', got {mode!r}")
+    if isinstance(branches, (str, bytes)) or not isinstance(branches, Sequence):
+        raise NonRetriableError(f"{where}: branches must be a list of callables")
+    calls = list(branches)
+    for index, call in enumerate(calls):
+        if not callable(call):
+            raise NonRetriableError(f"{where}: branch {index} is not callable: {call!r}")
+    if mode == "race" and not calls:
+        raise NonRetriableError(f"{where}: a race needs at least one branch")
+    return calls
+
+
+def begin(
+    x: Execution, name: str, branches: Sequence[Callable[[], Any]], mode: str
+) -> tuple[bool, Any]:
+    """(True, result) once the step is settled: the results in order (``all``) or
+    the first branch's (``race``). (False, callable) when this run is a branch of
+    this very step and must call it. Otherwise parks the run on new branch runs."""
+    calls = _checked(name, branches, mode)
+    key, position = x.next_key(name)
+    if x.branch is not None:
+        if x.in_branch:
+            raise NonRetriableError(
+                f"step.parallel({name!r}) was called inside a parallel branch; "
+                "branches cannot be nested"
+            )
+        if key == x.branch_key:
+            if x.branch >= len(calls):
+                raise NondeterminismError(
+                    f"step.parallel({name!r}) now has {len(calls)} branches; this run is "
+                    f"branch {x.branch}: the code changed under a run in flight"
+                )
+            x.in_branch = True
+            return False, calls[x.branch]
+    kind = "parallel" if mode == "all" else "race"
+    plan = x.new_plan(key, name, position, kind)
+    row = x.recorded(key, name, kind, position)
+    if row is not None:
+        if row["status"] == "completed":
+            return True, None if row["output"] is None else json.loads(row["output"])
+        if row["status"] == "failed":
+            raise StepError(name, json.loads(row["error"]))
+        # still waiting on its branches (a stray wake): park again, start nothing
+        if not x.session.move(
+            x.run_id,
+            x.fence,
+            status=RunStatus.WAITING,
+            wake_at=None,
+            due_at=None,
+            attempt=x.run_attempt,
+            writes=x.take_pending(),
+        ):
+            raise x.lost()
+        raise Interrupt(RunStatus.WAITING.value)
+    if not calls:
+        done = x.step_values(plan, status="completed", output="[]")
+        x.add_pending((done, True))
+        return True, []
+    now = utcnow()
+    children = []
+    for index in range(len(calls)):
+        child = x.flow.new_run(x.function.id, x.ctx.events, now)
+        child.update(parent_run_id=x.run_id, parent_step=key, branch=index, event_id=None)
+        children.append(child)
+    progress = json.dumps({"branches": len(calls), "results": {}})
+    waiting = x.step_values(plan, status="waiting", output=progress, ended_at=None)
+    if not x.session.invoke(
+        x.run_id,
+        x.fence,
+        wake_at=None,
+        attempt=x.run_attempt,
+        writes=[*x.take_pending(), (waiting, True)],
+        children=children,
+    ):
+        raise x.lost()
+    x.flow.doorbell.ring([child["id"] for child in children])
+    raise Interrupt(RunStatus.WAITING.value)
