@@ -256,7 +256,7 @@ def machine_info() -> list[str]:
             check=False,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "celeryflow"],
+            ["git", "status", "--porcelain", "--", ":/celeryflow"],
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parent,
