@@ -18,7 +18,7 @@ from .events import Event, condition_holds, prepare_events
 from .expressions import compile_expression
 from .functions import FlowFunction
 from .runs import RunStatus
-from .store.waits import find_recent_event, match_value
+from .store.waits import find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -76,7 +76,7 @@ def wait_for_event(
     run_event = x.ctx.event.model_dump()
 
     def accepts(candidate: dict[str, Any]) -> bool:
-        if match and match_value(candidate, match) != match_value(run_event, match):
+        if match and full_match_value(candidate, match) != full_match_value(run_event, match):
             return False
         return if_ is None or condition_holds(if_, run_event, candidate)
 

@@ -241,3 +241,25 @@ def test_timeouts_cancel_runs_that_start_or_finish_too_late(stack: Stack) -> Non
     assert late_run.status == RunStatus.CANCELLED and late_run.output is None
     assert run.status == RunStatus.CANCELLED
     assert run.ended_at is not None and (run.ended_at - run.created_at).total_seconds() < 6
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_long_match_values_sharing_the_indexed_prefix_do_not_cross(stack: Stack) -> None:
+    flow = make_flow(stack)
+    prefix = "x" * 300  # longer than the indexed column: both share its content
+
+    @flow.function(id="long-wait", trigger=event("t/long"))
+    def long_wait(ctx):  # type: ignore[no-untyped-def]
+        got = ctx.step.wait_for_event("w", event="t/long-done", match="data.ref", timeout="1m")
+        return got.data["tag"] if got else None
+
+    with worker(flow, concurrency=4):
+        [a] = flow.send(Event(name="t/long", data={"ref": prefix + "A"}))
+        [b] = flow.send(Event(name="t/long", data={"ref": prefix + "B"}))
+        wait_for(lambda: len(_runs_of(flow, "long-wait", "waiting")) == 2, what="two waiting runs")
+        flow.send(Event(name="t/long-done", data={"ref": prefix + "A", "tag": "for A"}))
+        run_a = wait_for_run(flow, event_id=a)
+        flow.send(Event(name="t/long-done", data={"ref": prefix + "B", "tag": "for B"}))
+        run_b = wait_for_run(flow, event_id=b)
+
+    assert (run_a.output, run_b.output) == ("for A", "for B")

@@ -25,6 +25,7 @@ __all__ = [
     "cancel_run",
     "extract",
     "find_recent_event",
+    "full_match_value",
     "lock_wait_field",
     "match_value",
     "register_wait",
@@ -45,9 +46,18 @@ def extract(event: dict[str, Any], path: str) -> Any:
     return value
 
 
+MATCH_VALUE_LENGTH = 255  # the indexed column's width
+
+
+def full_match_value(event: dict[str, Any], path: str) -> str:
+    """The value at ``path`` as canonical JSON, so 7 and "7" differ."""
+    return json.dumps(extract(event, path), sort_keys=True, separators=(",", ":"))
+
+
 def match_value(event: dict[str, Any], path: str) -> str:
-    """The indexed form of the value at ``path``: canonical JSON, so 7 and "7" differ."""
-    return json.dumps(extract(event, path), sort_keys=True, separators=(",", ":"))[:255]
+    """The indexed form of the value at ``path``: its canonical JSON, cut to the
+    column's width (a cut value is checked in full when an event arrives)."""
+    return full_match_value(event, path)[:MATCH_VALUE_LENGTH]
 
 
 @dataclass
@@ -115,6 +125,13 @@ def wake_waiters(
     for row in candidates:
         if row["expires_at"] is not None and row["expires_at"] < now:
             continue  # its timeout wins; the run's executor cleans it up
+        value = row["match_value"]
+        if value is not None and len(value) >= MATCH_VALUE_LENGTH:
+            # the index holds a prefix: two long values may share it
+            run_event = json.loads(row["events"])[0]
+            field_path = row["match_field"]
+            if full_match_value(run_event, field_path) != full_match_value(event, field_path):
+                continue
         if row["condition"] is not None:
             run_event = json.loads(row["events"])[0]
             if not condition_holds(row["condition"], run_event, event):
