@@ -14,6 +14,7 @@ from .errors import (
 )
 from .events import Event, event
 from .flow import Flow
+from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
@@ -25,11 +26,14 @@ from .store import kombu_sqlite
 kombu_sqlite.register()
 
 __all__ = [
+    "Batch",
     "CancelOn",
     "CeleryflowError",
+    "Concurrency",
     "ConfigError",
     "Context",
     "CronTrigger",
+    "Debounce",
     "Event",
     "EventError",
     "ExpressionError",
@@ -37,13 +41,17 @@ __all__ = [
     "FlowFunction",
     "NonRetriableError",
     "NondeterminismError",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "Run",
     "RunNotFound",
     "RunStatus",
     "SerializationError",
+    "Singleton",
     "StepError",
     "StepRecord",
+    "Throttle",
     "Timeouts",
     "cron",
     "event",

@@ -96,7 +96,9 @@ class Engine:
         settings = self.flow.settings
         now = utcnow()
         with self.flow.store.session() as session:
-            claim = session.claim(run_id, self.owner(), now, now + settings.lease)
+            claim = session.claim(
+                run_id, self.owner(), now, now + settings.lease, slot_limits=self._slot_limits
+            )
             if claim is None:
                 return self._not_claimed(session, run_id, now)
             function = self.flow.functions.get(claim.run["function_id"])
@@ -125,6 +127,22 @@ class Engine:
                 return Execution(self.flow, function, claim, session).drive()
             finally:
                 self.leases.release(run_id)
+                if function.control.concurrency:
+                    self._release_slot(function, claim)
+
+    def _slot_limits(self, function_id: str) -> list[int]:
+        function = self.flow.functions.get(function_id)
+        return [c.limit for c in function.control.concurrency] if function else []
+
+    def _release_slot(self, function: FlowFunction, claim: Claim) -> None:
+        """The run left its slot (parked, ended, or lost): ring whoever is next."""
+        keys = [claim.run["concurrency_key1"], claim.run["concurrency_key2"]]
+        limits = [c.limit for c in function.control.concurrency]
+        try:
+            heads = self.flow.store.next_for_slots(function.id, keys, limits, utcnow())
+            self.flow.doorbell.ring(heads)
+        except Exception:  # the reconciler's slot pass rings them instead
+            log.exception("run %s: ringing the next run for its slot failed", claim.run["id"])
 
     @staticmethod
     def _past_deadline(claim: Claim, now: datetime) -> bool:

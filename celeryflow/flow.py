@@ -20,6 +20,7 @@ from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
+from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
@@ -125,8 +126,22 @@ class Flow:
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
         on_failure: FlowFunction | str | None = None,
+        concurrency: Concurrency
+        | dict[str, Any]
+        | list[Concurrency | dict[str, Any]]
+        | None = None,
+        throttle: Throttle | dict[str, Any] | None = None,
+        rate_limit: RateLimit | dict[str, Any] | None = None,
+        debounce: Debounce | dict[str, Any] | None = None,
+        batch_events: Batch | dict[str, Any] | None = None,
+        priority: Priority | dict[str, Any] | None = None,
+        idempotency: str | None = None,
+        singleton: Singleton | dict[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], FlowFunction]:
-        """Register a durable function: ``@flow.function(id=..., trigger=event(...))``."""
+        """Register a durable function: ``@flow.function(id=..., trigger=event(...))``.
+
+        Flow control (``concurrency`` ... ``singleton``) follows Inngest; see
+        :mod:`celeryflow.flowcontrol`. Each takes its model or a plain dict."""
 
         def register(fn: Callable[..., Any]) -> FlowFunction:
             function = FlowFunction.build(
@@ -138,6 +153,14 @@ class Flow:
                 cancel_on=cancel_on,
                 timeouts=timeouts,
                 on_failure=on_failure.id if isinstance(on_failure, FlowFunction) else on_failure,
+                concurrency=concurrency,
+                throttle=throttle,
+                rate_limit=rate_limit,
+                debounce=debounce,
+                batch_events=batch_events,
+                priority=priority,
+                idempotency=idempotency,
+                singleton=singleton,
             )
             if function.id in self.functions:
                 raise ConfigError(
@@ -269,10 +292,21 @@ class Flow:
                     d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d
                 )
             waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-            planned.append(PlannedRun(row, waits))
+            admission = fn.control.admission(variables)
+            planned.append(PlannedRun(row, waits, admission if admission else None))
         return planned
 
     def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
+        """A run row (every column an insert names, so rows batch in one executemany),
+        with its concurrency keys and queue position evaluated from its first event."""
+        keys: list[str | None] = [None, None]
+        queue_at = now
+        function = self.functions.get(function_id)
+        if function is not None and (function.control.concurrency or function.control.priority):
+            variables = {"event": evs[0].model_dump()}
+            for i, key in enumerate(function.control.concurrency_keys(variables)):
+                keys[i] = key
+            queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
         return {
             "id": new_run_id(),
             "function_id": function_id,
@@ -282,7 +316,16 @@ class Flow:
             "attempt": 0,
             "fence": 0,
             "dispatches": 0,
+            "wake_at": None,
             "due_at": now + self.settings.redeliver_after,
+            "parent_run_id": None,
+            "parent_step": None,
+            "branch": None,
+            "start_deadline": None,
+            "finish_deadline": None,
+            "concurrency_key1": keys[0],
+            "concurrency_key2": keys[1],
+            "queue_at": queue_at,
             "created_at": now,
         }
 

@@ -13,6 +13,16 @@ from .durations import parse_duration
 from .errors import ConfigError, describe
 from .events import EventTrigger
 from .expressions import Expression, compile_expression
+from .flowcontrol import (
+    Batch,
+    Concurrency,
+    Debounce,
+    FlowControl,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from .schedule import CronTrigger
 
 if TYPE_CHECKING:
@@ -65,6 +75,21 @@ class FunctionConfig(BaseModel):
     cancel_on: list[CancelOn] = Field(default_factory=list)
     timeouts: Timeouts | None = None
     on_failure: str | None = None  # the id of a flow function
+    concurrency: list[Concurrency] = Field(default_factory=list)
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
+    debounce: Debounce | None = None
+    batch_events: Batch | None = None
+    priority: Priority | None = None
+    idempotency: str | None = Field(default=None, min_length=1, max_length=1000)
+    singleton: Singleton | None = None
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return value if isinstance(value, list | tuple) else [value]
 
 
 class FlowFunction:
@@ -85,6 +110,17 @@ class FlowFunction:
         for i, cancel in enumerate(config.cancel_on):
             if cancel.if_ is not None:
                 compile_expression(cancel.if_, f"function {config.id!r} cancel_on[{i}] if_")
+        self.control = FlowControl(
+            config.id,
+            concurrency=config.concurrency,
+            throttle=config.throttle,
+            rate_limit=config.rate_limit,
+            debounce=config.debounce,
+            batch=config.batch_events,
+            priority=config.priority,
+            idempotency=config.idempotency,
+            singleton=config.singleton,
+        )
         self.__name__ = getattr(fn, "__name__", config.id)
         self.__doc__ = fn.__doc__
 
@@ -100,6 +136,7 @@ class FlowFunction:
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
         on_failure: str | None = None,
+        **flow_control: Any,
     ) -> FlowFunction:
         function_id: str = id or str(getattr(fn, "__name__", ""))
         triggers = [] if trigger is None else trigger if isinstance(trigger, list) else [trigger]
@@ -126,6 +163,7 @@ class FlowFunction:
                     "cancel_on": cancels,
                     "timeouts": timeouts,
                     "on_failure": on_failure,
+                    **flow_control,
                 }
             )
         except ValidationError as exc:

@@ -43,7 +43,19 @@ class Reconciler:
             self.flow.doorbell.ring(run_ids, eta=eta)
         if due:
             log.info("reconciler rang %d run(s)", len(due))
-        return len(due)
+        return len(due) + self._slots()
+
+    def _slots(self) -> int:
+        """Runs parked for a concurrency slot are never due (so waiting floods no
+        broker); ring the first in line wherever a slot is free."""
+        rang = 0
+        for function in list(self.flow.functions.values()):
+            limits = [c.limit for c in function.control.concurrency]
+            if limits:
+                heads = self.flow.store.parked_for_slots(function.id, limits, utcnow())
+                self.flow.doorbell.ring(heads)
+                rang += len(heads)
+        return rang
 
 
 class ReconcilerThread(threading.Thread):

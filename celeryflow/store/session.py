@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..runs import RunStatus, sources_of
+from .flowkeys import take_slot
 from .tables import runs, steps, waits
 from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 
@@ -43,6 +44,9 @@ _CLAIM_COLUMNS = (
     runs.c.parent_run_id,
     runs.c.parent_step,
     runs.c.branch,
+    runs.c.concurrency_key1,
+    runs.c.concurrency_key2,
+    runs.c.queue_at,
 )
 
 
@@ -172,9 +176,17 @@ class RunSession:
     def __exit__(self, *exc: object) -> None:
         self.conn.close()
 
-    def claim(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim | None:
+    def claim(
+        self,
+        run_id: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        slot_limits: Callable[[str], list[int]] | None = None,
+    ) -> Claim | None:
         """Take the run if it may proceed now; None if it may not (finished, parked
-        until later, or held by a live executor)."""
+        until later, held by a live executor, or, under ``slot_limits(function_id)``
+        (its concurrency limits), left queued for a slot)."""
         params = {"rid": run_id, "owner": owner, "now": now, "lease_until": lease_until}
         with self.store.write_lock(), self.conn.begin():
             if self.sql.async_claim:
@@ -192,6 +204,10 @@ class RunSession:
                     return None
                 row = self.conn.execute(self.sql.claimed, params).mappings().one()
             fence = int(row["fence"])
+            limits = slot_limits(row["function_id"]) if slot_limits else []
+            if limits and not take_slot(self.conn, self.store.insert_flow_key(), row, limits, now):
+                self._park_for_slot(run_id, fence)
+                return None
             claim = Claim(run=row, fence=fence, steps={})
             if fence > 1:  # the first claim ever: no step can have been recorded
                 rows = self.conn.execute(self.sql.load_steps, params).mappings()
@@ -201,6 +217,21 @@ class RunSession:
                 rows = self.conn.execute(self.sql.load_steps, parent).mappings()
                 claim.parent_steps = {r["key"]: r for r in rows}
             return claim
+
+    def _park_for_slot(self, run_id: str, fence: int) -> None:
+        """Undo the claim: queued with nothing due (the reconciler does not ring it;
+        a slot's release does) and the fence handed back, as if never claimed."""
+        values: dict[str, Any] = {
+            "status": S.QUEUED.value,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "due_at": None,
+            "wake_at": None,
+            "fence": runs.c.fence - 1,
+        }
+        if fence == 1:
+            values["started_at"] = None
+        self.conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
     def _write_step(self, fence: int, values: dict[str, Any], new: bool) -> bool:
         if new:

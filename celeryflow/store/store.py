@@ -22,10 +22,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigError, RunNotFound
 from ..events import Event
+from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord
 from .database import SQLiteWriteLock, create_store_engine, sqlite_path
+from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
-from .tables import events, runs, steps, wait_fields
+from .tables import events, flow_keys, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, wake_waiters
 
 __all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
@@ -40,6 +42,7 @@ class PlannedRun:
 
     row: dict[str, Any]
     waits: list[dict[str, Any]] = field(default_factory=list)
+    admission: Admission | None = None  # flow control that decides at recording time
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Store:
         )
         self._insert_event: Any = None
         self._insert_field: Any = None
+        self._insert_flow_key: Any = None
 
     # -- setup ------------------------------------------------------------------------
 
@@ -228,6 +232,7 @@ class Store:
         records its events together with its step)."""
         recorded = Recorded()
         planned: list[PlannedRun] = []
+        redeliver_after = max(resume_due - now, timedelta(0))
         if self._insert_event is None:
             insert = self._insert_ignoring_duplicates(events)
             if self.engine.dialect.insert_returning:
@@ -259,7 +264,22 @@ class Store:
                 )
             if not fresh:
                 continue
-            planned.extend(plan_runs(ev))
+            for p in plan_runs(ev):
+                if not p.admission:
+                    planned.append(p)
+                    continue
+                # inserted at once: the next event of this batch may depend on it
+                admitted = admit(
+                    conn, self.insert_flow_key(), p.row, p.admission, now, redeliver_after
+                )
+                recorded.created.extend(admitted.ring)
+                if admitted.row is None:
+                    continue
+                conn.execute(runs.insert(), [admitted.row])
+                if admitted.row["status"] != S.SKIPPED.value:
+                    for wait in p.waits:
+                        register_wait(conn, self.insert_wait_field(), wait)
+                    recorded.created.append(str(admitted.row["id"]))
             woken = wake_waiters(
                 conn,
                 ev.model_dump(),
@@ -274,8 +294,13 @@ class Store:
             for p in planned:
                 for wait in p.waits:
                     register_wait(conn, self.insert_wait_field(), wait)
-        recorded.created = [str(p.row["id"]) for p in planned]
+        recorded.created.extend(str(p.row["id"]) for p in planned)
         return recorded
+
+    def insert_flow_key(self) -> Any:
+        if self._insert_flow_key is None:
+            self._insert_flow_key = self._insert_ignoring_duplicates(flow_keys)
+        return self._insert_flow_key
 
     def insert_wait_field(self) -> Any:
         if self._insert_field is None:
@@ -322,6 +347,31 @@ class Store:
                 if renewed != 1:
                     lost.append(run_id)
         return lost
+
+    # -- concurrency slots ------------------------------------------------------------
+
+    def next_for_slots(
+        self, function_id: str, keys: Sequence[str | None], limits: Sequence[int], now: datetime
+    ) -> list[str]:
+        """The runs first in line for the free slots of these concurrency keys (to
+        ring when a run leaves its slot)."""
+        heads: list[str] = []
+        with self._read() as conn:
+            for index, (key, limit) in enumerate(zip(keys, limits, strict=False)):
+                if key is not None:
+                    heads += slot_heads(conn, function_id, index, key, limit, now)
+        return list(dict.fromkeys(heads))
+
+    def parked_for_slots(self, function_id: str, limits: Sequence[int], now: datetime) -> list[str]:
+        """The reconciler's pass over one function: runs first in line for a free
+        slot, for every key with runs parked on it (covers a lost doorbell, and a
+        slot freed by a lease that lapsed)."""
+        heads: list[str] = []
+        with self._read() as conn:
+            for index, limit in enumerate(limits):
+                for key in slot_waiting_keys(conn, function_id, index):
+                    heads += slot_heads(conn, function_id, index, key, limit, now)
+        return list(dict.fromkeys(heads))
 
     # -- reconciling ------------------------------------------------------------------
 

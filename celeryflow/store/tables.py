@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["cron_ticks", "events", "metadata", "runs", "steps", "wait_fields", "waits"]
+__all__ = ["cron_ticks", "events", "flow_keys", "metadata", "runs", "steps", "wait_fields", "waits"]
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -87,6 +87,11 @@ runs = sa.Table(
     sa.Column("parent_step", Key(255), nullable=True),
     # a step.parallel branch: which of the parent step's callables this run executes
     sa.Column("branch", sa.Integer, nullable=True),
+    # flow control: the run's concurrency key values (one per limit) and its place
+    # among runs queued for a slot (created_at moved by its priority)
+    sa.Column("concurrency_key1", Key(255), nullable=True),
+    sa.Column("concurrency_key2", Key(255), nullable=True),
+    sa.Column("queue_at", UTCDateTime, nullable=True),
     # Timeouts(start=, finish=): cancelled if not started / not ended by then
     sa.Column("start_deadline", UTCDateTime, nullable=True),
     sa.Column("finish_deadline", UTCDateTime, nullable=True),
@@ -98,6 +103,8 @@ runs = sa.Table(
     sa.Index("ix_cf_runs_function_created", "function_id", "created_at"),
     sa.Index("ix_cf_runs_status_created", "status", "created_at"),
     sa.Index("ix_cf_runs_parent", "parent_run_id", "parent_step"),
+    sa.Index("ix_cf_runs_slot1", "function_id", "concurrency_key1", "status", "queue_at"),
+    sa.Index("ix_cf_runs_slot2", "function_id", "concurrency_key2", "status", "queue_at"),
 )
 
 steps = sa.Table(
@@ -142,6 +149,21 @@ wait_fields = sa.Table(
     metadata,
     sa.Column("event_name", Key(255), primary_key=True),
     sa.Column("match_field", Key(255), primary_key=True),
+)
+
+# Flow-control state per (function, control, key value): the run holding an
+# idempotency or singleton key, the open debounce or batch run, the throttle's and
+# rate limit's GCRA schedule ("until" is the theoretical arrival time), the lock
+# row that serializes slot claims for a concurrency key.
+flow_keys = sa.Table(
+    "cf_flow_keys",
+    metadata,
+    sa.Column("function_id", Key(255), primary_key=True),
+    sa.Column("scope", Key(32), primary_key=True),
+    sa.Column("key", Key(255), primary_key=True),
+    sa.Column("run_id", Key(36), nullable=True),
+    sa.Column("until", UTCDateTime, nullable=True),
+    sa.Column("since", UTCDateTime, nullable=True),
 )
 
 # One row per (function, scheduled time): two beats never fire a slot twice.

@@ -1,0 +1,17 @@
+"""Flow control: concurrency keys, throttle, rate limit, debounce, batching,
+priority, idempotency and singleton (Inngest's semantics)."""
+
+from .config import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .plan import Admission, FlowControl
+
+__all__ = [
+    "Admission",
+    "Batch",
+    "Concurrency",
+    "Debounce",
+    "FlowControl",
+    "Priority",
+    "RateLimit",
+    "Singleton",
+    "Throttle",
+]
