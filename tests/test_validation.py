@@ -96,3 +96,40 @@ def test_beat_entry_is_added_beside_the_users_schedule(tmp_path: Path) -> None:
     assert app.conf.beat_schedule["mine"] == {"task": "mine", "schedule": 60.0}
     assert app.conf.beat_schedule["celeryflow.reconcile"]["schedule"] == 7.0
     assert {"celeryflow.run", "celeryflow.reconcile"} <= set(app.tasks)
+
+
+def test_bad_flow_control_fails_at_decoration_naming_it(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+
+    def define(**control: object) -> None:
+        flow.function(id="fc", trigger=event("a/b"), **control)(lambda ctx: None)  # type: ignore[arg-type]
+
+    with pytest.raises(ConfigError, match=r"'fc'.*concurrency.*limit"):
+        define(concurrency={"limit": 0})
+    with pytest.raises(ConfigError, match=r"'fc'.*at most 2 concurrency"):
+        define(concurrency=[{"limit": 1}, {"limit": 2}, {"limit": 3}])
+    with pytest.raises(ExpressionError, match=r"'fc' concurrency\[0\]\.key"):
+        define(concurrency={"limit": 1, "key": "event.data."})
+    with pytest.raises(ConfigError, match=r"'fc'.*throttle.*cannot read 'soon'"):
+        define(throttle={"limit": 1, "period": "soon"})
+    with pytest.raises(ConfigError, match=r"'fc'.*rate_limit.*period"):
+        define(rate_limit={"limit": 1})
+    with pytest.raises(ConfigError, match=r"'fc'.*debounce and batch_events"):
+        define(debounce={"period": "1s"}, batch_events={"max_size": 2, "timeout": "1s"})
+    with pytest.raises(ConfigError, match=r"'fc'.*singleton.*mode"):
+        define(singleton={"mode": "replace"})
+    with pytest.raises(ExpressionError, match=r"'fc' priority\.run"):
+        define(priority={"run": "event.data.plan =="})
+    with pytest.raises(ConfigError, match=r"'fc'.*batch_events.size: Extra inputs"):
+        define(batch_events={"max_size": 2, "timeout": "1s", "size": 3})
+    assert "fc" not in flow.functions
+    define(  # every form a user may write is accepted
+        concurrency=[{"limit": 2, "key": "event.data.c"}, {"limit": 5}],
+        throttle={"limit": 10, "period": 60, "burst": 2},
+        rate_limit={"limit": 5, "period": "1 hour", "key": "event.data.u"},
+        batch_events={"max_size": 10, "timeout": "5s"},
+        priority={"run": "event.data.vip ? 120 : 0"},
+        idempotency="event.data.order_id",
+        singleton={"key": "event.data.u", "mode": "cancel"},
+    )
+    assert flow.functions["fc"].control.throttle is not None
