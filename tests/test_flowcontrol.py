@@ -1,5 +1,5 @@
 """Flow control (issue 5) with two worker processes (prefork, -c 4 each) sharing one
-broker and one store, on the embedded default and on Redis + PostgreSQL.
+broker and one store: the embedded default, Redis + PostgreSQL and RabbitMQ + MariaDB.
 
 The functions live in tests/apps/control_app.py; their steps return wall-clock
 times, so overlaps are measured across processes without a shared journal.
@@ -49,7 +49,7 @@ class Workers:
         return [self.flow.get_run(r.id) for r in done]
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis-postgres"])
+@pytest.fixture(scope="module", params=["embedded", "redis-postgres", "rabbitmq-mariadb"])
 def workers(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Workers]:
