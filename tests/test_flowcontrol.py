@@ -269,3 +269,17 @@ def test_singleton_skip_and_cancel(workers: Workers) -> None:
     [newer] = flow.send(Event(name="t/single-cancel", data={"hold": False, "n": 2}))
     assert wait_for_run(flow, event_id=newer).output == 2
     assert wait_for_run(flow, event_id=held).status == S.CANCELLED
+
+
+def test_a_run_queued_for_a_slot_is_still_cancelled_by_its_start_timeout(
+    workers: Workers,
+) -> None:
+    flow = workers.flow
+    [holder] = flow.send(Event(name="t/slot-timeout", data={"hold": 4.0}))
+    wait_for_run(flow, event_id=holder, status="running", timeout=20)
+    [queued] = flow.send(Event(name="t/slot-timeout", data={"hold": 0.0}))
+    late = wait_for_run(flow, event_id=queued, status="cancelled", timeout=10)
+
+    assert late.started_at is None  # it never ran
+    assert flow.get_run(flow.list_runs(event_id=holder)[0].id).status == S.RUNNING
+    assert wait_for_run(flow, event_id=holder, timeout=20).status == S.COMPLETED

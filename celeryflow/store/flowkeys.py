@@ -272,15 +272,14 @@ def slot_heads(
 
 
 def slot_waiting_keys(conn: sa.Connection, function_id: str, index: int) -> list[str]:
-    """Key values of one limit with runs parked for a slot (queued, nothing due)."""
+    """Key values of one limit with queued runs (some may be parked for a slot)."""
     column = SLOT_COLUMNS[index]
     query = (
         sa.select(column)
         .where(
             runs.c.function_id == function_id,
-            runs.c.status == S.QUEUED.value,
-            runs.c.due_at.is_(None),
             column.is_not(None),
+            runs.c.status == S.QUEUED.value,
         )
         .distinct()
     )

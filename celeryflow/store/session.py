@@ -206,7 +206,7 @@ class RunSession:
             fence = int(row["fence"])
             limits = slot_limits(row["function_id"]) if slot_limits else []
             if limits and not take_slot(self.conn, self.store.insert_flow_key(), row, limits, now):
-                self._park_for_slot(run_id, fence)
+                self._park_for_slot(row, fence)
                 return None
             claim = Claim(run=row, fence=fence, steps={})
             if fence > 1:  # the first claim ever: no step can have been recorded
@@ -218,20 +218,24 @@ class RunSession:
                 claim.parent_steps = {r["key"]: r for r in rows}
             return claim
 
-    def _park_for_slot(self, run_id: str, fence: int) -> None:
-        """Undo the claim: queued with nothing due (the reconciler does not ring it;
-        a slot's release does) and the fence handed back, as if never claimed."""
+    def _park_for_slot(self, row: sa.RowMapping, fence: int) -> None:
+        """Undo the claim: queued, the fence handed back, as if never claimed. Nothing
+        is due but its Timeouts (the reconciler cancels it then); a slot's release
+        rings it, not the reconciler, so waiting sends no messages."""
+        deadlines = [row["finish_deadline"]]
         values: dict[str, Any] = {
             "status": S.QUEUED.value,
             "lease_owner": None,
             "lease_expires_at": None,
-            "due_at": None,
             "wake_at": None,
             "fence": runs.c.fence - 1,
         }
         if fence == 1:
             values["started_at"] = None
-        self.conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+            deadlines.append(row["start_deadline"])
+        pending = [d for d in deadlines if d is not None]
+        values["due_at"] = min(pending) if pending else None
+        self.conn.execute(runs.update().where(runs.c.id == row["id"]).values(**values))
 
     def _write_step(self, fence: int, values: dict[str, Any], new: bool) -> bool:
         if new:

@@ -17,6 +17,7 @@ from celeryflow import (
     Priority,
     Singleton,
     Throttle,
+    Timeouts,
     event,
 )
 
@@ -135,3 +136,13 @@ def single_cancel(ctx):  # type: ignore[no-untyped-def]
     if ctx.event.data["hold"]:
         ctx.step.sleep("hold", "1 minute")
     return ctx.event.data["n"]
+
+
+@flow.function(
+    id="slot-timeout",
+    trigger=event("t/slot-timeout"),
+    concurrency=Concurrency(limit=1),
+    timeouts=Timeouts(start="1s"),
+)
+def slot_timeout(ctx):  # type: ignore[no-untyped-def]
+    return ctx.step.run("work", span, ctx.event.data["hold"])
