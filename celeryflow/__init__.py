@@ -16,6 +16,7 @@ from .events import Event, event
 from .flow import Flow
 from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import CancelOn, FlowFunction, Timeouts
+from .legacy import RunFailedError, RunHandle
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
 from .steps import Context
@@ -45,6 +46,8 @@ __all__ = [
     "RateLimit",
     "RetryAfterError",
     "Run",
+    "RunFailedError",
+    "RunHandle",
     "RunNotFound",
     "RunStatus",
     "SerializationError",

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import tasks
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
-from .errors import ConfigError, describe
+from .errors import CeleryflowError, ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
 from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
+from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
 from .store import PlannedRun, Recorded, Store
@@ -137,6 +138,7 @@ class Flow:
         priority: Priority | dict[str, Any] | None = None,
         idempotency: str | None = None,
         singleton: Singleton | dict[str, Any] | None = None,
+        params: list[str] | None = None,
     ) -> Callable[[Callable[..., Any]], FlowFunction]:
         """Register a durable function: ``@flow.function(id=..., trigger=event(...))``.
 
@@ -161,6 +163,7 @@ class Flow:
                 priority=priority,
                 idempotency=idempotency,
                 singleton=singleton,
+                params=params,
             )
             if function.id in self.functions:
                 raise ConfigError(
@@ -197,6 +200,83 @@ class Flow:
         )
         self.doorbell.ring([*recorded.created, *recorded.resumed])
         return [ev.id for ev in prepared if ev.id is not None]
+
+    def start(
+        self, function: FlowFunction, data: dict[str, Any], *, not_before: datetime | None = None
+    ) -> RunHandle:
+        """Start one run of ``function`` with ``data`` as its event's data (the event,
+        ``celeryflow/function.invoked``, is recorded and triggers nothing else); its
+        flow control applies. ``not_before`` delays the start (countdown, eta)."""
+        from .waiting import INVOKED_EVENT
+
+        [ev] = prepare_events([Event(name=INVOKED_EVENT, data=data)])
+        now = utcnow()
+
+        def plan(e: Event) -> list[PlannedRun]:
+            planned = self.plan_for(function, e, {"event": e.model_dump()}, now)
+            if not_before is not None and not_before > now:
+                row = planned.row
+                row["wake_at"] = not_before
+                row["due_at"] = not_before + self.settings.redeliver_after
+            return [planned]
+
+        recorded = self.store.record_events(
+            [ev],
+            plan,
+            now,
+            resume_due=now + self.settings.redeliver_after,
+            condition_holds=condition_holds,
+        )
+        self.doorbell.ring(recorded.created)
+        runs = self.store.list_runs(event_id=ev.id, limit=1)
+        if not runs:  # it joined a debounced or batched run, which has another event
+            raise CeleryflowError(
+                f"{function.id}: the call joined a pending debounced or batched run; "
+                "there is no run of its own to return"
+            )
+        return RunHandle(self, runs[0].id)
+
+    def subscribe(
+        self,
+        task: Any,
+        *,
+        trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger],
+        kwargs: Callable[[Event], dict[str, Any]] | None = None,
+        id: str | None = None,
+        **options: Any,
+    ) -> FlowFunction:
+        """Call the legacy Celery ``task`` for each triggering event, with the event's
+        data as keyword arguments (or what ``kwargs(event)`` returns), on its usual
+        queue. Recorded as runs of a function (id ``task:<task name>``), so dedup,
+        flow control, retries and the run history apply; ``options`` are those of
+        :meth:`function`."""
+        from .legacy import subscriber
+
+        name = getattr(task, "name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"subscribe() needs a Celery task, got {task!r}")
+        return self.function(id=id or f"task:{name}", trigger=trigger, **options)(
+            subscriber(task, kwargs)
+        )
+
+    def resolve_task_step(self, run_id: str, key: str, outcome: dict[str, Any]) -> str:
+        """A legacy task invoked as a step ended: resume the run (the callbacks in
+        tasks.py call this). Returns "resolved", "early" or "gone"."""
+        from .legacy import task_outcome
+
+        output, error = task_outcome(outcome)
+        now = utcnow()
+        result = self.store.resolve_step(
+            run_id,
+            key,
+            output=output,
+            error=error,
+            now=now,
+            resume_due=now + self.settings.redeliver_after,
+        )
+        if result == "resolved":
+            self.doorbell.ring([run_id])
+        return result
 
     def record_events_on(self, conn: Any, prepared: list[Event], now: datetime) -> Recorded:
         """Record events inside a caller's transaction (``step.send_event``)."""
@@ -278,23 +358,28 @@ class Flow:
     ) -> list[PlannedRun]:
         """The runs ``ev`` starts (one per function it triggers), with their waiters."""
         variables = {"event": ev.model_dump()}
-        planned = []
-        for fn in functions:
-            if not fn.wants(ev.name, variables):
-                continue
-            row = self.new_run(fn.id, [ev], now)
-            timeouts = fn.config.timeouts
-            if timeouts is not None:
-                row["start_deadline"] = now + timeouts.start if timeouts.start else None
-                row["finish_deadline"] = now + timeouts.finish if timeouts.finish else None
-                # the reconciler looks at the run no later than its first deadline
-                row["due_at"] = min(
-                    d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d
-                )
-            waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-            admission = fn.control.admission(variables)
-            planned.append(PlannedRun(row, waits, admission if admission else None))
-        return planned
+        return [
+            self.plan_for(fn, ev, variables, now)
+            for fn in functions
+            if fn.wants(ev.name, variables)
+        ]
+
+    def plan_for(
+        self, fn: FlowFunction, ev: Event, variables: dict[str, Any], now: datetime
+    ) -> PlannedRun:
+        """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
+        row = self.new_run(fn.id, [ev], now)
+        timeouts = fn.config.timeouts
+        if timeouts is not None:
+            row["start_deadline"] = now + timeouts.start if timeouts.start else None
+            row["finish_deadline"] = now + timeouts.finish if timeouts.finish else None
+            # the reconciler looks at the run no later than its first deadline
+            row["due_at"] = min(
+                d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d
+            )
+        waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
+        admission = fn.control.admission(variables)
+        return PlannedRun(row, waits, admission if admission else None)
 
     def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         """A run row (every column an insert names, so rows batch in one executemany),

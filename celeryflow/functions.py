@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from .flowcontrol import (
     Singleton,
     Throttle,
 )
+from .legacy import IGNORED_OPTIONS, RunHandle, call_arguments, start_time
 from .schedule import CronTrigger
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class FunctionConfig(BaseModel):
     priority: Priority | None = None
     idempotency: str | None = Field(default=None, min_length=1, max_length=1000)
     singleton: Singleton | None = None
+    # names of positional arguments for old call sites: fn.delay("o-1", 9.5)
+    params: list[str] | None = None
 
     @field_validator("concurrency", mode="before")
     @classmethod
@@ -206,6 +209,31 @@ class FlowFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    # -- old call sites (a Celery task moved to a flow function) ---------------------
+
+    def delay(self, *args: Any, **kwargs: Any) -> RunHandle:
+        """Start a run whose ``event.data`` holds the arguments by name (positional
+        ones need ``params=[...]``), as ``task.delay`` did; returns a RunHandle."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | str | None = None,
+        **options: Any,
+    ) -> RunHandle:
+        """``task.apply_async`` for a flow function: ``countdown``/``eta`` delay the
+        run's start; routing options (queue, priority, ...) are accepted and ignored,
+        as the store schedules runs; others are a TypeError."""
+        unknown = sorted(set(options) - IGNORED_OPTIONS)
+        if unknown:
+            raise TypeError(f"{self.id}.apply_async() does not support {', '.join(unknown)}")
+        data = call_arguments(self.id, self.config.params, list(args or ()), dict(kwargs or {}))
+        return self.flow.start(self, data, not_before=start_time(countdown, eta))
 
     def __repr__(self) -> str:
         return f"<FlowFunction {self.id}>"

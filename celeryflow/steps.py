@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import parallel, waiting
+from . import legacy, parallel, waiting
 from .durations import Duration, parse_datetime, parse_duration, utcnow
-from .errors import BranchFinished
+from .errors import BranchFinished, NonRetriableError
 from .events import Event
 
 if TYPE_CHECKING:
@@ -34,6 +34,24 @@ def _resolve(result: Any) -> Any:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _invoke(
+    x: Execution,
+    step_id: str,
+    function: FlowFunction | str | None,
+    data: dict[str, Any] | None,
+    task: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any] | None,
+    timeout: Duration | None,
+) -> Any:
+    if (function is None) == (task is None):
+        raise NonRetriableError(f"step.invoke({step_id!r}): give exactly one of function= or task=")
+    if task is not None:
+        return legacy.invoke_task(x, step_id, task=task, args=args, kwargs=kwargs, timeout=timeout)
+    assert function is not None
+    return waiting.invoke(x, step_id, function=function, data=data, timeout=timeout)
 
 
 class Steps:
@@ -98,13 +116,17 @@ class Steps:
         self,
         step_id: str,
         *,
-        function: FlowFunction | str,
+        function: FlowFunction | str | None = None,
         data: dict[str, Any] | None = None,
+        task: Any = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
         timeout: Duration | None = None,
     ) -> Any:
-        """Run another flow function as a child and return its output (the run
-        parks meanwhile); its failure raises StepError here."""
-        return waiting.invoke(self._x, step_id, function=function, data=data, timeout=timeout)
+        """Run another flow function as a child (``function=``, ``data=``), or send a
+        legacy Celery task to its queue (``task=``, ``args=``, ``kwargs=``), and
+        return its output; the run parks meanwhile. A failure raises StepError."""
+        return _invoke(self._x, step_id, function, data, task, args, kwargs, timeout)
 
     def parallel(
         self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"
@@ -179,11 +201,14 @@ class AsyncSteps:
         self,
         step_id: str,
         *,
-        function: FlowFunction | str,
+        function: FlowFunction | str | None = None,
         data: dict[str, Any] | None = None,
+        task: Any = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
         timeout: Duration | None = None,
     ) -> Any:
-        return waiting.invoke(self._x, step_id, function=function, data=data, timeout=timeout)
+        return _invoke(self._x, step_id, function, data, task, args, kwargs, timeout)
 
     async def parallel(
         self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"

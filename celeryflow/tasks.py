@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CRON_TASK",
     "RUN_TASK",
+    "TASK_DONE",
+    "TASK_FAILED",
     "TICK_TASK",
     "CeleryDoorbell",
     "flow_of",
@@ -31,7 +33,11 @@ __all__ = [
 RUN_TASK = "celeryflow.run"
 TICK_TASK = "celeryflow.reconcile"
 CRON_TASK = "celeryflow.tick"
+TASK_DONE = "celeryflow.task_done"  # link: a legacy task invoked as a step succeeded
+TASK_FAILED = "celeryflow.task_failed"  # link_error: it failed for good
+TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
 log = logging.getLogger("celeryflow.tasks")
+RESOLVE_RETRIES = 100  # x 0.2 s
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
 
@@ -79,6 +85,31 @@ class CeleryDoorbell:
             for run_id in run_ids:
                 task.apply_async((run_id,), producer=producer, **options)
 
+    def send_task(
+        self,
+        task: Any,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        task_id: str,
+        run_id: str,
+        key: str,
+    ) -> None:
+        """Send a legacy task to its usual queue; its outcome resumes the run's step
+        through link callbacks (no result backend needed)."""
+        options = {"queue": self.queue} if self.queue else {}
+        done = self.app.signature(TASK_DONE, args=(run_id, key), **options)
+        failed = self.app.signature(TASK_FAILED, args=(run_id, key), **options)
+        task.apply_async(tuple(args), kwargs, task_id=task_id, link=done, link_error=failed)
+
+    def resolve_later(
+        self, run_id: str, key: str, outcome: dict[str, Any], attempt: int, delay: float
+    ) -> None:
+        options: dict[str, Any] = {"countdown": delay}
+        if self.queue:
+            options["queue"] = self.queue
+        self.app.tasks[TASK_RESOLVE].apply_async((run_id, key, outcome, attempt), **options)
+
 
 def install(flow: Flow) -> CeleryDoorbell:
     """Register celeryflow's tasks, beat entry and worker step on the user's app."""
@@ -100,6 +131,34 @@ def install(flow: Flow) -> CeleryDoorbell:
 
             if wake - utcnow() <= settings.eta_horizon:
                 doorbell.ring([run_id], eta=wake)
+
+    # A legacy task's outcome, for the step that invoked it. The link callback gets the
+    # return value; the errback runs inline in the failing task's worker (Celery's
+    # "new style" errback: request, exc, traceback), so it needs no result backend.
+    @app.task(name=TASK_DONE, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def task_done(result: Any, run_id: str, key: str) -> None:
+        resolve(run_id, key, {"result": result}, attempt=0)
+
+    @app.task(name=TASK_FAILED, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def task_failed(
+        request: Any, exc: BaseException, traceback: Any, run_id: str, key: str
+    ) -> None:
+        error = {"type": type(exc).__name__, "message": str(exc), "task_id": request.id}
+        resolve(run_id, key, {"error": error}, attempt=0)
+
+    @app.task(name=TASK_RESOLVE, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def task_resolve(run_id: str, key: str, outcome: dict[str, Any], attempt: int = 0) -> None:
+        resolve(run_id, key, outcome, attempt=attempt)
+
+    def resolve(run_id: str, key: str, outcome: dict[str, Any], *, attempt: int) -> None:
+        # The task is sent just before its step's waiting row commits: a fast task's
+        # outcome may come first, so retry for a while; past that the run moved on.
+        if flow.resolve_task_step(run_id, key, outcome) != "early":
+            return
+        if attempt >= RESOLVE_RETRIES:
+            log.warning("run %s step %r: no waiting step for the task's outcome", run_id, key)
+            return
+        doorbell.resolve_later(run_id, key, outcome, attempt + 1, 0.2)
 
     @app.task(name=TICK_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def reconcile() -> int:

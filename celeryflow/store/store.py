@@ -28,7 +28,7 @@ from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
 from .tables import events, flow_keys, runs, steps, wait_fields
-from .waits import cancel_run, register_wait, wake_waiters
+from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
 __all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
 
@@ -347,6 +347,32 @@ class Store:
                 if renewed != 1:
                     lost.append(run_id)
         return lost
+
+    def resolve_step(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        output: str | None,
+        error: str | None,
+        now: datetime,
+        resume_due: datetime,
+    ) -> str:
+        """Complete (or fail) a run's waiting step from outside (a legacy task's
+        outcome) and queue the run: "resolved"; "early" if the step is not recorded
+        yet while the run goes on; "gone" if it was resolved already or the run ended."""
+        with self._write() as conn:
+            if resolve_parent(
+                conn, run_id, key, output=output, error=error, now=now, resume_due=resume_due
+            ):
+                return "resolved"
+            recorded = conn.execute(
+                sa.select(steps.c.status).where(steps.c.run_id == run_id, steps.c.key == key)
+            ).scalar()
+            status = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar()
+        if recorded is not None or status is None or RunStatus(status) in TERMINAL:
+            return "gone"
+        return "early"
 
     # -- concurrency slots ------------------------------------------------------------
 
