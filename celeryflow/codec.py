@@ -32,6 +32,8 @@ def to_json(value: Any, what: str) -> str:
         elif "out of range" in detail.lower():
             detail = "NaN and infinity are not JSON"
         raise SerializationError(f"{what} must be JSON: {detail}") from None
+    except RecursionError:
+        raise SerializationError(f"{what} must be JSON: it is nested too deeply") from None
 
 
 def to_jsonable(value: Any, what: str) -> Any:

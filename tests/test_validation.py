@@ -70,6 +70,11 @@ def test_non_json_event_data_is_refused_and_nothing_is_written(tmp_path: Path) -
     assert flow.list_runs() == []
     with pytest.raises(EventError, match=r"nan|NaN"):
         flow.send(Event(name="a/b", data={"x": float("nan")}))
+    deep: dict[str, object] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    with pytest.raises(EventError, match="nested too deeply"):
+        flow.send({"name": "a/b", "data": deep})
     assert flow.list_runs() == []
 
 
