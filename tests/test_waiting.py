@@ -129,6 +129,8 @@ def test_lookback_takes_an_early_event_and_without_it_the_event_is_missed(stack:
         without_run = wait_for_run(flow, event_id=without_id, timeout=20)
 
     assert with_run.output == 10
+    paid = next(s for s in with_run.steps if s.id == "paid")
+    assert paid.status == "completed" and paid.ended_at is not None
     assert without_run.output is None  # Inngest semantics: only events after the wait began
 
 

@@ -421,7 +421,9 @@ class RunSession:
                     lock_wait_field(self.conn, self.store.insert_wait_field(), waiter)
                     event = lookback(self.conn)
                     if event is not None:
-                        values = dict(waiting[0], status="completed", wake_at=None)
+                        values = dict(
+                            waiting[0], status="completed", wake_at=None, ended_at=datetime_now()
+                        )
                         values["output"] = json.dumps(event)
                         self._write_steps(fence, [(values, waiting[1])])
                         return True, event
