@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["FAILED_EVENT", "Engine", "Execution", "error_info"]
 
 FAILED_EVENT = "celeryflow/function.failed"
+SLOT_HANDOVERS = 16  # runs executed in a row by one task message, handing a slot on
 
 log = logging.getLogger("celeryflow.engine")
 S = RunStatus
@@ -92,7 +93,28 @@ class Engine:
 
     def execute(self, run_id: str) -> datetime | None:
         """Run ``run_id`` as far as it goes now. Returns when the doorbell should
-        ring again (a short sleep or retry), or None."""
+        ring again (a short sleep or retry), or None.
+
+        A run that leaves a concurrency slot hands it on in this process: the run
+        first in line is executed here next (up to ``SLOT_HANDOVERS`` in a row), the
+        others that may start are rung. That saves a broker round trip per slot, and
+        a broker queue full of refused runs cannot delay the one that may go."""
+        heads: list[str] = []
+        wake = self._execute_one(run_id, heads)
+        for _ in range(SLOT_HANDOVERS):
+            if not heads:
+                return wake
+            following, rest = heads[0], heads[1:]
+            self.flow.doorbell.ring(rest)
+            heads = []
+            later = self._execute_one(following, heads)
+            if later is not None and later - utcnow() <= self.flow.settings.eta_horizon:
+                self.flow.doorbell.ring([following], eta=later)
+        self.flow.doorbell.ring(heads)
+        return wake
+
+    def _execute_one(self, run_id: str, heads: list[str]) -> datetime | None:
+        """One run; the runs first in line for the slot it left are added to ``heads``."""
         settings = self.flow.settings
         now = utcnow()
         with self.flow.store.session() as session:
@@ -128,21 +150,21 @@ class Engine:
             finally:
                 self.leases.release(run_id)
                 if function.control.concurrency:
-                    self._release_slot(function, claim)
+                    heads += self._next_for_slot(function, claim)
 
     def _slot_limits(self, function_id: str) -> list[int]:
         function = self.flow.functions.get(function_id)
         return [c.limit for c in function.control.concurrency] if function else []
 
-    def _release_slot(self, function: FlowFunction, claim: Claim) -> None:
-        """The run left its slot (parked, ended, or lost): ring whoever is next."""
+    def _next_for_slot(self, function: FlowFunction, claim: Claim) -> list[str]:
+        """The run left its slot (parked, ended, or lost): who is next in line."""
         keys = [claim.run["concurrency_key1"], claim.run["concurrency_key2"]]
         limits = [c.limit for c in function.control.concurrency]
         try:
-            heads = self.flow.store.next_for_slots(function.id, keys, limits, utcnow())
-            self.flow.doorbell.ring(heads)
+            return self.flow.store.next_for_slots(function.id, keys, limits, utcnow())
         except Exception:  # the reconciler's slot pass rings them instead
-            log.exception("run %s: ringing the next run for its slot failed", claim.run["id"])
+            log.exception("run %s: finding the next run for its slot failed", claim.run["id"])
+            return []
 
     @staticmethod
     def _past_deadline(claim: Claim, now: datetime) -> bool:

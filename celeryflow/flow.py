@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
+MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first runs
 DEFAULT_STORE = "sqlite:///celeryflow.db"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -191,15 +192,51 @@ class Flow:
         tasks.finalize(self.app)
         functions = list(self.functions.values())
 
+        planned: list[PlannedRun] = []
+
+        def plan(ev: Event) -> list[PlannedRun]:
+            runs = self.plan_runs(ev, functions, now)
+            planned.extend(runs)
+            return runs
+
         recorded = self.store.record_events(
             prepared,
-            lambda ev: self.plan_runs(ev, functions, now),
+            plan,
             now,
             resume_due=now + self.settings.redeliver_after,
             condition_holds=condition_holds,
         )
-        self.doorbell.ring([*recorded.created, *recorded.resumed])
+        self.doorbell.ring(
+            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed]
+        )
         return [ev.id for ev in prepared if ev.id is not None]
+
+    def _ring_for_slots(
+        self, created: list[str], planned: list[PlannedRun], now: datetime
+    ) -> list[str]:
+        """The new runs to ring: of a concurrency-limited function, only those first
+        in line for a free slot (1,000 runs under a limit of 4 are 4 messages, not
+        1,000 of which 996 would be refused)."""
+        limited: dict[tuple[str, str | None, str | None], list[int]] = {}
+        waiting_for_slot: list[str] = []
+        new = set(created)
+        ring = [i for i in created if i not in {p.row["id"] for p in planned}]  # full batches
+        for p in planned:
+            row = p.row
+            fn = self.functions.get(row["function_id"])
+            if row["id"] not in new:
+                continue  # skipped, or joined a debounced or batched run
+            if fn is None or not fn.control.concurrency or row.get("wake_at") is not None:
+                ring.append(row["id"])
+                continue
+            waiting_for_slot.append(row["id"])
+            group = (fn.id, row["concurrency_key1"], row["concurrency_key2"])
+            limited[group] = [c.limit for c in fn.control.concurrency]
+        if len(limited) > MAX_SLOT_GROUPS:  # many keys: ringing all is cheaper than looking
+            return ring + waiting_for_slot
+        for (function_id, key1, key2), limits in limited.items():
+            ring += self.store.next_for_slots(function_id, [key1, key2], limits, now)
+        return list(dict.fromkeys(ring))
 
     def start(
         self, function: FlowFunction, data: dict[str, Any], *, not_before: datetime | None = None
@@ -369,14 +406,17 @@ class Flow:
     ) -> PlannedRun:
         """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
         row = self.new_run(fn.id, [ev], now)
+        if fn.control.concurrency:
+            # parked for a slot from birth: the sender rings only the runs first in
+            # line (send()), a released slot the next, the reconciler any it missed
+            row["due_at"] = None
         timeouts = fn.config.timeouts
         if timeouts is not None:
             row["start_deadline"] = now + timeouts.start if timeouts.start else None
             row["finish_deadline"] = now + timeouts.finish if timeouts.finish else None
             # the reconciler looks at the run no later than its first deadline
-            row["due_at"] = min(
-                d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d
-            )
+            due = [d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d]
+            row["due_at"] = min(due) if due else None
         waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
         admission = fn.control.admission(variables)
         return PlannedRun(row, waits, admission if admission else None)
