@@ -1,0 +1,351 @@
+"""``inngest.Inngest`` (the client) and ``inngest.Function``.
+
+The client records functions at decoration time, as the SDK does; ``serve()``
+registers them on a :class:`celeryflow.Flow` and binds the client to it, after which
+``client.send_sync`` / ``client.send`` go to ``Flow.send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import inspect
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from pydantic import BaseModel, Field
+
+from ...errors import ConfigError
+from ...functions import DEFAULT_RETRIES, FlowFunction
+from ._config import (
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+    TriggerCron,
+    TriggerEvent,
+)
+from ._context import Context, ContextSync
+from ._errors import PREFIX, NotServedError, not_supported
+from ._events import Event, to_core_event
+
+if TYPE_CHECKING:
+    from ...flow import Flow
+    from ...steps import Context as CoreContext
+
+__all__ = [
+    "Function",
+    "Inngest",
+    "Middleware",
+    "MiddlewareSync",
+    "PydanticSerializer",
+    "SendEventsResult",
+    "Serializer",
+    "StepMemos",
+    "Streaming",
+    "TransformOutputResult",
+]
+
+T = TypeVar("T")
+Handler = Callable[[ContextSync], Any] | Callable[[Context], Awaitable[Any]]
+
+
+class Middleware:
+    """Importable so middleware classes still define; passing one is not supported."""
+
+
+class MiddlewareSync(Middleware):
+    """Importable so middleware classes still define; passing one is not supported."""
+
+
+class TransformOutputResult:
+    """Importable for middleware signatures; middleware is not supported."""
+
+
+class Serializer:
+    """Importable so serializer classes still define; passing one is not supported."""
+
+
+class PydanticSerializer(Serializer):
+    """Importable; ``Inngest(serializer=...)`` is not supported (step results are
+    JSON, pydantic models are dumped by celeryflow)."""
+
+
+class Streaming(enum.Enum):
+    """Accepted by ``serve(streaming=...)`` and unused: there is no HTTP response."""
+
+    DISABLE = "disable"
+    FORCE = "force"
+
+
+class StepMemos:
+    """Importable for signatures only: memoized steps live in celeryflow's store."""
+
+
+class SendEventsResult(BaseModel):
+    error: str | None = None
+    ids: list[str] = Field(default_factory=list)
+
+
+def _listed(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _checked(fn_id: str, option: str, value: Any, kind: type[Any]) -> Any:
+    """The option as celeryflow's model; a celeryflow model (whose bare numbers are
+    seconds, not milliseconds) or anything else is refused, naming the option."""
+    if value is None:
+        return None
+    if not isinstance(value, kind):
+        raise ConfigError(
+            f"{PREFIX}: function {fn_id!r}: {option} must be inngest.{kind.__name__}, "
+            f"got {type(value).__module__}.{type(value).__name__}"
+        )
+    return value.to_core()
+
+
+class Function(Generic[T]):
+    """A function defined with ``@client.create_function``; give it to ``serve()``."""
+
+    def __init__(
+        self,
+        client: Inngest,
+        *,
+        fn_id: str,
+        name: str | None,
+        handler: Handler,
+        on_failure: Handler | None,
+        triggers: list[Any],
+        retries: int | None,
+        options: dict[str, Any],
+    ) -> None:
+        self._client = client
+        self._fn_id = fn_id
+        self._name = name or fn_id
+        self._handler = handler
+        self._on_failure = on_failure
+        self._triggers = triggers
+        self._retries = DEFAULT_RETRIES if retries is None else retries
+        self._options = options
+        self._served: weakref.WeakKeyDictionary[Flow, FlowFunction] = weakref.WeakKeyDictionary()
+
+    @property
+    def id(self) -> str:
+        """The fully qualified id, ``"<app_id>-<fn_id>"``: the celeryflow function id."""
+        return f"{self._client.app_id}-{self._fn_id}"
+
+    @property
+    def local_id(self) -> str:
+        return self._fn_id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def is_handler_async(self) -> bool:
+        return inspect.iscoroutinefunction(self._handler)
+
+    @property
+    def on_failure_fn_id(self) -> str | None:
+        return None if self._on_failure is None else f"{self.id}-failure"
+
+    def get_id(self) -> str:
+        return self.id
+
+    def register(self, flow: Flow, client: Inngest) -> FlowFunction:
+        """Register on ``flow`` (once per flow; ``serve()`` calls this)."""
+        served = self._served.get(flow)
+        if served is not None:
+            return served
+        failure_id = self.on_failure_fn_id
+        function = flow.function(
+            id=self.id,
+            trigger=self._triggers,
+            retries=self._retries,
+            on_failure=failure_id,
+            **self._options,
+        )(_wrap(self._handler, client))
+        if self._on_failure is not None and failure_id is not None:
+            # the SDK gives the failure handler no retries
+            flow.function(id=failure_id, retries=0)(_wrap(self._on_failure, client))
+        self._served[flow] = function
+        return function
+
+    def __repr__(self) -> str:
+        return f"<inngest.Function {self.id}>"
+
+
+def _wrap(handler: Handler, client: Inngest) -> Callable[[CoreContext], Any]:
+    """The celeryflow function: builds the SDK's context around celeryflow's."""
+    if inspect.iscoroutinefunction(handler):
+        async_handler = cast(Callable[[Context], Awaitable[Any]], handler)
+
+        @functools.wraps(handler)
+        async def run_async(ctx: CoreContext) -> Any:
+            return await async_handler(Context(ctx, client))
+
+        return run_async
+
+    sync_handler = cast(Callable[[ContextSync], Any], handler)
+
+    @functools.wraps(handler)
+    def run_sync(ctx: CoreContext) -> Any:
+        return sync_handler(ContextSync(ctx, client))
+
+    return run_sync
+
+
+class Inngest:
+    """The client. Connection settings (keys, URLs, env, timeouts) are accepted and
+    unused: events go to the Flow that ``serve()`` bound, not over HTTP."""
+
+    def __init__(
+        self,
+        *,
+        api_base_url: str | None = None,
+        app_id: str,
+        app_version: str | None = None,
+        env: str | None = None,
+        event_api_base_url: str | None = None,
+        event_key: str | None = None,
+        is_production: bool | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        middleware: list[Any] | None = None,
+        request_timeout: Any = None,
+        serializer: Any = None,
+        signing_key: str | None = None,
+    ) -> None:
+        if not isinstance(app_id, str) or not app_id:
+            raise ConfigError(f"{PREFIX}: Inngest(app_id=...) must be a non-empty string")
+        if middleware:
+            raise not_supported("Inngest(middleware=...)")
+        if serializer is not None:
+            raise not_supported(
+                "Inngest(serializer=...)", "step results are stored as JSON (models dumped)"
+            )
+        self.app_id = app_id
+        self.app_version = app_version
+        self.env = env
+        self.is_production = bool(is_production)
+        # None: runs log through celeryflow's run logger (which carries the run id)
+        self.logger: logging.Logger | logging.LoggerAdapter[Any] | None = logger
+        self._flow: Flow | None = None
+
+    # -- functions --------------------------------------------------------------------
+
+    def create_function(
+        self,
+        *,
+        batch_events: Batch | None = None,
+        cancel: list[Cancel] | None = None,
+        concurrency: list[Concurrency] | None = None,
+        debounce: Debounce | None = None,
+        fn_id: str,
+        idempotency: str | None = None,
+        middleware: list[Any] | None = None,
+        name: str | None = None,
+        on_failure: Handler | None = None,
+        output_type: object = None,
+        priority: Priority | None = None,
+        rate_limit: RateLimit | None = None,
+        retries: int | None = None,
+        throttle: Throttle | None = None,
+        timeouts: Timeouts | None = None,
+        singleton: Singleton | None = None,
+        trigger: TriggerEvent | TriggerCron | list[TriggerEvent | TriggerCron],
+    ) -> Callable[[Handler], Function[Any]]:
+        """As the SDK's: options are translated (and checked) here, registered on a
+        Flow by ``serve()``. ``name`` and ``output_type`` are accepted and unused."""
+        if middleware:
+            raise not_supported(f"create_function(fn_id={fn_id!r}, middleware=...)")
+        triggers = []
+        for t in _listed(trigger):
+            if not isinstance(t, TriggerEvent | TriggerCron):
+                raise ConfigError(
+                    f"{PREFIX}: function {fn_id!r}: trigger must be inngest.TriggerEvent or "
+                    f"inngest.TriggerCron, got {t!r}"
+                )
+            triggers.append(t.to_core())
+        options = {
+            "batch_events": _checked(fn_id, "batch_events", batch_events, Batch),
+            "cancel_on": [_checked(fn_id, "cancel", c, Cancel) for c in _listed(cancel)],
+            "concurrency": [
+                _checked(fn_id, "concurrency", c, Concurrency) for c in _listed(concurrency)
+            ],
+            "debounce": _checked(fn_id, "debounce", debounce, Debounce),
+            "idempotency": idempotency,
+            "priority": _checked(fn_id, "priority", priority, Priority),
+            "rate_limit": _checked(fn_id, "rate_limit", rate_limit, RateLimit),
+            "throttle": _checked(fn_id, "throttle", throttle, Throttle),
+            "timeouts": _checked(fn_id, "timeouts", timeouts, Timeouts),
+            "singleton": _checked(fn_id, "singleton", singleton, Singleton),
+        }
+
+        def decorator(handler: Handler) -> Function[Any]:
+            if on_failure is not None and inspect.iscoroutinefunction(
+                handler
+            ) != inspect.iscoroutinefunction(on_failure):
+                raise ConfigError(
+                    f"{PREFIX}: function {fn_id!r}: the on_failure handler must be async "
+                    "exactly when the function is (as in the SDK)"
+                )
+            return Function(
+                self,
+                fn_id=fn_id,
+                name=name,
+                handler=handler,
+                on_failure=on_failure,
+                triggers=triggers,
+                retries=retries,
+                options=options,
+            )
+
+        return decorator
+
+    def add_middleware(self, middleware: Any) -> None:
+        raise not_supported("Inngest.add_middleware")
+
+    def set_logger(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.logger = logger
+
+    # -- events -----------------------------------------------------------------------
+
+    def bind(self, flow: Flow) -> None:
+        """Send to ``flow`` from now on (``serve()`` calls this; the latest wins)."""
+        self._flow = flow
+
+    @property
+    def flow(self) -> Flow:
+        if self._flow is None:
+            raise NotServedError(
+                f"{PREFIX}: Inngest(app_id={self.app_id!r}) is not served yet: call "
+                "celeryflow.compat.inngest.celery.serve(celery_app, client, functions) "
+                "before sending events"
+            )
+        return self._flow
+
+    def send_sync(self, events: Event | list[Event], *, skip_middleware: bool = False) -> list[str]:
+        """Record the events and start the runs they trigger; returns the event ids."""
+        flow = self.flow
+        items = events if isinstance(events, list) else [events]
+        return flow.send([to_core_event(e) for e in items])
+
+    async def send(
+        self, events: Event | list[Event], *, skip_middleware: bool = False
+    ) -> list[str]:
+        """As ``send_sync``, off the event loop (the store is written synchronously)."""
+        flow = self.flow
+        items = events if isinstance(events, list) else [events]
+        prepared = [to_core_event(e) for e in items]
+        return await asyncio.to_thread(flow.send, list(prepared))

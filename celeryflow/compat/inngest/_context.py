@@ -1,0 +1,60 @@
+"""``inngest.Context`` / ``inngest.ContextSync``: what a function receives, built over
+celeryflow's :class:`celeryflow.Context` for each execution."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ...steps import AsyncSteps, Steps
+from ...steps import Context as CoreContext
+from ._events import Event, to_sdk_event
+from ._steps import Group, GroupSync, Step, StepSync
+
+if TYPE_CHECKING:
+    from ._client import Inngest
+
+__all__ = ["Context", "ContextSync"]
+
+
+class _Base:
+    def __init__(self, ctx: CoreContext, client: Inngest) -> None:
+        self._ctx = ctx
+        self.event: Event = to_sdk_event(ctx.event)
+        self.events: list[Event] = [to_sdk_event(e) for e in ctx.events]
+        self.run_id: str = ctx.run_id
+        self.job_id: str | None = None  # no Inngest queue job behind a celeryflow run
+        self.request_id: str | None = None
+        self.logger: logging.Logger | logging.LoggerAdapter[Any] = (
+            ctx.logger
+            if client.logger is None
+            else logging.LoggerAdapter(client.logger, {"run_id": ctx.run_id})
+        )
+
+    @property
+    def attempt(self) -> int:
+        """0-based; inside a retried step, that step's attempt (read live: the engine
+        updates it as each step begins)."""
+        return self._ctx.attempt
+
+
+class ContextSync(_Base):
+    """The context of a ``def`` function: ``ctx.step`` methods return values."""
+
+    def __init__(self, ctx: CoreContext, client: Inngest) -> None:
+        super().__init__(ctx, client)
+        if not isinstance(ctx.step, Steps):
+            raise TypeError("ContextSync needs the steps of a def function")
+        self.step = StepSync(ctx.step, client)
+        self.group = GroupSync(ctx.step)
+
+
+class Context(_Base):
+    """The context of an ``async def`` function: ``await ctx.step.run(...)``."""
+
+    def __init__(self, ctx: CoreContext, client: Inngest) -> None:
+        super().__init__(ctx, client)
+        if not isinstance(ctx.step, AsyncSteps):
+            raise TypeError("Context needs the steps of an async def function")
+        self.step = Step(ctx.step, client)
+        self.group = Group(ctx.step)

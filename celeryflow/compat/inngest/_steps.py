@@ -1,0 +1,276 @@
+"""``ctx.step`` and ``ctx.group`` as the SDK spells them, over celeryflow's steps.
+
+Each method translates its arguments (ints are milliseconds, ``if_exp`` may become
+an indexed ``match``, events and errors take the SDK's shape) and calls the celeryflow
+step of the same name, which does the memo, the retries and the parking.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ConfigError, EventError, NonRetriableError
+from ...steps import AsyncSteps, Steps
+from ._errors import not_supported, sdk_errors
+from ._events import Event, core_name, milliseconds, split_condition, to_core_event, to_sdk_event
+
+if TYPE_CHECKING:
+    from ._client import Function, Inngest
+
+__all__ = ["AI", "Group", "GroupSync", "ParallelMode", "Step", "StepSync"]
+
+PARALLEL_STEP_ID = "group.parallel"  # celeryflow's parallel step needs an id; the SDK's has none
+
+
+class ParallelMode(enum.Enum):
+    """Accepted for compatibility. In the SDK both modes return every result and
+    differ only in how the server schedules requests, so both run as celeryflow's
+    ``mode="all"`` (celeryflow's own ``"race"`` means something else)."""
+
+    RACE = "race"
+    WAIT = "wait"
+
+
+def _duration(value: object, what: str) -> datetime.timedelta:
+    try:
+        return milliseconds(value, what)
+    except ConfigError as exc:  # inside a run: retrying cannot fix an argument
+        raise NonRetriableError(str(exc)) from None
+
+
+def _until(value: object, step_id: str) -> datetime.datetime:
+    if not isinstance(value, datetime.datetime):
+        raise NonRetriableError(
+            f"step.sleep_until({step_id!r}): expected a datetime, got {type(value).__name__}"
+        )
+    # naive means local time, as the SDK reads it (astimezone), not UTC as celeryflow does
+    return value.astimezone(datetime.timezone.utc)
+
+
+def _events(step_id: str, events: Any) -> list[Any]:
+    items = events if isinstance(events, list) else [events]
+    try:
+        return [to_core_event(item) for item in items]
+    except (ConfigError, EventError) as exc:  # inside a run: retrying cannot fix them
+        raise NonRetriableError(f"step.send_event({step_id!r}): {exc}") from None
+
+
+def _invoke_args(
+    step_id: str, v: str | None, timeout: int | datetime.timedelta | None
+) -> datetime.timedelta | None:
+    if v is not None:
+        raise not_supported(
+            f"step.invoke({step_id!r}, v=...)", "celeryflow events have no version field"
+        )
+    return None if timeout is None else _duration(timeout, f"step.invoke({step_id!r}) timeout")
+
+
+class AI:
+    """``step.ai``: Inngest's AI gateway has no celeryflow counterpart."""
+
+    def infer(self, step_id: str, **_: Any) -> Any:
+        raise not_supported("step.ai.infer", "call the model inside step.run")
+
+
+class StepSync:
+    """``ctx.step`` of a ``def`` function (``inngest.ContextSync``)."""
+
+    def __init__(self, steps: Steps, client: Inngest) -> None:
+        self._steps = steps
+        self._client = client
+        self.ai = AI()
+
+    def run(
+        self,
+        step_id: str,
+        handler: Callable[..., Any],
+        *handler_args: Any,
+        output_type: object = None,
+    ) -> Any:
+        """Run ``handler(*handler_args)`` once and memoize its (JSON) result.
+        ``output_type`` only matters with a client serializer, which is not supported."""
+        with sdk_errors():
+            return self._steps.run(step_id, handler, *handler_args)
+
+    def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+        """Sleep ``duration``: MILLISECONDS if an int, or a timedelta."""
+        self._steps.sleep(step_id, _duration(duration, f"step.sleep({step_id!r})"))
+
+    def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        self._steps.sleep_until(step_id, _until(until, step_id))
+
+    def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        if_exp: str | None = None,
+        timeout: int | datetime.timedelta,
+    ) -> Event | None:
+        """The first matching event after the wait began, or None at the ``timeout``
+        (MILLISECONDS if an int). ``if_exp`` sees ``event`` (this run's) and ``async``."""
+        match, if_ = split_condition(if_exp)
+        found = self._steps.wait_for_event(
+            step_id,
+            event=core_name(event),
+            timeout=_duration(timeout, f"step.wait_for_event({step_id!r}) timeout"),
+            match=match,
+            if_=if_,
+        )
+        return None if found is None else to_sdk_event(found)
+
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function[Any],
+        data: dict[str, Any] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """Run ``function`` as a child with ``data`` and return its output (a failure
+        or the ``timeout``, MILLISECONDS if an int, raises StepError)."""
+        limit = _invoke_args(step_id, v, timeout)
+        with sdk_errors():
+            return self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
+
+    def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        app_id: str | None = None,
+        function_id: str,
+        data: dict[str, Any] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """As ``invoke``, by the function's id within ``app_id`` (default: this app)."""
+        limit = _invoke_args(step_id, v, timeout)
+        target = f"{app_id or self._client.app_id}-{function_id}"
+        with sdk_errors():
+            return self._steps.invoke(step_id, function=target, data=data, timeout=limit)
+
+    def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
+        """Send events exactly once for this run; returns their ids."""
+        return self._steps.send_event(step_id, _events(step_id, events))
+
+
+class Step:
+    """``ctx.step`` of an ``async def`` function (``inngest.Context``)."""
+
+    def __init__(self, steps: AsyncSteps, client: Inngest) -> None:
+        self._steps = steps
+        self._client = client
+        self.ai = AI()
+
+    async def run(
+        self,
+        step_id: str,
+        handler: Callable[..., Any],
+        *handler_args: Any,
+        output_type: object = None,
+    ) -> Any:
+        with sdk_errors():
+            return await self._steps.run(step_id, handler, *handler_args)
+
+    async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+        await self._steps.sleep(step_id, _duration(duration, f"step.sleep({step_id!r})"))
+
+    async def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        await self._steps.sleep_until(step_id, _until(until, step_id))
+
+    async def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        if_exp: str | None = None,
+        timeout: int | datetime.timedelta,
+    ) -> Event | None:
+        match, if_ = split_condition(if_exp)
+        found = await self._steps.wait_for_event(
+            step_id,
+            event=core_name(event),
+            timeout=_duration(timeout, f"step.wait_for_event({step_id!r}) timeout"),
+            match=match,
+            if_=if_,
+        )
+        return None if found is None else to_sdk_event(found)
+
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function[Any],
+        data: dict[str, Any] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        limit = _invoke_args(step_id, v, timeout)
+        with sdk_errors():
+            return await self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
+
+    async def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        app_id: str | None = None,
+        function_id: str,
+        data: dict[str, Any] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        limit = _invoke_args(step_id, v, timeout)
+        target = f"{app_id or self._client.app_id}-{function_id}"
+        with sdk_errors():
+            return await self._steps.invoke(step_id, function=target, data=data, timeout=limit)
+
+    async def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
+        return await self._steps.send_event(step_id, _events(step_id, events))
+
+
+def _mode(parallel_mode: ParallelMode) -> str:
+    if not isinstance(parallel_mode, ParallelMode):
+        raise NonRetriableError(f"group.parallel: unknown parallel_mode {parallel_mode!r}")
+    return "all"
+
+
+class GroupSync:
+    """``ctx.group`` of a ``def`` function."""
+
+    def __init__(self, steps: Steps) -> None:
+        self._steps = steps
+
+    def parallel(
+        self,
+        callables: Sequence[Callable[[], Any]],
+        parallel_mode: ParallelMode = ParallelMode.WAIT,
+    ) -> tuple[Any, ...]:
+        """Run each callable (typically ``lambda: ctx.step.run(...)``) as a branch of
+        its own, on any worker; returns their results as a tuple, in order."""
+        with sdk_errors():
+            results = self._steps.parallel(
+                PARALLEL_STEP_ID, tuple(callables), mode=_mode(parallel_mode)
+            )
+        return tuple(results)
+
+
+class Group:
+    """``ctx.group`` of an ``async def`` function."""
+
+    def __init__(self, steps: AsyncSteps) -> None:
+        self._steps = steps
+
+    async def parallel(
+        self,
+        callables: Sequence[Callable[[], Awaitable[Any]]],
+        parallel_mode: ParallelMode = ParallelMode.WAIT,
+    ) -> tuple[Any, ...]:
+        with sdk_errors():
+            results = await self._steps.parallel(
+                PARALLEL_STEP_ID, tuple(callables), mode=_mode(parallel_mode)
+            )
+        return tuple(results)
