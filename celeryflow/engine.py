@@ -478,6 +478,7 @@ class Execution:
         except SerializationError as exc:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
         self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
+        self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
         return json.loads(text)
 
     def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:

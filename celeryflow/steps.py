@@ -11,11 +11,11 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import legacy, parallel, waiting
 from .durations import Duration, parse_datetime, parse_duration, utcnow
-from .errors import BranchFinished, NonRetriableError
+from .errors import BranchFinished, ConfigError, NonRetriableError
 from .events import Event
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .functions import FlowFunction
 
 __all__ = ["AsyncSteps", "Context", "Steps"]
+
+T = TypeVar("T")
 
 
 def _resolve(result: Any) -> Any:
@@ -34,6 +36,14 @@ def _resolve(result: Any) -> Any:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _checked(parse: Callable[[Any, str], T], value: Any, where: str) -> T:
+    """A bad duration or time in a step is a bug retrying cannot fix."""
+    try:
+        return parse(value, where)
+    except ConfigError as exc:
+        raise NonRetriableError(str(exc)) from None
 
 
 def _invoke(
@@ -82,12 +92,12 @@ class Steps:
 
     def sleep(self, step_id: str, duration: Duration) -> None:
         """Park the run for ``duration`` ("3 days", "30s", "1h30m", seconds, timedelta)."""
-        delta = parse_duration(duration, f"step.sleep({step_id!r})")
+        delta = _checked(parse_duration, duration, f"step.sleep({step_id!r})")
         self._x.sleep_until(step_id, lambda: utcnow() + delta)
 
     def sleep_until(self, step_id: str, when: datetime | str) -> None:
         """Park the run until ``when`` (aware or UTC datetime, or ISO-8601 string)."""
-        at = parse_datetime(when, f"step.sleep_until({step_id!r})")
+        at = _checked(parse_datetime, when, f"step.sleep_until({step_id!r})")
         self._x.sleep_until(step_id, lambda: at)
 
     def wait_for_event(
@@ -171,11 +181,11 @@ class AsyncSteps:
         return self._x.complete_step(plan, result, retries)
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
-        delta = parse_duration(duration, f"step.sleep({step_id!r})")
+        delta = _checked(parse_duration, duration, f"step.sleep({step_id!r})")
         self._x.sleep_until(step_id, lambda: utcnow() + delta)
 
     async def sleep_until(self, step_id: str, when: datetime | str) -> None:
-        at = parse_datetime(when, f"step.sleep_until({step_id!r})")
+        at = _checked(parse_datetime, when, f"step.sleep_until({step_id!r})")
         self._x.sleep_until(step_id, lambda: at)
 
     async def wait_for_event(

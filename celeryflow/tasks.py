@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
 
+from .errors import ConfigError
 from .reconciler import Reconciler, ReconcilerThread
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def install(flow: Flow) -> CeleryDoorbell:
     """Register celeryflow's tasks, beat entry and worker step on the user's app."""
     app = flow.app
     if app in _flows:
-        raise RuntimeError(f"Celery app {app.main!r} already has a Flow")
+        raise ConfigError(f"Celery app {app.main!r} already has a Flow; make one Flow per app")
     _flows[app] = flow
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue)

@@ -500,3 +500,38 @@ def test_one_sql_transaction_per_step_in_the_steady_state(stack: Stack) -> None:
     assert run.status == RunStatus.COMPLETED and run.output == sum(range(20))
     # the send, the claim, then one per step (the last one together with the finish)
     assert writes == 1 + 1 + 20, writes
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_a_bad_sleep_fails_at_once_and_attempt_is_the_bodys_after_a_retried_step(
+    stack: Stack,
+) -> None:
+    flow = make_flow(stack)
+    seen: list[int] = []
+    tries: Counter[str] = Counter()
+
+    def flaky() -> str:
+        tries["flaky"] += 1
+        if tries["flaky"] < 3:
+            raise ConnectionError("not yet")
+        return "ok"
+
+    @flow.function(id="attempts", trigger=event("t/attempts"))
+    def attempts(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("flaky", flaky)
+        seen.append(ctx.attempt)
+        return "done"
+
+    @flow.function(id="bad-sleep", trigger=event("t/bad-sleep"), retries=3)
+    def bad_sleep(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", "soon")
+
+    with worker(flow):
+        [a] = flow.send(Event(name="t/attempts"))
+        [b] = flow.send(Event(name="t/bad-sleep"))
+        ok = wait_for_run(flow, event_id=a, timeout=30)
+        bad = wait_for_run(flow, event_id=b, timeout=30)
+
+    assert ok.status == RunStatus.COMPLETED and seen[-1] == 0  # not the step's 2
+    assert bad.status == RunStatus.FAILED and bad.attempt == 0  # no retry of a typo
+    assert bad.error is not None and "step.sleep('nap')" in bad.error["message"]
