@@ -265,3 +265,32 @@ def test_long_match_values_sharing_the_indexed_prefix_do_not_cross(stack: Stack)
         run_b = wait_for_run(flow, event_id=b)
 
     assert (run_a.output, run_b.output) == ("for A", "for B")
+
+
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_a_fan_out_of_1000_events_from_one_step_starts_1000_runs(stack: Stack) -> None:
+    flow = make_flow(stack)
+
+    @flow.function(id="big-fan", trigger=event("t/big-fan"))
+    def big_fan(ctx):  # type: ignore[no-untyped-def]
+        evs = [Event(name="t/big-item", data={"i": i}) for i in range(1000)]
+        return len(ctx.step.send_event("items", evs))
+
+    @flow.function(id="big-item", trigger=event("t/big-item"))
+    def big_item(ctx):  # type: ignore[no-untyped-def]
+        return ctx.event.data["i"]
+
+    with worker(flow, concurrency=4):
+        [eid] = flow.send(Event(name="t/big-fan"))
+        assert wait_for_run(flow, event_id=eid, timeout=60).output == 1000
+        wait_for(
+            lambda: (
+                len(flow.list_runs(function_id="big-item", status="completed", limit=2000)) == 1000
+            ),
+            timeout=180,
+            interval=0.5,
+            what="1,000 item runs",
+        )
+
+    items = flow.list_runs(function_id="big-item", limit=2000)
+    assert sorted(r.output for r in items) == list(range(1000))
