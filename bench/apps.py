@@ -54,12 +54,11 @@ def _configure(app: Celery, queue: str) -> None:
     )
 
 
-def flow_app(broker: str, store: str, queue: str, **settings: Any) -> tuple[Celery, Flow]:
-    """A Celery app with a Flow (``settings`` are Flow settings) and the two benchmark
-    functions."""
+def flow_app(broker: str, store: str, queue: str) -> tuple[Celery, Flow]:
+    """A Celery app with a Flow and the two benchmark functions."""
     app = Celery(f"cf-bench-flow-{queue}", broker=broker)
     _configure(app, queue)
-    flow = Flow(app, store=store, auto_migrate=True, **settings)
+    flow = Flow(app, store=store, auto_migrate=True)
 
     @flow.function(id="one-step", trigger=event(ONE_STEP_EVENT))
     def one_step(ctx: Any) -> dict[str, Any]:

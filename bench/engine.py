@@ -294,10 +294,10 @@ def measure_chain(broker: str, db: int, runs: int) -> float:
     return median(results)
 
 
-def measure_flow_wall(kind: str, broker: str, runs: int, **settings: Any) -> float:
+def measure_flow_wall(kind: str, broker: str, runs: int) -> float:
     results: list[float] = []
     with fresh(kind) as (url, _raw):
-        app, flow = apps.flow_app(broker, url, new_queue(f"wall-{kind}"), **settings)
+        app, flow = apps.flow_app(broker, url, new_queue(f"wall-{kind}"))
         flow.store.engine  # noqa: B018  (migrate before timing)
         with start_test_worker(app, pool="threads", concurrency=2):
             for n in range(runs + 1):
@@ -328,24 +328,8 @@ def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
                 speedup >= 10,
             )
         )
-        if kind == "postgresql":  # the opt-in: step results skip the WAL flush wait
-            wall = measure_flow_wall(kind, broker, runs, step_commit="async")
-            speedup = chain_wall / wall
-            table.add(
-                Row(
-                    "PostgreSQL, step_commit='async' (opt-in)",
-                    fmt_time(wall),
-                    f"{fmt_time(chain_wall)} chain",
-                    speedup,
-                    ">= 10x faster",
-                    speedup >= 10,
-                )
-            )
     table.notes += [
         "ratio = chain wall time / celeryflow wall time (higher is better for celeryflow).",
-        "step_commit='async' (opt-in, PostgreSQL): the executor's commits do not wait for "
-        "the WAL flush; a database crash may lose the newest step results, which then run "
-        "again (steps are at-least-once anyway); send() and cancel() stay durable.",
         "both sides: the same Redis broker, an in-process Celery worker (thread pool, -c 2), "
         "one warm-up round; no result backend.",
         "chain: chain(hop.si() x 99, last.si()).apply_async(); timed from apply_async until "

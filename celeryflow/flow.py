@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -51,9 +51,6 @@ class FlowSettings(BaseModel):
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # how often beat looks at cron slots
     reconcile_in_worker: bool = True
-    # "async": on PostgreSQL, step results commit without waiting for the WAL flush
-    # (see README, "Commit durability"); events sent and cancellations stay durable
-    step_commit: Literal["sync", "async"] = "sync"
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
@@ -112,7 +109,6 @@ class Flow:
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
         self.store = Store(url, auto_migrate=auto_migrate)
-        self.store.async_step_commits = self.settings.step_commit == "async"
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
             if broker is not None:

@@ -535,25 +535,3 @@ def test_a_bad_sleep_fails_at_once_and_attempt_is_the_bodys_after_a_retried_step
     assert ok.status == RunStatus.COMPLETED and seen[-1] == 0  # not the step's 2
     assert bad.status == RunStatus.FAILED and bad.attempt == 0  # no retry of a typo
     assert bad.error is not None and "step.sleep('nap')" in bad.error["message"]
-
-
-@pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
-def test_opt_in_async_step_commits_on_postgresql(stack: Stack) -> None:
-    flow = make_flow(stack, step_commit="async")
-
-    @flow.function(id="fast-steps", trigger=event("t/fast"))
-    def fast_steps(ctx):  # type: ignore[no-untyped-def]
-        return sum(ctx.step.run("s", lambda i=i: i) for i in range(10))
-
-    flow.store.engine.dispose()  # an empty pool: the next two share one connection
-    with flow.store.session() as session, session.conn.begin():
-        inside = session.conn.exec_driver_sql("SHOW synchronous_commit").scalar()
-    with flow.store.engine.connect() as conn:  # the same pooled connection, given back
-        after = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
-    assert (inside, after) == ("off", "on")
-
-    with worker(flow):
-        [eid] = flow.send(Event(name="t/fast"))
-        run = wait_for_run(flow, event_id=eid, timeout=30)
-    assert run.status == RunStatus.COMPLETED and run.output == 45
-    assert len(run.steps) == 10

@@ -169,23 +169,12 @@ class RunSession:
         self.store = store
         self.sql = store.session_statements()
         self.conn = store.engine.connect()
-        self._async_commits = store.async_step_commits and self.sql.async_claim
-        if self._async_commits:
-            # Session-wide for this execution, reset before the connection goes back
-            # to the pool: every step write of the run skips the WAL flush wait.
-            with self.conn.begin():
-                self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
 
     def __enter__(self) -> RunSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            if self._async_commits and not self.conn.invalidated:
-                with self.conn.begin():
-                    self.conn.exec_driver_sql("RESET synchronous_commit")
-        finally:
-            self.conn.close()
+        self.conn.close()
 
     def claim(
         self,

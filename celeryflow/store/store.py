@@ -105,8 +105,6 @@ class Store:
         self._insert_event: Any = None
         self._insert_field: Any = None
         self._insert_flow_key: Any = None
-        # an executor's writes skip the WAL flush wait (PostgreSQL; Flow step_commit)
-        self.async_step_commits = False
 
     # -- setup ------------------------------------------------------------------------
 
