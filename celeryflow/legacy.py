@@ -27,7 +27,6 @@ from .errors import (
     Interrupt,
     NonRetriableError,
     SerializationError,
-    StepError,
 )
 from .runs import TERMINAL, Run, RunStatus
 
@@ -151,6 +150,8 @@ def invoke_task(
     """``ctx.step.invoke(id, task=legacy_task, ...)``: send the task, park the run,
     return the task's return value; its failure (after its own retries) or the
     timeout raises StepError."""
+    from .waiting import recorded_outcome
+
     where = f"step.invoke({name!r})"
     task_name = getattr(task, "name", None)
     if not isinstance(task_name, str) or not callable(getattr(task, "apply_async", None)):
@@ -164,23 +165,8 @@ def invoke_task(
     plan = x.new_plan(key, name, position, "task")
     row = x.recorded(key, name, "task", position)
     if row is not None:
-        if row["status"] == "completed":
-            return None if row["output"] is None else json.loads(row["output"])
-        if row["status"] == "failed":
-            raise StepError(name, json.loads(row["error"]))
-        # claimed at the timeout: fail the step, unless the task's outcome came first
-        error = {"type": "TimeoutError", "message": f"task {task_name!r} did not finish in time"}
-        holds, won = x.session.fail_timed_out(
-            x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
-        )
-        if not holds:
-            raise x.lost()
-        if won is None:
-            raise StepError(name, error)
-        step = next(s for s in x.flow.store.get_run(x.run_id).steps if s.id == key)
-        if step.status == "failed":
-            raise StepError(name, step.error or {})
-        return step.output
+        late = f"task {task_name!r} did not finish in time"
+        return recorded_outcome(x, name, key, row, late)
     wake = None if limit is None else utcnow() + limit
     task_id = str(uuid.uuid5(_TASK_IDS, f"{x.run_id}:{key}"))
     x.flow.doorbell.send_task(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 INVOKED_EVENT = "celeryflow/function.invoked"  # the event a child run of step.invoke gets
 
-__all__ = ["invoke", "send_event", "wait_for_event"]
+__all__ = ["invoke", "recorded_outcome", "send_event", "wait_for_event"]
 
 
 def _checked(
@@ -159,6 +159,28 @@ def send_event(
     return ids
 
 
+def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> Any:
+    """The outcome of a recorded step that waits on something else (a child run, a
+    legacy task): its output, or StepError. Claimed while still waiting means its
+    timeout passed: fail the step, unless the outcome came first."""
+    if row["status"] == "completed":
+        return None if row["output"] is None else json.loads(row["output"])
+    if row["status"] == "failed":
+        raise StepError(name, json.loads(row["error"]))
+    error = {"type": "TimeoutError", "message": late}
+    holds, won = x.session.fail_timed_out(
+        x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
+    )
+    if not holds:
+        raise x.lost()
+    if won is None:
+        raise StepError(name, error)
+    step = next(s for s in x.flow.store.get_run(x.run_id).steps if s.id == key)
+    if step.status == "failed":
+        raise StepError(name, step.error or {})
+    return step.output
+
+
 def invoke(
     x: Execution,
     name: str,
@@ -182,23 +204,7 @@ def invoke(
     plan = x.new_plan(key, name, position, "invoke")
     row = x.recorded(key, name, "invoke", position)
     if row is not None:
-        if row["status"] == "completed":
-            return None if row["output"] is None else json.loads(row["output"])
-        if row["status"] == "failed":
-            raise StepError(name, json.loads(row["error"]))
-        # claimed at the timeout: fail the step, unless the child ended first
-        error = {"type": "TimeoutError", "message": f"{target!r} did not finish in time"}
-        holds, child_won = x.session.fail_timed_out(
-            x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
-        )
-        if not holds:
-            raise x.lost()
-        if child_won is None:
-            raise StepError(name, error)
-        step = next(s for s in x.flow.store.get_run(x.run_id).steps if s.id == key)
-        if step.status == "failed":
-            raise StepError(name, step.error or {})
-        return step.output
+        return recorded_outcome(x, name, key, row, f"{target!r} did not finish in time")
     now = utcnow()
     wake = None if limit is None else now + limit
     seed = f"{x.run_id}:{key}".encode()
