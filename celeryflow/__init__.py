@@ -19,7 +19,7 @@ from .functions import CancelOn, FlowFunction, Timeouts
 from .legacy import RunFailedError, RunHandle
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
-from .steps import Context
+from .steps import AsyncContext, Context
 from .store import kombu_sqlite
 
 # `celery -A app worker` resolves the embedded broker URL (celeryflow+sqlite://)
@@ -27,6 +27,7 @@ from .store import kombu_sqlite
 kombu_sqlite.register()
 
 __all__ = [
+    "AsyncContext",
     "Batch",
     "CancelOn",
     "CeleryflowError",

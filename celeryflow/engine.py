@@ -39,7 +39,7 @@ from .events import Event
 from .functions import FlowFunction
 from .leases import LeaseKeeper
 from .runs import RunStatus
-from .steps import AsyncSteps, Context, Steps
+from .steps import AsyncContext, AsyncSteps, Context, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
 
 if TYPE_CHECKING:
@@ -214,17 +214,20 @@ class Execution:
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
         events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
-        steps: Steps | AsyncSteps = AsyncSteps(self) if function.is_async else Steps(self)
-        self.ctx = Context(
+        context = dict(
             run_id=self.run_id,
             function_id=function.id,
             events=events,
-            step=steps,
             attempt=self._resume_attempt(),
             logger=logging.LoggerAdapter(
                 logging.getLogger("celeryflow.run"),
                 {"run_id": self.run_id, "function_id": function.id},
             ),
+        )
+        self.ctx: Context | AsyncContext = (
+            AsyncContext(step=AsyncSteps(self), **context)
+            if function.is_async
+            else Context(step=Steps(self), **context)
         )
 
     def _branch_prefix(self, claim: Claim) -> dict[str, Any]:

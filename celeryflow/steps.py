@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import legacy, parallel, waiting
 from .durations import Duration, parse_datetime, parse_duration, utcnow
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .engine import Execution
     from .functions import FlowFunction
 
-__all__ = ["AsyncSteps", "Context", "Steps"]
+__all__ = ["AsyncContext", "AsyncSteps", "BaseContext", "Context", "Steps"]
 
 T = TypeVar("T")
 
@@ -235,8 +235,11 @@ class AsyncSteps:
         raise BranchFinished(result)
 
 
-class Context:
-    """Passed to every flow function.
+StepsT = TypeVar("StepsT", Steps, AsyncSteps)
+
+
+class BaseContext(Generic[StepsT]):
+    """What every flow function receives.
 
     ``attempt`` is 0-based (as in Inngest): while a step is being retried it is that
     step's attempt, otherwise the attempt of the function body.
@@ -248,7 +251,7 @@ class Context:
         run_id: str,
         function_id: str,
         events: list[Event],
-        step: Steps | AsyncSteps,
+        step: StepsT,
         attempt: int,
         logger: logging.LoggerAdapter[logging.Logger],
     ) -> None:
@@ -256,6 +259,14 @@ class Context:
         self.function_id = function_id
         self.events = events
         self.event = events[0]
-        self.step = step
+        self.step: StepsT = step
         self.attempt = attempt
         self.logger = logger
+
+
+class Context(BaseContext[Steps]):
+    """The context of a ``def`` function: ``ctx.step.run(...)`` returns the value."""
+
+
+class AsyncContext(BaseContext[AsyncSteps]):
+    """The context of an ``async def`` function: ``await ctx.step.run(...)``."""

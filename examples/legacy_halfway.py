@@ -24,7 +24,7 @@ from pathlib import Path
 
 from celery import Celery, chain
 
-from celeryflow import Context, Event, Flow, event
+from celeryflow import Context, Event, Flow, Run, event
 
 STORE_DIR = Path(os.environ.get("LEGACY_EXAMPLE_DIR") or tempfile.gettempdir())
 app = Celery("legacy_halfway")  # the existing app; no broker given -> embedded
@@ -95,7 +95,7 @@ def main() -> int:
         print(f"charge.delay('o-42', 19.5) -> run {handle.id}")
         print(f"charge output: {handle.get(timeout=60)}")
         deadline = time.monotonic() + 60
-        crm = []
+        crm: list[Run] = []
         while time.monotonic() < deadline and not crm:
             crm = flow.list_runs(function_id="task:shop.update_crm", status="completed")
             time.sleep(0.1)

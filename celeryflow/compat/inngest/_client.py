@@ -39,7 +39,7 @@ from ._events import Event, to_core_event
 
 if TYPE_CHECKING:
     from ...flow import Flow
-    from ...steps import Context as CoreContext
+    from ...steps import BaseContext
 
 __all__ = [
     "Function",
@@ -186,13 +186,13 @@ class Function(Generic[T]):
         return f"<inngest.Function {self.id}>"
 
 
-def _wrap(handler: Handler, client: Inngest) -> Callable[[CoreContext], Any]:
+def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any]:
     """The celeryflow function: builds the SDK's context around celeryflow's."""
     if inspect.iscoroutinefunction(handler):
         async_handler = cast(Callable[[Context], Awaitable[Any]], handler)
 
         @functools.wraps(handler)
-        async def run_async(ctx: CoreContext) -> Any:
+        async def run_async(ctx: BaseContext[Any]) -> Any:
             return await async_handler(Context(ctx, client))
 
         return run_async
@@ -200,7 +200,7 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[CoreContext], Any]:
     sync_handler = cast(Callable[[ContextSync], Any], handler)
 
     @functools.wraps(handler)
-    def run_sync(ctx: CoreContext) -> Any:
+    def run_sync(ctx: BaseContext[Any]) -> Any:
         return sync_handler(ContextSync(ctx, client))
 
     return run_sync

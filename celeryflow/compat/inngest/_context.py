@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ...steps import AsyncSteps, Steps
-from ...steps import Context as CoreContext
+from ...steps import AsyncSteps, BaseContext, Steps
 from ._events import Event, to_sdk_event
 from ._steps import Group, GroupSync, Step, StepSync
 
@@ -18,7 +17,7 @@ __all__ = ["Context", "ContextSync"]
 
 
 class _Base:
-    def __init__(self, ctx: CoreContext, client: Inngest) -> None:
+    def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
         self._ctx = ctx
         self.event: Event = to_sdk_event(ctx.event)
         self.events: list[Event] = [to_sdk_event(e) for e in ctx.events]
@@ -41,7 +40,7 @@ class _Base:
 class ContextSync(_Base):
     """The context of a ``def`` function: ``ctx.step`` methods return values."""
 
-    def __init__(self, ctx: CoreContext, client: Inngest) -> None:
+    def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
         super().__init__(ctx, client)
         if not isinstance(ctx.step, Steps):
             raise TypeError("ContextSync needs the steps of a def function")
@@ -52,7 +51,7 @@ class ContextSync(_Base):
 class Context(_Base):
     """The context of an ``async def`` function: ``await ctx.step.run(...)``."""
 
-    def __init__(self, ctx: CoreContext, client: Inngest) -> None:
+    def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
         super().__init__(ctx, client)
         if not isinstance(ctx.step, AsyncSteps):
             raise TypeError("Context needs the steps of an async def function")
