@@ -370,9 +370,13 @@ class Store:
                 sa.select(steps.c.status).where(steps.c.run_id == run_id, steps.c.key == key)
             ).scalar()
             status = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar()
-        if recorded is not None or status is None or RunStatus(status) in TERMINAL:
+        if status is None or RunStatus(status) in TERMINAL:
             return "gone"
-        return "early"
+        if recorded is None or recorded == "waiting":
+            # not recorded yet, or recorded by a commit that landed between the two
+            # statements above: try again shortly
+            return "early"
+        return "gone"  # resolved already (its timeout, a duplicate callback)
 
     # -- concurrency slots ------------------------------------------------------------
 
