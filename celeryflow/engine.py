@@ -119,7 +119,12 @@ class Engine:
         now = utcnow()
         with self.flow.store.session() as session:
             claim = session.claim(
-                run_id, self.owner(), now, now + settings.lease, slot_limits=self._slot_limits
+                run_id,
+                self.owner(),
+                now,
+                now + settings.lease,
+                slot_limits=self._slot_limits,
+                limited=self._limited(),
             )
             if claim is None:
                 return self._not_claimed(session, run_id, now)
@@ -151,6 +156,9 @@ class Engine:
                 self.leases.release(run_id)
                 if function.control.concurrency:
                     heads += self._next_for_slot(function, claim)
+
+    def _limited(self) -> list[str]:
+        return [f.id for f in self.flow.functions.values() if f.control.concurrency]
 
     def _slot_limits(self, function_id: str) -> list[int]:
         function = self.flow.functions.get(function_id)

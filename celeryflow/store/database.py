@@ -47,6 +47,9 @@ def create_store_engine(url: str | sa.URL) -> sa.Engine:
         kwargs["pool_recycle"] = 3600
     elif backend == "postgresql":
         kwargs["pool_pre_ping"] = True
+        # Every use ends its transaction (SQLAlchemy's Connection.close rolls back an
+        # open one), so the pool's own ROLLBACK on check-in is a wasted round trip.
+        kwargs["pool_reset_on_return"] = None
     engine = sa.create_engine(parsed, **kwargs)
     if backend == "sqlite":
         _configure_sqlite(engine)

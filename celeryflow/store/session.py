@@ -12,7 +12,8 @@ park, or the finish), so a run of N steps costs N write transactions plus its cl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,14 @@ class SessionStatements:
             )
         )
         self.claim = claim.returning(*_CLAIM_COLUMNS) if self.update_returning else claim
+        # PostgreSQL: a claim, or a single step write, is one statement sent in
+        # autocommit (one round trip instead of BEGIN, statement, COMMIT). The claim
+        # leaves out runs of concurrency-limited functions, which take their slot in
+        # a transaction.
+        self.single_statement_writes = dialect.name == "postgresql"
+        self.claim_alone = claim.where(
+            runs.c.function_id.not_in(P("limited", expanding=True))
+        ).returning(*_CLAIM_COLUMNS)
         self.claimed = sa.select(*_CLAIM_COLUMNS).where(runs.c.id == P("rid"))
         self.load_steps = steps.select().where(steps.c.run_id == P("rid"))
 
@@ -183,11 +192,17 @@ class RunSession:
         now: datetime,
         lease_until: datetime,
         slot_limits: Callable[[str], list[int]] | None = None,
+        limited: Collection[str] = (),
     ) -> Claim | None:
         """Take the run if it may proceed now; None if it may not (finished, parked
         until later, held by a live executor, or, under ``slot_limits(function_id)``
-        (its concurrency limits), left queued for a slot)."""
+        (its concurrency limits), left queued for a slot). ``limited``: the ids of
+        the functions that have concurrency limits."""
         params = {"rid": run_id, "owner": owner, "now": now, "lease_until": lease_until}
+        if self.sql.single_statement_writes:
+            claim = self._claim_alone(params, limited)
+            if claim is not None or not limited:
+                return claim
         with self.store.write_lock(), self.conn.begin():
             if self.sql.async_claim:
                 # The claim needs no flush of its own: it is visible to other sessions at
@@ -210,6 +225,39 @@ class RunSession:
                 return None
             claim = Claim(run=row, fence=fence, steps={})
             if fence > 1:  # the first claim ever: no step can have been recorded
+                rows = self.conn.execute(self.sql.load_steps, params).mappings()
+                claim.steps = {r["key"]: r for r in rows}
+            if row["branch"] is not None:
+                parent = {"rid": row["parent_run_id"]}
+                rows = self.conn.execute(self.sql.load_steps, parent).mappings()
+                claim.parent_steps = {r["key"]: r for r in rows}
+            return claim
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[None]:
+        """Statements here commit one by one, without BEGIN and COMMIT round trips:
+        only for writes that are a single, self-fencing statement."""
+        self.conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with self.conn.begin():
+                yield
+        finally:
+            self.conn.execution_options(isolation_level=self.conn.default_isolation_level)
+
+    def _claim_alone(self, params: dict[str, Any], limited: Collection[str]) -> Claim | None:
+        with self._autocommit():
+            row = (
+                self.conn.execute(self.sql.claim_alone, {**params, "limited": list(limited)})
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            # The steps cannot change while this executor holds the fence (a cancel
+            # bumps it and the next write is refused), so they need not be read in
+            # the claim's own transaction.
+            claim = Claim(run=row, fence=int(row["fence"]), steps={})
+            if claim.fence > 1:
                 rows = self.conn.execute(self.sql.load_steps, params).mappings()
                 claim.steps = {r["key"]: r for r in rows}
             if row["branch"] is not None:
@@ -277,6 +325,11 @@ class RunSession:
 
     def save_steps(self, fence: int, writes: Sequence[StepWrite]) -> bool:
         """Record step outcomes."""
+        if self.sql.single_statement_writes and len(writes) == 1:
+            # one INSERT ... SELECT (or UPDATE ... WHERE EXISTS) that checks the fence
+            # itself: atomic alone
+            with self._autocommit():
+                return self._write_step(fence, *writes[0])
         return self._fenced(fence, writes)
 
     def move(
