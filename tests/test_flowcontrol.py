@@ -166,15 +166,16 @@ def test_a_sleeping_run_frees_its_slot(workers: Workers) -> None:
 
 
 def test_throttle_spreads_starts_and_loses_none(workers: Workers) -> None:
+    sent = time.time()
     workers.flow.send([Event(name="t/throttled", data={"n": n}) for n in range(5)])
     runs = workers.settled("throttled", 5, timeout=60)
 
     assert {r.status for r in runs} == {S.COMPLETED}
     starts = sorted(float(r.output) for r in runs)
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # 2 per 2 s with burst 1: one start per second
-    assert all(g > 0.7 for g in gaps), gaps
-    assert starts[-1] - starts[0] > 3.0
+    # 2 per 2 s with burst 1: one start per second. A start can come late (a busy
+    # worker) but never before its slot, so the k-th is at least k seconds after send.
+    early = [(k, round(t - sent, 2)) for k, t in enumerate(starts) if t - sent < k * 1.0 - 0.05]
+    assert not early, early
 
 
 def test_rate_limit_skips_and_says_why(workers: Workers) -> None:
