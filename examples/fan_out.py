@@ -22,31 +22,21 @@ run and every row run, and exits 0 when all rows were imported within the limit.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from _demo import demo_dir, run_demo
 from celery import Celery
 
 from celeryflow import Concurrency, Context, Event, Flow, Run, event
 
-HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":
     # Run as a script: a store of its own ($CELERYFLOW_EXAMPLE_DIR, else a new temporary
     # directory removed at exit) so examples never share files, and the embedded broker
     # beside it. The worker started below inherits both.
-    DEMO_DIR = Path(
-        os.environ.get("CELERYFLOW_EXAMPLE_DIR") or tempfile.mkdtemp(prefix="cf-fan-out-")
-    )
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ["CELERYFLOW_STORE"] = f"sqlite:///{DEMO_DIR / 'celeryflow.db'}"
-    os.environ.pop("CELERY_BROKER_URL", None)
+    DEMO_DIR = demo_dir("cf-fan-out-")
 
 WORK_SECONDS = float(os.environ.get("FAN_OUT_WORK_SECONDS", "0.5"))
 ROW_LIMIT = 3  # rows of one batch importing at once, across all workers
@@ -156,37 +146,5 @@ def demo() -> bool:
     return completed == rows and peak <= ROW_LIMIT
 
 
-def main(workdir: Path) -> int:
-    log = workdir / "worker.log"
-    command = [
-        *(sys.executable, "-m", "celery", "-A", "fan_out", "worker", "-B"),
-        *("--loglevel", "INFO", "--concurrency", "4"),
-        *("--schedule", str(workdir / "celerybeat-schedule")),
-    ]
-    print(f"$ {' '.join(command[2:7])}   (store and log in {workdir})")
-    ok = False
-    try:
-        with open(log, "wb") as out:
-            worker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=HERE)
-        try:
-            ok = demo()
-        except Exception:
-            traceback.print_exc()
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        if not ok:
-            print(f"--- worker log ({log}), last lines ---", file=sys.stderr)
-            print("\n".join(log.read_text().splitlines()[-80:]), file=sys.stderr)
-        return 0 if ok else 1
-    finally:
-        if not os.environ.get("CELERYFLOW_EXAMPLE_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
 if __name__ == "__main__":
-    sys.exit(main(DEMO_DIR))
+    sys.exit(run_demo("fan_out", DEMO_DIR, demo, concurrency=4))

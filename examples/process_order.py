@@ -20,30 +20,20 @@ as expected.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
+from _demo import demo_dir, run_demo
 from celery import Celery
 
 from celeryflow import CancelOn, Context, Event, Flow, Run, event
 
-HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":
     # Run as a script: a store of its own ($CELERYFLOW_EXAMPLE_DIR, else a new temporary
     # directory removed at exit) so examples never share files, the embedded broker
     # beside it, and a short label timeout. The worker started below inherits all three.
-    DEMO_DIR = Path(
-        os.environ.get("CELERYFLOW_EXAMPLE_DIR") or tempfile.mkdtemp(prefix="cf-order-")
-    )
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ["CELERYFLOW_STORE"] = f"sqlite:///{DEMO_DIR / 'celeryflow.db'}"
-    os.environ.pop("CELERY_BROKER_URL", None)
+    DEMO_DIR = demo_dir("cf-order-")
     os.environ.setdefault("ORDER_LABEL_TIMEOUT", "5s")
 
 LABEL_TIMEOUT = os.environ.get("ORDER_LABEL_TIMEOUT", "7 days")
@@ -173,37 +163,5 @@ def demo() -> bool:
     return True
 
 
-def main(workdir: Path) -> int:
-    log = workdir / "worker.log"
-    command = [
-        *(sys.executable, "-m", "celery", "-A", "process_order", "worker", "-B"),
-        *("--loglevel", "INFO", "--concurrency", "2"),
-        *("--schedule", str(workdir / "celerybeat-schedule")),
-    ]
-    print(f"$ {' '.join(command[2:7])}   (store and log in {workdir})")
-    ok = False
-    try:
-        with open(log, "wb") as out:
-            worker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=HERE)
-        try:
-            ok = demo()
-        except Exception:
-            traceback.print_exc()
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        if not ok:
-            print(f"--- worker log ({log}), last lines ---", file=sys.stderr)
-            print("\n".join(log.read_text().splitlines()[-80:]), file=sys.stderr)
-        return 0 if ok else 1
-    finally:
-        if not os.environ.get("CELERYFLOW_EXAMPLE_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
 if __name__ == "__main__":
-    sys.exit(main(DEMO_DIR))
+    sys.exit(run_demo("process_order", DEMO_DIR, demo))
