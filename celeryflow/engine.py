@@ -124,7 +124,7 @@ class Engine:
                 now,
                 now + settings.lease,
                 slot_limits=self._slot_limits,
-                limited=self._limited(),
+                limited=self.flow.limited_functions,
             )
             if claim is None:
                 return self._not_claimed(session, run_id, now)
@@ -156,9 +156,6 @@ class Engine:
                 self.leases.release(run_id)
                 if function.control.concurrency:
                     heads += self._next_for_slot(function, claim)
-
-    def _limited(self) -> list[str]:
-        return [f.id for f in self.flow.functions.values() if f.control.concurrency]
 
     def _slot_limits(self, function_id: str) -> list[int]:
         function = self.flow.functions.get(function_id)

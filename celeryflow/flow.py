@@ -114,6 +114,9 @@ class Flow:
             if broker is not None:
                 tasks.set_default_broker(app, broker)
         self.functions: dict[str, FlowFunction] = {}
+        # ids of the functions with concurrency limits: their runs claim a slot in a
+        # transaction; kept here, not recomputed on every claim
+        self.limited_functions: list[str] = []
         self.engine = Engine(self)
         self.doorbell = tasks.install(self)
 
@@ -172,6 +175,8 @@ class Flow:
                     f"(by {self.functions[function.id].fn!r}); ids must be unique"
                 )
             self.functions[function.id] = function
+            if function.control.concurrency:
+                self.limited_functions.append(function.id)
             return function
 
         return register
