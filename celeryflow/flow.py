@@ -196,6 +196,15 @@ class Flow:
         # runs Celery's autodiscovery first, exactly as calling a task would.
         tasks.finalize(self.app)
         functions = list(self.functions.values())
+        if len(prepared) == 1:
+            # the commonest send: recorded in one statement where the store can
+            alone = self.plan_runs(prepared[0], functions, now)
+            plain = all(not p.admission and not p.waits for p in alone)
+            rows = [p.row for p in alone]
+            if plain and self.store.record_event_alone(prepared[0], rows, now):
+                created = [str(row["id"]) for row in rows]
+                self.doorbell.ring(self._ring_for_slots(created, alone, now))
+                return [ev.id for ev in prepared if ev.id is not None]
 
         planned: list[PlannedRun] = []
 

@@ -224,3 +224,33 @@ def test_cli_lists_and_shows_runs(sqlite_store_url: str) -> None:
     assert f"{row['id']}  queued     cli-fn" in cli("runs")
     assert cli("runs", "--status", "completed").strip() == ""
     assert f'"id": "{row["id"]}"' in cli("run", str(row["id"]))
+
+
+@pytest.mark.parametrize("store_url", ["postgres", "mariadb"], indirect=True)
+def test_a_connection_the_server_dropped_is_replaced_before_use(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool pings a connection idle for over PING_AFTER_IDLE before handing it out
+    (instead of pinging on every checkout), so a server restart or an idle-connection
+    timeout is never seen by the caller."""
+    from celeryflow.store import database
+
+    store = Store(store_url, auto_migrate=True)
+    store.insert_runs([_run_row()])  # the pool now holds one open connection
+    postgres = store.dialect == "postgresql"
+    with store.engine.connect() as conn:
+        session_id = conn.exec_driver_sql(
+            "SELECT pg_backend_pid()" if postgres else "SELECT CONNECTION_ID()"
+        ).scalar()
+    admin = sa.create_engine(store_url, poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        if postgres:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(session_id)})")
+        else:
+            conn.exec_driver_sql(f"KILL {int(session_id)}")
+    admin.dispose()
+    monkeypatch.setattr(database, "PING_AFTER_IDLE", 0.0)  # as if idle for long
+    row = _run_row()
+    store.insert_runs([row])
+    assert store.get_run(str(row["id"])).status == RunStatus.QUEUED
+    store.engine.dispose()

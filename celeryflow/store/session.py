@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from ..runs import RunStatus, sources_of
 from .flowkeys import take_slot
+from .single import finish_alone, finish_alone_params
 from .tables import runs, steps, waits
 from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 
@@ -62,6 +64,12 @@ class Claim:
     parent_steps: dict[str, sa.RowMapping] = field(default_factory=dict)
 
 
+def status_in(values: Sequence[str]) -> sa.ColumnElement[bool]:
+    """``status IN (...)`` with one plain parameter each: SQLAlchemy re-renders an
+    expanding IN list on every execution, which cost more than the statement."""
+    return sa.or_(*(runs.c.status == v for v in values))
+
+
 def datetime_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -79,7 +87,7 @@ class SessionStatements:
         self.insert_returning = bool(dialect.insert_returning)
         P = sa.bindparam
         may_start = sa.and_(
-            runs.c.status.in_([S.QUEUED.value, S.SLEEPING.value]),
+            status_in([S.QUEUED.value, S.SLEEPING.value]),
             sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= P("now")),
         )
         lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < P("now"))
@@ -104,8 +112,9 @@ class SessionStatements:
         # leaves out runs of concurrency-limited functions, which take their slot in
         # a transaction.
         self.single_statement_writes = dialect.name == "postgresql"
+        # `<> ALL(array)`, not NOT IN: an expanding IN is re-rendered on every call
         self.claim_alone = claim.where(
-            runs.c.function_id.not_in(P("limited", expanding=True))
+            runs.c.function_id != sa.all_(P("limited", type_=postgresql.ARRAY(sa.String)))
         ).returning(*_CLAIM_COLUMNS)
         self.claimed = sa.select(*_CLAIM_COLUMNS).where(runs.c.id == P("rid"))
         self.load_steps = steps.select().where(steps.c.run_id == P("rid"))
@@ -138,7 +147,7 @@ class SessionStatements:
                 .where(
                     runs.c.id == P("rid"),
                     runs.c.fence == P("p_fence"),
-                    runs.c.status.in_(sources_of(target)),
+                    status_in(sources_of(target)),
                 )
                 .values(
                     status=target.value,
@@ -156,7 +165,7 @@ class SessionStatements:
                 .where(
                     runs.c.id == P("rid"),
                     runs.c.fence == P("p_fence"),
-                    runs.c.status.in_(sources_of(target)),
+                    status_in(sources_of(target)),
                 )
                 .values(
                     status=target.value,
@@ -169,6 +178,7 @@ class SessionStatements:
                     lease_expires_at=None,
                 )
             )
+        self.finish_alone = {t: finish_alone(u) for t, u in self.finish.items()}
 
 
 class RunSession:
@@ -380,6 +390,20 @@ class RunSession:
             "now": now,
         }
         resumed: list[bool] = []
+        if (
+            self.sql.single_statement_writes
+            and len(writes) == 1
+            and writes[0][1]
+            and not clear_waits
+            and parent is None
+            and also is None
+        ):
+            # the commonest end: the last step's result and the run's end, one statement
+            with self._autocommit():
+                result = self.conn.execute(
+                    self.sql.finish_alone[status], finish_alone_params(params, writes[0][0])
+                )
+                return result.rowcount == 1, False
 
         def after(conn: sa.Connection) -> None:
             if clear_waits:

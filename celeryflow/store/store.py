@@ -27,6 +27,7 @@ from ..runs import TERMINAL, Run, RunStatus, StepRecord
 from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
+from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
 from .tables import events, flow_keys, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
@@ -105,6 +106,7 @@ class Store:
         self._insert_event: Any = None
         self._insert_field: Any = None
         self._insert_flow_key: Any = None
+        self._event_alone: dict[int, Any] = {}
 
     # -- setup ------------------------------------------------------------------------
 
@@ -217,6 +219,40 @@ class Store:
                 resume_due=resume_due or now,
                 condition_holds=condition_holds or (lambda *_: False),
             )
+
+    def record_event_alone(self, event: Event, rows: list[dict[str, Any]], now: datetime) -> bool:
+        """Record ``event`` and its plain runs (no flow control, no waiters) if its id
+        is new and no run waits for its name: one statement on PostgreSQL, two on
+        SQLite (store/single.py). False when it wrote nothing: :meth:`record_events`
+        must decide."""
+        dialect = self.engine.dialect.name
+        if dialect not in ("postgresql", "sqlite") or len(rows) > MAX_RUNS_ALONE:
+            return False
+        values = {
+            "id": event.id,
+            "name": event.name,
+            "data": json.dumps(event.data, separators=(",", ":")),
+            "ts": event.ts,
+            "received_at": now,
+        }
+        if dialect == "sqlite":
+            statement = self._event_alone.get(-1)
+            if statement is None:
+                statement = self._event_alone[-1] = event_insert("sqlite")
+            with self._write() as conn:
+                if conn.execute(statement, event_alone_params(values, [])).first() is None:
+                    return False
+                if rows:
+                    conn.execute(runs.insert(), rows)
+                return True
+        statement = self._event_alone.get(len(rows))
+        if statement is None:
+            statement = self._event_alone[len(rows)] = event_alone(len(rows))
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            with conn.begin():  # no BEGIN is sent: only SQLAlchemy's bookkeeping
+                result = conn.execute(statement, event_alone_params(values, rows))
+                return bool(result.scalar() == 1)
 
     def record_events_on(
         self,

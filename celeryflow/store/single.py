@@ -1,0 +1,99 @@
+"""The two writes every run makes (its event, its finish), in as few statements as
+the database allows: on PostgreSQL each is one statement in autocommit.
+
+On PostgreSQL a round trip costs more than the work of a small write, and a
+transaction costs three of them (BEGIN, the statement, COMMIT). The commonest
+event (a fresh id that no run waits for, starting runs without flow control) and
+the commonest finish (the last step's result and the run's end) are therefore each
+written by one statement whose data-modifying CTEs are all or nothing, like a
+transaction. Anything less common (a duplicate id, waiting runs to wake, flow
+control, cancel_on waiters, a parent to resume) takes the general path in a
+transaction, which decides the same way.
+
+SQLite has no data-modifying CTEs, but a statement there costs Python time, not a
+round trip: its event write is the event INSERT (with the same conditions) and the
+runs' INSERT in one transaction, instead of three statements and a waiter lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .tables import events, runs, steps, wait_fields
+
+__all__ = [
+    "MAX_RUNS_ALONE",
+    "event_alone",
+    "event_alone_params",
+    "event_insert",
+    "finish_alone",
+    "finish_alone_params",
+]
+
+# an event starting more runs than this is recorded by the general path
+MAX_RUNS_ALONE = 4
+EVENT_COLUMNS = ("id", "name", "data", "ts", "received_at")
+RUN_COLUMNS = tuple(c.name for c in runs.c)
+STEP_COLUMNS = tuple(c.name for c in steps.c)
+
+P = sa.bindparam
+
+
+def event_insert(dialect: str) -> sa.Insert:
+    """Insert the event unless its id exists or runs wait for its name (both need the
+    general path: the 24 h window, waking the waiters); returns its id if it did."""
+    nobody_waits = ~sa.exists().where(wait_fields.c.event_name == P("e_name"))
+    values = sa.select(*(P(f"e_{n}", type_=events.c[n].type) for n in EVENT_COLUMNS))
+    insert = postgresql.insert(events) if dialect == "postgresql" else sqlite.insert(events)
+    return (
+        insert.from_select(list(EVENT_COLUMNS), values.where(nobody_waits))
+        .on_conflict_do_nothing()
+        .returning(events.c.id)
+    )
+
+
+def event_alone(run_count: int) -> sa.Select[Any]:
+    """PostgreSQL: :func:`event_insert` and, if it inserted, the ``run_count`` runs;
+    the statement returns 1 if it wrote, 0 if it wrote nothing."""
+    inserted = event_insert("postgresql").cte("ev")
+    statement = sa.select(sa.func.count()).select_from(inserted)
+    if run_count == 0:
+        return statement
+    fresh = sa.exists(sa.select(inserted.c.id))
+    rows = [
+        sa.select(*(P(f"r{i}_{n}", type_=runs.c[n].type) for n in RUN_COLUMNS)).where(fresh)
+        for i in range(run_count)
+    ]
+    source = rows[0] if run_count == 1 else sa.union_all(*rows)
+    new_runs = sa.insert(runs).from_select(list(RUN_COLUMNS), source).cte("new_runs")
+    return statement.add_cte(new_runs)
+
+
+def event_alone_params(event: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    params = {f"e_{n}": event[n] for n in EVENT_COLUMNS}
+    for i, row in enumerate(rows):
+        params.update({f"r{i}_{n}": row.get(n) for n in RUN_COLUMNS})
+    return params
+
+
+def finish_alone(finish: sa.Update) -> sa.Update:
+    """``finish`` (the run's fenced UPDATE to its end) together with the INSERT of one
+    new step, fenced the same way. The INSERT share-locks the run row, so a cancel
+    committed meanwhile is seen by both parts: both write, or neither."""
+    source = (
+        sa.select(
+            runs.c.id, *(P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n != "run_id")
+        )
+        .where(runs.c.id == P("rid"), runs.c.fence == P("p_fence"))
+        .with_for_update(read=True)
+    )
+    step = steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key).cte("s")
+    return finish.where(sa.exists(sa.select(step.c.key))).add_cte(step)
+
+
+def finish_alone_params(finish: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+    """The finish's own parameters (rid, p_fence, ...) and the step row's."""
+    return {**finish, **{f"s_{n}": step.get(n) for n in STEP_COLUMNS if n != "run_id"}}
