@@ -254,3 +254,30 @@ def test_a_connection_the_server_dropped_is_replaced_before_use(
     store.insert_runs([row])
     assert store.get_run(str(row["id"])).status == RunStatus.QUEUED
     store.engine.dispose()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+def test_the_sparse_run_indexes_are_partial_where_the_database_allows(store_url: str) -> None:
+    """compare_metadata does not look at index predicates: check them here."""
+    store = Store(store_url, auto_migrate=True)
+    expected = {
+        "ix_cf_runs_due_at": "due_at",
+        "ix_cf_runs_parent": "parent_run_id",
+        "ix_cf_runs_slot1": "concurrency_key1",
+        "ix_cf_runs_slot2": "concurrency_key2",
+    }
+    with store.engine.connect() as conn:
+        if store.dialect == "postgresql":
+            rows = conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cf_runs'"
+            )
+        else:
+            rows = conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'cf_runs'"
+            )
+        definitions = {name: " ".join(str(sql).split()) for name, sql in rows}
+    for name, column in expected.items():
+        assert f"WHERE ({column} IS NOT NULL)" in definitions[name] or (
+            f"WHERE {column} IS NOT NULL" in definitions[name]
+        ), definitions[name]
+    assert "WHERE" not in definitions["ix_cf_runs_status_created"]

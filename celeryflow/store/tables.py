@@ -61,6 +61,21 @@ events = sa.Table(
     sa.Index("ix_cf_events_name_received", "name", "received_at"),
 )
 
+
+def partial(where: str) -> dict[str, Any]:
+    """A partial index on PostgreSQL and SQLite (MariaDB indexes every row).
+
+    Every run row is written three times (created, claimed, ended) and each write
+    that changes an indexed column adds an entry to every index of the table. Most
+    runs have no parent, no concurrency key and, once ended, nothing due: leaving
+    those rows out of the indexes that only look for them cut the database's CPU
+    per run by about a sixth (bench/engine.py part 3). Every query on these indexes
+    compares the column with a value, which implies IS NOT NULL, so both databases
+    use them as before."""
+    clause = sa.text(where)
+    return {"postgresql_where": clause, "sqlite_where": clause}
+
+
 runs = sa.Table(
     "cf_runs",
     metadata,
@@ -98,13 +113,29 @@ runs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
-    sa.Index("ix_cf_runs_due_at", "due_at"),
+    sa.Index("ix_cf_runs_due_at", "due_at", **partial("due_at IS NOT NULL")),
     sa.Index("ix_cf_runs_event_id", "event_id"),
     sa.Index("ix_cf_runs_function_created", "function_id", "created_at"),
     sa.Index("ix_cf_runs_status_created", "status", "created_at"),
-    sa.Index("ix_cf_runs_parent", "parent_run_id", "parent_step"),
-    sa.Index("ix_cf_runs_slot1", "function_id", "concurrency_key1", "status", "queue_at"),
-    sa.Index("ix_cf_runs_slot2", "function_id", "concurrency_key2", "status", "queue_at"),
+    sa.Index(
+        "ix_cf_runs_parent", "parent_run_id", "parent_step", **partial("parent_run_id IS NOT NULL")
+    ),
+    sa.Index(
+        "ix_cf_runs_slot1",
+        "function_id",
+        "concurrency_key1",
+        "status",
+        "queue_at",
+        **partial("concurrency_key1 IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_cf_runs_slot2",
+        "function_id",
+        "concurrency_key2",
+        "status",
+        "queue_at",
+        **partial("concurrency_key2 IS NOT NULL"),
+    ),
 )
 
 steps = sa.Table(
