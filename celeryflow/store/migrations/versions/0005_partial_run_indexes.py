@@ -8,6 +8,8 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -35,7 +37,7 @@ def _recreate(partial: bool) -> None:
         return  # MariaDB/MySQL have no partial indexes: theirs stay as they are
     for name, (columns, where) in INDEXES.items():
         op.drop_index(name, "cf_runs")
-        options = {}
+        options: dict[str, Any] = {}
         if partial:
             options = {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
         op.create_index(name, "cf_runs", columns, **options)
