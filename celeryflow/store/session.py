@@ -112,9 +112,16 @@ class SessionStatements:
         # leaves out runs of concurrency-limited functions, which take their slot in
         # a transaction.
         self.single_statement_writes = dialect.name == "postgresql"
-        # `<> ALL(array)`, not NOT IN: an expanding IN is re-rendered on every call
+        # `<> ALL(array)`, not NOT IN: an expanding IN is re-rendered on every call.
+        # The claim's commit need not wait for its WAL flush (see claim()); joining
+        # set_config(..., true), evaluated once as an uncorrelated subquery, makes that
+        # setting local to this one statement's transaction: no SET round trip.
+        asynchronous_commit = sa.select(
+            sa.func.set_config("synchronous_commit", "off", sa.true())
+        ).scalar_subquery()
         self.claim_alone = claim.where(
-            runs.c.function_id != sa.all_(P("limited", type_=postgresql.ARRAY(sa.String)))
+            runs.c.function_id != sa.all_(P("limited", type_=postgresql.ARRAY(sa.String))),
+            asynchronous_commit.is_not(None),
         ).returning(*_CLAIM_COLUMNS)
         self.claimed = sa.select(*_CLAIM_COLUMNS).where(runs.c.id == P("rid"))
         self.load_steps = steps.select().where(steps.c.run_id == P("rid"))
