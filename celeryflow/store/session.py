@@ -410,7 +410,7 @@ class RunSession:
                 result = self.conn.execute(
                     self.sql.finish_alone[status], finish_alone_params(params, writes[0][0])
                 )
-                return result.rowcount == 1, False
+                return result.first() is not None, False
 
         def after(conn: sa.Connection) -> None:
             if clear_waits:

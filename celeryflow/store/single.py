@@ -79,19 +79,18 @@ def event_alone_params(event: dict[str, Any], rows: list[dict[str, Any]]) -> dic
     return params
 
 
-def finish_alone(finish: sa.Update) -> sa.Update:
-    """``finish`` (the run's fenced UPDATE to its end) together with the INSERT of one
-    new step, fenced the same way. The INSERT share-locks the run row, so a cancel
-    committed meanwhile is seen by both parts: both write, or neither."""
-    source = (
-        sa.select(
-            runs.c.id, *(P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n != "run_id")
-        )
-        .where(runs.c.id == P("rid"), runs.c.fence == P("p_fence"))
-        .with_for_update(read=True)
+def finish_alone(finish: sa.Update) -> sa.Insert:
+    """``finish`` (the run's fenced UPDATE to its end) and the INSERT of one new step,
+    which takes its run id from the UPDATE's RETURNING: the step is written exactly
+    when the run's end is, and a cancel or takeover committed meanwhile (seen by the
+    UPDATE when it re-checks the row it waited for) stops both. Returns the step key
+    if both were written. (The UPDATE's own row lock orders it; a share lock taken
+    first, as a lone step write does, would cost a WAL record more.)"""
+    ended = finish.returning(runs.c.id).cte("ended")
+    source = sa.select(
+        ended.c.id, *(P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n != "run_id")
     )
-    step = steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key).cte("s")
-    return finish.where(sa.exists(sa.select(step.c.key))).add_cte(step)
+    return steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key)
 
 
 def finish_alone_params(finish: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
