@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -489,70 +489,68 @@ class RunCounter:
         return last.timestamp()
 
 
-def measure_flow_events(
-    kind: str, broker: str, n: int, runs: int, deadline: float
-) -> dict[str, float]:
-    """Runs/s for N one-step runs: single sends and one batched send."""
-    single: list[float] = []
-    batched: list[float] = []
-    send_single: list[float] = []
-    concurrent: list[float] = []
+Round = dict[str, float]  # rates of one rep: concurrent, single, batched; send_single (s)
+
+
+@contextmanager
+def flow_side(kind: str, broker: str, n: int, deadline: float) -> Iterator[Callable[[int], Round]]:
+    """One store's side of part 3: a fresh store for the whole part; each call measures
+    one rep with a worker started for it (so no other side's worker is running)."""
     queue = new_queue(f"events-{kind}")
     with fresh(kind) as (url, _raw):
         _app, flow = apps.flow_app(broker, url, queue)
         flow.store.engine  # noqa: B018  (migrate before the worker starts)
         counter = RunCounter(url)
         env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": broker, "CF_BENCH_STORE": url}
-        with celery_worker(env, queue):
 
-            def batch(size: int, tag: str) -> list[Event]:
-                return [
-                    Event(name=apps.ONE_STEP_EVENT, data={"i": i, "t": tag}) for i in range(size)
-                ]
+        def batch(size: int, tag: str) -> list[Event]:
+            return [Event(name=apps.ONE_STEP_EVENT, data={"i": i, "t": tag}) for i in range(size)]
 
-            started = time.time()
-            for ev in batch(WARMUP, "warm"):
-                flow.send(ev)
-            counter.wait_for(WARMUP, started, 120)
-            for r in range(runs):
-                evs = batch(n, f"single-{r}")
+        def measure(rep: int) -> Round:
+            with celery_worker(env, queue):
+                started = time.time()
+                for ev in batch(WARMUP, f"warm-{rep}"):
+                    flow.send(ev)
+                counter.wait_for(WARMUP, started, 120)
+
+                evs = batch(n, f"single-{rep}")
                 started = time.time()
                 for ev in evs:
                     flow.send(ev)
-                send_single.append(time.time() - started)
-                single.append(n / (counter.wait_for(n, started, deadline) - started))
+                send_single = time.time() - started
+                single = n / (counter.wait_for(n, started, deadline) - started)
 
-                evs = batch(n, f"batch-{r}")
+                evs = batch(n, f"batch-{rep}")
                 started = time.time()
                 flow.send(evs)
-                batched.append(n / (counter.wait_for(n, started, deadline) - started))
+                batched = n / (counter.wait_for(n, started, deadline) - started)
 
-                evs = batch(n, f"concurrent-{r}")
+                evs = batch(n, f"concurrent-{rep}")
                 started = time.time()
-                send_concurrently(lambda i, evs=evs: flow.send(evs[i]), n)
-                concurrent.append(n / (counter.wait_for(n, started, deadline) - started))
-        counter.engine.dispose()
-        flow.store.engine.dispose()
-    return {
-        "concurrent": median(concurrent),
-        "single": median(single),
-        "batched": median(batched),
-        "send_single": median(send_single),
-    }
+                send_concurrently(lambda i: flow.send(evs[i]), n)
+                concurrent = n / (counter.wait_for(n, started, deadline) - started)
+            return {
+                "concurrent": concurrent,
+                "single": single,
+                "batched": batched,
+                "send_single": send_single,
+            }
+
+        try:
+            yield measure
+        finally:
+            counter.engine.dispose()
+            flow.store.engine.dispose()
 
 
-def measure_plain_events(
-    broker: str, db: int, n: int, runs: int, deadline: float
-) -> dict[str, float]:
+@contextmanager
+def plain_side(broker: str, db: int, n: int, deadline: float) -> Iterator[Callable[[int], Round]]:
+    """Plain Celery's side of part 3, measured per rep like :func:`flow_side`."""
     queue = new_queue("events-plain")
     app = apps.plain_app(broker, queue)
     task = app.tasks["bench.count"]
     r = redis_client(db)
-    r.delete(apps.COUNT_KEY, apps.LAST_AT_KEY)
-    single: list[float] = []
-    batched: list[float] = []
-    send_single: list[float] = []
-    concurrent: list[float] = []
+    env = {"CF_BENCH_KIND": "plain", "CF_BENCH_BROKER": broker}
 
     def wait_for(total: int) -> float:
         wait_until(
@@ -560,67 +558,95 @@ def measure_plain_events(
         )
         return float(r.get(apps.LAST_AT_KEY) or 0)
 
-    with celery_worker({"CF_BENCH_KIND": "plain", "CF_BENCH_BROKER": broker}, queue):
-        expected = 0
-        for _ in range(WARMUP):
-            task.delay()
-        expected += WARMUP
-        wait_for(expected)
-        for _ in range(runs):
+    def measure(rep: int) -> Round:
+        r.delete(apps.COUNT_KEY, apps.LAST_AT_KEY)
+        with celery_worker(env, queue):
+            for _ in range(WARMUP):
+                task.delay()
+            expected = WARMUP
+            wait_for(expected)
+
             started = time.time()
             for _ in range(n):
                 task.delay()
-            send_single.append(time.time() - started)
+            send_single = time.time() - started
             expected += n
-            single.append(n / (wait_for(expected) - started))
+            single = n / (wait_for(expected) - started)
 
             started = time.time()
             with app.producer_or_acquire() as producer:
                 for _ in range(n):
                     task.apply_async(producer=producer)
             expected += n
-            batched.append(n / (wait_for(expected) - started))
+            batched = n / (wait_for(expected) - started)
 
             started = time.time()
             send_concurrently(lambda i: task.delay(), n)
             expected += n
-            concurrent.append(n / (wait_for(expected) - started))
-    r.close()
-    return {
-        "concurrent": median(concurrent),
-        "single": median(single),
-        "batched": median(batched),
-        "send_single": median(send_single),
-    }
+            concurrent = n / (wait_for(expected) - started)
+        return {
+            "concurrent": concurrent,
+            "single": single,
+            "batched": batched,
+            "send_single": send_single,
+        }
+
+    try:
+        yield measure
+    finally:
+        r.close()
 
 
 def part_events(kinds: list[str], broker: str, db: int, n: int, runs: int) -> Table:
     table = Table(
         f"3. Throughput: {n:,} events -> one-step runs vs {n:,} plain tasks "
-        f"(worker -c 2 prefork, median of {runs})"
+        f"(worker -c 2 prefork, median of {runs} interleaved reps)"
     )
     deadline = 180.0
-    plain = measure_plain_events(broker, db, n, runs, deadline)
+    rounds: dict[str, list[Round]] = {"plain": [], **{k: [] for k in kinds}}
+    with ExitStack() as stack:
+        sides = {"plain": stack.enter_context(plain_side(broker, db, n, deadline))}
+        for kind in kinds:
+            sides[kind] = stack.enter_context(flow_side(kind, broker, n, deadline))
+        order = list(sides)
+        for rep in range(runs):
+            # every rep measures each side once, in an order rotated per rep, so a
+            # machine that speeds up or slows down over the part does not favour one side
+            shift = rep % len(order)
+            for name in order[shift:] + order[:shift]:
+                rounds[name].append(sides[name](rep))
+
+    plain = rounds["plain"]
+
+    def rate(side: list[Round], key: str) -> float:
+        return median([r[key] for r in side])
+
+    def ratio(side: list[Round], key: str) -> float:
+        """Median over reps of the ratio within each rep (higher is better for us)."""
+        if key == "send_single":
+            return median([p[key] / f[key] for f, p in zip(side, plain, strict=True)])
+        return median([f[key] / p[key] for f, p in zip(side, plain, strict=True)])
+
     for kind in kinds:
-        flow = measure_flow_events(kind, broker, n, runs, deadline)
+        flow = rounds[kind]
         label = STORE_LABEL[kind]
-        ratio = flow["concurrent"] / plain["concurrent"]
+        concurrent = ratio(flow, "concurrent")
         table.add(
             Row(
                 f"{label}: flow.send(event) x N, {SENDERS} senders",
-                fmt_rate(flow["concurrent"]),
-                f"{fmt_rate(plain['concurrent'])} task.delay() x N",
-                ratio,
+                fmt_rate(rate(flow, "concurrent")),
+                f"{fmt_rate(rate(plain, 'concurrent'))} task.delay() x N",
+                concurrent,
                 ">= 0.5x",
-                ratio >= 0.5,
+                concurrent >= 0.5,
             )
         )
-        single = flow["single"] / plain["single"]
+        single = ratio(flow, "single")
         table.add(
             Row(
                 f"{label}: flow.send(event) x N, 1 sender",
-                fmt_rate(flow["single"]),
-                f"{fmt_rate(plain['single'])} task.delay() x N",
+                fmt_rate(rate(flow, "single")),
+                f"{fmt_rate(rate(plain, 'single'))} task.delay() x N",
                 single,
                 ">= 0.5x",
                 single >= 0.5,
@@ -629,19 +655,29 @@ def part_events(kinds: list[str], broker: str, db: int, n: int, runs: int) -> Ta
         table.add(
             Row(
                 f"{label}: flow.send([N events]) (info)",
-                fmt_rate(flow["batched"]),
-                f"{fmt_rate(plain['batched'])} one producer",
-                flow["batched"] / plain["batched"],
+                fmt_rate(rate(flow, "batched")),
+                f"{fmt_rate(rate(plain, 'batched'))} one producer",
+                ratio(flow, "batched"),
             )
         )
         table.add(
             Row(
                 f"{label}: sending alone, N single sends (info)",
-                fmt_rate(n / flow["send_single"]),
-                f"{fmt_rate(n / plain['send_single'])} task.delay()",
-                plain["send_single"] / flow["send_single"],
+                fmt_rate(n / rate(flow, "send_single")),
+                f"{fmt_rate(n / rate(plain, 'send_single'))} task.delay()",
+                ratio(flow, "send_single"),
             )
         )
+
+    def per_rep_ratios(kind: str, key: str) -> str:
+        pairs = zip(rounds[kind], plain, strict=True)
+        return "/".join(f"{f[key] / p[key]:.2f}" for f, p in pairs)
+
+    per_rep = "; ".join(
+        f"{STORE_LABEL[k]} {SENDERS} senders {per_rep_ratios(k, 'concurrent')}, "
+        f"1 sender {per_rep_ratios(k, 'single')}"
+        for k in kinds
+    )
     table.notes += [
         "rate = N / (time from the first send until the last run/task finished); sending "
         "happens in this process while the worker runs, as in production.",
@@ -655,10 +691,14 @@ def part_events(kinds: list[str], broker: str, db: int, n: int, runs: int) -> Ta
         "the poll takes little CPU from what it measures).",
         "plain: a trivial task that INCRs a Redis counter and SETs its time.time() (one "
         "pipelined round trip); the end is that time once the counter reaches N.",
-        f"same worker for both: python -m celery -A bench/apps.py worker -c 2 --pool prefork "
-        f"--without-gossip --without-mingle --without-heartbeat; {WARMUP} warm-up "
-        "runs/tasks first; same Redis db, no result backend.",
+        "the same worker command for both: python -m celery -A bench/apps.py worker -c 2 "
+        "--pool prefork --without-gossip --without-mingle --without-heartbeat; "
+        f"{WARMUP} warm-up runs/tasks each rep; same Redis db, no result backend.",
         "'sending alone' ratio = plain send time / celeryflow send time.",
+        f"interleaved: each rep measures plain Celery and each store once, one after the "
+        f"other in an order rotated per rep, each with a worker started for it and no other "
+        f"worker running; rates are medians over reps, ratios the median of the ratios "
+        f"within each rep (per rep: {per_rep}).",
     ]
     return table
 
