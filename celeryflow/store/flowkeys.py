@@ -206,12 +206,17 @@ def _join_batch(
 # -- concurrency slots ------------------------------------------------------------------
 
 
+def _counted(where: list[Any], at_most: int) -> sa.ScalarSelect[int]:
+    """How many runs match, counting no further than ``at_most`` (a subquery)."""
+    inner = sa.select(runs.c.id).where(*where).limit(at_most).subquery()
+    return sa.select(sa.func.count()).select_from(inner).scalar_subquery()
+
+
 def _count(conn: sa.Connection, where: list[Any], at_most: int) -> int:
     """How many runs match, counting no further than ``at_most``."""
     if at_most <= 0:
         return 0
-    inner = sa.select(runs.c.id).where(*where).limit(at_most).subquery()
-    return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar() or 0)
+    return int(conn.execute(sa.select(_counted(where, at_most))).scalar() or 0)
 
 
 def _eligible(now: datetime) -> Any:
@@ -239,16 +244,19 @@ def take_slot(
             continue
         _locked(conn, insert_ignore, run["function_id"], f"concurrency{index + 1}", key)
         same = [runs.c.function_id == run["function_id"], column == key]
-        running = _count(
-            conn, [*same, runs.c.status == S.RUNNING.value, runs.c.id != run["id"]], limit
-        )
-        if running >= limit:
-            return False
         mine = run["queue_at"] or now
         ahead = sa.or_(
             runs.c.queue_at < mine, sa.and_(runs.c.queue_at == mine, runs.c.id < run["id"])
         )
-        if running + _count(conn, [*same, _eligible(now), ahead], limit - running) >= limit:
+        # Both counts in one statement: the key's row lock is held until the commit,
+        # and every round trip under it is one more that the claims behind it wait for.
+        running, queued_ahead = conn.execute(
+            sa.select(
+                _counted([*same, runs.c.status == S.RUNNING.value, runs.c.id != run["id"]], limit),
+                _counted([*same, _eligible(now), ahead], limit),
+            )
+        ).one()
+        if int(running or 0) + int(queued_ahead or 0) >= limit:
             return False
     return True
 
