@@ -10,8 +10,13 @@ Parts, each a table of figures with the baseline, the ratio and the target:
              vs one INSERT + COMMIT of a step-sized row with SQLAlchemy Core on the same
              database and engine settings; target <= 1.6x.
 2. chain  -- wall time of a 100-step function vs a Celery ``chain`` of 100 trivial tasks
-             on the same Redis broker, both on an in-process thread worker (-c 2);
+             on the same Redis broker, both on a worker subprocess (--pool threads -c 2);
              target: celeryflow >= 10x faster.
+
+Every part measures its sides in rounds, rotating their order each round, and takes
+each ratio within a round (the median over rounds is shown): this VM's speed drifts by
+up to 1.5x within minutes, which a baseline measured once, before or after, would
+carry into the ratio.
 3. events -- one-step runs per second from N events vs N plain trivial tasks, both on a
              subprocess ``celery worker -c 2 --pool prefork`` on the same Redis broker;
              target >= 0.5x.
@@ -128,27 +133,26 @@ def step_row(run_id: str, i: int, now: datetime) -> dict[str, Any]:
     }
 
 
-def measure_engine_steps(kind: str, broker: str, runs: int) -> dict[str, float]:
-    """Median per-step costs of a 100-step function on a real in-process worker."""
-    per_step_run: list[float] = []
-    per_step_span: list[float] = []
+@contextmanager
+def engine_steps(kind: str, broker: str) -> Iterator[Callable[[], tuple[float, float]]]:
+    """Rounds of a 100-step function on a real in-process worker: each call returns
+    (claim->completion / 100, step span / 99) of one run."""
     with fresh(kind) as (url, _raw):
         app, flow = apps.flow_app(broker, url, new_queue(f"steps-{kind}"))
         with start_test_worker(app, pool="threads", concurrency=2):
-            for n in range(runs + 1):
+
+            def measure() -> tuple[float, float]:
                 [event_id] = flow.send(Event(name=apps.HUNDRED_EVENT))
                 run = poll_run(flow, event_id)
                 if len(run.steps) != apps.STEPS:
                     raise RuntimeError(f"run {run.id} recorded {len(run.steps)} steps")
-                if n == 0:
-                    continue  # warm-up: connections, statement caches, imports
                 claim_to_end = utc_ts(run.ended_at) - utc_ts(run.started_at)
                 first, last = run.steps[0], run.steps[-1]
                 span = utc_ts(last.ended_at) - utc_ts(first.started_at)
-                per_step_run.append(claim_to_end / apps.STEPS)
-                per_step_span.append(span / (apps.STEPS - 1))
+                return claim_to_end / apps.STEPS, span / (apps.STEPS - 1)
+
+            yield measure
         flow.store.engine.dispose()
-    return {"run": median(per_step_run), "span": median(per_step_span)}
 
 
 def scratch_table() -> sa.Table:
@@ -156,87 +160,95 @@ def scratch_table() -> sa.Table:
     return steps_table.to_metadata(sa.MetaData(), name="bench_scratch")
 
 
-def measure_sa_inserts(url: str, runs: int) -> float:
-    """Median cost of one INSERT + COMMIT with SQLAlchemy Core, celeryflow's engine setup."""
+@contextmanager
+def sa_inserts(url: str) -> Iterator[Callable[[], float]]:
+    """Rounds of 100 x INSERT + COMMIT with SQLAlchemy Core, celeryflow's engine setup;
+    each call returns the cost of one."""
     engine = create_store_engine(url)
     table = scratch_table()
     table.metadata.create_all(engine)
     insert = table.insert()
-    results: list[float] = []
-    for n in range(runs + 1):
-        run_id = f"sa-{n:04d}-{os.urandom(8).hex()}"
+
+    def measure() -> float:
+        run_id = f"sa-{os.urandom(8).hex()}"
         now = datetime.now().astimezone()
         started = time.perf_counter()
         for i in range(apps.STEPS):
             with engine.begin() as conn:
                 conn.execute(insert, step_row(run_id, i, now))
-        if n:  # the first round warms up
-            results.append((time.perf_counter() - started) / apps.STEPS)
-    engine.dispose()
-    return median(results)
+        return (time.perf_counter() - started) / apps.STEPS
+
+    try:
+        yield measure
+    finally:
+        engine.dispose()
 
 
-def measure_raw_inserts(kind: str, raw: str, runs: int) -> float:
-    """The same INSERT + COMMIT through the driver alone (psycopg / sqlite3)."""
+@contextmanager
+def raw_inserts(kind: str, raw: str) -> Iterator[Callable[[], float]]:
+    """The same INSERT + COMMIT through the driver alone (psycopg / sqlite3), into the
+    scratch table :func:`sa_inserts` created."""
     cols = [c.name for c in steps_table.c]
     naive = datetime.utcnow()  # the columns hold naive UTC
-    results: list[float] = []
     if kind == "postgresql":
         import psycopg
 
         marks = ", ".join(["%s"] * len(cols))
         sql = f"INSERT INTO bench_scratch ({', '.join(cols)}) VALUES ({marks})"
-        with psycopg.connect(raw) as conn:
-            for n in range(runs + 1):
-                run_id = f"pg-{n:04d}-{os.urandom(8).hex()}"
+        with psycopg.connect(raw) as pg:
+
+            def measure_pg() -> float:
+                run_id = f"pg-{os.urandom(8).hex()}"
                 started = time.perf_counter()
                 for i in range(apps.STEPS):
                     row = step_row(run_id, i, naive)
-                    conn.execute(sql, [row[c] for c in cols])
-                    conn.commit()
-                if n:
-                    results.append((time.perf_counter() - started) / apps.STEPS)
-    else:
-        sql = f"INSERT INTO bench_scratch ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        conn = sqlite3.connect(raw, isolation_level=None, timeout=60)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-            conn.execute(f"PRAGMA {pragma}")
-        try:
-            for n in range(runs + 1):
-                run_id = f"lite-{n:04d}-{os.urandom(8).hex()}"
-                started = time.perf_counter()
-                for i in range(apps.STEPS):
-                    row = step_row(run_id, i, naive)
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.execute(sql, [row[c] for c in cols])
-                    conn.execute("COMMIT")
-                if n:
-                    results.append((time.perf_counter() - started) / apps.STEPS)
-        finally:
-            conn.close()
-    return median(results)
+                    pg.execute(sql, [row[c] for c in cols])
+                    pg.commit()
+                return (time.perf_counter() - started) / apps.STEPS
+
+            yield measure_pg
+        return
+    sql = f"INSERT INTO bench_scratch ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    lite = sqlite3.connect(raw, isolation_level=None, timeout=60)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+        lite.execute(f"PRAGMA {pragma}")
+
+    def measure_lite() -> float:
+        run_id = f"lite-{os.urandom(8).hex()}"
+        started = time.perf_counter()
+        for i in range(apps.STEPS):
+            row = step_row(run_id, i, naive)
+            lite.execute("BEGIN IMMEDIATE")
+            lite.execute(sql, [row[c] for c in cols])
+            lite.execute("COMMIT")
+        return (time.perf_counter() - started) / apps.STEPS
+
+    try:
+        yield measure_lite
+    finally:
+        lite.close()
 
 
-def measure_floors(runs: int) -> tuple[float, float]:
+@contextmanager
+def floors() -> Iterator[Callable[[], tuple[float, float]]]:
     """What 100 steps cost on this PostgreSQL before any engine work, through psycopg
     alone: 100 INSERTs of a cf_steps-shaped row each in autocommit (one round trip
     and one WAL flush: the least a step made durable before the next can cost), and
     100 bare round trips (SELECT 1: the least any step that waits for the database
-    can cost). Returns (inserts, round trips), each for all 100."""
+    can cost). Each call returns (inserts, round trips), each for all 100."""
     import psycopg
 
     cols = [c.name for c in steps_table.c]
     naive = datetime.utcnow()
     sql = f"INSERT INTO bench_scratch ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
-    inserts: list[float] = []
-    trips: list[float] = []
     with fresh("postgresql") as (url, raw):
         engine = create_store_engine(url)
         scratch_table().metadata.create_all(engine)
         engine.dispose()
         with psycopg.connect(raw, autocommit=True) as conn:
-            for n in range(runs + 1):
-                run_id = f"floor-{n:04d}-{os.urandom(8).hex()}"
+
+            def measure() -> tuple[float, float]:
+                run_id = f"floor-{os.urandom(8).hex()}"
                 started = time.perf_counter()
                 for i in range(apps.STEPS):
                     row = step_row(run_id, i, naive)
@@ -244,26 +256,54 @@ def measure_floors(runs: int) -> tuple[float, float]:
                 middle = time.perf_counter()
                 for _ in range(apps.STEPS):
                     conn.execute("SELECT 1")
-                if n:
-                    inserts.append(middle - started)
-                    trips.append(time.perf_counter() - middle)
-    return median(inserts), median(trips)
+                return middle - started, time.perf_counter() - middle
+
+            yield measure
+
+
+def rounds(runs: int, measures: dict[str, Callable[[], Any]]) -> dict[str, list[Any]]:
+    """One warm-up round, then ``runs`` rounds, each calling every measure once in an
+    order rotated per round, so a machine whose speed drifts during the part does not
+    favour one side: ratios are then taken within each round."""
+    names = list(measures)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    for n in range(runs + 1):
+        shift = n % len(names)
+        for name in names[shift:] + names[:shift]:
+            value = measures[name]()
+            if n:  # the first round warms up: connections, statement caches, imports
+                results[name].append(value)
+    return results
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of ours / theirs within each round."""
+    return median([a / b for a, b in zip(ours, theirs, strict=True)])
 
 
 def part_steps(kinds: list[str], broker: str, runs: int) -> Table:
-    table = Table(f"1. Per-step overhead: 100-step function vs INSERT+COMMIT (median of {runs})")
+    table = Table(
+        f"1. Per-step overhead: 100-step function vs INSERT+COMMIT (median of {runs} rounds)"
+    )
     for kind in kinds:
         label = STORE_LABEL[kind]
-        engine = measure_engine_steps(kind, broker, runs)
-        with fresh(kind) as (url, raw):
-            base = measure_sa_inserts(url, runs)
-            raw_cost = measure_raw_inserts(kind, raw, runs)
-        ratio = engine["run"] / base
+        with ExitStack() as stack:
+            url, raw = stack.enter_context(fresh(kind))
+            measures: dict[str, Callable[[], Any]] = {
+                "engine": stack.enter_context(engine_steps(kind, broker)),
+                "sa": stack.enter_context(sa_inserts(url)),
+            }
+            measures["raw"] = stack.enter_context(raw_inserts(kind, raw))
+            got = rounds(runs, measures)
+        run = [r for r, _span in got["engine"]]
+        span = [s for _run, s in got["engine"]]
+        base, raw_cost = got["sa"], got["raw"]
+        ratio = paired(run, base)
         table.add(
             Row(
                 f"{label}: per step, claim->completion / 100",
-                fmt_time(engine["run"]),
-                f"{fmt_time(base)} SA Core",
+                fmt_time(median(run)),
+                f"{fmt_time(median(base))} SA Core",
                 ratio,
                 "<= 1.6x",
                 ratio <= 1.6,
@@ -272,17 +312,17 @@ def part_steps(kinds: list[str], broker: str, runs: int) -> Table:
         table.add(
             Row(
                 f"{label}: per step, step span / 99 (info)",
-                fmt_time(engine["span"]),
-                f"{fmt_time(base)} SA Core",
-                engine["span"] / base,
+                fmt_time(median(span)),
+                f"{fmt_time(median(base))} SA Core",
+                paired(span, base),
             )
         )
         table.add(
             Row(
                 f"{label}: same vs raw driver (info)",
-                fmt_time(engine["run"]),
-                f"{fmt_time(raw_cost)} {'psycopg' if kind == 'postgresql' else 'sqlite3'}",
-                engine["run"] / raw_cost,
+                fmt_time(median(run)),
+                f"{fmt_time(median(raw_cost))} {'psycopg' if kind == 'postgresql' else 'sqlite3'}",
+                paired(run, raw_cost),
             )
         )
     table.notes += [
@@ -297,8 +337,12 @@ def part_steps(kinds: list[str], broker: str, runs: int) -> Table:
         "table with cf_steps' columns, via SQLAlchemy Core on create_store_engine(url) "
         "(SQLite: WAL, synchronous=NORMAL, BEGIN IMMEDIATE); raw driver rows use the same "
         "statement and, for SQLite, the same pragmas.",
-        "fresh database per measurement (PostgreSQL cf_bench_<hex>, SQLite in a temp dir); "
-        "one warm-up round before the timed ones.",
+        "rounds: one warm-up, then each round runs the function once and each baseline once "
+        "(100 INSERTs), in an order rotated per round; shown are medians of each, and the "
+        "ratio is the median of the ratios within each round (this VM's speed drifts by up "
+        "to 1.5x within minutes).",
+        "fresh databases (PostgreSQL cf_bench_<hex>, SQLite in a temp dir): one for the "
+        "store, one for the baselines' scratch table.",
     ]
     return table
 
@@ -308,12 +352,17 @@ def part_steps(kinds: list[str], broker: str, runs: int) -> Table:
 # ======================================================================================
 
 
-def measure_chain(broker: str, db: int, runs: int) -> float:
-    app = apps.plain_app(broker, new_queue("chain"))
+@contextmanager
+def chain_rounds(broker: str, db: int) -> Iterator[Callable[[], float]]:
+    """Rounds of a Celery chain of 100 tasks on a worker subprocess (thread pool, -c 2);
+    each call returns its wall time."""
+    queue = new_queue("chain")
+    app = apps.plain_app(broker, queue)
     r = redis_client(db)
-    results: list[float] = []
-    with start_test_worker(app, pool="threads", concurrency=2):
-        for n in range(runs + 1):
+    env = {"CF_BENCH_KIND": "plain", "CF_BENCH_BROKER": broker}
+    with celery_worker(env, queue, pool="threads"):
+
+        def measure() -> float:
             r.delete(apps.CHAIN_KEY)
             signature = apps.hundred_chain(app)
             started = time.time()
@@ -321,61 +370,80 @@ def measure_chain(broker: str, db: int, runs: int) -> float:
             popped = r.blpop([apps.CHAIN_KEY], timeout=120)
             if popped is None:
                 raise TimeoutError("the chain did not finish in 120 s")
-            if n:
-                results.append(float(popped[1]) - started)
+            return float(popped[1]) - started
+
+        yield measure
     r.close()
-    return median(results)
 
 
-def measure_flow_wall(kind: str, broker: str, runs: int) -> float:
-    results: list[float] = []
+@contextmanager
+def flow_wall(kind: str, broker: str) -> Iterator[Callable[[], float]]:
+    """Rounds of a 100-step function from send to its end, on a worker subprocess
+    (thread pool, -c 2); each call returns the wall time."""
+    queue = new_queue(f"wall-{kind}")
     with fresh(kind) as (url, _raw):
-        app, flow = apps.flow_app(broker, url, new_queue(f"wall-{kind}"))
-        flow.store.engine  # noqa: B018  (migrate before timing)
-        with start_test_worker(app, pool="threads", concurrency=2):
-            for n in range(runs + 1):
+        _app, flow = apps.flow_app(broker, url, queue)
+        flow.store.engine  # noqa: B018  (migrate before the worker starts)
+        env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": broker, "CF_BENCH_STORE": url}
+        with celery_worker(env, queue, pool="threads"):
+
+            def measure() -> float:
                 started = time.time()
                 [event_id] = flow.send(Event(name=apps.HUNDRED_EVENT))
                 run = poll_run(flow, event_id)
-                if n:
-                    results.append(utc_ts(run.ended_at) - started)
+                return utc_ts(run.ended_at) - started
+
+            yield measure
         flow.store.engine.dispose()
-    return median(results)
 
 
 def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
     table = Table(
-        f"2. Wall time: 100-step function vs chain of 100 Celery tasks (median of {runs})"
+        f"2. Wall time: 100-step function vs chain of 100 Celery tasks (median of {runs} rounds)"
     )
-    chain_wall = measure_chain(broker, db, runs)
+    with ExitStack() as stack:
+        measures: dict[str, Callable[[], Any]] = {
+            "chain": stack.enter_context(chain_rounds(broker, db))
+        }
+        for kind in kinds:
+            measures[kind] = stack.enter_context(flow_wall(kind, broker))
+        if "postgresql" in kinds:
+            measures["floors"] = stack.enter_context(floors())
+        got = rounds(runs, measures)
+    chain_wall = got["chain"]
     for kind in kinds:
-        wall = measure_flow_wall(kind, broker, runs)
-        speedup = chain_wall / wall
+        wall = got[kind]
+        speedup = paired(chain_wall, wall)
         table.add(
             Row(
                 f"{STORE_LABEL[kind]} store: send -> run completed",
-                fmt_time(wall),
-                f"{fmt_time(chain_wall)} chain",
+                fmt_time(median(wall)),
+                f"{fmt_time(median(chain_wall))} chain",
                 speedup,
                 ">= 10x faster",
                 speedup >= 10,
             )
         )
         if kind == "postgresql":
-            inserts, trips = measure_floors(runs)
+            inserts = [i for i, _t in got["floors"]]
+            trips = [t for _i, t in got["floors"]]
             for what, floor in (("durable INSERTs", inserts), ("round trips", trips)):
                 table.add(
                     Row(
                         f"PostgreSQL: floor, 100 {what} alone (info)",
-                        fmt_time(floor),
-                        f"{fmt_time(chain_wall)} chain",
-                        chain_wall / floor,
+                        fmt_time(median(floor)),
+                        f"{fmt_time(median(chain_wall))} chain",
+                        paired(chain_wall, floor),
                     )
                 )
     table.notes += [
-        "ratio = chain wall time / celeryflow wall time (higher is better for celeryflow).",
-        "both sides: the same Redis broker, an in-process Celery worker (thread pool, -c 2), "
-        "one warm-up round; no result backend.",
+        "ratio = chain wall time / celeryflow wall time (higher is better for celeryflow), "
+        "the median of the ratios within each round.",
+        "both sides: the same Redis broker, a worker subprocess each (python -m celery -A "
+        "bench/apps.py worker --pool threads -c 2), no result backend; the part's workers "
+        "run throughout (an idle one waits on Redis).",
+        "rounds: one warm-up, then each round runs the chain, each store's function and the "
+        "floors once, in an order rotated per round.",
         "chain: chain(hop.si() x 99, last.si()).apply_async(); timed from apply_async until "
         "the last task's time.time(), which it RPUSHes to Redis.",
         "celeryflow: timed from flow.send(event) until run.ended_at (taken just before the "
@@ -394,8 +462,10 @@ def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
 
 
 @contextmanager
-def celery_worker(env: dict[str, str], queue: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m celery -A apps worker -c 2 --pool prefork`` on ``queue``."""
+def celery_worker(
+    env: dict[str, str], queue: str, pool: str = "prefork"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m celery -A apps worker -c 2 --pool <pool>`` on ``queue``."""
     cmd = [
         sys.executable,
         "-m",
@@ -406,7 +476,7 @@ def celery_worker(env: dict[str, str], queue: str) -> Iterator[subprocess.Popen[
         "-c",
         "2",
         "--pool",
-        "prefork",
+        pool,
         "-Q",
         queue,
         "--loglevel",
