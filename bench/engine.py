@@ -789,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default="postgresql,sqlite", help="postgresql,sqlite")
     parser.add_argument("--runs", type=int, default=5, help="timed repeats for parts 1 and 2")
     parser.add_argument("--events", type=int, default=1000, help="N for part 3")
-    parser.add_argument("--event-runs", type=int, default=3, help="timed repeats for part 3")
+    parser.add_argument("--event-runs", type=int, default=5, help="timed repeats for part 3")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
