@@ -27,6 +27,7 @@ Needs PostgreSQL and Redis as in tests/services.py (see bench/common.py to overr
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -261,17 +262,21 @@ def floors() -> Iterator[Callable[[], tuple[float, float]]]:
             yield measure
 
 
-def rounds(runs: int, measures: dict[str, Callable[[], Any]]) -> dict[str, list[Any]]:
-    """One warm-up round, then ``runs`` rounds, each calling every measure once in an
-    order rotated per round, so a machine whose speed drifts during the part does not
-    favour one side: ratios are then taken within each round."""
+def rounds(
+    runs: int, measures: dict[str, Callable[[], Any]], *, warm_up: bool = True
+) -> dict[str, list[Any]]:
+    """``runs`` rounds (after one warm-up round unless the measures warm up
+    themselves), each calling every measure once in an order rotated per round, so a
+    machine whose speed drifts during the part does not favour one side: ratios are
+    then taken within each round."""
     names = list(measures)
     results: dict[str, list[Any]] = {name: [] for name in names}
-    for n in range(runs + 1):
+    first = 0 if warm_up else 1
+    for n in range(first, runs + 1):
         shift = n % len(names)
         for name in names[shift:] + names[:shift]:
             value = measures[name]()
-            if n:  # the first round warms up: connections, statement caches, imports
+            if n:  # round 0 warms up: connections, statement caches, imports
                 results[name].append(value)
     return results
 
@@ -560,10 +565,43 @@ class RunCounter:
 
 
 Round = dict[str, float]  # rates of one rep: concurrent, single, batched; send_single (s)
+PHASES = ("single", "batch", "concurrent")
+
+
+def round_rates(
+    n: int,
+    *,
+    send_one: Callable[[int], Any],
+    send_batch: Callable[[], Any],
+    send_concurrent: Callable[[int], Any],
+    finished: Callable[[float], float],
+) -> Round:
+    """One rep, the same schedule on both sides: N serial sends, one batch of N, N sends
+    from SENDERS threads; each rate runs until ``finished(started)``, the time the
+    last of the phase's N runs or tasks ended."""
+    started = time.time()
+    for i in range(n):
+        send_one(i)
+    send_single = time.time() - started
+    single = n / (finished(started) - started)
+
+    started = time.time()
+    send_batch()
+    batched = n / (finished(started) - started)
+
+    started = time.time()
+    send_concurrently(send_concurrent, n)
+    concurrent = n / (finished(started) - started)
+    return {
+        "concurrent": concurrent,
+        "single": single,
+        "batched": batched,
+        "send_single": send_single,
+    }
 
 
 @contextmanager
-def flow_side(kind: str, broker: str, n: int, deadline: float) -> Iterator[Callable[[int], Round]]:
+def flow_side(kind: str, broker: str, n: int, deadline: float) -> Iterator[Callable[[], Round]]:
     """One store's side of part 3: a fresh store for the whole part; each call measures
     one rep with a worker started for it (so no other side's worker is running)."""
     queue = new_queue(f"events-{kind}")
@@ -576,35 +614,24 @@ def flow_side(kind: str, broker: str, n: int, deadline: float) -> Iterator[Calla
         def batch(size: int, tag: str) -> list[Event]:
             return [Event(name=apps.ONE_STEP_EVENT, data={"i": i, "t": tag}) for i in range(size)]
 
-        def measure(rep: int) -> Round:
+        reps = itertools.count(1)
+
+        def measure() -> Round:
+            rep = next(reps)
             with celery_worker(env, queue):
                 started = time.time()
                 for ev in batch(WARMUP, f"warm-{rep}"):
                     flow.send(ev)
                 counter.wait_for(WARMUP, started, 120)
 
-                evs = batch(n, f"single-{rep}")
-                started = time.time()
-                for ev in evs:
-                    flow.send(ev)
-                send_single = time.time() - started
-                single = n / (counter.wait_for(n, started, deadline) - started)
-
-                evs = batch(n, f"batch-{rep}")
-                started = time.time()
-                flow.send(evs)
-                batched = n / (counter.wait_for(n, started, deadline) - started)
-
-                evs = batch(n, f"concurrent-{rep}")
-                started = time.time()
-                send_concurrently(lambda i: flow.send(evs[i]), n)
-                concurrent = n / (counter.wait_for(n, started, deadline) - started)
-            return {
-                "concurrent": concurrent,
-                "single": single,
-                "batched": batched,
-                "send_single": send_single,
-            }
+                evs = {phase: batch(n, f"{phase}-{rep}") for phase in PHASES}
+                return round_rates(
+                    n,
+                    send_one=lambda i: flow.send(evs["single"][i]),
+                    send_batch=lambda: flow.send(evs["batch"]),
+                    send_concurrent=lambda i: flow.send(evs["concurrent"][i]),
+                    finished=lambda started: counter.wait_for(n, started, deadline),
+                )
 
         try:
             yield measure
@@ -614,7 +641,7 @@ def flow_side(kind: str, broker: str, n: int, deadline: float) -> Iterator[Calla
 
 
 @contextmanager
-def plain_side(broker: str, db: int, n: int, deadline: float) -> Iterator[Callable[[int], Round]]:
+def plain_side(broker: str, db: int, n: int, deadline: float) -> Iterator[Callable[[], Round]]:
     """Plain Celery's side of part 3, measured per rep like :func:`flow_side`."""
     queue = new_queue("events-plain")
     app = apps.plain_app(broker, queue)
@@ -628,7 +655,7 @@ def plain_side(broker: str, db: int, n: int, deadline: float) -> Iterator[Callab
         )
         return float(r.get(apps.LAST_AT_KEY) or 0)
 
-    def measure(rep: int) -> Round:
+    def measure() -> Round:
         r.delete(apps.COUNT_KEY, apps.LAST_AT_KEY)
         with celery_worker(env, queue):
             for _ in range(WARMUP):
@@ -636,30 +663,23 @@ def plain_side(broker: str, db: int, n: int, deadline: float) -> Iterator[Callab
             expected = WARMUP
             wait_for(expected)
 
-            started = time.time()
-            for _ in range(n):
-                task.delay()
-            send_single = time.time() - started
-            expected += n
-            single = n / (wait_for(expected) - started)
+            def finished(_started: float) -> float:
+                nonlocal expected
+                expected += n
+                return wait_for(expected)
 
-            started = time.time()
-            with app.producer_or_acquire() as producer:
-                for _ in range(n):
-                    task.apply_async(producer=producer)
-            expected += n
-            batched = n / (wait_for(expected) - started)
+            def send_batch() -> None:
+                with app.producer_or_acquire() as producer:
+                    for _ in range(n):
+                        task.apply_async(producer=producer)
 
-            started = time.time()
-            send_concurrently(lambda i: task.delay(), n)
-            expected += n
-            concurrent = n / (wait_for(expected) - started)
-        return {
-            "concurrent": concurrent,
-            "single": single,
-            "batched": batched,
-            "send_single": send_single,
-        }
+            return round_rates(
+                n,
+                send_one=lambda i: task.delay(),
+                send_batch=send_batch,
+                send_concurrent=lambda i: task.delay(),
+                finished=finished,
+            )
 
     try:
         yield measure
@@ -673,32 +693,26 @@ def part_events(kinds: list[str], broker: str, db: int, n: int, runs: int) -> Ta
         f"(worker -c 2 prefork, median of {runs} interleaved reps)"
     )
     deadline = 180.0
-    rounds: dict[str, list[Round]] = {"plain": [], **{k: [] for k in kinds}}
     with ExitStack() as stack:
         sides = {"plain": stack.enter_context(plain_side(broker, db, n, deadline))}
         for kind in kinds:
             sides[kind] = stack.enter_context(flow_side(kind, broker, n, deadline))
-        order = list(sides)
-        for rep in range(runs):
-            # every rep measures each side once, in an order rotated per rep, so a
-            # machine that speeds up or slows down over the part does not favour one side
-            shift = rep % len(order)
-            for name in order[shift:] + order[:shift]:
-                rounds[name].append(sides[name](rep))
+        # each side warms up its own worker at the start of every rep
+        got: dict[str, list[Round]] = rounds(runs, sides, warm_up=False)
 
-    plain = rounds["plain"]
+    plain = got["plain"]
 
     def rate(side: list[Round], key: str) -> float:
         return median([r[key] for r in side])
 
     def ratio(side: list[Round], key: str) -> float:
         """Median over reps of the ratio within each rep (higher is better for us)."""
-        if key == "send_single":
-            return median([p[key] / f[key] for f, p in zip(side, plain, strict=True)])
-        return median([f[key] / p[key] for f, p in zip(side, plain, strict=True)])
+        ours, theirs = [r[key] for r in side], [r[key] for r in plain]
+        # a send time, not a rate: the plain one over ours
+        return paired(theirs, ours) if key == "send_single" else paired(ours, theirs)
 
     for kind in kinds:
-        flow = rounds[kind]
+        flow = got[kind]
         label = STORE_LABEL[kind]
         concurrent = ratio(flow, "concurrent")
         table.add(
@@ -740,7 +754,7 @@ def part_events(kinds: list[str], broker: str, db: int, n: int, runs: int) -> Ta
         )
 
     def per_rep_ratios(kind: str, key: str) -> str:
-        pairs = zip(rounds[kind], plain, strict=True)
+        pairs = zip(got[kind], plain, strict=True)
         return "/".join(f"{f[key] / p[key]:.2f}" for f, p in pairs)
 
     per_rep = "; ".join(
