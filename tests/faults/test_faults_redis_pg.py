@@ -13,19 +13,21 @@ from pathlib import Path
 
 import pytest
 from conftest import RedisPostgres
-from five_app import EVENT, FUNCTION, build
-from harness import Report, Scenario, assert_targets, runs_for
+from five_app import EVENT, build
+from harness import Scenario, assert_targets, runs_for
 from instances import BlackHoleProxy
+from scenarios import (
+    FROZEN_FOR,
+    LEASE,
+    RECONCILE,
+    all_workers_down_while_sleeping,
+    check_resume,
+    duplicate_deliveries,
+    kill_9_under_load,
+    worker_frozen_past_lease,
+)
 
 from celeryflow import Event
-
-LEASE, RECONCILE, REDELIVER = 5.0, 1.0, 30.0
-RESUME_TARGET = LEASE + RECONCILE + 10  # the issue's recovery target after kill -9
-EARLY_RING = (
-    "new bug (reported by faults): the reconciler's look-ahead rings a running run up "
-    "to 2 x reconcile_interval before its lease lapses; the claim is refused and the "
-    "next ring comes redeliver_after (30 s) later"
-)
 
 full = pytest.mark.faults_full
 
@@ -37,26 +39,9 @@ def scenario(name: str, rp: RedisPostgres, tmp_path: Path, short: int, **kw: obj
     )  # fmt: skip
 
 
-def check_resume(rep: Report) -> None:
-    """The kill -9 recovery target, separate from the safety targets: a miss is the
-    known early-ring bug, not a lost run."""
-    assert rep.resume_s is not None, rep.line()
-    if rep.resume_s > RESUME_TARGET:
-        pytest.xfail(f"resumed after {rep.resume_s} s > {RESUME_TARGET} s: {EARLY_RING}")
-
-
 def test_kill_9_of_workers_under_load(redis_pg: RedisPostgres, tmp_path: Path) -> None:
     with scenario("kill -9 workers", redis_pg, tmp_path, 30) as sc:
-        sc.worker(), sc.worker()
-        sc.send()
-        kills = 5 if sc.runs >= 100 else 1
-        for k in range(kills):
-            sc.wait_progress((k + 1) / (kills + 2))
-            victim = sc.live_workers()[0]
-            sc.fault()
-            victim.kill9()
-            sc.worker()  # its replacement
-        rep = sc.finish()
+        rep = kill_9_under_load(sc)
     assert_targets(rep)
     check_resume(rep)
 
@@ -126,54 +111,24 @@ def test_pg_terminate_backend_on_worker_connections(
 
 def test_duplicate_deliveries_x10(redis_pg: RedisPostgres, tmp_path: Path) -> None:
     with scenario("duplicate deliveries x10", redis_pg, tmp_path, 30) as sc:
-        sc.send()
-        run_ids = [r.id for r in sc.flow.list_runs(function_id=FUNCTION, limit=10**6)]
-        assert len(run_ids) == sc.runs
-        sc.fault()
-        run_task = sc.app.tasks["celeryflow.run"]
-        with sc.app.producer_or_acquire() as producer:
-            for run_id in run_ids:
-                for _ in range(10):
-                    run_task.apply_async((run_id,), producer=producer)
-        sc.worker(), sc.worker()  # 11 messages per run wait for them
-        rep = sc.finish()
+        rep = duplicate_deliveries(sc)
     assert rep.extra_bodies == 0, rep.line()  # no fault interrupts a body here
     assert_targets(rep)
 
 
 @full
 def test_all_workers_down_while_runs_sleep(redis_pg: RedisPostgres, tmp_path: Path) -> None:
-    nap = 5.0
     with scenario("all workers down while runs sleep", redis_pg, tmp_path, 30) as sc:
-        sc.worker(), sc.worker()
-        sc.send(nap=f"{nap:g}s")
-        sc.wait_status("sleeping", sc.runs)
-        for w in sc.live_workers():
-            w.kill9()
-        time.sleep(nap + 5)  # the fault's length: every wake time passes with no worker
-        sc.fault()  # measured from the workers' return
-        sc.worker(), sc.worker()
-        rep = sc.finish()
+        rep = all_workers_down_while_sleeping(sc)
     assert_targets(rep)
 
 
 @full
 def test_worker_frozen_past_its_lease(redis_pg: RedisPostgres, tmp_path: Path) -> None:
-    # Long enough for another worker to take the frozen worker's runs over: the lease,
-    # then (because of the early-ring bug) the second ring, redeliver_after later.
-    frozen_for = LEASE + REDELIVER + 5
     with scenario("worker frozen past its lease", redis_pg, tmp_path, 30, step_seconds=0.2) as sc:
-        sc.worker(), sc.worker()
-        sc.send()
-        sc.wait_progress(0.2)
-        victim = sc.live_workers()[0]
-        sc.fault()
-        victim.signal(19)  # SIGSTOP: the worker and its pool children, lease thread too
-        time.sleep(frozen_for)  # the fault's length
-        victim.signal(18)  # SIGCONT: the stale executor wakes up and must write nothing
-        rep = sc.finish()
+        rep = worker_frozen_past_lease(sc, FROZEN_FOR)
     assert_targets(rep)
-    assert rep.resume_s is not None and rep.resume_s < frozen_for, rep.line()  # taken over
+    assert rep.resume_s is not None and rep.resume_s < FROZEN_FOR, rep.line()  # taken over
 
 
 @full
