@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
 
 from harness import FULL
-from instances import PostgresInstance, RedisInstance
+from instances import MariaDBInstance, PostgresInstance, RabbitMQInstance, RedisInstance
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,3 +63,22 @@ def redis_pg(tmp_path: Path) -> Iterator[RedisPostgres]:
     ):  # /tmp: pytest's tmp is 0700, postgres must enter
         assert isinstance(redis, RedisInstance) and isinstance(pg, PostgresInstance)
         yield RedisPostgres(redis, pg, pg.create_database())
+
+
+@dataclass
+class RabbitMaria:
+    rabbit: RabbitMQInstance
+    maria: MariaDBInstance
+    store_url: str
+
+    @property
+    def broker_url(self) -> str:
+        return self.rabbit.url()
+
+
+@pytest.fixture
+def rabbit_maria(tmp_path: Path) -> Iterator[RabbitMaria]:
+    """A private RabbitMQ node and a private MariaDB (with one database), for one test."""
+    with RabbitMQInstance(tmp_path) as rabbit, MariaDBInstance(tmp_path) as maria:
+        assert isinstance(rabbit, RabbitMQInstance) and isinstance(maria, MariaDBInstance)
+        yield RabbitMaria(rabbit, maria, maria.create_database())
