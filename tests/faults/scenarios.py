@@ -77,15 +77,16 @@ def duplicate_deliveries(sc: Scenario, copies: int = 10) -> Report:
     return sc.finish()
 
 
-def all_workers_down_while_sleeping(sc: Scenario, nap: float = 5.0) -> Report:
+def all_workers_down_while_sleeping(sc: Scenario) -> Report:
     """Every run sleeps; every worker is SIGKILLed; the wake times pass with no worker
     at all; new workers come back. Times are measured from their return."""
+    nap = 5 + 0.15 * sc.runs  # long enough for the last run to reach its sleep in time
     sc.worker(), sc.worker()
     sc.send(nap=f"{nap:g}s")
-    sc.wait_status("sleeping", sc.runs)
+    sc.wait_status("sleeping", sc.runs, timeout=nap)
     for w in sc.live_workers():
         w.kill9()
-    time.sleep(nap + 5)  # the fault's length: every wake time passes with no worker
+    time.sleep(nap + 2)  # the fault's length: every wake time passes with no worker
     sc.fault()
     sc.worker(), sc.worker()
     return sc.finish()

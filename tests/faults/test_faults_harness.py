@@ -6,8 +6,14 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from five_app import FUNCTION
 from harness import Scenario
+
+
+@pytest.fixture(autouse=True)
+def _no_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CF_FAULTS_RESULTS", raising=False)  # not a scenario's figures
 
 
 def embedded(tmp_path: Path, runs: int) -> Scenario:

@@ -161,6 +161,6 @@ def test_database_that_accepts_connections_and_never_answers(
             sender.join(30)
             time.sleep(max(0.0, 10 - (time.time() - sc.faults[-1])))  # 10 s of black hole
             proxy.heal()  # new connections work again; the ones in the hole never will
-            rep = sc.finish(timeout=120 + sc.runs * 0.5)
+            rep = sc.finish(timeout=90 + sc.runs * 0.2)
         assert outcome and outcome[0] is not None, "send() hung on a silent database"
     assert_targets(rep)
