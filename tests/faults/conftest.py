@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent / "apps"))
 
 from harness import FULL
 from instances import MariaDBInstance, PostgresInstance, RabbitMQInstance, RedisInstance
+from stacks import RabbitMaria, RedisPostgres
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,17 +43,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-@dataclass
-class RedisPostgres:
-    redis: RedisInstance
-    pg: PostgresInstance
-    store_url: str
-
-    @property
-    def broker_url(self) -> str:
-        return self.redis.url()
-
-
 @pytest.fixture
 def redis_pg(tmp_path: Path) -> Iterator[RedisPostgres]:
     """A private Redis and a private PostgreSQL (with one database), for one test."""
@@ -63,17 +52,6 @@ def redis_pg(tmp_path: Path) -> Iterator[RedisPostgres]:
     ):  # /tmp: pytest's tmp is 0700, postgres must enter
         assert isinstance(redis, RedisInstance) and isinstance(pg, PostgresInstance)
         yield RedisPostgres(redis, pg, pg.create_database())
-
-
-@dataclass
-class RabbitMaria:
-    rabbit: RabbitMQInstance
-    maria: MariaDBInstance
-    store_url: str
-
-    @property
-    def broker_url(self) -> str:
-        return self.rabbit.url()
 
 
 @pytest.fixture

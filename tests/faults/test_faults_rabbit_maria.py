@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RabbitMaria
 from harness import Scenario, assert_targets, runs_for
 from scenarios import LEASE, RECONCILE, check_resume, duplicate_deliveries, kill_9_under_load
+from stacks import RabbitMaria
 
 pytestmark = pytest.mark.faults_full
 

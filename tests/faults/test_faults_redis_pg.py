@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RedisPostgres
 from five_app import EVENT, build
 from harness import Scenario, assert_targets, runs_for
 from instances import BlackHoleProxy
@@ -26,6 +25,7 @@ from scenarios import (
     kill_9_under_load,
     worker_frozen_past_lease,
 )
+from stacks import RedisPostgres
 
 from celeryflow import Event
 
