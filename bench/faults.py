@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+NEVER = 10**6  # tests/faults/harness.py's resume time of a run that never moved
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = [
     ("scenario", "scenario"),
@@ -38,13 +39,21 @@ COLUMNS = [
 ]
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float | int) and value >= NEVER:
+        return "never"  # an interrupted run that did not move again
+    return str(value)
+
+
 def table(rows: list[dict[str, object]]) -> str:
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
-        cells = ["-" if row.get(key) is None else str(row[key]) for key, _ in COLUMNS]
+        cells = [_cell(row.get(key)) for key, _ in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -78,7 +87,7 @@ def main() -> int:
     print(table(rows))
     for row in rows:
         for note in row.get("notes") or []:
-            print(f"  {row['scenario']} ({row['stack']}): {note}")
+            print(f"  {row['scenario']} ({row['stack']}): {note.splitlines()[0]}")
     return code
 
 

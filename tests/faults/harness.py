@@ -12,7 +12,7 @@ of the 5-step function, and after the fault waits for every run to end. Its
 * ``recover_s``: from the (last) fault to the moment the last run ended;
 * ``resume_s``: from each fault to the first step body after it of every run that was
   in flight at that moment (had started, had not ended), the worst of them: how long
-  an interrupted run waits, whatever the backlog behind it.
+  an interrupted run waits, whatever the backlog behind it (10**6 if one never moved).
 """
 
 from __future__ import annotations
