@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .codec import to_jsonable
 from .errors import EventError, SerializationError, describe
-from .expressions import Expression, compile_expression
+from .expressions import ASYNC, Expression, compile_expression
 
 __all__ = ["Event", "EventTrigger", "condition_holds", "event", "prepare_events"]
 
@@ -92,6 +92,6 @@ def prepare_events(events: Event | dict[str, Any] | list[Event | dict[str, Any]]
 
 def condition_holds(source: str, run_event: dict[str, Any], candidate: dict[str, Any]) -> bool:
     """A wait's ``if_``: CEL over ``event`` (the run's) and ``async`` (the candidate)."""
-    return compile_expression(source, "wait condition").matches(
+    return compile_expression(source, "wait condition", ASYNC).matches(
         {"event": run_event, "async": candidate}
     )

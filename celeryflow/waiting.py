@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .durations import Duration, parse_duration, utcnow
 from .errors import ConfigError, EventError, Interrupt, NonRetriableError, StepError
 from .events import Event, condition_holds, prepare_events
-from .expressions import compile_expression
+from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
 from .runs import RunStatus
 from .store.waits import find_recent_event, full_match_value, match_value
@@ -36,7 +36,7 @@ def _checked(
         limit = parse_duration(timeout, f"{where} timeout")
         window = None if lookback is None else parse_duration(lookback, f"{where} lookback")
         if if_ is not None:
-            compile_expression(if_, f"{where} if_")
+            compile_expression(if_, f"{where} if_", ASYNC)
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
     return limit, window
@@ -215,6 +215,8 @@ def invoke(
         ts=int(now.timestamp() * 1000),
     )
     child = x.flow.new_run(target, [child_event], now)
+    if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
+        raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=x.run_id, parent_step=key)
     waiting = x.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
     if not x.session.invoke(

@@ -86,6 +86,8 @@ def admit(
 ) -> Admitted:
     """Apply ``admission`` to the planned run ``row``, in the recording transaction.
     Order: rate limit, idempotency, singleton, debounce or batch, throttle."""
+    if admission.refused:  # the row is already the skipped record of a failed key
+        return Admitted(row)
     fn = row["function_id"]
 
     def lock(scope: str, key: str) -> sa.RowMapping:
