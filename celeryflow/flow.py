@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import time
@@ -16,6 +15,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import tasks
+from .codec import to_json
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
@@ -471,7 +471,7 @@ class Flow:
             "id": new_run_id(),
             "function_id": function_id,
             "event_id": evs[0].id,
-            "events": json.dumps([e.model_dump() for e in evs], separators=(",", ":")),
+            "events": to_json([e.model_dump() for e in evs], "events"),
             "status": RunStatus.QUEUED.value,
             "attempt": 0,
             "fence": 0,

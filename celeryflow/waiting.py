@@ -12,6 +12,7 @@ import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .codec import from_json
 from .durations import Duration, parse_duration, utcnow
 from .errors import ConfigError, EventError, Interrupt, NonRetriableError, StepError
 from .events import Event, condition_holds, prepare_events
@@ -119,7 +120,7 @@ def wait_for_event(
 
 
 def _event_or_none(output: str | None) -> Event | None:
-    value = None if output is None else json.loads(output)
+    value = from_json(output)
     return None if value is None else Event.model_validate(value)
 
 
@@ -164,7 +165,7 @@ def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> 
     legacy task): its output, or StepError. Claimed while still waiting means its
     timeout passed: fail the step, unless the outcome came first."""
     if row["status"] == "completed":
-        return None if row["output"] is None else json.loads(row["output"])
+        return from_json(row["output"])
     if row["status"] == "failed":
         raise StepError(name, json.loads(row["error"]))
     error = {"type": "TimeoutError", "message": late}

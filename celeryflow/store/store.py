@@ -9,7 +9,6 @@ and one commit per step.
 from __future__ import annotations
 
 import fcntl
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -20,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..codec import from_json, to_json
 from ..errors import ConfigError, RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
@@ -79,10 +79,6 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
         if d is not None and d >= now
     ]
     return min(pending) if pending else None
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class Store:
@@ -231,7 +227,7 @@ class Store:
         values = {
             "id": event.id,
             "name": event.name,
-            "data": json.dumps(event.data, separators=(",", ":")),
+            "data": to_json(event.data, f"event {event.name!r} data"),
             "ts": event.ts,
             "received_at": now,
         }
@@ -280,7 +276,7 @@ class Store:
             values = {
                 "id": ev.id,
                 "name": ev.name,
-                "data": json.dumps(ev.data, separators=(",", ":")),
+                "data": to_json(ev.data, f"event {ev.name!r} data"),
                 "ts": ev.ts,
                 "received_at": now,
             }
@@ -563,10 +559,10 @@ class Store:
             function_id=row["function_id"],
             event_id=row["event_id"],
             status=RunStatus(row["status"]),
-            output=_loads(row["output"]),
-            error=_loads(row["error"]),
+            output=from_json(row["output"]),
+            error=from_json(row["error"]),
             attempt=row["attempt"],
-            events=_loads(row["events"]),
+            events=from_json(row["events"]),
             parent_run_id=row["parent_run_id"],
             branch=row["branch"],
             wake_at=row["wake_at"],
@@ -579,8 +575,8 @@ class Store:
                     name=s["name"],
                     kind=s["kind"],
                     status=s["status"],
-                    output=_loads(s["output"]),
-                    error=_loads(s["error"]),
+                    output=from_json(s["output"]),
+                    error=from_json(s["error"]),
                     attempts=s["attempts"],
                     position=s["position"],
                     wake_at=s["wake_at"],
