@@ -79,6 +79,8 @@ def to_json(value: Any, what: str, *, sort_keys: bool = False) -> str:
             detail = "it contains a circular reference"
         elif "out of range" in detail.lower():
             detail = "NaN and infinity are not JSON"
+        elif "digits" in detail:  # int -> str is capped (sys.get_int_max_str_digits)
+            detail = f"an integer has too many digits: {detail.partition(';')[0]}"
         raise SerializationError(f"{what} must be JSON: {detail}") from None
     except RecursionError:
         raise SerializationError(f"{what} must be JSON: it is nested too deeply") from None

@@ -244,7 +244,8 @@ class Flow:
         limited: dict[tuple[str, str | None, str | None], list[int]] = {}
         waiting_for_slot: list[str] = []
         new = set(created)
-        ring = [i for i in created if i not in {p.row["id"] for p in planned}]  # full batches
+        planned_ids = {p.row["id"] for p in planned}
+        ring = [i for i in created if i not in planned_ids]  # batches that filled up
         for p in planned:
             row = p.row
             fn = self.functions.get(row["function_id"])

@@ -45,7 +45,7 @@ class Admission:
     refused: bool = False  # a key failed: the run is recorded skipped, nothing applies
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in vars(self).values())
+        return self.refused or any(v is not None for k, v in vars(self).items() if k != "refused")
 
 
 class KeyUnavailable(ExpressionError):

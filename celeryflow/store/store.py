@@ -272,6 +272,7 @@ class Store:
             self._insert_event = insert
         insert_event = self._insert_event
         cutoff = now - EVENT_DEDUP_WINDOW
+        fields_seen: dict[str, list[str]] = {}  # wait fields per event name, see wake_waiters
         for ev in items:
             values = {
                 "id": ev.id,
@@ -311,6 +312,7 @@ class Store:
                 if admitted.row["status"] != S.SKIPPED.value:
                     for wait in p.waits:
                         register_wait(conn, self.insert_wait_field(), wait)
+                        fields_seen.clear()
                     recorded.created.append(str(admitted.row["id"]))
             woken = wake_waiters(
                 conn,
@@ -318,6 +320,7 @@ class Store:
                 now=now,
                 resume_due=resume_due,
                 condition_holds=condition_holds,
+                fields_seen=fields_seen,
             )
             recorded.resumed.extend(woken.runs)
             recorded.cancelled.extend(woken.cancelled)

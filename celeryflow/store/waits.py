@@ -99,20 +99,32 @@ def wake_waiters(
     now: datetime,
     resume_due: datetime,
     condition_holds: Callable[[str, dict[str, Any], dict[str, Any]], bool],
+    fields_seen: dict[str, list[str]] | None = None,
 ) -> Resumed:
     """Resume the runs waiting for ``event`` and cancel those it cancels, in the
-    caller's transaction. ``condition_holds(cel, run_event, event)`` checks ``if_``."""
+    caller's transaction. ``condition_holds(cel, run_event, event)`` checks ``if_``.
+    ``fields_seen`` keeps each name's match fields for the rest of the transaction
+    (the rows stay share-locked until it ends), so a send of many events of one name
+    looks them up once; the caller clears it when it registers a waiter."""
     name = event["name"]
-    fields = conn.execute(
-        sa.select(wait_fields.c.match_field)
-        .where(wait_fields.c.event_name == name)
-        .with_for_update(read=True)  # ordered against a waiter's lookback (lock_wait_field)
-    ).scalars()
+    fields = None if fields_seen is None else fields_seen.get(name)
+    if fields is None:
+        fields = list(
+            conn.execute(
+                sa.select(wait_fields.c.match_field)
+                .where(wait_fields.c.event_name == name)
+                .with_for_update(read=True)  # ordered against a waiter's lookback
+            ).scalars()
+        )
+        if fields_seen is not None:
+            fields_seen[name] = fields
+    if not fields:
+        return Resumed()
     candidates: list[sa.RowMapping] = []
     base = sa.select(waits, runs.c.events, runs.c.status.label("run_status")).join(
         runs, runs.c.id == waits.c.run_id
     )
-    for path in list(fields):
+    for path in fields:
         if path == NO_FIELD:
             query = base.where(waits.c.event_name == name, waits.c.match_field.is_(None))
         else:
