@@ -23,7 +23,7 @@ from celeryflow.store.tables import events as events_table
 from celeryflow.store.tables import runs as runs_table
 
 JSON = {"Content-Type": "application/json"}
-STORES = pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+STORES = pytest.mark.parametrize("store_url", ["sqlite", "postgres", "mariadb"], indirect=True)
 
 
 @pytest.fixture
@@ -175,3 +175,14 @@ def test_send_of_many_events_is_capped_and_linear(flow: Flow) -> None:
     # linear: the time per event does not grow with the batch (quadratic was ~10x)
     assert large < small * 3, (small, large)
     assert not Admission()  # a plain run takes the plain path
+
+
+@STORES
+def test_ids_repeated_within_a_send_and_across_sends_start_one_run(flow: Flow) -> None:
+    # a list is inserted in one executemany: its dedup must match one-by-one inserts
+    flow.send([{"name": "v/a", "id": "x"}, {"name": "v/b", "id": "x"}, {"name": "v/c", "id": "y"}])
+    assert _recorded(flow) == (2, 2)
+    flow.send([{"name": "v/a", "id": "y"}, {"name": "v/a", "id": "z"}, {"name": "v/a", "id": "z"}])
+    assert _recorded(flow) == (3, 3)
+    assert [r.event_id for r in flow.list_runs(event_id="x")] == ["x"]
+    assert flow.list_runs(event_id="x")[0].events[0]["name"] == "v/a"  # the first one kept

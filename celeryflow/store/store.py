@@ -273,19 +273,31 @@ class Store:
         insert_event = self._insert_event
         cutoff = now - EVENT_DEDUP_WINDOW
         fields_seen: dict[str, list[str]] = {}  # wait fields per event name, see wake_waiters
-        for ev in items:
-            values = {
+        rows = [
+            {
                 "id": ev.id,
                 "name": ev.name,
                 "data": to_json(ev.data, f"event {ev.name!r} data"),
                 "ts": ev.ts,
                 "received_at": now,
             }
-            if self.engine.dialect.insert_returning:
+            for ev in items
+        ]
+        inserted: set[str] | None = None
+        if len(rows) > 1 and self.engine.dialect.insert_returning:
+            # one executemany (batched into multi-row INSERTs) instead of a round trip
+            # per event; an id repeated within the call counts once, as before
+            inserted = set(conn.execute(insert_event, rows).scalars())
+        taken: set[str] = set()
+        for ev, values in zip(items, rows, strict=True):
+            if inserted is not None:
+                fresh = ev.id in inserted and ev.id not in taken
+                taken.add(str(ev.id))
+            elif self.engine.dialect.insert_returning:
                 fresh = conn.execute(insert_event, values).first() is not None
             else:
                 fresh = conn.execute(insert_event, values).rowcount == 1
-            if not fresh:
+            if not fresh and (inserted is None or ev.id not in inserted):
                 # An id seen more than 24 h ago counts as new again.
                 fresh = (
                     conn.execute(
