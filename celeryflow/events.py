@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .codec import to_jsonable
-from .errors import EventError, SerializationError, describe
+from .errors import EventError, ExpressionError, SerializationError, describe
 from .expressions import ASYNC, Expression, compile_expression
 
 __all__ = [
@@ -145,7 +145,11 @@ def prepare_events(events: Event | dict[str, Any] | list[Event | dict[str, Any]]
 
 
 def condition_holds(source: str, run_event: dict[str, Any], candidate: dict[str, Any]) -> bool:
-    """A wait's ``if_``: CEL over ``event`` (the run's) and ``async`` (the candidate)."""
-    return compile_expression(source, "wait condition", ASYNC).matches(
-        {"event": run_event, "async": candidate}
-    )
+    """A wait's ``if_``: CEL over ``event`` (the run's) and ``async`` (the candidate).
+    A stored condition that no longer compiles (one recorded before names were
+    checked) matches nothing, as it never did, rather than failing the sender."""
+    try:
+        expression = compile_expression(source, "wait condition", ASYNC)
+    except ExpressionError:
+        return False
+    return expression.matches({"event": run_event, "async": candidate})

@@ -189,3 +189,12 @@ def test_invoking_a_function_whose_key_fails_on_the_data_raises_step_error(
     assert run.status == RunStatus.COMPLETED
     assert run.output.startswith("StepError: step 'call' failed: ExpressionError")
     assert flow.list_runs(function_id="child") == []
+
+
+def test_a_stored_wait_condition_with_an_unknown_name_matches_nothing() -> None:
+    # recorded by a version that did not check names: it never matched, and an event
+    # arriving for it must not make its sender fail now
+    from celeryflow.events import condition_holds
+
+    assert condition_holds("evnt.data.x == 1", {"data": {"x": 1}}, {"data": {}}) is False
+    assert condition_holds("async.data.x == event.data.x", {"data": {"x": 1}}, {"data": {"x": 1}})
