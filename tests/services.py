@@ -1,6 +1,6 @@
 """Real services for the test-suite: reachability checks, isolated resources, fixtures.
 
-Tests run against real PostgreSQL, MariaDB, Redis and RabbitMQ (DESIGN.md, "Testing").
+Tests run against real PostgreSQL, MariaDB, Redis and RabbitMQ (docs/DESIGN.md, "Testing").
 When one of them is unreachable a test that needs it is SKIPPED with the reason, except
 under ``CI=true`` where the same reason makes it FAIL: CI must never go green by skipping.
 
