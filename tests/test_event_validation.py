@@ -96,8 +96,8 @@ def test_limits_are_inclusive_and_values_round_trip(flow: Flow) -> None:
     )
     assert _recorded(flow) == (2, 2)
     first = flow.list_runs(event_id=ids[0])[0]
-    assert first.events[0]["ts"] == 2**63 - 1
-    assert first.events[0]["data"] == {"n": 10**4000}
+    assert first.events[0].ts == 2**63 - 1
+    assert first.events[0].data == {"n": 10**4000}
 
 
 @STORES
@@ -185,4 +185,4 @@ def test_ids_repeated_within_a_send_and_across_sends_start_one_run(flow: Flow) -
     flow.send([{"name": "v/a", "id": "y"}, {"name": "v/a", "id": "z"}, {"name": "v/a", "id": "z"}])
     assert _recorded(flow) == (3, 3)
     assert [r.event_id for r in flow.list_runs(event_id="x")] == ["x"]
-    assert flow.list_runs(event_id="x")[0].events[0]["name"] == "v/a"  # the first one kept
+    assert flow.list_runs(event_id="x")[0].events[0].name == "v/a"  # the first one kept

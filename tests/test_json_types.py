@@ -108,7 +108,7 @@ def test_types_survive_event_steps_replay_output_invoke_and_cel(stack: Stack) ->
     assert out["invoked"]["later"] == WHEN.replace(year=2025)
     assert [s.attempts for s in run.steps if s.id == "flaky"] == [2]
     assert flow.list_runs(event_id=ignored) == []  # the filter compared the Decimal
-    assert flow.get_run(run.id).events[0]["data"] == VALUES
+    assert flow.get_run(run.id).events[0].data == VALUES
 
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)
