@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,9 @@ __all__ = [
     "TICK_TASK",
     "CeleryDoorbell",
     "flow_of",
+    "function_of_shadow",
     "install",
+    "shadow_name",
     "start_test_worker",
 ]
 
@@ -66,6 +68,17 @@ def set_default_broker(app: Celery, url: str) -> None:
     app.conf.broker_url = url
 
 
+def shadow_name(function_id: str | None) -> str | None:
+    """The name a run message shows in the worker log, Flower and ``celery inspect``
+    (Celery's ``shadow``): ``celeryflow.run:<function id>``; None keeps the task name."""
+    return f"{RUN_TASK}:{function_id}" if function_id else None
+
+
+def function_of_shadow(shadow: str | None) -> str | None:
+    prefix = f"{RUN_TASK}:"
+    return shadow[len(prefix) :] if shadow and shadow.startswith(prefix) else None
+
+
 class CeleryDoorbell:
     """Sends ``celeryflow.run(run_id)`` messages: the broker is only the doorbell."""
 
@@ -73,7 +86,16 @@ class CeleryDoorbell:
         self.app = app
         self.queue = queue
 
-    def ring(self, run_ids: Sequence[str], eta: datetime | None = None) -> None:
+    def ring(
+        self,
+        run_ids: Sequence[str],
+        eta: datetime | None = None,
+        *,
+        function_id: str | Mapping[str, str] | None = None,
+    ) -> None:
+        """Send one message per run. ``function_id`` (of all the runs, or by run id)
+        names each message after its function; callers pass it where they know it
+        for free, and a run without one goes under the plain task name."""
         if not run_ids:
             return
         task = self.app.tasks[RUN_TASK]
@@ -84,7 +106,8 @@ class CeleryDoorbell:
             options["eta"] = eta
         with self.app.producer_or_acquire() as producer:
             for run_id in run_ids:
-                task.apply_async((run_id,), producer=producer, **options)
+                named = function_id.get(run_id) if isinstance(function_id, Mapping) else function_id
+                task.apply_async((run_id,), producer=producer, shadow=shadow_name(named), **options)
 
     def send_task(
         self,
@@ -121,8 +144,8 @@ def install(flow: Flow) -> CeleryDoorbell:
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue)
 
-    @app.task(name=RUN_TASK, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
-    def run(run_id: str) -> None:
+    @app.task(name=RUN_TASK, bind=True, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    def run(task: Any, run_id: str) -> None:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
@@ -131,7 +154,8 @@ def install(flow: Flow) -> CeleryDoorbell:
             from .durations import utcnow
 
             if wake - utcnow() <= settings.eta_horizon:
-                doorbell.ring([run_id], eta=wake)
+                fid = function_of_shadow(getattr(task.request, "shadow", None))
+                doorbell.ring([run_id], eta=wake, function_id=fid)
 
     # A legacy task's outcome, for the step that invoked it. The link callback gets the
     # return value; the errback runs inline in the failing task's worker (Celery's
