@@ -79,6 +79,39 @@ def function_of_shadow(shadow: str | None) -> str | None:
     return shadow[len(prefix) :] if shadow and shadow.startswith(prefix) else None
 
 
+class _Housekeeping(logging.Filter):
+    """Celery's per-message INFO lines for celeryflow's housekeeping tasks (the
+    ``celeryflow.reconcile`` and ``celeryflow.tick`` beat entries: "Sending due task",
+    "Task ... received", "... succeeded") are logged at DEBUG: several a second, they
+    would bury everything else in a worker's INFO log."""
+
+    NAMES = frozenset({TICK_TASK, CRON_TASK})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self._housekeeping(record.args):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+    def _housekeeping(self, args: Any) -> bool:
+        if isinstance(args, Mapping):  # the worker's lines: {"name": ..., "id": ...}
+            return args.get("name") in self.NAMES
+        return isinstance(args, tuple) and len(args) == 2 and args[1] in self.NAMES  # beat's
+
+
+_HOUSEKEEPING_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_housekeeping() -> None:
+    """Install the filter on Celery's loggers (once per process)."""
+    for name in _HOUSEKEEPING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Housekeeping) for f in logger.filters):
+            logger.addFilter(_Housekeeping())
+
+
 class CeleryDoorbell:
     """Sends ``celeryflow.run(run_id)`` messages: the broker is only the doorbell."""
 
@@ -143,6 +176,7 @@ def install(flow: Flow) -> CeleryDoorbell:
     _flows[app] = flow
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue)
+    quiet_housekeeping()
 
     @app.task(name=RUN_TASK, bind=True, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
     def run(task: Any, run_id: str) -> None:
