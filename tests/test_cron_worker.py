@@ -11,13 +11,15 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
+import sqlalchemy as sa
 from celery import Celery
 
-from celeryflow import Flow
+from celeryflow import Flow, cron, event
+from celeryflow.reconciler import CronClock
 from celeryflow.runs import Run
 from celeryflow.testing import wait_for
 
@@ -77,7 +79,6 @@ def test_a_worker_without_beat_fires_cron_slots_on_time(tmp_path: Path) -> None:
     assert {(b - a).total_seconds() for a, b in pairwise(slots)} == {2.0}, slots
     # the thread wakes at each slot: far less late than beat's 1 s tick would allow
     lags = [(r.created_at - slot_of(r)).total_seconds() for r in runs]
-    print("lags", sorted(lags))
     assert min(lags) >= 0 and statistics.median(lags) < 0.5, lags
 
 
@@ -97,3 +98,36 @@ def test_two_workers_fire_each_slot_exactly_once(tmp_path: Path) -> None:
     assert set(per_slot.values()) == {1}, per_slot
     slots = sorted(per_slot)
     assert {(b - a).total_seconds() for a, b in pairwise(slots)} == {2.0}, slots
+
+
+def test_the_clock_looks_at_each_slot_and_not_in_between(tmp_path: Path) -> None:
+    flow = Flow(Celery("c", broker="memory://"), store=f"sqlite:///{tmp_path}/s.db")
+    clock = CronClock(flow)
+
+    @flow.function(id="plain", trigger=event("t/plain"))
+    def plain(ctx):  # type: ignore[no-untyped-def]
+        pass
+
+    assert clock.seconds_left(datetime.now(timezone.utc)) is None  # no cron: no wake-up
+
+    @flow.function(id="nine", trigger=cron("0 9 * * *"))
+    def nine(ctx):  # type: ignore[no-untyped-def]
+        pass
+
+    t = datetime(2030, 1, 1, 8, 59, 59, 500000, tzinfo=timezone.utc)
+    assert clock.seconds_left(t) == 0.0  # a first look at once (a missed slot, if recent)
+    assert clock.fire(t) == []  # yesterday's 09:00 is history for a new function
+    assert clock.next_at == datetime(2030, 1, 1, 9, 0, tzinfo=timezone.utc)
+    assert clock.seconds_left(t) == 0.5
+    assert clock.seconds_left(t - timedelta(minutes=5)) == 1.0  # at most tick_interval
+    nine_o_clock = datetime(2030, 1, 1, 9, 0, 0, 1000, tzinfo=timezone.utc)
+    assert clock.seconds_left(nine_o_clock) == 0.0
+    [run_id] = clock.fire(nine_o_clock)
+    assert flow.get_run(run_id).events[0]["data"]["scheduled_at"] == "2030-01-01T09:00:00+00:00"
+    assert clock.next_at == datetime(2030, 1, 2, 9, 0, tzinfo=timezone.utc)
+    # a look between slots skips the slot it handled: no query at all
+    statements: list[str] = []
+    sa.event.listen(flow.store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    later = nine_o_clock + timedelta(hours=1)
+    assert flow.tick(later, since=nine_o_clock) == [] and statements == []
+    assert flow.tick(later) == [] and statements  # without since: the ledger says no
