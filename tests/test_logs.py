@@ -230,3 +230,28 @@ def test_run_logger_calls_the_wrapped_loggers_own_methods(captured: Capture) -> 
     replaying[0] = False
     logger.info("loud %s", 2)
     assert [r.getMessage() for r in captured.records] == ["shouting: loud 2"]
+
+
+def test_alembic_is_quiet_and_a_migration_says_what_it_applied(tmp_path: Path) -> None:
+    handler = Capture()
+    loggers = [logging.getLogger(name) for name in ("alembic", "celeryflow.store")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        url = f"sqlite:///{tmp_path}/fresh.db"
+        Flow(Celery("first", broker="memory://"), store=url).list_runs()  # creates it
+        created = list(handler.records)
+        Flow(Celery("second", broker="memory://"), store=url).list_runs()  # checks it
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    [line] = [r.getMessage() for r in created]
+    assert re.fullmatch(
+        r"celeryflow store sqlite:///\S+/fresh.db: applied migration\(s\) 0001, .+ "
+        r"\(schema empty -> \d+\)",
+        line,
+    ), line
+    assert handler.records == created  # the second process logs nothing
