@@ -90,7 +90,8 @@ class CronClock:
 
     def fire(self, now: datetime) -> list[str]:
         """Fire the slots due at ``now``; returns the new run ids."""
-        self.next_at = now + self.flow.settings.tick_interval  # the retry if this fails
+        # if this fails (the store is down), look again at the reconciler's pace
+        self.next_at = now + self.flow.settings.reconcile_interval
         created = self.flow.tick(now, since=self.since)
         self.since = now
         upcoming = [
