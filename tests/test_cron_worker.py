@@ -15,8 +15,10 @@ from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from celery import Celery
+from services import Stack
 
 from celeryflow import Flow, cron, event
 from celeryflow.reconciler import CronClock
@@ -28,14 +30,19 @@ FUNCTION = "every-two-seconds"
 
 
 @contextmanager
-def plain_worker(store_url: str, cwd: Path, name: str) -> Iterator[Path]:
-    """``celery -A cron_worker_app worker`` without -B, its log in ``cwd``."""
+def plain_worker(
+    store_url: str, cwd: Path, name: str, stack: Stack | None = None
+) -> Iterator[Path]:
+    """``celery -A cron_worker_app worker`` without -B, its log in ``cwd``; on the
+    embedded default, or on ``stack``'s broker."""
     log = cwd / f"{name}.log"
     env = {
         **os.environ,
         "CF_STORE": store_url,
         "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
+    if stack is not None:
+        env.update(CF_BROKER=stack.broker_url, CF_QUEUE=stack.queue)
     command = [sys.executable, "-m", "celery", "-A", "cron_worker_app", "worker"]
     command += ["--pool", "threads", "-c", "2", "-n", f"{name}@%h", "--loglevel", "INFO"]
     command += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
@@ -82,11 +89,17 @@ def test_a_worker_without_beat_fires_cron_slots_on_time(tmp_path: Path) -> None:
     assert min(lags) >= 0 and statistics.median(lags) < 1.0, lags
 
 
-def test_two_workers_fire_each_slot_exactly_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/store.db"
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_two_workers_fire_each_slot_exactly_once(stack: Stack, tmp_path: Path) -> None:
+    # both wake at the same instant at each slot and race for the ledger row
+    url = stack.store_url
     flow = reader(url)
+    flow.store.migrate()
+    broker = None if stack.name == "embedded" else stack  # embedded: the default
     with ExitStack() as workers:
-        logs = [workers.enter_context(plain_worker(url, tmp_path, n)) for n in ("one", "two")]
+        logs = [
+            workers.enter_context(plain_worker(url, tmp_path, n, broker)) for n in ("one", "two")
+        ]
         wait_for(
             lambda: all(" ready." in log.read_text() for log in logs), timeout=60, what="ready"
         )

@@ -1,5 +1,6 @@
-"""A cron function on the embedded default (no broker named: the SQLite transport
-beside the store), for workers started without beat. Env: CF_STORE."""
+"""A cron function for workers started without beat: on the embedded default (no
+broker named: the SQLite transport beside the store) unless CF_BROKER is set.
+Env: CF_STORE, optionally CF_BROKER and CF_QUEUE."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from celery import Celery
 
 from celeryflow import Flow, cron
 
-app = Celery("cron_worker_app")
+app = Celery("cron_worker_app", broker=os.environ.get("CF_BROKER"))
+if os.environ.get("CF_QUEUE"):
+    app.conf.task_default_queue = os.environ["CF_QUEUE"]
+app.conf.broker_connection_retry_on_startup = True
 flow = Flow(app, store=os.environ["CF_STORE"])
 
 
