@@ -67,7 +67,7 @@ def reader(store_url: str) -> Flow:
 
 
 def slot_of(run: Run) -> datetime:
-    return datetime.fromisoformat(run.events[0]["data"]["scheduled_at"])
+    return datetime.fromisoformat(run.events[0].data["scheduled_at"])
 
 
 def completed(flow: Flow, at_least: int) -> list[Run] | None:
@@ -136,7 +136,7 @@ def test_the_clock_looks_at_each_slot_and_not_in_between(tmp_path: Path) -> None
     nine_o_clock = datetime(2030, 1, 1, 9, 0, 0, 1000, tzinfo=timezone.utc)
     assert clock.seconds_left(nine_o_clock) == 0.0
     [run_id] = clock.fire(nine_o_clock)
-    assert flow.get_run(run_id).events[0]["data"]["scheduled_at"] == "2030-01-01T09:00:00+00:00"
+    assert flow.get_run(run_id).events[0].data["scheduled_at"] == "2030-01-01T09:00:00+00:00"
     assert clock.next_at == datetime(2030, 1, 2, 9, 0, tzinfo=timezone.utc)
     # a look between slots skips the slot it handled: no query at all
     statements: list[str] = []
