@@ -499,6 +499,19 @@ class Store:
                 cancel_run(conn, run_id, now)
         return due
 
+    def woken(self, now: datetime, limit: int = 500) -> list[str]:
+        """Parked runs whose wake time has come (a retry back-off, a sleep, a wait's
+        timeout), soonest first: what ``celeryflow.testing.run_due`` executes."""
+        parked = (S.QUEUED.value, S.SLEEPING.value, S.WAITING.value)
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.status.in_(parked), runs.c.wake_at <= now)
+            .order_by(runs.c.wake_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [str(run_id) for run_id in conn.execute(query).scalars()]
+
     # -- reading and control ----------------------------------------------------------
 
     def get_run(self, run_id: str) -> Run:
