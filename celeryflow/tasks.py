@@ -30,6 +30,7 @@ __all__ = [
     "TASK_FAILED",
     "TICK_TASK",
     "CeleryDoorbell",
+    "all_flows",
     "eager_off",
     "flow_of",
     "install",
@@ -47,12 +48,18 @@ log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
+_imported: weakref.WeakSet[Celery] = weakref.WeakSet()  # apps whose task modules are in
 _inline = threading.local()  # the queue of the inline executions this thread is running
 
 
 def flow_of(app: Celery) -> Flow | None:
     """The Flow bound to ``app``, if any."""
     return _flows.get(app)
+
+
+def all_flows() -> list[Flow]:
+    """Every Flow of this process (one per Celery app)."""
+    return list(_flows.values())
 
 
 def broker_configured(app: Celery) -> bool:
@@ -64,7 +71,11 @@ def broker_configured(app: Celery) -> bool:
 
 
 def finalize(app: Celery) -> None:
-    """Finalize the app (autodiscovering task modules) if nothing has yet."""
+    """Import the app's task modules as a worker does (``imports``, ``include``,
+    ``autodiscover_tasks``: app.finalize alone imports none), once, and finalize it."""
+    if app not in _imported:
+        _imported.add(app)
+        app.loader.import_default_modules()
     if not app.finalized:
         app.finalize(auto=True)
 
