@@ -107,6 +107,7 @@ def celeryflow_django_databases(request: pytest.FixtureRequest) -> Iterator[list
         if test_url != flow.store.url:
             moved.append((flow, flow.store.url, flow.store.auto_migrate))
             flow.store.reopen(test_url, auto_migrate=True)
+            flow.store.clear()  # a test database kept by --reuse-db starts empty too
     yield [flow for flow, _, _ in moved]
     for flow, url, auto_migrate in moved:
         flow.store.reopen(url, auto_migrate=auto_migrate)  # lazy: connects on next use
