@@ -317,7 +317,7 @@ def start_test_worker(
         app,
         pool=pool,
         concurrency=concurrency,
-        perform_ping_check=False,
+        perform_ping_check=options.pop("perform_ping_check", False),
         loglevel=options.pop("loglevel", "WARNING"),
         shutdown_timeout=options.pop("shutdown_timeout", 30.0),
         **options,

@@ -190,6 +190,20 @@ def test_children_and_legacy_tasks_resolve_inline_in_order(
     assert run_task_depth["max"] == 1
 
 
+def test_an_event_resumes_a_waiting_run_inline(eager_flow: Flow) -> None:
+    @eager_flow.function(id="await-payment", trigger=event("eager/ordered"))
+    def await_payment(ctx: Any) -> Any:
+        paid = ctx.step.wait_for_event("paid", event="eager/paid", match="data.order", timeout="1h")
+        return paid.data["amount"] if paid else None
+
+    [ordered] = eager_flow.send(Event(name="eager/ordered", data={"order": "o-1"}))
+    [run] = eager_flow.list_runs(event_id=ordered)
+    assert run.status == "waiting"
+    eager_flow.send(Event(name="eager/paid", data={"order": "o-1", "amount": 5}))
+    run = eager_flow.get_run(run.id)
+    assert run.status == "completed" and run.output == 5
+
+
 class NamespacedSettings:
     """What Django's settings module is to an app configured with
     ``config_from_object('django.conf:settings', namespace='CELERY')``."""
