@@ -31,8 +31,15 @@ from . import oncommit
 from .errors import ConfigError
 from .events import Event
 from .flow import Flow
+from .tasks import all_flows
 
-__all__ = ["send_on_commit", "store_url", "store_urls"]
+__all__ = [
+    "Moved",
+    "follow_test_databases",
+    "restore_databases",
+    "send_on_commit",
+    "store_url",
+]
 
 # backend module suffix -> SQLAlchemy driver
 DRIVERS = {
@@ -108,9 +115,33 @@ def store_url(alias: str = "default") -> str:
     return text
 
 
-def store_urls() -> dict[str, str]:
-    """Every URL :func:`store_url` returned in this process, with its alias."""
-    return dict(_issued)
+Moved = list[tuple[Flow, str, bool]]  # a Flow, its store's URL and auto_migrate before
+
+
+def follow_test_databases() -> Moved:
+    """Point every Flow whose store :func:`store_url` made at the database its alias
+    names now: call it once the test databases exist (settings then name
+    ``test_<NAME>``), e.g. in a DiscoverRunner's ``setup_databases``; the pytest plugin
+    does it for pytest-django. The store is migrated and emptied. Returns what
+    :func:`restore_databases` needs."""
+    moved: Moved = []
+    for flow in all_flows():
+        alias = _issued.get(flow.store.url)
+        if alias is None:
+            continue
+        test_url = store_url(alias)
+        if test_url != flow.store.url:
+            moved.append((flow, flow.store.url, flow.store.auto_migrate))
+            flow.store.reopen(test_url, auto_migrate=True)
+            flow.store.clear()  # a kept test database (--reuse-db, --keepdb) starts empty
+    return moved
+
+
+def restore_databases(moved: Moved) -> None:
+    """Back to the stores before :func:`follow_test_databases`, closing the test
+    databases' connections (before they are dropped); nothing connects until used."""
+    for flow, url, auto_migrate in moved:
+        flow.store.reopen(url, auto_migrate=auto_migrate)
 
 
 def send_on_commit(

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from .flow import Flow
-from .tasks import all_flows
 from .testing import worker
 
 __all__ = [
@@ -86,31 +85,19 @@ def celeryflow_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., 
         yield start
 
 
-def _django_flows() -> list[tuple[Flow, str]]:
-    """The Flows whose store celeryflow.django.store_url made, with their alias."""
-    django_module = sys.modules.get("celeryflow.django")
-    if django_module is None:  # never imported: no store follows Django's databases
-        return []
-    issued: dict[str, str] = django_module.store_urls()
-    return [(flow, issued[flow.store.url]) for flow in all_flows() if flow.store.url in issued]
-
-
 @pytest.fixture(scope="session")
 def celeryflow_django_databases(request: pytest.FixtureRequest) -> Iterator[list[Flow]]:
     """Moves each Flow whose store is a Django database to its test database (after
     pytest-django made it), and closes the store's connections before it is dropped."""
     request.getfixturevalue("django_db_setup")
-    django_module = sys.modules["celeryflow.django"]
-    moved: list[tuple[Flow, str, bool]] = []
-    for flow, alias in _django_flows():
-        test_url = django_module.store_url(alias)  # settings now name the test database
-        if test_url != flow.store.url:
-            moved.append((flow, flow.store.url, flow.store.auto_migrate))
-            flow.store.reopen(test_url, auto_migrate=True)
-            flow.store.clear()  # a test database kept by --reuse-db starts empty too
+    # imported by whoever made a store with store_url(); if nobody did, none follows
+    django_module = sys.modules.get("celeryflow.django")
+    if django_module is None:
+        yield []
+        return
+    moved = django_module.follow_test_databases()
     yield [flow for flow, _, _ in moved]
-    for flow, url, auto_migrate in moved:
-        flow.store.reopen(url, auto_migrate=auto_migrate)  # lazy: connects on next use
+    django_module.restore_databases(moved)
 
 
 @pytest.fixture(autouse=True)
