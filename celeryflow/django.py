@@ -35,6 +35,7 @@ from .tasks import all_flows
 
 __all__ = [
     "Moved",
+    "django_flows",
     "follow_test_databases",
     "restore_databases",
     "send_on_commit",
@@ -118,6 +119,11 @@ def store_url(alias: str = "default") -> str:
 Moved = list[tuple[Flow, str, bool]]  # a Flow, its store's URL and auto_migrate before
 
 
+def django_flows() -> list[Flow]:
+    """The Flows whose store :func:`store_url` made."""
+    return [flow for flow in all_flows() if flow.store.url in _issued]
+
+
 def follow_test_databases() -> Moved:
     """Point every Flow whose store :func:`store_url` made at the database its alias
     names now: call it once the test databases exist (settings then name
@@ -125,11 +131,8 @@ def follow_test_databases() -> Moved:
     does it for pytest-django. The store is migrated and emptied. Returns what
     :func:`restore_databases` needs."""
     moved: Moved = []
-    for flow in all_flows():
-        alias = _issued.get(flow.store.url)
-        if alias is None:
-            continue
-        test_url = store_url(alias)
+    for flow in django_flows():
+        test_url = store_url(_issued[flow.store.url])
         if test_url != flow.store.url:
             moved.append((flow, flow.store.url, flow.store.auto_migrate))
             flow.store.reopen(test_url, auto_migrate=True)

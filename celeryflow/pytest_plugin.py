@@ -11,11 +11,12 @@ developer's, and a real worker on demand. Every name starts with ``celeryflow_``
   test ends (eager mode off meanwhile), with Celery's ``celery_worker_pool`` and
   ``celery_worker_parameters`` fixtures (``celery.contrib.pytest``) when defined.
 * With pytest-django: a store made by ``celeryflow.django.store_url(alias)`` follows
-  pytest-django's test database. In a test that uses the database (``db``,
-  ``transactional_db``, ``@pytest.mark.django_db``...), every such Flow is moved to
-  the test database of its alias (``test_<NAME>``, created and migrated with
-  Django's, dropped with it) and its store is emptied after each test (Django's
-  rollback or flush does not cover celeryflow's tables).
+  pytest-django's test database. Before the first test, every such Flow is moved to
+  the test database of its alias (``test_<NAME>``, created by pytest-django then, even
+  if that test does not ask for the database: the store must never be the
+  development one), migrated, and emptied after each test (Django's rollback or flush
+  does not cover celeryflow's tables); its connections are closed before
+  pytest-django drops the database.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ __all__ = [
     "celeryflow_store",
     "celeryflow_worker",
 ]
-
-DJANGO_DB_FIXTURES = {"django_db_setup", "db", "transactional_db"}
 
 
 @pytest.fixture
@@ -102,10 +101,15 @@ def celeryflow_django_databases(request: pytest.FixtureRequest) -> Iterator[list
 
 @pytest.fixture(autouse=True)
 def _celeryflow_django_store(request: pytest.FixtureRequest) -> Iterator[None]:
-    uses_db = bool(DJANGO_DB_FIXTURES & set(request.fixturenames)) or (
-        request.node.get_closest_marker("django_db") is not None
-    )
-    if not uses_db or not request.config.pluginmanager.hasplugin("django"):
+    # Every test, not only those using Django's database: a store made by store_url
+    # is the development database until moved, and celeryflow's connections are not
+    # ones pytest-django blocks.
+    django_module = sys.modules.get("celeryflow.django")
+    if (
+        django_module is None
+        or not django_module.django_flows()
+        or not request.config.pluginmanager.hasplugin("django")
+    ):
         yield
         return
     moved = request.getfixturevalue("celeryflow_django_databases")

@@ -26,6 +26,15 @@ def placed(order: Order, **extra: Any) -> Event:
     )
 
 
+def test_a_test_without_database_access_still_uses_the_test_store() -> None:
+    # first in the file: no test has asked pytest-django for the database yet
+    name = settings.DATABASES["default"]["NAME"]
+    assert name == "test_" + os.environ["SHOP_DB_NAME"]
+    assert sa.make_url(flow.store.url).database == name
+    [event_id] = flow.send(Event(name="shop/pinged"))  # triggers nothing; recorded
+    assert flow.list_runs(event_id=event_id) == []
+
+
 def test_the_store_is_the_test_database(db: None) -> None:
     name = settings.DATABASES["default"]["NAME"]
     assert name == "test_" + os.environ["SHOP_DB_NAME"]
