@@ -112,8 +112,13 @@ def store_url(alias: str = "default") -> str:
             query=query,
         )
     text = url.render_as_string(hide_password=False)
-    _issued[text] = alias
+    _issued[_key(text)] = alias
     return text
+
+
+def _key(url: str) -> str:
+    """A URL as SQLAlchemy renders it, so the same database compares equal."""
+    return sa.make_url(url).render_as_string(hide_password=False)
 
 
 Moved = list[tuple[Flow, str, bool]]  # a Flow, its store's URL and auto_migrate before
@@ -121,7 +126,7 @@ Moved = list[tuple[Flow, str, bool]]  # a Flow, its store's URL and auto_migrate
 
 def django_flows() -> list[Flow]:
     """The Flows whose store :func:`store_url` made."""
-    return [flow for flow in all_flows() if flow.store.url in _issued]
+    return [flow for flow in all_flows() if _key(flow.store.url) in _issued]
 
 
 def follow_test_databases() -> Moved:
@@ -132,7 +137,7 @@ def follow_test_databases() -> Moved:
     :func:`restore_databases` needs."""
     moved: Moved = []
     for flow in django_flows():
-        test_url = store_url(_issued[flow.store.url])
+        test_url = store_url(_issued[_key(flow.store.url)])
         if test_url != flow.store.url:
             moved.append((flow, flow.store.url, flow.store.auto_migrate))
             flow.store.reopen(test_url, auto_migrate=True)
