@@ -9,7 +9,6 @@ and one commit per step.
 from __future__ import annotations
 
 import fcntl
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -20,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..codec import from_json, to_json
 from ..errors import ConfigError, RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
@@ -28,7 +28,7 @@ from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
 from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
-from .tables import events, flow_keys, runs, steps, wait_fields
+from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
 __all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
@@ -59,6 +59,7 @@ class Recorded:
 class DueRun:
     id: str
     eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
+    function_id: str = ""  # names the doorbell message (Celery's shadow name)
 
 
 def _past_deadline(row: Any, now: datetime) -> bool:
@@ -79,10 +80,6 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
         if d is not None and d >= now
     ]
     return min(pending) if pending else None
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class Store:
@@ -119,6 +116,23 @@ class Store:
                     self._check_schema(engine)
                     self._engine = engine
         return self._engine
+
+    def reopen(self, url: str, *, auto_migrate: bool | None = None) -> None:
+        """Point this store at another database, closing the pooled connections to
+        the old one (the pytest plugin gives tests their own store this way; every
+        holder of this object follows). Not while runs execute."""
+        old = self._engine
+        # a new Store's state, so nothing cached for the old database survives
+        self.__dict__.update(Store(url, auto_migrate=auto_migrate).__dict__)
+        if old is not None:
+            old.dispose()
+
+    def clear(self) -> None:
+        """Delete every event, run, step and flow-control row (tests only: the pytest
+        plugin empties a test database's store between tests)."""
+        with self._write() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
 
     @property
     def dialect(self) -> str:
@@ -231,7 +245,7 @@ class Store:
         values = {
             "id": event.id,
             "name": event.name,
-            "data": json.dumps(event.data, separators=(",", ":")),
+            "data": to_json(event.data, f"event {event.name!r} data"),
             "ts": event.ts,
             "received_at": now,
         }
@@ -276,19 +290,32 @@ class Store:
             self._insert_event = insert
         insert_event = self._insert_event
         cutoff = now - EVENT_DEDUP_WINDOW
-        for ev in items:
-            values = {
+        fields_seen: dict[str, list[str]] = {}  # wait fields per event name, see wake_waiters
+        rows = [
+            {
                 "id": ev.id,
                 "name": ev.name,
-                "data": json.dumps(ev.data, separators=(",", ":")),
+                "data": to_json(ev.data, f"event {ev.name!r} data"),
                 "ts": ev.ts,
                 "received_at": now,
             }
-            if self.engine.dialect.insert_returning:
+            for ev in items
+        ]
+        inserted: set[str] | None = None
+        if len(rows) > 1 and self.engine.dialect.insert_returning:
+            # one executemany (batched into multi-row INSERTs) instead of a round trip
+            # per event; an id repeated within the call counts once, as before
+            inserted = set(conn.execute(insert_event, rows).scalars())
+        taken: set[str] = set()
+        for ev, values in zip(items, rows, strict=True):
+            if inserted is not None:
+                fresh = ev.id in inserted and ev.id not in taken
+                taken.add(str(ev.id))
+            elif self.engine.dialect.insert_returning:
                 fresh = conn.execute(insert_event, values).first() is not None
             else:
                 fresh = conn.execute(insert_event, values).rowcount == 1
-            if not fresh:
+            if not fresh and (inserted is None or ev.id not in inserted):
                 # An id seen more than 24 h ago counts as new again.
                 fresh = (
                     conn.execute(
@@ -315,6 +342,7 @@ class Store:
                 if admitted.row["status"] != S.SKIPPED.value:
                     for wait in p.waits:
                         register_wait(conn, self.insert_wait_field(), wait)
+                        fields_seen.clear()
                     recorded.created.append(str(admitted.row["id"]))
             woken = wake_waiters(
                 conn,
@@ -322,6 +350,7 @@ class Store:
                 now=now,
                 resume_due=resume_due,
                 condition_holds=condition_holds,
+                fields_seen=fields_seen,
             )
             recorded.resumed.extend(woken.runs)
             recorded.cancelled.extend(woken.cancelled)
@@ -450,6 +479,7 @@ class Store:
         query = (
             sa.select(
                 runs.c.id,
+                runs.c.function_id,
                 runs.c.status,
                 runs.c.wake_at,
                 runs.c.started_at,
@@ -475,12 +505,12 @@ class Store:
                 next_due: datetime | None
                 if row.status in parked and wake and wake > now:
                     if wake <= horizon:  # wakes before the next pass: ring with an ETA
-                        due.append(DueRun(row.id, wake))
+                        due.append(DueRun(row.id, wake, row.function_id))
                         next_due = wake + redeliver_after
                     else:  # here for a deadline only; nothing to ring yet
                         next_due = wake
                 elif row.status in (*parked, S.RUNNING.value):
-                    due.append(DueRun(row.id, None))
+                    due.append(DueRun(row.id, None, row.function_id))
                     next_due = now + redeliver_after
                 else:
                     next_due = None
@@ -498,6 +528,19 @@ class Store:
             for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
                 cancel_run(conn, run_id, now)
         return due
+
+    def woken(self, now: datetime, limit: int = 500) -> list[str]:
+        """Parked runs whose wake time has come (a retry back-off, a sleep, a wait's
+        timeout), soonest first: what ``celeryflow.testing.run_due`` executes."""
+        parked = (S.QUEUED.value, S.SLEEPING.value, S.WAITING.value)
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.status.in_(parked), runs.c.wake_at <= now)
+            .order_by(runs.c.wake_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [str(run_id) for run_id in conn.execute(query).scalars()]
 
     # -- reading and control ----------------------------------------------------------
 
@@ -563,10 +606,10 @@ class Store:
             function_id=row["function_id"],
             event_id=row["event_id"],
             status=RunStatus(row["status"]),
-            output=_loads(row["output"]),
-            error=_loads(row["error"]),
+            output=from_json(row["output"]),
+            error=from_json(row["error"]),
             attempt=row["attempt"],
-            events=_loads(row["events"]),
+            events=from_json(row["events"]),
             parent_run_id=row["parent_run_id"],
             branch=row["branch"],
             wake_at=row["wake_at"],
@@ -579,8 +622,8 @@ class Store:
                     name=s["name"],
                     kind=s["kind"],
                     status=s["status"],
-                    output=_loads(s["output"]),
-                    error=_loads(s["error"]),
+                    output=from_json(s["output"]),
+                    error=from_json(s["error"]),
                     attempts=s["attempts"],
                     position=s["position"],
                     wake_at=s["wake_at"],
