@@ -29,6 +29,7 @@ def scenario(name: str, tmp_path: Path, short: int, **kw: object) -> Scenario:
     )  # fmt: skip
 
 
+@full  # the short suite has kill -9 on Redis + PostgreSQL, and test_crash.py this stack's
 def test_kill_9_of_workers_under_load(tmp_path: Path) -> None:
     with scenario("kill -9 workers", tmp_path, 30) as sc:
         rep = kill_9_under_load(sc)
