@@ -51,6 +51,9 @@ class FlowSettings(BaseModel):
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # how often beat looks at cron slots
     reconcile_in_worker: bool = True
+    # opening a store connection, and one statement (None: no limit); see README
+    connect_timeout: timedelta | None = timedelta(seconds=10)
+    statement_timeout: timedelta | None = timedelta(seconds=30)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
@@ -66,6 +69,11 @@ class FlowSettings(BaseModel):
     @classmethod
     def _duration(cls, value: Duration) -> timedelta:
         return parse_duration(value, "Flow setting")
+
+    @field_validator("connect_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Duration | None) -> timedelta | None:
+        return None if value is None else parse_duration(value, "Flow setting")
 
 
 def new_run_id() -> str:
@@ -108,7 +116,12 @@ class Flow:
             raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
-        self.store = Store(url, auto_migrate=auto_migrate)
+        self.store = Store(
+            url,
+            auto_migrate=auto_migrate,
+            connect_timeout=self.settings.connect_timeout,
+            statement_timeout=self.settings.statement_timeout,
+        )
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
             if broker is not None:

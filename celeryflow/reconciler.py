@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .durations import utcnow
+from .store.database import store_error_line
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -68,11 +69,23 @@ class ReconcilerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
+        # A store error is one line per distinct error, and passes back off while it
+        # lasts (up to 60 s apart); any other error keeps its traceback.
+        delay, last = self.interval, None
+        while not self._stop_event.wait(delay):
             try:
                 self.reconciler.run_once()
-            except Exception:  # the next pass retries; never kill the worker for this
-                log.exception("reconciler pass failed")
+            except Exception as exc:  # the next pass retries; never kill the worker for this
+                line = store_error_line(exc)
+                if line is None:
+                    log.exception("reconciler pass failed")
+                elif line != last:
+                    log.error("reconciler pass failed: %s (retrying with back-off)", line)
+                last, delay = line, max(self.interval, min(delay * 2, 60.0))
+            else:
+                if last is not None:
+                    log.warning("reconciler passes work again")
+                delay, last = self.interval, None
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -12,9 +13,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
+from celery.platforms import EX_UNAVAILABLE
+from celery.worker import state as worker_state
 
 from .errors import ConfigError
 from .reconciler import Reconciler, ReconcilerThread
+from .store.database import display_url, store_error_line
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -29,6 +33,7 @@ __all__ = [
     "flow_of",
     "install",
     "start_test_worker",
+    "wait_for_store",
 ]
 
 RUN_TASK = "celeryflow.run"
@@ -39,6 +44,11 @@ TASK_FAILED = "celeryflow.task_failed"  # link_error: it failed for good
 TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
 log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
+# A worker whose store does not answer at start retries as Celery does for its
+# broker (broker_connection_retry): 2 s, 4 s, ... up to 30 s apart, 100 tries.
+STORE_RETRY_START, STORE_RETRY_STEP, STORE_RETRY_MAX = 2.0, 2.0, 30.0
+STORE_RETRIES = 100
+EX_CONFIG = getattr(os, "EX_CONFIG", 78)  # sysexits.h: a configuration error
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
 
@@ -194,10 +204,23 @@ def install(flow: Flow) -> CeleryDoorbell:
     if app.finalized:
         add_beat_entry()
 
+    class StoreCheckStep(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Before the worker consumes anything: the store answers and is migrated."""
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            pass
+
+        def start(self, worker: Any) -> None:
+            wait_for_store(flow)
+
+    app.steps["worker"].add(StoreCheckStep)
+
     if settings.reconcile_in_worker:
 
         class ReconcilerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             """Runs the reconciler inside the worker, so beat is optional."""
+
+            requires = (StoreCheckStep,)
 
             def __init__(self, worker: Any, **kwargs: Any) -> None:
                 self.thread: ReconcilerThread | None = None
@@ -215,6 +238,44 @@ def install(flow: Flow) -> CeleryDoorbell:
 
         app.steps["worker"].add(ReconcilerStep)
     return doorbell
+
+
+def wait_for_store(flow: Flow) -> None:
+    """Connect to the store and check its schema (or migrate it, with auto_migrate)
+    before the worker says ``ready``. Not migrated, or any setup error: one line and
+    the worker exits (EX_CONFIG). Unreachable: one line per attempt, retried with
+    back-off like the broker connection; after the last attempt it exits
+    (EX_UNAVAILABLE). A warm or cold shutdown stops the waiting."""
+    where = display_url(flow.store.url)
+    delay = STORE_RETRY_START
+    for attempt in range(1, STORE_RETRIES + 1):
+        try:
+            flow.store.check()
+            if attempt > 1:
+                log.info("connected to the celeryflow store at %s", where)
+            return
+        except ConfigError as exc:
+            log.critical("%s", exc)
+            raise SystemExit(EX_CONFIG) from None
+        except Exception as exc:
+            line = store_error_line(exc)
+            if line is None:
+                raise
+            if attempt == STORE_RETRIES:
+                log.critical("%s; giving up after %d attempts", line, attempt)
+                raise SystemExit(EX_UNAVAILABLE) from None
+            log.error(
+                "%s. Trying again in %.2f seconds... (%d/%d)",
+                line,
+                delay,
+                attempt,
+                STORE_RETRIES,
+            )
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            worker_state.maybe_shutdown()  # raises SystemExit on a shutdown signal
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        delay = min(delay + STORE_RETRY_STEP, STORE_RETRY_MAX)
 
 
 @contextmanager

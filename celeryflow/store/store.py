@@ -24,7 +24,7 @@ from ..errors import ConfigError, RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord
-from .database import SQLiteWriteLock, create_store_engine, sqlite_path
+from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
 from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
@@ -90,10 +90,22 @@ class Store:
 
     SQLite stores are created on first use; other databases are migrated explicitly
     with ``celeryflow migrate`` or :meth:`migrate`, unless ``auto_migrate=True``.
+    The URL is checked at once (a ConfigError says how to fix it); the database is
+    first connected to on first use.
     """
 
-    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_migrate: bool | None = None,
+        connect_timeout: timedelta | None = None,
+        statement_timeout: timedelta | None = None,
+    ) -> None:
+        check_store_url(url)
         self.url = url
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.is_sqlite = sqlite_path(url) is not None
         self.auto_migrate = self.is_sqlite if auto_migrate is None else auto_migrate
         self._engine: sa.Engine | None = None
@@ -115,23 +127,50 @@ class Store:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    engine = create_store_engine(self.url)
+                    engine = create_store_engine(
+                        self.url,
+                        connect_timeout=self.connect_timeout,
+                        statement_timeout=self.statement_timeout,
+                    )
                     self._check_schema(engine)
                     self._engine = engine
         return self._engine
+
+    def check(self) -> None:
+        """Connect, and check the schema (or migrate it, with auto_migrate): raises
+        StoreUnavailable if the store does not answer, ConfigError if not migrated."""
+        if self._engine is None:
+            self.engine  # noqa: B018 (building it checks the schema)
+        else:
+            self._check_schema(self._engine)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent, safe to run twice)."""
-        from .migrate import upgrade
+    def migrate(self) -> tuple[str | None, str | None]:
+        """Bring the schema to the newest migration (idempotent, safe to run twice);
+        returns the revisions before and after. A migration may rewrite big tables,
+        so it runs without the statement timeout (the connect timeout holds)."""
+        from .migrate import current_revision, upgrade
 
-        engine = self._engine or create_store_engine(self.url)
-        with self._migration_lock():
-            upgrade(engine)
-        self._engine = engine
+        if self.is_sqlite:  # no statement timeout; and ":memory:" lives in its engine
+            engine = self._engine or create_store_engine(self.url)
+        else:
+            engine = create_store_engine(self.url, connect_timeout=self.connect_timeout)
+        try:
+            with self._migration_lock():
+                with engine.connect() as conn:
+                    before = current_revision(conn)
+                upgrade(engine)
+                with engine.connect() as conn:
+                    after = current_revision(conn)
+        finally:
+            if not self.is_sqlite:
+                engine.dispose()
+        if self.is_sqlite:
+            self._engine = engine
+        return before, after
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
