@@ -26,6 +26,7 @@ from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
 from .store import PlannedRun, Recorded, Store
+from .store.admin import cancellable_statuses
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -504,6 +505,22 @@ class Flow:
         """Cancel a run: a parked one at once, a running one at its next step.
         False if it had already ended."""
         return self.store.cancel(run_id, utcnow())
+
+    def cancel_runs(
+        self,
+        *,
+        function_id: str,
+        status: RunStatus | str | list[RunStatus | str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Cancel every run of ``function_id`` that has not ended (or only those in
+        ``status``), as :meth:`cancel` does each; returns how many. The function need
+        not be defined any more: this retires the runs of a removed one. ``dry_run``
+        counts them instead."""
+        statuses = cancellable_statuses(status)
+        if dry_run:
+            return self.store.count_runs(function_id, statuses)
+        return self.store.cancel_runs(function_id, statuses, utcnow())
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,10 +14,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
+from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
 from celery.worker import state as worker_state
 
-from .errors import ConfigError
+from .errors import CeleryflowError, ConfigError
 from .reconciler import Reconciler, ReconcilerThread
 from .store.database import display_url, store_error_line
 
@@ -32,6 +34,7 @@ __all__ = [
     "CeleryDoorbell",
     "flow_of",
     "install",
+    "load_flow",
     "start_test_worker",
     "wait_for_store",
 ]
@@ -56,6 +59,41 @@ _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
 def flow_of(app: Celery) -> Flow | None:
     """The Flow bound to ``app``, if any."""
     return _flows.get(app)
+
+
+def load_flow(name: str) -> Flow:
+    """The Flow of the Celery app ``name`` names, found as ``celery -A name`` finds it
+    (``module``, ``module:attribute``, ``package`` with a ``celery`` module; the current
+    directory first). Raises ConfigError in one line."""
+    try:
+        app = find_app(name)
+    except CeleryflowError:
+        raise  # the app module's own Flow(...) refused its settings: that says it best
+    except ModuleNotFoundError as exc:
+        if exc.name and name.split(":")[0].startswith(exc.name):
+            raise ConfigError(
+                f"-A {name}: no module named {exc.name!r} (run from the directory that "
+                "holds it, or add that directory to PYTHONPATH)"
+            ) from None
+        raise ConfigError(f"-A {name}: importing it failed: {_where(exc)}") from None
+    except AttributeError as exc:
+        raise ConfigError(f"-A {name}: no Celery app there ({exc})") from None
+    except Exception as exc:
+        raise ConfigError(f"-A {name}: importing it failed: {_where(exc)}") from None
+    if not isinstance(app, Celery):
+        raise ConfigError(f"-A {name}: {app!r} is not a Celery app")
+    flow = flow_of(app)
+    if flow is None:
+        raise ConfigError(f"-A {name}: the Celery app {app.main!r} has no Flow (Flow(app))")
+    return flow
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame: one line, no traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    place = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}{place}"
 
 
 def broker_configured(app: Celery) -> bool:

@@ -221,11 +221,12 @@ def _report_unavailable(
 
 
 def _is_timeout(cause: BaseException) -> bool:
-    """A statement cancelled by PostgreSQL's statement_timeout (SQLSTATE 57014), or
-    a MySQL client read past its read_timeout."""
+    """A statement cancelled by PostgreSQL's statement_timeout (SQLSTATE 57014), a
+    MySQL client read past its read_timeout, a connect past its connect_timeout."""
     if getattr(cause, "sqlstate", None) == "57014":
         return True
-    return "timed out" in str(cause)
+    text = str(cause).lower()
+    return "timed out" in text or "timeout expired" in text
 
 
 def store_error_line(exc: BaseException) -> str | None:

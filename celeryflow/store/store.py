@@ -8,7 +8,6 @@ and one commit per step.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -20,10 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..errors import ConfigError, RunNotFound
+from ..errors import RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord
+from .admin import StoreAdmin
 from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
@@ -85,7 +85,7 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class Store:
+class Store(StoreAdmin):
     """A SQL store at ``url`` (SQLite, PostgreSQL, MySQL/MariaDB).
 
     SQLite stores are created on first use; other databases are migrated explicitly
@@ -136,75 +136,9 @@ class Store:
                     self._engine = engine
         return self._engine
 
-    def check(self) -> None:
-        """Connect, and check the schema (or migrate it, with auto_migrate): raises
-        StoreUnavailable if the store does not answer, ConfigError if not migrated."""
-        if self._engine is None:
-            self.engine  # noqa: B018 (building it checks the schema)
-        else:
-            self._check_schema(self._engine)
-
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
-
-    def migrate(self) -> tuple[str | None, str | None]:
-        """Bring the schema to the newest migration (idempotent, safe to run twice);
-        returns the revisions before and after. A migration may rewrite big tables,
-        so it runs without the statement timeout (the connect timeout holds)."""
-        from .migrate import current_revision, upgrade
-
-        if self.is_sqlite:  # no statement timeout; and ":memory:" lives in its engine
-            engine = self._engine or create_store_engine(self.url)
-        else:
-            engine = create_store_engine(self.url, connect_timeout=self.connect_timeout)
-        try:
-            with self._migration_lock():
-                with engine.connect() as conn:
-                    before = current_revision(conn)
-                upgrade(engine)
-                with engine.connect() as conn:
-                    after = current_revision(conn)
-        finally:
-            if not self.is_sqlite:
-                engine.dispose()
-        if self.is_sqlite:
-            self._engine = engine
-        return before, after
-
-    @contextmanager
-    def _migration_lock(self) -> Iterator[None]:
-        # Two workers starting on a fresh SQLite file must not both create tables.
-        path = sqlite_path(self.url)
-        if path is None or path == ":memory:":
-            yield
-            return
-        with open(path + ".migrate-lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _check_schema(self, engine: sa.Engine) -> None:
-        from .migrate import current_revision, head_revision
-
-        with engine.connect() as conn:
-            current = current_revision(conn)
-        if current == head_revision():
-            return
-        if self.auto_migrate:
-            from .migrate import upgrade
-
-            with self._migration_lock():
-                upgrade(engine)
-            return
-        where = engine.url.render_as_string(hide_password=True)
-        raise ConfigError(
-            f"the celeryflow store at {where} is at schema revision {current or 'none'}, "
-            f"not {head_revision()}: run `celeryflow migrate --store {where}` "
-            "(or Flow(..., auto_migrate=True))"
-        )
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
