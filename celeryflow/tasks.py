@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, bootsteps
 from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
-from celery.worker import state as worker_state
 
 from .errors import CeleryflowError, ConfigError
 from .reconciler import Reconciler, ReconcilerThread
@@ -242,13 +241,12 @@ def install(flow: Flow) -> CeleryDoorbell:
     if app.finalized:
         add_beat_entry()
 
-    class StoreCheckStep(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Before the worker consumes anything: the store answers and is migrated."""
+    class StoreCheckStep(bootsteps.Step):  # type: ignore[misc]
+        """The store answers and is migrated, checked while the worker is built:
+        before its pool forks (an exit then leaves no child behind) and long before
+        it says ``ready``."""
 
-        def __init__(self, worker: Any, **kwargs: Any) -> None:
-            pass
-
-        def start(self, worker: Any) -> None:
+        def create(self, worker: Any) -> None:
             wait_for_store(flow)
 
     app.steps["worker"].add(StoreCheckStep)
@@ -283,7 +281,8 @@ def wait_for_store(flow: Flow) -> None:
     before the worker says ``ready``. Not migrated, or any setup error: one line and
     the worker exits (EX_CONFIG). Unreachable: one line per attempt, retried with
     back-off like the broker connection; after the last attempt it exits
-    (EX_UNAVAILABLE). A warm or cold shutdown stops the waiting."""
+    (EX_UNAVAILABLE). Ctrl-C or SIGTERM ends the waiting (the worker has no
+    children yet and no signal handlers of its own)."""
     where = display_url(flow.store.url)
     delay = STORE_RETRY_START
     for attempt in range(1, STORE_RETRIES + 1):
@@ -309,10 +308,10 @@ def wait_for_store(flow: Flow) -> None:
                 attempt,
                 STORE_RETRIES,
             )
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            worker_state.maybe_shutdown()  # raises SystemExit on a shutdown signal
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        try:
+            time.sleep(delay)
+        except KeyboardInterrupt:
+            raise SystemExit(EX_UNAVAILABLE) from None
         delay = min(delay + STORE_RETRY_STEP, STORE_RETRY_MAX)
 
 

@@ -196,6 +196,10 @@ def test_worker_on_an_unreachable_store_retries_with_back_off_one_line_each(
     assert "cannot connect to the celeryflow store" in records[0]
     assert "Traceback" not in text
     assert " ready." not in text
+    # checked before the pool forks: a stop signal to the whole process group (systemd,
+    # Ctrl-C) finds no child holding a pool lock
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert children == []
     proc.send_signal(signal.SIGTERM)  # a shutdown ends the waiting
     proc.wait(timeout=30)
 
