@@ -3,19 +3,23 @@ the doorbell that sends them, the beat entry and the worker bootstep."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
-import traceback
 import weakref
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from traceback import extract_tb
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
 from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
+from celery.utils.imports import symbol_by_name
 
 from .errors import CeleryflowError, ConfigError
 from .reconciler import Reconciler, ReconcilerThread
@@ -31,9 +35,14 @@ __all__ = [
     "TASK_FAILED",
     "TICK_TASK",
     "CeleryDoorbell",
+    "all_flows",
+    "eager_off",
     "flow_of",
+    "function_of_shadow",
     "install",
+    "is_eager",
     "load_flow",
+    "shadow_name",
     "start_test_worker",
     "wait_for_store",
 ]
@@ -53,11 +62,18 @@ STORE_RETRIES = 100
 EX_CONFIG = getattr(os, "EX_CONFIG", 78)  # sysexits.h: a configuration error
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
+_imported: weakref.WeakSet[Celery] = weakref.WeakSet()  # apps whose task modules are in
+_inline = threading.local()  # the queue of the inline executions this thread is running
 
 
 def flow_of(app: Celery) -> Flow | None:
     """The Flow bound to ``app``, if any."""
     return _flows.get(app)
+
+
+def all_flows() -> list[Flow]:
+    """Every Flow of this process (one per Celery app)."""
+    return list(_flows.values())
 
 
 def load_flow(name: str) -> Flow:
@@ -89,7 +105,7 @@ def load_flow(name: str) -> Flow:
 
 def _where(exc: BaseException) -> str:
     """``Type: message (file:line)`` of the innermost frame: one line, no traceback."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    frames = [f for f in extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
     place = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}{place}"
@@ -104,13 +120,61 @@ def broker_configured(app: Celery) -> bool:
 
 
 def finalize(app: Celery) -> None:
-    """Finalize the app (autodiscovering task modules) if nothing has yet."""
+    """Import the app's task modules as a worker does (``imports``, ``include``,
+    ``autodiscover_tasks``: app.finalize alone imports none), once, and finalize it."""
+    if app not in _imported:
+        _imported.add(app)
+        app.loader.import_default_modules()
     if not app.finalized:
         app.finalize(auto=True)
 
 
 def set_default_broker(app: Celery, url: str) -> None:
     app.conf.broker_url = url
+
+
+def shadow_name(function_id: str | None) -> str | None:
+    """The name a run message shows in the worker log, Flower and ``celery inspect``
+    (Celery's ``shadow``): ``celeryflow.run:<function id>``; None keeps the task name."""
+    return f"{RUN_TASK}:{function_id}" if function_id else None
+
+
+def function_of_shadow(shadow: str | None) -> str | None:
+    prefix = f"{RUN_TASK}:"
+    return shadow[len(prefix) :] if shadow and shadow.startswith(prefix) else None
+
+
+class _Housekeeping(logging.Filter):
+    """Celery's per-message INFO lines for celeryflow's housekeeping tasks (the
+    ``celeryflow.reconcile`` and ``celeryflow.tick`` beat entries: "Sending due task",
+    "Task ... received", "... succeeded") are logged at DEBUG: several a second, they
+    would bury everything else in a worker's INFO log."""
+
+    NAMES = frozenset({TICK_TASK, CRON_TASK})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self._housekeeping(record.args):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+    def _housekeeping(self, args: Any) -> bool:
+        if isinstance(args, Mapping):  # the worker's lines: {"name": ..., "id": ...}
+            return args.get("name") in self.NAMES
+        return isinstance(args, tuple) and len(args) == 2 and args[1] in self.NAMES  # beat's
+
+
+_HOUSEKEEPING_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_housekeeping() -> None:
+    """Install the filter on Celery's loggers (once per process)."""
+    for name in _HOUSEKEEPING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Housekeeping) for f in logger.filters):
+            logger.addFilter(_Housekeeping())
 
 
 class CeleryDoorbell:
@@ -120,8 +184,27 @@ class CeleryDoorbell:
         self.app = app
         self.queue = queue
 
-    def ring(self, run_ids: Sequence[str], eta: datetime | None = None) -> None:
+    def ring(
+        self,
+        run_ids: Sequence[str],
+        eta: datetime | None = None,
+        *,
+        function_id: str | Mapping[str, str] | None = None,
+    ) -> None:
+        """Send one message per run. ``function_id`` (of all the runs, or by run id)
+        names each message after its function; callers pass it where they know it
+        for free, and a run without one goes under the plain task name."""
         if not run_ids:
+            return
+        if is_eager(self.app):
+            # Eager mode runs a run inline up to its first park; a park (an ETA ring)
+            # is not run inline, or each wake-up would run it again, recursively. Its
+            # stored wake time stays: testing.run_due, a worker or the reconciler
+            # finish it.
+            if eta is None:
+                self.run_inline(run_ids)
+            else:
+                log.debug("eager mode: run(s) %s parked until %s", ", ".join(run_ids), eta)
             return
         task = self.app.tasks[RUN_TASK]
         options: dict[str, Any] = {}
@@ -131,7 +214,14 @@ class CeleryDoorbell:
             options["eta"] = eta
         with self.app.producer_or_acquire() as producer:
             for run_id in run_ids:
-                task.apply_async((run_id,), producer=producer, **options)
+                named = function_id.get(run_id) if isinstance(function_id, Mapping) else function_id
+                task.apply_async((run_id,), producer=producer, shadow=shadow_name(named), **options)
+
+    def run_inline(self, run_ids: Sequence[str]) -> None:
+        """Execute the runs in this thread (Celery's ``Task.apply``), one after the
+        other: what they ring meanwhile runs after them, never nested."""
+        task = self.app.tasks[RUN_TASK]
+        inline([functools.partial(task.apply, (run_id,)) for run_id in run_ids])
 
     def send_task(
         self,
@@ -148,7 +238,14 @@ class CeleryDoorbell:
         options = {"queue": self.queue} if self.queue else {}
         done = self.app.signature(TASK_DONE, args=(run_id, key), **options)
         failed = self.app.signature(TASK_FAILED, args=(run_id, key), **options)
-        task.apply_async(tuple(args), kwargs, task_id=task_id, link=done, link_error=failed)
+
+        def send() -> None:
+            task.apply_async(tuple(args), kwargs, task_id=task_id, link=done, link_error=failed)
+
+        if is_eager(self.app):
+            inline([send])  # after the run parks for it, as a worker would see it
+        else:
+            send()
 
     def resolve_later(
         self, run_id: str, key: str, outcome: dict[str, Any], attempt: int, delay: float
@@ -156,7 +253,55 @@ class CeleryDoorbell:
         options: dict[str, Any] = {"countdown": delay}
         if self.queue:
             options["queue"] = self.queue
-        self.app.tasks[TASK_RESOLVE].apply_async((run_id, key, outcome, attempt), **options)
+        task = self.app.tasks[TASK_RESOLVE]
+        if is_eager(self.app):
+            inline([lambda: task.apply((run_id, key, outcome, attempt))])
+        else:
+            task.apply_async((run_id, key, outcome, attempt), **options)
+
+
+def is_eager(app: Celery) -> bool:
+    """Whether Celery executes tasks inline (``task_always_eager``)."""
+    return bool(app.conf.task_always_eager)
+
+
+def inline(actions: list[Callable[[], object]]) -> None:
+    """Run ``actions`` in this thread, in order; actions added while they run are
+    queued behind them, so inline executions never nest (no recursion, and a run
+    rung by the run executing finds it parked, not half done)."""
+    queue: deque[Callable[[], object]] | None = getattr(_inline, "queue", None)
+    if queue is not None:
+        queue.extend(actions)
+        return
+    _inline.queue = queue = deque(actions)
+    try:
+        while queue:
+            queue.popleft()()
+    finally:
+        _inline.queue = None
+
+
+@contextmanager
+def eager_off(app: Celery) -> Iterator[None]:
+    """Celery's eager mode off for the block, then restored: ``app.conf`` and, for an
+    app configured with ``config_from_object(obj, namespace=NS)`` (Django's
+    ``'django.conf:settings'``, ``'CELERY'``), the object's ``NS_TASK_ALWAYS_EAGER``."""
+    before = app.conf.task_always_eager
+    source: Any = getattr(app, "_config_source", None)
+    if isinstance(source, str):
+        source = symbol_by_name(source)
+    name = f"{app.namespace}_TASK_ALWAYS_EAGER" if app.namespace else None
+    missing = object()
+    previous = getattr(source, name, missing) if source is not None and name else missing
+    app.conf.task_always_eager = False
+    if previous is not missing:
+        setattr(source, name, False)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = before
+        if previous is not missing:
+            setattr(source, name, previous)  # type: ignore[arg-type]
 
 
 def install(flow: Flow) -> CeleryDoorbell:
@@ -167,9 +312,10 @@ def install(flow: Flow) -> CeleryDoorbell:
     _flows[app] = flow
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue)
+    quiet_housekeeping()
 
-    @app.task(name=RUN_TASK, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
-    def run(run_id: str) -> None:
+    @app.task(name=RUN_TASK, bind=True, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    def run(task: Any, run_id: str) -> None:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
@@ -178,7 +324,8 @@ def install(flow: Flow) -> CeleryDoorbell:
             from .durations import utcnow
 
             if wake - utcnow() <= settings.eta_horizon:
-                doorbell.ring([run_id], eta=wake)
+                fid = function_of_shadow(getattr(task.request, "shadow", None))
+                doorbell.ring([run_id], eta=wake, function_id=fid)
 
     # A legacy task's outcome, for the step that invoked it. The link callback gets the
     # return value; the errback runs inline in the failing task's worker (Celery's
@@ -326,7 +473,7 @@ def start_test_worker(
         app,
         pool=pool,
         concurrency=concurrency,
-        perform_ping_check=False,
+        perform_ping_check=options.pop("perform_ping_check", False),
         loglevel=options.pop("loglevel", "WARNING"),
         shutdown_timeout=options.pop("shutdown_timeout", 30.0),
         **options,

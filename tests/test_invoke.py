@@ -89,7 +89,7 @@ def test_on_failure_receives_the_error_and_failures_are_broadcast(stack: Stack) 
 
     assert failed.status == RunStatus.FAILED
     assert handled[0].output == {"failed": "fragile", "error": "StepError", "run": failed.id}
-    assert handled[0].events[0]["data"]["event"]["data"] == {"order": 7}
+    assert handled[0].events[0].data["event"]["data"] == {"order": 7}
     assert [a.output for a in audited] == ["fragile"]
 
 

@@ -75,7 +75,7 @@ class StoreAdmin:
         """Bring the schema to the newest migration (idempotent, safe to run twice);
         returns the revisions before and after. A migration may rewrite big tables,
         so it runs without the statement timeout (the connect timeout holds)."""
-        from .migrate import current_revision, upgrade
+        from .migrate import upgrade
 
         if self.is_sqlite:  # no statement timeout; and ":memory:" lives in its engine
             engine = self._engine or create_store_engine(self.url)
@@ -83,11 +83,7 @@ class StoreAdmin:
             engine = create_store_engine(self.url, connect_timeout=self.connect_timeout)
         try:
             with self._migration_lock():
-                with engine.connect() as conn:
-                    before = current_revision(conn)
-                upgrade(engine)
-                with engine.connect() as conn:
-                    after = current_revision(conn)
+                before, after = upgrade(engine)
         finally:
             if not self.is_sqlite:
                 engine.dispose()
