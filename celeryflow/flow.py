@@ -26,7 +26,7 @@ from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
-from .store import PlannedRun, Recorded, Store
+from .store import EVENT_DEDUP_WINDOW, PlannedRun, Recorded, Store
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -49,6 +49,10 @@ class FlowSettings(BaseModel):
     reconcile_interval: timedelta = timedelta(seconds=5)
     redeliver_after: timedelta = timedelta(seconds=30)  # ring again if nothing happened
     eta_horizon: timedelta = timedelta(minutes=5)  # longer waits: the reconciler wakes them
+    # how long ended runs (and events no run refers to) are kept; None keeps everything
+    retention: timedelta | None = timedelta(days=7)
+    prune_interval: timedelta = timedelta(minutes=1)  # store-wide, whatever the workers
+    dedup_window: timedelta = EVENT_DEDUP_WINDOW  # an event id seen within it starts nothing
     retry_base: timedelta = timedelta(seconds=1)
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # the longest cron look-away (workers, beat)
@@ -63,11 +67,18 @@ class FlowSettings(BaseModel):
         "retry_base",
         "retry_max",
         "tick_interval",
+        "prune_interval",
+        "dedup_window",
         mode="before",
     )
     @classmethod
     def _duration(cls, value: Duration) -> timedelta:
         return parse_duration(value, "Flow setting")
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Duration | None) -> timedelta | None:
+        return None if value is None else parse_duration(value, "Flow setting retention")
 
 
 def new_run_id() -> str:
@@ -111,6 +122,7 @@ class Flow:
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
         self.store = Store(url, auto_migrate=auto_migrate)
+        self.store.dedup_window = self.settings.dedup_window
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
             if broker is not None:
