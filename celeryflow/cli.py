@@ -7,8 +7,11 @@ import os
 
 import click
 
+from .durations import parse_duration, utcnow
+from .errors import ConfigError
 from .flow import DEFAULT_STORE
-from .store import Store
+from .store import EVENT_DEDUP_WINDOW, Store
+from .store.prune import KINDS, Pruned, prune
 
 __all__ = ["main"]
 
@@ -54,6 +57,53 @@ def show_run(store_url: str, run_id: str) -> None:
     """Show one run and its steps as JSON."""
     store = Store(store_url, auto_migrate=False)
     click.echo(json.dumps(store.get_run(run_id).model_dump(mode="json"), indent=2))
+
+
+PRUNED_NAMES = {
+    "waits": "waiter rows",
+    "flow_keys": "flow-control keys",
+    "cron_ticks": "cron ticks",
+}
+
+
+def _pruned_line(verb: str, pruned: Pruned) -> str:
+    counts = pruned.as_dict()
+    return f"{verb} " + ", ".join(f"{counts[k]} {PRUNED_NAMES.get(k, k)}" for k in KINDS)
+
+
+@main.command("prune")
+@store_option
+@click.option(
+    "--older-than",
+    default="7d",
+    show_default=True,
+    help="Remove runs that ended, and events received, before this long ago (30d, 12h...).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+def prune_store(store_url: str, older_than: str, dry_run: bool) -> None:
+    """Remove ended runs (with their steps), unused events past the 24 h dedup window
+    and expired flow-control keys, in batches of 500 rows, as the reconciler does.
+    Live runs are never touched. Cron ticks are pruned by the workers, which know
+    the schedules."""
+    try:
+        age = parse_duration(older_than, "--older-than")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    store = Store(store_url, auto_migrate=False)
+    now = utcnow()
+    counted = prune(store, now=now, older_than=age, dedup_window=EVENT_DEDUP_WINDOW, dry_run=True)
+    if dry_run:
+        click.echo(_pruned_line("would remove", counted))
+        return
+    with click.progressbar(length=counted.total(), label="pruning") as bar:
+        done = prune(
+            store,
+            now=now,
+            older_than=age,
+            dedup_window=EVENT_DEDUP_WINDOW,
+            progress=lambda _kind, n: bar.update(n),
+        )
+    click.echo(_pruned_line("removed", done))
 
 
 if __name__ == "__main__":
