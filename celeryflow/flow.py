@@ -205,7 +205,7 @@ class Flow:
     ) -> list[str]:
         """Record events and start the runs they trigger; returns the event ids.
 
-        An id already seen in the last 24 h starts nothing new. Like calling a Celery
+        An id already seen within ``dedup_window`` (24 h) starts nothing new. Like calling a Celery
         task, the sending process must have imported the functions (directly or by
         ``app.autodiscover_tasks``); the events are validated before anything is written.
 
