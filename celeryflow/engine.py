@@ -11,7 +11,6 @@ function does not break the runs already in flight.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .codec import to_json
+from .codec import from_json, to_json
 from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
     BranchFinished,
@@ -228,7 +227,7 @@ class Execution:
         # write (the next step's, a park or the finish), which always comes before
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
-        events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
+        events = [Event.model_validate(e) for e in from_json(claim.run["events"])]
         context = dict(
             run_id=self.run_id,
             function_id=function.id,
@@ -477,10 +476,10 @@ class Execution:
         if row is not None:
             if row["status"] == "completed":
                 plan.done = True
-                plan.value = None if row["output"] is None else json.loads(row["output"])
+                plan.value = from_json(row["output"])
                 return plan
             if row["status"] == "failed":
-                raise StepError(name, json.loads(row["error"]))
+                raise StepError(name, from_json(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
         self._check_deadline()
@@ -504,7 +503,7 @@ class Execution:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
         self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
-        return json.loads(text)
+        return from_json(text)
 
     def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
         """Record a failed attempt; raises StepError (for good) or Interrupt (retry)."""

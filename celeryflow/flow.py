@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -17,11 +16,22 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import oncommit, tasks
+from .codec import to_json
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
-from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .flowcontrol import (
+    Admission,
+    Batch,
+    Concurrency,
+    Debounce,
+    KeyUnavailable,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .legacy import RunHandle
 from .runs import Run, RunStatus
@@ -269,7 +279,8 @@ class Flow:
         limited: dict[tuple[str, str | None, str | None], list[int]] = {}
         waiting_for_slot: list[str] = []
         new = set(created)
-        ring = [i for i in created if i not in {p.row["id"] for p in planned}]  # full batches
+        planned_ids = {p.row["id"] for p in planned}
+        ring = [i for i in created if i not in planned_ids]  # batches that filled up
         for p in planned:
             row = p.row
             fn = self.functions.get(row["function_id"])
@@ -460,6 +471,13 @@ class Flow:
     ) -> PlannedRun:
         """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
         row = self.new_run(fn.id, [ev], now)
+        if row["status"] == RunStatus.SKIPPED.value:  # a concurrency key failed
+            return PlannedRun(row, [], Admission(refused=True))
+        try:
+            admission = fn.control.admission(variables)
+        except KeyUnavailable as exc:
+            exc.refuse(row, now)
+            return PlannedRun(row, [], Admission(refused=True))
         if fn.control.concurrency:
             # parked for a slot from birth: the sender rings only the runs first in
             # line (send()), a released slot the next, the reconciler any it missed
@@ -472,25 +490,29 @@ class Flow:
             due = [d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d]
             row["due_at"] = min(due) if due else None
         waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-        admission = fn.control.admission(variables)
         return PlannedRun(row, waits, admission if admission else None)
 
     def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         """A run row (every column an insert names, so rows batch in one executemany),
-        with its concurrency keys and queue position evaluated from its first event."""
+        with its concurrency keys and queue position evaluated from its first event.
+        A concurrency key that cannot be evaluated makes it the run's skipped record."""
         keys: list[str | None] = [None, None]
         queue_at = now
+        refused: KeyUnavailable | None = None
         function = self.functions.get(function_id)
         if function is not None and (function.control.concurrency or function.control.priority):
             variables = {"event": evs[0].model_dump()}
-            for i, key in enumerate(function.control.concurrency_keys(variables)):
-                keys[i] = key
+            try:
+                for i, key in enumerate(function.control.concurrency_keys(variables)):
+                    keys[i] = key
+            except KeyUnavailable as exc:
+                refused = exc
             queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
-        return {
+        row = {
             "id": new_run_id(),
             "function_id": function_id,
             "event_id": evs[0].id,
-            "events": json.dumps([e.model_dump() for e in evs], separators=(",", ":")),
+            "events": to_json([e.model_dump() for e in evs], "events"),
             "status": RunStatus.QUEUED.value,
             "attempt": 0,
             "fence": 0,
@@ -507,6 +529,9 @@ class Flow:
             "queue_at": queue_at,
             "created_at": now,
         }
+        if refused is not None:
+            refused.refuse(row, now)
+        return row
 
     # -- runs ---------------------------------------------------------------------------
 

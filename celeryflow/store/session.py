@@ -11,7 +11,6 @@ park, or the finish), so a run of N steps costs N write transactions plus its cl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from ..codec import to_json
 from ..runs import RunStatus, sources_of
 from .flowkeys import take_slot
 from .single import finish_alone, finish_alone_params
@@ -508,7 +508,7 @@ class RunSession:
                         values = dict(
                             waiting[0], status="completed", wake_at=None, ended_at=datetime_now()
                         )
-                        values["output"] = json.dumps(event)
+                        values["output"] = to_json(event, "event")
                         self._write_steps(fence, [(values, waiting[1])])
                         return True, event
                 if self.conn.execute(self.sql.move[S.WAITING], params).rowcount != 1:

@@ -9,7 +9,6 @@ and one commit per step.
 from __future__ import annotations
 
 import fcntl
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -20,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..codec import from_json, to_json
 from ..errors import ConfigError, RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
@@ -80,10 +80,6 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
         if d is not None and d >= now
     ]
     return min(pending) if pending else None
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class Store:
@@ -253,7 +249,7 @@ class Store:
         values = {
             "id": event.id,
             "name": event.name,
-            "data": json.dumps(event.data, separators=(",", ":")),
+            "data": to_json(event.data, f"event {event.name!r} data"),
             "ts": event.ts,
             "received_at": now,
         }
@@ -298,19 +294,32 @@ class Store:
             self._insert_event = insert
         insert_event = self._insert_event
         cutoff = now - self.dedup_window
-        for ev in items:
-            values = {
+        fields_seen: dict[str, list[str]] = {}  # wait fields per event name, see wake_waiters
+        rows = [
+            {
                 "id": ev.id,
                 "name": ev.name,
-                "data": json.dumps(ev.data, separators=(",", ":")),
+                "data": to_json(ev.data, f"event {ev.name!r} data"),
                 "ts": ev.ts,
                 "received_at": now,
             }
-            if self.engine.dialect.insert_returning:
+            for ev in items
+        ]
+        inserted: set[str] | None = None
+        if len(rows) > 1 and self.engine.dialect.insert_returning:
+            # one executemany (batched into multi-row INSERTs) instead of a round trip
+            # per event; an id repeated within the call counts once, as before
+            inserted = set(conn.execute(insert_event, rows).scalars())
+        taken: set[str] = set()
+        for ev, values in zip(items, rows, strict=True):
+            if inserted is not None:
+                fresh = ev.id in inserted and ev.id not in taken
+                taken.add(str(ev.id))
+            elif self.engine.dialect.insert_returning:
                 fresh = conn.execute(insert_event, values).first() is not None
             else:
                 fresh = conn.execute(insert_event, values).rowcount == 1
-            if not fresh:
+            if not fresh and (inserted is None or ev.id not in inserted):
                 # An id seen before the dedup window counts as new again.
                 fresh = (
                     conn.execute(
@@ -337,6 +346,7 @@ class Store:
                 if admitted.row["status"] != S.SKIPPED.value:
                     for wait in p.waits:
                         register_wait(conn, self.insert_wait_field(), wait)
+                        fields_seen.clear()
                     recorded.created.append(str(admitted.row["id"]))
             woken = wake_waiters(
                 conn,
@@ -344,6 +354,7 @@ class Store:
                 now=now,
                 resume_due=resume_due,
                 condition_holds=condition_holds,
+                fields_seen=fields_seen,
             )
             recorded.resumed.extend(woken.runs)
             recorded.cancelled.extend(woken.cancelled)
@@ -599,10 +610,10 @@ class Store:
             function_id=row["function_id"],
             event_id=row["event_id"],
             status=RunStatus(row["status"]),
-            output=_loads(row["output"]),
-            error=_loads(row["error"]),
+            output=from_json(row["output"]),
+            error=from_json(row["error"]),
             attempt=row["attempt"],
-            events=_loads(row["events"]),
+            events=from_json(row["events"]),
             parent_run_id=row["parent_run_id"],
             branch=row["branch"],
             wake_at=row["wake_at"],
@@ -615,8 +626,8 @@ class Store:
                     name=s["name"],
                     kind=s["kind"],
                     status=s["status"],
-                    output=_loads(s["output"]),
-                    error=_loads(s["error"]),
+                    output=from_json(s["output"]),
+                    error=from_json(s["error"]),
                     attempts=s["attempts"],
                     position=s["position"],
                     wake_at=s["wake_at"],
