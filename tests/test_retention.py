@@ -259,6 +259,24 @@ def test_events_keep_their_dedup_window(store_url: str, tmp_path: Path) -> None:
     assert prune(flow.store, now=now + timedelta(hours=25), **kwargs).events == 0
 
 
+def test_dedup_window_is_a_setting(sqlite_store_url: str, tmp_path: Path) -> None:
+    flow = _flow(sqlite_store_url, tmp_path, dedup_window="1s")
+
+    @flow.function(id="once", trigger=event("r/once"))
+    def once(ctx):  # type: ignore[no-untyped-def]
+        return 1
+
+    flow.send(Event(name="r/once", data={}, id="same"))
+    flow.send(Event(name="r/once", data={}, id="same"))
+    assert len(flow.list_runs(function_id="once")) == 1  # inside the window
+
+    def resent() -> bool:
+        flow.send(Event(name="r/once", data={}, id="same"))
+        return len(flow.list_runs(function_id="once")) == 2
+
+    wait_for(resent, timeout=30, interval=0.2, what="the id counts as new after 1 s")
+
+
 def test_expired_flow_control_keys_go_and_live_ones_stay(store_url: str, tmp_path: Path) -> None:
     flow = _flow(store_url, tmp_path)
 
