@@ -100,6 +100,11 @@ def _lease_row() -> sa.ColumnElement[bool]:
 def take_lease(store: Store, owner: str, now: datetime, hold: timedelta) -> bool:
     """Become the store's pruner until ``now + hold``, if nobody is (or was within
     the interval)."""
+    with store.engine.connect() as conn:
+        # a read first: every reconciler pass of every worker asks, few may take it
+        until = conn.execute(sa.select(flow_keys.c.until).where(_lease_row())).scalar()
+    if until is not None and until > now:
+        return False
     with _transaction(store) as conn:
         free = sa.or_(flow_keys.c.until.is_(None), flow_keys.c.until <= now)
         taken = conn.execute(
