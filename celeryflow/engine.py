@@ -42,6 +42,7 @@ from .logs import install as install_log_context
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
+from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
     from .flow import Flow, FlowSettings
@@ -134,19 +135,7 @@ class Engine:
             function = self.flow.functions.get(claim.run["function_id"])
             if function is None:
                 # A rolling deploy: this worker lacks the function; another may have it.
-                log.error(
-                    "run %s: function %r is not registered in this worker; released",
-                    run_id,
-                    claim.run["function_id"],
-                )
-                session.move(
-                    run_id,
-                    claim.fence,
-                    status=S.QUEUED,
-                    wake_at=None,
-                    due_at=now + settings.redeliver_after,
-                    attempt=int(claim.run["attempt"]),
-                )
+                release_unregistered(self.flow, session, claim, now)
                 return None
             if self._past_deadline(claim, now):
                 log.info("run %s: cancelled by its Timeouts", run_id)

@@ -37,6 +37,7 @@ from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
 from .store import EVENT_DEDUP_WINDOW, PlannedRun, Recorded, Store
+from .store.admin import cancellable_statuses
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -67,6 +68,9 @@ class FlowSettings(BaseModel):
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # the longest cron look-away (workers, beat)
     reconcile_in_worker: bool = True
+    # opening a store connection, and one statement (None: no limit); see README
+    connect_timeout: timedelta | None = timedelta(seconds=10)
+    statement_timeout: timedelta | None = timedelta(seconds=30)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
@@ -89,6 +93,11 @@ class FlowSettings(BaseModel):
     @classmethod
     def _retention(cls, value: Duration | None) -> timedelta | None:
         return None if value is None else parse_duration(value, "Flow setting retention")
+
+    @field_validator("connect_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Duration | None) -> timedelta | None:
+        return None if value is None else parse_duration(value, "Flow setting")
 
 
 def new_run_id() -> str:
@@ -131,7 +140,12 @@ class Flow:
             raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
-        self.store = Store(url, auto_migrate=auto_migrate)
+        self.store = Store(
+            url,
+            auto_migrate=auto_migrate,
+            connect_timeout=self.settings.connect_timeout,
+            statement_timeout=self.settings.statement_timeout,
+        )
         self.store.dedup_window = self.settings.dedup_window
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
@@ -556,6 +570,22 @@ class Flow:
         """Cancel a run: a parked one at once, a running one at its next step.
         False if it had already ended."""
         return self.store.cancel(run_id, utcnow())
+
+    def cancel_runs(
+        self,
+        *,
+        function_id: str,
+        status: RunStatus | str | list[RunStatus | str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Cancel every run of ``function_id`` that has not ended (or only those in
+        ``status``), as :meth:`cancel` does each; returns how many. The function need
+        not be defined any more: this retires the runs of a removed one. ``dry_run``
+        counts them instead."""
+        statuses = cancellable_statuses(status)
+        if dry_run:
+            return self.store.count_runs(function_id, statuses)
+        return self.store.cancel_runs(function_id, statuses, utcnow())
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s)."""

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .durations import utcnow
+from .store.database import store_error_line
 from .store.prune import Pruned, prune, release_lease, renew_lease, take_lease
 
 if TYPE_CHECKING:
@@ -172,11 +173,23 @@ class ReconcilerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self._wait()):
+        # A store error is one line per distinct error, and the loop backs off while it
+        # lasts (up to 60 s between tries); any other error keeps its traceback.
+        backoff, last = 0.0, None
+        while not self._stop_event.wait(max(self._wait(), backoff)):
             try:
                 self._due_work()
-            except Exception:  # the next pass retries; never kill the worker for this
-                log.exception("reconciler pass failed")
+            except Exception as exc:  # the next pass retries; never kill the worker for this
+                line = store_error_line(exc)
+                if line is None:
+                    log.exception("reconciler pass failed")
+                elif line != last:
+                    log.error("reconciler pass failed: %s (retrying with back-off)", line)
+                last, backoff = line, min(max(backoff * 2, self.interval), 60.0)
+            else:
+                if last is not None:
+                    log.warning("reconciler passes work again")
+                backoff, last = 0.0, None
 
     def _wait(self) -> float:
         """Seconds until the next cron look or reconciler pass, whichever is first."""

@@ -8,7 +8,6 @@ and one commit per step.
 
 from __future__ import annotations
 
-import fcntl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -20,11 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..codec import from_json, to_json
-from ..errors import ConfigError, RunNotFound
+from ..errors import RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord
-from .database import SQLiteWriteLock, create_store_engine, sqlite_path
+from .admin import StoreAdmin
+from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
 from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
@@ -82,15 +82,27 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
     return min(pending) if pending else None
 
 
-class Store:
+class Store(StoreAdmin):
     """A SQL store at ``url`` (SQLite, PostgreSQL, MySQL/MariaDB).
 
     SQLite stores are created on first use; other databases are migrated explicitly
     with ``celeryflow migrate`` or :meth:`migrate`, unless ``auto_migrate=True``.
+    The URL is checked at once (a ConfigError says how to fix it); the database is
+    first connected to on first use.
     """
 
-    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_migrate: bool | None = None,
+        connect_timeout: timedelta | None = None,
+        statement_timeout: timedelta | None = None,
+    ) -> None:
+        check_store_url(url)
         self.url = url
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.is_sqlite = sqlite_path(url) is not None
         self.auto_migrate = self.is_sqlite if auto_migrate is None else auto_migrate
         self._engine: sa.Engine | None = None
@@ -114,7 +126,11 @@ class Store:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    engine = create_store_engine(self.url)
+                    engine = create_store_engine(
+                        self.url,
+                        connect_timeout=self.connect_timeout,
+                        statement_timeout=self.statement_timeout,
+                    )
                     self._check_schema(engine)
                     self._engine = engine
         return self._engine
@@ -126,7 +142,13 @@ class Store:
         old = self._engine
         dedup_window = self.dedup_window
         # a new Store's state, so nothing cached for the old database survives
-        self.__dict__.update(Store(url, auto_migrate=auto_migrate).__dict__)
+        fresh = Store(
+            url,
+            auto_migrate=auto_migrate,
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+        )
+        self.__dict__.update(fresh.__dict__)
         self.dedup_window = dedup_window
         if old is not None:
             old.dispose()
@@ -141,49 +163,6 @@ class Store:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
-
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent, safe to run twice)."""
-        from .migrate import upgrade
-
-        engine = self._engine or create_store_engine(self.url)
-        with self._migration_lock():
-            upgrade(engine)
-        self._engine = engine
-
-    @contextmanager
-    def _migration_lock(self) -> Iterator[None]:
-        # Two workers starting on a fresh SQLite file must not both create tables.
-        path = sqlite_path(self.url)
-        if path is None or path == ":memory:":
-            yield
-            return
-        with open(path + ".migrate-lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _check_schema(self, engine: sa.Engine) -> None:
-        from .migrate import current_revision, head_revision
-
-        with engine.connect() as conn:
-            current = current_revision(conn)
-        if current == head_revision():
-            return
-        if self.auto_migrate:
-            from .migrate import upgrade
-
-            with self._migration_lock():
-                upgrade(engine)
-            return
-        where = engine.url.render_as_string(hide_password=True)
-        raise ConfigError(
-            f"the celeryflow store at {where} is at schema revision {current or 'none'}, "
-            f"not {head_revision()}: run `celeryflow migrate --store {where}` "
-            "(or Flow(..., auto_migrate=True))"
-        )
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
