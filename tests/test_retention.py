@@ -4,6 +4,9 @@ runs are never touched; the store and the embedded broker's file stay flat."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +15,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from celery import Celery
-from click.testing import CliRunner
 from flowkit import make_flow
 from retention_cycles import SETTINGS, TABLES, Sample, define, run_cycles
 from services import Stack
@@ -31,7 +33,6 @@ from celeryflow import (
     cron,
     event,
 )
-from celeryflow.cli import main
 from celeryflow.durations import utcnow
 from celeryflow.errors import ConfigError
 from celeryflow.reconciler import Reconciler
@@ -394,23 +395,67 @@ def test_retention_none_keeps_everything(sqlite_store_url: str, tmp_path: Path) 
     assert done is not None and done.runs == 1
 
 
-def test_cli_prune(sqlite_store_url: str, tmp_path: Path) -> None:
-    flow = _flow(sqlite_store_url, tmp_path)
+PRUNE_APP = """
+import os
+from celery import Celery
+from celeryflow import Flow, cron
+
+app = Celery("prune_app", broker="celeryflow+sqlite:///" + os.environ["CF_DIR"] + "/broker.db")
+flow = Flow(app, store=os.environ["CF_TEST_STORE"], retention="30 days")
+
+
+@flow.function(id="hourly", trigger=cron("0 * * * *"))
+def hourly(ctx):
+    return 1
+"""
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed ``celeryflow`` script, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERYFLOW_STORE", "CELERY_APP")}
+    script = str(Path(sys.executable).with_name("celeryflow"))
+    env.update(CF_DIR=str(cwd), CF_TEST_STORE=f"sqlite:///{cwd}/store.db")
+    return subprocess.run(
+        [script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_prune(tmp_path: Path) -> None:
+    (tmp_path / "prune_app.py").write_text(PRUNE_APP)
+    store = f"sqlite:///{tmp_path}/store.db"
+    flow = _flow(store, tmp_path)
     _insert_run(flow, "ancient", S.COMPLETED, utcnow() - timedelta(days=40))
     _insert_run(flow, "young", S.COMPLETED, utcnow() - timedelta(days=10))
-    runner = CliRunner()
-    dry = runner.invoke(
-        main, ["prune", "--store", sqlite_store_url, "--older-than", "30d", "--dry-run"]
-    )
-    assert dry.exit_code == 0, dry.output
-    assert "would remove 1 runs" in dry.output
+    hour = utcnow().replace(minute=0, second=0, microsecond=0)
+    with flow.store.engine.begin() as conn:
+        conn.execute(
+            cron_ticks.insert(),
+            [
+                {
+                    "function_id": "hourly",
+                    "scheduled_at": hour - timedelta(hours=h),
+                    "fired_at": hour - timedelta(hours=h),
+                }
+                for h in range(0, 24 * 40, 24)
+            ],
+        )
+
+    dry = _cli("--store", store, "prune", "--older-than", "30d", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would remove 1 runs, 0 steps"), dry.stdout
+    assert "cron ticks: pass -A" in dry.stdout
     assert not _gone(flow, "ancient")
-    done = runner.invoke(main, ["prune", "--store", sqlite_store_url, "--older-than", "30d"])
-    assert done.exit_code == 0, done.output
-    assert "removed 1 runs" in done.output
+    # -A: the app's retention (30 days) and its schedules (old ticks are history)
+    done = _cli("-A", "prune_app", "prune", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 runs" in done.stdout and "10 cron ticks" in done.stdout, done.stdout
     assert _gone(flow, "ancient") and not _gone(flow, "young")
-    bad = runner.invoke(main, ["prune", "--store", sqlite_store_url, "--older-than", "soon"])
-    assert bad.exit_code != 0 and "older-than" in bad.output
+    assert _count(flow, "SELECT count(*) FROM cf_cron_ticks") == 30  # the last 30 days
+    bad = _cli("--store", store, "prune", "--older-than", "soon", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--older-than" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    none = _cli("--store", store, "prune", cwd=tmp_path)
+    assert none.returncode == 2 and "needs --older-than" in none.stderr
 
 
 def _flat(samples: list[Sample], warm_up: int) -> tuple[int, int]:
