@@ -101,8 +101,8 @@ class Reconciler:
         )
         if not pruned.complete and held[0]:
             release_lease(store, self.owner, utcnow())
-        if pruned.total():
-            log.info(
+        if pruned.total():  # housekeeping: DEBUG, as the rest of the reconciler's lines
+            log.debug(
                 "pruned %s", ", ".join(f"{n} {kind}" for kind, n in pruned.as_dict().items() if n)
             )
         return pruned

@@ -226,6 +226,16 @@ def test_prune_in_small_batches_and_parents_keep_their_branches(
     )
     assert (dry.runs, dry.steps) == (23, 23)
     assert _count(flow, "SELECT count(*) FROM cf_runs") == 30  # a dry run deletes nothing
+    asked = iter([True, True, False])  # a time budget of two batches
+    cut = prune(
+        flow.store,
+        now=utcnow(),
+        older_than=timedelta(days=1),
+        dedup_window=timedelta(hours=24),
+        batch=5,
+        keep_going=lambda: next(asked),
+    )
+    assert (cut.runs, cut.complete) == (10, False)
     pruned = prune(
         flow.store,
         now=utcnow(),
@@ -234,7 +244,7 @@ def test_prune_in_small_batches_and_parents_keep_their_branches(
         batch=5,
         progress=lambda kind, n: seen.append((kind, n)),
     )
-    assert (pruned.runs, pruned.steps, pruned.waits, pruned.complete) == (23, 23, 1, True)
+    assert (pruned.runs, pruned.steps, pruned.waits, pruned.complete) == (13, 13, 1, True)
     assert max(n for kind, n in seen if kind == "runs") == 5  # batches of at most 5
     left = {r.id for r in flow.list_runs(limit=100)}
     kept = {"ended-parent", "live-branch", "live-parent", "ended-child", "recent", "now", "live"}
