@@ -68,7 +68,7 @@ class Claim:
 # while it stays queued; the next claim clears it.
 UNREGISTERED = "FunctionNotRegistered"
 _without_unregistered_note = sa.case(
-    (runs.c.error.like(f'{{"type": "{UNREGISTERED}"%'), sa.null()), else_=runs.c.error
+    (runs.c.error.like(f'{{"type":"{UNREGISTERED}"%'), sa.null()), else_=runs.c.error
 )
 
 
