@@ -34,9 +34,11 @@ from .errors import (
     RetryAfterError,
     SerializationError,
     StepError,
+    Unavailable,
 )
 from .events import Event
 from .functions import FlowFunction
+from .infra import guarded
 from .leases import LeaseKeeper
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Steps
@@ -100,24 +102,34 @@ class Engine:
         others that may start are rung. That saves a broker round trip per slot, and
         a broker queue full of refused runs cannot delay the one that may go."""
         heads: list[str] = []
-        wake = self._execute_one(run_id, heads)
+        wake = self._execute_guarded(run_id, heads)
         for _ in range(SLOT_HANDOVERS):
             if not heads:
                 return wake
             following, rest = heads[0], heads[1:]
             self.flow.doorbell.ring(rest)
             heads = []
-            later = self._execute_one(following, heads)
+            later = self._execute_guarded(following, heads)
             if later is not None and later - utcnow() <= self.flow.settings.eta_horizon:
                 self.flow.doorbell.ring([following], eta=later)
         self.flow.doorbell.ring(heads)
         return wake
 
+    def _execute_guarded(self, run_id: str, heads: list[str]) -> datetime | None:
+        try:
+            return self._execute_one(run_id, heads)
+        except Unavailable as exc:
+            # before a claim, or after the run was released: the store keeps it due
+            log.warning("run %s: %s; the reconciler rings it again", run_id, exc)
+            return None
+
     def _execute_one(self, run_id: str, heads: list[str]) -> datetime | None:
         """One run; the runs first in line for the slot it left are added to ``heads``."""
         settings = self.flow.settings
         now = utcnow()
-        with self.flow.store.session() as session:
+        patience = settings.lease / 2
+        with guarded(self.flow.store, "store", patience).session() as held:
+            session = guarded(held, "store", patience)
             claim = session.claim(
                 run_id,
                 self.owner(),
@@ -199,7 +211,11 @@ class Execution:
     ) -> None:
         self.flow = flow
         self.settings: FlowSettings = flow.settings
+        # The store and the broker as the run's code reaches them: their failures are
+        # infrastructure, never an attempt of the user's code (celeryflow/infra.py).
         self.session = session
+        self.store = guarded(flow.store, "store", flow.settings.lease / 2)
+        self.doorbell = guarded(flow.doorbell, "broker")
         self.function = function
         self.claim = claim
         self.run_id: str = claim.run["id"]
@@ -250,10 +266,18 @@ class Execution:
 
     def drive(self) -> datetime | None:
         try:
+            return self._drive()
+        except Unavailable as exc:
+            return self._release(exc)
+
+    def _drive(self) -> datetime | None:
+        try:
             if self.function.is_async:
                 output = asyncio.run(self.function.fn(self.ctx))
             else:
                 output = self.function.fn(self.ctx)
+        except Unavailable:
+            raise
         except Interrupt as signal:
             return signal.wake_at
         except BranchFinished as finished:
@@ -269,6 +293,31 @@ class Execution:
             return None
         self._finish(S.COMPLETED, output=text)
         return None
+
+    def _release(self, exc: Unavailable) -> datetime | None:
+        """The store or the broker failed under the run: not the user's failure. The
+        run is queued again for one reconcile interval, attempt unchanged, and then
+        resumes from its memo. If the store still does not answer, the lease lapses
+        and the reconciler rings the run all the same."""
+        wake = utcnow() + self.settings.reconcile_interval
+        try:
+            released = self.session.release(
+                self.run_id,
+                self.fence,
+                wake_at=wake,
+                due_at=self._due_for(wake),
+                writes=self.take_pending(),
+            )
+        except Unavailable as again:
+            self.ctx.logger.warning(
+                "%s; releasing the run failed too (%s): it resumes after its lease", exc, again
+            )
+            return None
+        if not released:  # the write that seemed to fail did commit: the run moved on
+            self.ctx.logger.warning("%s; the run had moved on meanwhile", exc)
+            return None
+        self.ctx.logger.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
+        return wake
 
     def _raised(self, exc: Exception) -> datetime | None:
         if isinstance(exc, (StepError, NonRetriableError)):
@@ -297,7 +346,8 @@ class Execution:
         if failure is not None and self.ctx.event.name != FAILED_EVENT and self.branch is None:
 
             def also(conn: Any) -> None:
-                recorded.append(self.flow.record_failure_on(conn, self, failure, now))
+                # [:]: a lost connection retries the transaction, and this with it
+                recorded[:] = [self.flow.record_failure_on(conn, self, failure, now)]
 
         held, resumed = self.session.finish(
             self.run_id,
@@ -318,10 +368,10 @@ class Execution:
         ring = [parent[0]] if parent and resumed else []
         for r in recorded:
             ring += [*r.created, *r.resumed]
-        self.flow.doorbell.ring(ring)
+        self.doorbell.ring(ring)
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop
-            self.flow.store.cancel_branches(parent[0], parent[1], now)
+            self.store.cancel_branches(parent[0], parent[1], now)
 
     def add_pending(self, write: StepWrite) -> None:
         self._pending.append(write)
@@ -384,7 +434,7 @@ class Execution:
             raise Interrupt("cancelled by Timeouts(finish)")
 
     def store_cancel(self) -> None:
-        self.flow.store.cancel(self.run_id, utcnow())
+        self.store.cancel(self.run_id, utcnow())
 
     def new_plan(self, key: str, name: str, position: int, kind: str) -> StepPlan:
         self._check_deadline()

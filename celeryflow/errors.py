@@ -23,6 +23,7 @@ __all__ = [
     "RunNotFound",
     "SerializationError",
     "StepError",
+    "Unavailable",
     "describe",
 ]
 
@@ -102,6 +103,19 @@ class Interrupt(BaseException):
         super().__init__(reason)
         self.reason = reason
         self.wake_at = wake_at
+
+
+class Unavailable(Interrupt):
+    """The store or the broker failed under one of celeryflow's own calls while a run
+    executed (internal, see :mod:`celeryflow.infra`): the run leaves the worker and
+    is retried later from its memo, without counting an attempt of the user's code.
+    ``what`` is "store" or "broker", ``call`` the method, ``cause`` the error."""
+
+    def __init__(self, what: str, call: str, cause: BaseException) -> None:
+        super().__init__(f"{what} unavailable in {call}: {type(cause).__name__}: {cause}")
+        self.what = what
+        self.call = call
+        self.cause = cause
 
 
 class BranchFinished(BaseException):

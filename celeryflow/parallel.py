@@ -111,5 +111,5 @@ def begin(
         children=children,
     ):
         raise x.lost()
-    x.flow.doorbell.ring([child["id"] for child in children])
+    x.doorbell.ring([child["id"] for child in children])
     raise Interrupt(RunStatus.WAITING.value)

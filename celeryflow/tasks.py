@@ -3,15 +3,17 @@ the doorbell that sends them, the beat entry and the worker bootstep."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, bootsteps
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .errors import ConfigError
 from .reconciler import Reconciler, ReconcilerThread
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from .flow import Flow
 
 __all__ = [
+    "BROKER_ERRORS",
     "CRON_TASK",
     "RUN_TASK",
     "TASK_DONE",
@@ -41,6 +44,11 @@ log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
+
+# What publishing raises when the broker, not the message, is the problem: kombu
+# wraps connection errors in its OperationalError once the publish retry policy is
+# spent; a socket error (OSError) may come through bare when retries are off.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
 
 
 def flow_of(app: Celery) -> Flow | None:
@@ -66,13 +74,56 @@ def set_default_broker(app: Celery, url: str) -> None:
     app.conf.broker_url = url
 
 
+RingMethod = TypeVar("RingMethod", bound=Callable[..., None])
+
+
+def _after_commit(ring: RingMethod) -> RingMethod:
+    """A doorbell rings after the store committed, so a broker that is down fails
+    nothing: the run is due in the store and the reconciler rings it later. The
+    first failure logs one WARNING line (no traceback), repeats log at DEBUG until
+    a ring gets through again; the ring stops at the first failure, so a long list
+    costs one publish retry policy, not one per run."""
+
+    @functools.wraps(ring)
+    def tolerant(self: CeleryDoorbell, run_ids: Sequence[str], eta: datetime | None = None) -> None:
+        try:
+            ring(self, run_ids, eta)
+        except self.broker_errors() as exc:
+            level = logging.DEBUG if self.broker_down else logging.WARNING
+            self.broker_down = True
+            log.log(
+                level,
+                "broker unreachable, %d run(s) not rung (%s: %s); they are due in the "
+                "store and the reconciler rings them",
+                len(run_ids),
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if self.broker_down and run_ids:
+            self.broker_down = False
+            log.info("broker reachable again")
+
+    return cast(RingMethod, tolerant)
+
+
 class CeleryDoorbell:
     """Sends ``celeryflow.run(run_id)`` messages: the broker is only the doorbell."""
 
     def __init__(self, app: Celery, queue: str | None) -> None:
         self.app = app
         self.queue = queue
+        self.broker_down = False
+        self._broker_errors: tuple[type[BaseException], ...] | None = None
 
+    def broker_errors(self) -> tuple[type[BaseException], ...]:
+        """BROKER_ERRORS and the connection errors of the app's transport."""
+        if self._broker_errors is None:
+            with self.app.connection_for_write() as connection:  # never connects here
+                self._broker_errors = (*BROKER_ERRORS, *connection.connection_errors)
+        return self._broker_errors
+
+    @_after_commit
     def ring(self, run_ids: Sequence[str], eta: datetime | None = None) -> None:
         if not run_ids:
             return
