@@ -3,9 +3,10 @@ steps in-process, and leave the worker only when the run must wait.
 
 Each step is keyed by its id (``id:N`` for the N-th repeat of an id in one run, as
 Inngest does) and records its position; a replay that asks for a different kind of
-step under a recorded key is nondeterministic and fails the run (as DBOS does). A
-step found at another position only logs a warning, so adding a step to a deployed
-function does not break the runs already in flight.
+step under a recorded key is nondeterministic and fails the run (as DBOS does),
+except an invoke of a legacy task turned into an invoke of a function (or back): the
+recorded outcome is returned either way. A step found at another position only logs a
+warning, so adding a step to a deployed function does not break the runs in flight.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .functions import FlowFunction
 from .infra import guarded
 from .leases import LeaseKeeper
 from .runs import RunStatus
-from .steps import AsyncContext, AsyncSteps, Context, Steps
+from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
 __all__ = ["FAILED_EVENT", "Engine", "Execution", "error_info"]
 
 FAILED_EVENT = "celeryflow/function.failed"
+# Step kinds one call may replace with another under a recorded id: a legacy task
+# invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
+# or back. Both park for an outcome recorded on the step, which either call returns.
+INTERCHANGEABLE_KINDS = frozenset({"invoke", "task"})
 SLOT_HANDOVERS = 16  # runs executed in a row by one task message, handing a slot on
 
 log = logging.getLogger("celeryflow.engine")
@@ -57,16 +62,35 @@ S = RunStatus
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
-    """What the store keeps of an error: type, message and traceback (JSON)."""
-    info: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
+    """What the store keeps of an error (JSON): the type, module, message and
+    traceback of *the user's* exception. celeryflow's wrappers name themselves in
+    ``raised_as``: a StepError (a step failed for good) reports the step's own error
+    and its ``step``; a RetryAfterError raised ``from`` an error reports that error."""
     if isinstance(exc, StepError):
+        info = {k: v for k, v in exc.error.items() if k not in ("raised_as", "cause")}
+        info.setdefault("type", exc.error_type)
+        info.setdefault("message", exc.error_message)
+        if not info.get("traceback"):
+            info["traceback"] = _traceback(exc)
         info["step"] = exc.step_id
-        info["cause"] = {k: v for k, v in exc.error.items() if k != "traceback"}
+        info["raised_as"] = type(exc).__name__
+        return info
+    shown = exc
+    if isinstance(exc, RetryAfterError) and exc.__cause__ is not None:
+        shown = exc.__cause__
+    info = {
+        "type": type(shown).__name__,
+        "module": type(shown).__module__,
+        "message": str(shown),
+        "traceback": _traceback(exc),
+    }
+    if shown is not exc:
+        info["raised_as"] = type(exc).__name__
     return info
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 @dataclass
@@ -235,10 +259,13 @@ class Execution:
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
         events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
+        self.trigger = events[0]  # the run's own first event, whatever ctx.event shows
+        events, failure = self._handler_view(events)
         context = dict(
             run_id=self.run_id,
             function_id=function.id,
             events=events,
+            failure=failure,
             attempt=self._resume_attempt(),
             logger=logging.LoggerAdapter(
                 logging.getLogger("celeryflow.run"),
@@ -250,6 +277,25 @@ class Execution:
             if function.is_async
             else Context(step=Steps(self), **context)
         )
+
+    def _handler_view(self, events: list[Event]) -> tuple[list[Event], Failure | None]:
+        """A function's ``on_failure`` handler sees the failed run's event as
+        ``ctx.event`` and the failure as ``ctx.failure``. Functions triggered by
+        the ``celeryflow/function.failed`` name itself see that event as it is."""
+        first = events[0]
+        if first.name != FAILED_EVENT:
+            return events, None
+        data = first.data
+        failed = self.flow.functions.get(str(data.get("function_id")))
+        if failed is None or failed.config.on_failure != self.function.id:
+            return events, None
+        failure = Failure(
+            run_id=str(data.get("run_id")),
+            function_id=failed.id,
+            error=dict(data.get("error") or {}),
+            event=first,
+        )
+        return [Event.model_validate(data["event"])], failure
 
     def _branch_prefix(self, claim: Claim) -> dict[str, Any]:
         parallel = claim.parent_steps.get(str(self.branch_key))
@@ -343,7 +389,7 @@ class Execution:
         recorded: list[Recorded] = []
         also = None
         # a failed branch fails its parent's step; the parent's failure is the one sent
-        if failure is not None and self.ctx.event.name != FAILED_EVENT and self.branch is None:
+        if failure is not None and self.trigger.name != FAILED_EVENT and self.branch is None:
 
             def also(conn: Any) -> None:
                 # [:]: a lost connection retries the transaction, and this with it
@@ -463,7 +509,7 @@ class Execution:
                     f"step.parallel({self.branch_key!r}): the code changed under a run in flight"
                 )
             return None
-        if row["kind"] != kind:
+        if row["kind"] != kind and not {row["kind"], kind} <= INTERCHANGEABLE_KINDS:
             raise NondeterminismError(
                 f"step {name!r} was recorded as a {row['kind']!r} step but the function now "
                 f"calls it as {kind!r}: the code changed under a run in flight"
@@ -491,11 +537,19 @@ class Execution:
             due = wake
         return min(due, finish) if finish is not None else due
 
-    def _retry_delay(self, exc: BaseException, attempt: int) -> timedelta:
+    def _retry_delay(
+        self, exc: BaseException, attempt: int, fixed: timedelta | None = None
+    ) -> timedelta:
+        """RetryAfterError's delay; else the step's or the function's fixed
+        ``retry_delay``; else exponential back-off with jitter."""
         if isinstance(exc, RetryAfterError):
             if isinstance(exc.delay, datetime):
                 return max(timedelta(0), parse_datetime(exc.delay) - utcnow())
             return parse_duration(exc.delay, "RetryAfterError delay")
+        if fixed is None:
+            fixed = self.function.config.retry_delay
+        if fixed is not None:
+            return fixed
         base = self.settings.retry_base.total_seconds()
         ceiling = self.settings.retry_max.total_seconds()
         delay = min(ceiling, base * 2 ** (attempt - 1))
@@ -539,7 +593,13 @@ class Execution:
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
         return json.loads(text)
 
-    def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
+    def fail_step(
+        self,
+        plan: StepPlan,
+        exc: Exception,
+        retries: int | None,
+        retry_delay: timedelta | None = None,
+    ) -> NoReturn:
         """Record a failed attempt; raises StepError (for good) or Interrupt (retry)."""
         attempts = plan.prior_attempts + 1
         limit = self.function.config.retries if retries is None else retries
@@ -550,7 +610,7 @@ class Execution:
             self._pending.append((values, plan.new))
             self._flush()
             raise StepError(plan.name, error) from exc
-        wake = utcnow() + self._retry_delay(exc, attempts)
+        wake = utcnow() + self._retry_delay(exc, attempts, retry_delay)
         self.ctx.logger.warning(
             "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
         )

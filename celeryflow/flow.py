@@ -51,6 +51,9 @@ class FlowSettings(BaseModel):
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # how often beat looks at cron slots
     reconcile_in_worker: bool = True
+    # celeryflow.run's own Celery time limit (see tasks.run_time_limits); None: the
+    # app-wide task_time_limit / task_soft_time_limit apply, as to any task
+    run_time_limit: timedelta | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
@@ -66,6 +69,16 @@ class FlowSettings(BaseModel):
     @classmethod
     def _duration(cls, value: Duration) -> timedelta:
         return parse_duration(value, "Flow setting")
+
+    @field_validator("run_time_limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Duration | None) -> timedelta | None:
+        if value is None:
+            return None
+        limit = parse_duration(value, "run_time_limit")
+        if limit < timedelta(seconds=1):
+            raise ValueError("run_time_limit must be at least 1 second")
+        return limit
 
 
 def new_run_id() -> str:
@@ -128,6 +141,7 @@ class Flow:
         id: str | None = None,
         trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger] | None = None,
         retries: int = DEFAULT_RETRIES,
+        retry_delay: Duration | None = None,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
         on_failure: FlowFunction | str | None = None,
@@ -156,6 +170,7 @@ class Flow:
                 id=id,
                 trigger=trigger,
                 retries=retries,
+                retry_delay=retry_delay,
                 cancel_on=cancel_on,
                 timeouts=timeouts,
                 on_failure=on_failure.id if isinstance(on_failure, FlowFunction) else on_failure,

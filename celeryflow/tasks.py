@@ -9,7 +9,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, bootsteps
@@ -163,6 +163,17 @@ class CeleryDoorbell:
         self.app.tasks[TASK_RESOLVE].apply_async((run_id, key, outcome, attempt), **options)
 
 
+def run_time_limits(limit: timedelta | None) -> dict[str, float]:
+    """``celeryflow.run``'s own (hard, soft) Celery time limits for
+    ``Flow(run_time_limit=...)``: the hard limit is the setting, the soft one 10%
+    earlier (at most 30 s), so SoftTimeLimitExceeded fails the step at work (an
+    attempt, retried) before the hard limit kills the process (the lease path)."""
+    if limit is None:
+        return {}
+    hard = limit.total_seconds()
+    return {"time_limit": hard, "soft_time_limit": hard - min(30.0, hard / 10)}
+
+
 def install(flow: Flow) -> CeleryDoorbell:
     """Register celeryflow's tasks, beat entry and worker step on the user's app."""
     app = flow.app
@@ -172,7 +183,13 @@ def install(flow: Flow) -> CeleryDoorbell:
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue)
 
-    @app.task(name=RUN_TASK, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_TASK,
+        ignore_result=True,
+        acks_late=False,
+        shared=False,
+        **run_time_limits(settings.run_time_limit),
+    )
     def run(run_id: str) -> None:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message
