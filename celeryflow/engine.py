@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from sqlalchemy.exc import IntegrityError
+
 from .codec import to_json
 from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
@@ -55,6 +57,7 @@ FAILED_EVENT = "celeryflow/function.failed"
 # invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
 # or back. Both park for an outcome recorded on the step, which either call returns.
 INTERCHANGEABLE_KINDS = frozenset({"invoke", "task"})
+RESULTS = ("completed", "failed")  # step rows that settle a step
 SLOT_HANDOVERS = 16  # runs executed in a row by one task message, handing a slot on
 
 log = logging.getLogger("celeryflow.engine")
@@ -87,6 +90,13 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     if shown is not exc:
         info["raised_as"] = type(exc).__name__
     return info
+
+
+def _results(writes: list[StepWrite]) -> list[StepWrite]:
+    """The plain step results among ``writes``: rows that need nothing else written
+    with them (a sleep's or a wait's parking row needs its run's move or its waiter,
+    a send_event's row its events), so they can be written on their own."""
+    return [w for w in writes if w[0]["kind"] in ("run", "sleep") and w[0]["status"] in RESULTS]
 
 
 def _traceback(exc: BaseException) -> str:
@@ -258,6 +268,7 @@ class Execution:
         # write (the next step's, a park or the finish), which always comes before
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
+        self._in_flight: list[StepWrite] = []  # the writes last handed to the store
         events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
         self.trigger = events[0]  # the run's own first event, whatever ctx.event shows
         events, failure = self._handler_view(events)
@@ -346,14 +357,19 @@ class Execution:
         resumes from its memo. If the store still does not answer, the lease lapses
         and the reconciler rings the run all the same."""
         wake = utcnow() + self.settings.reconcile_interval
+        unsent = _results(self._pending)
         try:
-            released = self.session.release(
-                self.run_id,
-                self.fence,
-                wake_at=wake,
-                due_at=self._due_for(wake),
-                writes=self.take_pending(),
-            )
+            try:
+                # the step results whose write failed ride along, so their steps do
+                # not run again; if that write did land after all, they conflict
+                writes = [*_results(self._in_flight), *unsent]
+                released = self.session.release(
+                    self.run_id, self.fence, wake_at=wake, due_at=self._due_for(wake), writes=writes
+                )
+            except IntegrityError:
+                released = self.session.release(
+                    self.run_id, self.fence, wake_at=wake, due_at=self._due_for(wake), writes=unsent
+                )
         except Unavailable as again:
             self.ctx.logger.warning(
                 "%s; releasing the run failed too (%s): it resumes after its lease", exc, again
@@ -424,6 +440,7 @@ class Execution:
 
     def take_pending(self) -> list[StepWrite]:
         pending, self._pending = self._pending, []
+        self._in_flight = pending
         return pending
 
     def _flush(self) -> None:

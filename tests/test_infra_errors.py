@@ -217,6 +217,37 @@ def test_store_down_for_a_moment_costs_the_run_nothing(
     assert count_lines(journal) == 1
 
 
+def test_store_back_before_the_release_keeps_the_steps_result(
+    postgres_store_url: str, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """Down a little longer than the engine's patience (half a lease, 1 s here): the
+    write of the step's result gives up, and the run is released as soon as the store
+    answers, with that result, so the step does not run again."""
+    flow = flow_on(through(proxy, postgres_store_url), tmp_path, lease="2s")
+    journal = tmp_path / "journal.txt"
+
+    def work() -> str:
+        with journal.open("a") as out:
+            out.write("ran\n")
+        if count_lines(journal) == 1:
+            cut_for(proxy, 1.3)
+        return "done"
+
+    @flow.function(id="release", trigger=event("t/release"), retries=0)
+    def release(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("work", work)
+        return ctx.step.run("after", lambda: "after")
+
+    with worker(flow):
+        [event_id] = flow.send(Event(name="t/release", data={}))
+        run = ended(flow, event_id)
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert [(s.id, s.attempts) for s in run.steps] == [("work", 1), ("after", 1)]
+    assert run.attempt == 0
+    assert count_lines(journal) == 1
+
+
 def test_store_down_longer_than_the_lease_retries_without_counting_an_attempt(
     postgres_store_url: str, proxy: TcpProxy, tmp_path: Path
 ) -> None:
