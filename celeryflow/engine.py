@@ -18,14 +18,11 @@ import os
 import random
 import socket
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
-
-from sqlalchemy.exc import IntegrityError
 
 from .codec import to_json
 from .durations import parse_datetime, parse_duration, utcnow
@@ -38,10 +35,11 @@ from .errors import (
     SerializationError,
     StepError,
     Unavailable,
+    error_info,
 )
 from .events import Event
 from .functions import FlowFunction
-from .infra import guarded
+from .infra import guarded, release_after
 from .leases import LeaseKeeper
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
@@ -57,50 +55,10 @@ FAILED_EVENT = "celeryflow/function.failed"
 # invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
 # or back. Both park for an outcome recorded on the step, which either call returns.
 INTERCHANGEABLE_KINDS = frozenset({"invoke", "task"})
-RESULTS = ("completed", "failed")  # step rows that settle a step
 SLOT_HANDOVERS = 16  # runs executed in a row by one task message, handing a slot on
 
 log = logging.getLogger("celeryflow.engine")
 S = RunStatus
-
-
-def error_info(exc: BaseException) -> dict[str, Any]:
-    """What the store keeps of an error (JSON): the type, module, message and
-    traceback of *the user's* exception. celeryflow's wrappers name themselves in
-    ``raised_as``: a StepError (a step failed for good) reports the step's own error
-    and its ``step``; a RetryAfterError raised ``from`` an error reports that error."""
-    if isinstance(exc, StepError):
-        info = {k: v for k, v in exc.error.items() if k not in ("raised_as", "cause")}
-        info.setdefault("type", exc.error_type)
-        info.setdefault("message", exc.error_message)
-        if not info.get("traceback"):
-            info["traceback"] = _traceback(exc)
-        info["step"] = exc.step_id
-        info["raised_as"] = type(exc).__name__
-        return info
-    shown = exc
-    if isinstance(exc, RetryAfterError) and exc.__cause__ is not None:
-        shown = exc.__cause__
-    info = {
-        "type": type(shown).__name__,
-        "module": type(shown).__module__,
-        "message": str(shown),
-        "traceback": _traceback(exc),
-    }
-    if shown is not exc:
-        info["raised_as"] = type(exc).__name__
-    return info
-
-
-def _results(writes: list[StepWrite]) -> list[StepWrite]:
-    """The plain step results among ``writes``: rows that need nothing else written
-    with them (a sleep's or a wait's parking row needs its run's move or its waiter,
-    a send_event's row its events), so they can be written on their own."""
-    return [w for w in writes if w[0]["kind"] in ("run", "sleep") and w[0]["status"] in RESULTS]
-
-
-def _traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 @dataclass
@@ -325,7 +283,7 @@ class Execution:
         try:
             return self._drive()
         except Unavailable as exc:
-            return self._release(exc)
+            return release_after(self, exc, self._in_flight, self._pending)
 
     def _drive(self) -> datetime | None:
         try:
@@ -350,36 +308,6 @@ class Execution:
             return None
         self._finish(S.COMPLETED, output=text)
         return None
-
-    def _release(self, exc: Unavailable) -> datetime | None:
-        """The store or the broker failed under the run: not the user's failure. The
-        run is queued again for one reconcile interval, attempt unchanged, and then
-        resumes from its memo. If the store still does not answer, the lease lapses
-        and the reconciler rings the run all the same."""
-        wake = utcnow() + self.settings.reconcile_interval
-        unsent = _results(self._pending)
-        try:
-            try:
-                # the step results whose write failed ride along, so their steps do
-                # not run again; if that write did land after all, they conflict
-                writes = [*_results(self._in_flight), *unsent]
-                released = self.session.release(
-                    self.run_id, self.fence, wake_at=wake, due_at=self._due_for(wake), writes=writes
-                )
-            except IntegrityError:
-                released = self.session.release(
-                    self.run_id, self.fence, wake_at=wake, due_at=self._due_for(wake), writes=unsent
-                )
-        except Unavailable as again:
-            self.ctx.logger.warning(
-                "%s; releasing the run failed too (%s): it resumes after its lease", exc, again
-            )
-            return None
-        if not released:  # the write that seemed to fail did commit: the run moved on
-            self.ctx.logger.warning("%s; the run had moved on meanwhile", exc)
-            return None
-        self.ctx.logger.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
-        return wake
 
     def _raised(self, exc: Exception) -> datetime | None:
         if isinstance(exc, (StepError, NonRetriableError)):
@@ -462,7 +390,7 @@ class Execution:
             self.fence,
             status=S.QUEUED,
             wake_at=wake,
-            due_at=self._due_for(wake),
+            due_at=self.due_for(wake),
             attempt=attempt,
             writes=self.take_pending(),
         ):
@@ -476,7 +404,7 @@ class Execution:
             self.fence,
             status=status,
             wake_at=wake,
-            due_at=self._due_for(wake),
+            due_at=self.due_for(wake),
             attempt=int(self.claim.run["attempt"]),
             writes=[*self.take_pending(), step],
         ):
@@ -543,7 +471,7 @@ class Execution:
         self.ctx.logger.info("run left this executor: %s", status)
         return Interrupt("cancelled" if status == S.CANCELLED.value else "lease lost")
 
-    def _due_for(self, wake: datetime) -> datetime:
+    def due_for(self, wake: datetime) -> datetime:
         # A wake within the horizon gets an ETA message; the reconciler only backs it
         # up. A farther one is woken by the reconciler alone, so no message sits in a
         # broker past Redis' visibility timeout or RabbitMQ's consumer_timeout.

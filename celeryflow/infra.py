@@ -23,15 +23,22 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from datetime import timedelta
-from typing import Any, TypeVar, cast
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy.exc as sa_exc
 
+from .durations import utcnow
 from .errors import Unavailable
 from .tasks import BROKER_ERRORS
 
-__all__ = ["guarded", "is_disconnect", "is_infrastructure"]
+if TYPE_CHECKING:
+    from .engine import Execution
+    from .store import StepWrite
+
+__all__ = ["guarded", "is_disconnect", "is_infrastructure", "release_after"]
+
+RESULTS = ("completed", "failed")  # step rows that settle a step
 
 log = logging.getLogger("celeryflow.engine")
 T = TypeVar("T")
@@ -110,3 +117,40 @@ def guarded(target: T, what: str, patience: timedelta = timedelta(0)) -> T:
     trying again (a lost connection is tried again at once, even without patience).
     ``what`` names it in logs ("store", "broker")."""
     return cast(T, _Guard(target, what, patience.total_seconds()))
+
+
+def release_after(
+    x: Execution, exc: Unavailable, in_flight: list[StepWrite], pending: list[StepWrite]
+) -> datetime | None:
+    """The store or the broker failed under the run ``x`` executes: not the user's
+    failure. The run is queued again for one reconcile interval, attempt unchanged,
+    and then resumes from its memo, with the step results whose write failed
+    (``in_flight``, and those not yet handed over, ``pending``) written now, so those
+    steps do not run again. If the store still does not answer, the lease lapses and
+    the reconciler rings the run all the same. Returns when to ring it, or None."""
+    wake = utcnow() + x.settings.reconcile_interval
+    due = x.due_for(wake)
+    unsent = _results(pending)
+    try:
+        try:
+            writes = [*_results(in_flight), *unsent]
+            released = x.session.release(x.run_id, x.fence, wake_at=wake, due_at=due, writes=writes)
+        except sa_exc.IntegrityError:  # the write that seemed to fail did land: drop it
+            released = x.session.release(x.run_id, x.fence, wake_at=wake, due_at=due, writes=unsent)
+    except Unavailable as again:
+        x.ctx.logger.warning(
+            "%s; releasing the run failed too (%s): it resumes after its lease", exc, again
+        )
+        return None
+    if not released:  # the write that seemed to fail did commit: the run moved on
+        x.ctx.logger.warning("%s; the run had moved on meanwhile", exc)
+        return None
+    x.ctx.logger.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
+    return wake
+
+
+def _results(writes: list[StepWrite]) -> list[StepWrite]:
+    """The plain step results among ``writes``: rows that need nothing else written
+    with them (a sleep's or a wait's parking row needs its run's move or its waiter,
+    a send_event's row its events), so they can be written on their own."""
+    return [w for w in writes if w[0]["kind"] in ("run", "sleep") and w[0]["status"] in RESULTS]
