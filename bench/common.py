@@ -1,10 +1,15 @@
-"""Shared helpers for the benchmarks: fresh databases, a locked Redis db, tables.
+"""Shared helpers for the benchmarks: fresh databases, a private Redis, tables.
 
-Services are the ones the test-suite uses (tests/services.py); their addresses can be
-overridden with environment variables:
+PostgreSQL is the one the test-suite uses (tests/services.py): each benchmark creates
+its own ``cf_bench_<hex>`` database and drops only that. Redis is a private
+``redis-server`` this process starts on first use (tests/redis_server.py: a free port, a
+temporary directory, no persistence) and stops at exit, so flushing its dbs touches
+nobody's data. Environment variables:
 
-* ``CF_BENCH_PG``    -- libpq-style base, default ``postgresql://postgres@127.0.0.1:5432``
-* ``CF_BENCH_REDIS`` -- ``host:port``, default ``127.0.0.1:6379``
+* ``CF_BENCH_PG``        -- libpq-style base, default ``postgresql://postgres@127.0.0.1:5432``
+* ``CF_BENCH_REDIS_URL`` -- ``redis://host:port/n``: use that db of a server you choose
+  instead of a private one; nothing is flushed there (the benchmarks' queues and keys
+  have their own names)
 """
 
 from __future__ import annotations
@@ -12,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import random
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,11 +29,14 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+# The private Redis server is shared with the test-suite's helpers, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from redis_server import DATABASES, RedisServer
 
 PG_BASE = os.environ.get("CF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-REDIS_HOSTPORT = os.environ.get("CF_BENCH_REDIS", "127.0.0.1:6379")
-REDIS_HOST, _, _port = REDIS_HOSTPORT.partition(":")
-REDIS_PORT = int(_port or 6379)
+REDIS_URL = os.environ.get("CF_BENCH_REDIS_URL")
 
 # --------------------------------------------------------------------------------------
 # Fresh resources
@@ -78,53 +84,64 @@ def fresh_store(kind: str) -> Iterator[str]:
         yield url
 
 
-# Same lock keys as tests/services.py, so a benchmark and a test session never share a
-# Redis db: db 0 only holds the locks, dbs 1..15 are taken with SET NX EX.
-REDIS_DBS = tuple(range(1, 16))
-REDIS_LOCK_KEY = "celeryflow-tests:redis-db-lock:{db}"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+_private_redis: RedisServer | None = None
+_free_redis_dbs = list(range(1, DATABASES))
+
+
+def redis_owned() -> bool:
+    """True when Redis is this process's private server (its dbs are ours to flush)."""
+    return not REDIS_URL
+
+
+def _redis_base() -> str:
+    global _private_redis
+    if REDIS_URL:
+        return REDIS_URL
+    if _private_redis is None:
+        _private_redis = RedisServer.start()  # stopped at exit
+    return _private_redis.url(0)
 
 
 @contextlib.contextmanager
-def fresh_redis_db(wait: float = 60.0) -> Iterator[int]:
-    """A Redis db number nobody else uses (locked, FLUSHDB-ed before and after)."""
-    import redis
-
-    control = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=10)
-    token = f"bench:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-    deadline = time.monotonic() + wait
-    db: int | None = None
+def fresh_redis_db() -> Iterator[int]:
+    """A Redis db for one benchmark: a db of the private server, FLUSHDB-ed before and
+    after; or ``$CF_BENCH_REDIS_URL``'s db as it is."""
+    if not redis_owned():
+        yield int(urlsplit(_redis_base()).path.strip("/") or 0)
+        return
+    _redis_base()
+    db = _free_redis_dbs.pop(0)
+    client = redis_client(db)
+    client.flushdb()
     try:
-        while db is None:
-            for candidate in random.sample(REDIS_DBS, len(REDIS_DBS)):
-                if control.set(REDIS_LOCK_KEY.format(db=candidate), token, nx=True, ex=1800):
-                    db = candidate
-                    break
-            else:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("all Redis dbs 1..15 are locked by other sessions")
-                time.sleep(0.5)
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=10)
-        client.flushdb()
-        try:
-            yield db
-        finally:
-            client.flushdb()
-            client.close()
+        yield db
     finally:
-        if db is not None:
-            control.eval(_RELEASE, 1, REDIS_LOCK_KEY.format(db=db), token)
-        control.close()
+        client.flushdb()
+        client.close()
+        _free_redis_dbs.append(db)
+
+
+def reset_redis_db(db: int, *keys: str) -> None:
+    """Empty ``db`` between cases when it is ours; on a server of the user's choice
+    delete only ``keys`` (the benchmark's own)."""
+    client = redis_client(db)
+    try:
+        if redis_owned():
+            client.flushdb()
+        elif keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def redis_url(db: int) -> str:
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    return urlunsplit(urlsplit(_redis_base())._replace(path=f"/{db}"))
 
 
 def redis_client(db: int) -> Any:
     import redis
 
-    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=30)
+    return redis.Redis.from_url(redis_url(db), socket_timeout=30)
 
 
 # --------------------------------------------------------------------------------------
@@ -225,7 +242,7 @@ def machine_info() -> list[str]:
         "packages: "
         + ", ".join(
             f"{d}={_version(d)}"
-            for d in ("celeryflow", "celery", "kombu", "sqlalchemy", "psycopg", "redis")
+            for d in ("celeryflow-engine", "celery", "kombu", "sqlalchemy", "psycopg", "redis")
         ),
     ]
     try:
@@ -241,7 +258,8 @@ def machine_info() -> list[str]:
         lines.append(f"postgresql: unreachable ({exc})")
     try:
         info = redis_client(0).info("server")
-        lines.append(f"redis server: {info.get('redis_version')}")
+        where = "private" if redis_owned() else "CF_BENCH_REDIS_URL"
+        lines.append(f"redis server: {info.get('redis_version')} ({where})")
     except Exception as exc:
         lines.append(f"redis server: unreachable ({exc})")
     import sqlite3

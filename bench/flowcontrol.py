@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     median,
     redis_client,
     redis_url,
+    reset_redis_db,
     wait_until,
 )
 
@@ -252,7 +253,7 @@ def status_counts(engine: sa.Engine, function_id: str) -> dict[str, int]:
 def run_case(case: Case, kind: str, db: int, runs: int, n: int) -> Result:
     broker = redis_url(db)
     rc = redis_client(db)
-    rc.flushdb()
+    reset_redis_db(db, TASKS_KEY, PARKED_KEY, INSIDE_KEY, MAX_INSIDE_KEY)
     queue = f"cf-bench-{os.getpid()}-fc-{n}"
     with fresh_store(kind) as url, ExitStack() as stack:
         _app, flow = build(broker, url, queue)

@@ -511,8 +511,7 @@ class Flow:
         """Start a new run of the same function with the same event(s)."""
         old = self.store.get_run(run_id)
         now = utcnow()
-        evs = [Event.model_validate(e) for e in old.events]
-        row = self.new_run(old.function_id, evs, now)
+        row = self.new_run(old.function_id, list(old.events), now)
         self.store.insert_runs([row])
         self.doorbell.ring([row["id"]])
         return str(row["id"])

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .events import Event
+
 __all__ = ["TERMINAL", "TRANSITIONS", "Run", "RunStatus", "StepRecord", "sources_of"]
 
 
@@ -70,7 +72,7 @@ class Run(BaseModel):
     output: Any = None
     error: dict[str, Any] | None = None
     attempt: int = 0
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []  # as the function sees them (ctx.events; ctx.event is the first)
     parent_run_id: str | None = None
     branch: int | None = None  # a step.parallel branch: the index of its callable
     wake_at: datetime | None = None

@@ -88,7 +88,7 @@ def demo() -> bool:
             if run.id in shown or run.status.value not in ("completed", "failed", "cancelled"):
                 continue
             shown.add(run.id)
-            slot = run.events[0]["data"]["scheduled_at"]
+            slot = run.events[0].data["scheduled_at"]
             output = run.output or {}
             print(f"  slot {slot}  run {run.status.value}: {output.get('report', run.error)}")
             if run.status.value == "completed":
@@ -99,9 +99,7 @@ def demo() -> bool:
     else:
         print(f"only {len(done)} of {wanted} reports in 90 s; see the worker log below")
         return False
-    slots = [
-        r.events[0]["data"]["scheduled_at"] for r in flow.list_runs(function_id="daily-report")
-    ]
+    slots = [r.events[0].data["scheduled_at"] for r in flow.list_runs(function_id="daily-report")]
     if len(slots) != len(set(slots)):
         print(f"a slot fired twice: {sorted(slots)}")
         return False

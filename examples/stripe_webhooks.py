@@ -9,7 +9,7 @@
 * each piece of work is a step, so when one fails and is retried, the steps before
   it are not done again (the demo's e-mail provider fails once).
 
-    pip install 'celeryflow[flask]'
+    pip install 'celeryflow-engine[flask]'
     python examples/stripe_webhooks.py   # starts a worker and the endpoint, plays deliveries
 """
 

@@ -5,6 +5,7 @@
 from services import (  # noqa: F401
     mariadb_store_url,
     postgres_store_url,
+    private_redis_lifetime,
     rabbitmq_broker,
     redis_broker_url,
     sqlite_store_url,

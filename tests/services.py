@@ -1,16 +1,18 @@
 """Real services for the test-suite: reachability checks, isolated resources, fixtures.
 
-Tests run against real PostgreSQL, MariaDB, Redis and RabbitMQ (DESIGN.md, "Testing").
+Tests run against real PostgreSQL, MariaDB, Redis and RabbitMQ (docs/DESIGN.md, "Testing").
 When one of them is unreachable a test that needs it is SKIPPED with the reason, except
 under ``CI=true`` where the same reason makes it FAIL: CI must never go green by skipping.
 
 Helpers (usable from any fixture or test; each one calls :func:`require` first):
 
 * ``require(service)``           -- skip/fail unless "postgres" | "mariadb" | "redis" |
-                                    "rabbitmq" answers (checked once per session, ~1 s timeout)
+                                    "rabbitmq" answers (checked once per session, ~1 s timeout;
+                                    "redis" starts the session's private server)
 * ``fresh_postgres_url()``       -- context manager: new database ``cf_test_<hex>``, dropped after
 * ``fresh_mariadb_url()``        -- context manager: new database ``cf_test_<hex>``, dropped after
-* ``fresh_redis_url()``          -- context manager: a locked, FLUSHDB-ed redis db 1..15
+* ``fresh_redis_url()``          -- context manager: a db of the session's private
+                                    redis-server, FLUSHDB-ed (see "Redis" below)
 * ``fresh_rabbitmq()``           -- context manager: :class:`RabbitMQBroker`, deletes its queues
 * ``fresh_sqlite_url(tmp_path)`` -- plain function: ``sqlite:///<tmp_path>/store.db``
 * ``embedded_broker_url(tmp_path)`` -- plain function: ``celeryflow+sqlite:///<tmp_path>/broker.db``
@@ -26,22 +28,31 @@ Fixtures (imported into tests/conftest.py, so every test module can request them
 * single resources: ``sqlite_store_url``, ``postgres_store_url``, ``mariadb_store_url``,
   ``redis_broker_url``, ``rabbitmq_broker`` (a :class:`RabbitMQBroker`). The embedded
   broker needs no fixture: call ``embedded_broker_url(tmp_path)``.
+* ``private_redis_lifetime`` -- session, autouse: stops the private redis-server at the end.
+
+Nothing a test did not create is flushed or dropped. PostgreSQL and MariaDB get a new
+``cf_test_<hex>`` database per use, RabbitMQ queues and exchanges are uniquely named and
+only those are deleted. Redis: the session starts its own ``redis-server`` (free port,
+temporary directory, no persistence: tests/redis_server.py) on first use and stops it at
+the end; its dbs are handed out one per use and flushed, as nobody else uses them. With
+``CELERYFLOW_TEST_REDIS_URL=redis://host:port/n`` the tests use that db instead and flush
+nothing (Celery queues are isolated by unique names). Without redis-server on PATH and
+without that variable, Redis tests skip (fail under CI=true) saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import secrets
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from redis_server import DATABASES, RedisServer, RedisServerError
 
 # --------------------------------------------------------------------------------------
 # Service table and reachability
@@ -55,14 +66,17 @@ class Service:
     port: int
 
 
-#: Where the services live. Tests may ``monkeypatch.setitem(SERVICES, ...)``; every URL
-#: below is built from this table, and the reachability cache is keyed by host and port.
+#: Where the shared services live. Tests may ``monkeypatch.setitem(SERVICES, ...)``; every
+#: URL below is built from this table, and the reachability cache is keyed by host and
+#: port. Redis is not shared: see :func:`redis_service`.
 SERVICES: dict[str, Service] = {
     "postgres": Service("PostgreSQL", "127.0.0.1", 5432),
     "mariadb": Service("MariaDB", "127.0.0.1", 3306),
-    "redis": Service("Redis", "127.0.0.1", 6379),
     "rabbitmq": Service("RabbitMQ", "127.0.0.1", 5672),
 }
+#: An explicit Redis db for the tests, used as it is and never flushed.
+REDIS_URL_ENV = "CELERYFLOW_TEST_REDIS_URL"
+REDIS_SERVER_BINARY = "redis-server"
 
 POSTGRES_USER = "postgres"
 MARIADB_USER = "root"
@@ -115,9 +129,8 @@ def _driver_check(service: str, svc: Service) -> None:
     elif service == "redis":
         import redis
 
-        client = redis.Redis(
-            host=svc.host,
-            port=svc.port,
+        client = redis.Redis.from_url(
+            os.environ.get(REDIS_URL_ENV) or f"redis://{svc.host}:{svc.port}/0",
             socket_connect_timeout=CHECK_TIMEOUT,
             socket_timeout=2,
         )
@@ -136,7 +149,12 @@ def _driver_check(service: str, svc: Service) -> None:
 
 def check(service: str) -> str | None:
     """Return None if ``service`` answers, else a one-line reason. Cached per session."""
-    svc = SERVICES[service]
+    if service == "redis":
+        try:
+            redis_service()
+        except RedisServerError as exc:
+            return str(exc)
+    svc = redis_service() if service == "redis" else SERVICES[service]
     key = (service, svc.host, svc.port)
     if key not in _reachability:
         reason: str | None = None
@@ -188,8 +206,44 @@ def mariadb_url(database: str) -> str:
     return f"mysql+pymysql://{MARIADB_USER}@{svc.host}:{svc.port}/{database}?charset=utf8mb4"
 
 
+_private_redis: RedisServer | None = None
+_private_redis_error: str | None = None
+
+
+def private_redis() -> RedisServer:
+    """The session's own redis-server, started on first use (raises RedisServerError)."""
+    global _private_redis, _private_redis_error
+    if _private_redis is None and _private_redis_error is None:
+        try:
+            _private_redis = RedisServer.start(REDIS_SERVER_BINARY)
+        except RedisServerError as exc:
+            _private_redis_error = f"Redis for the tests: {exc}; or set {REDIS_URL_ENV}"
+    if _private_redis is None:
+        raise RedisServerError(_private_redis_error)
+    return _private_redis
+
+
+def stop_private_redis() -> None:
+    global _private_redis
+    if _private_redis is not None:
+        _private_redis.stop()
+        _private_redis = None
+
+
+def redis_service() -> Service:
+    """The Redis the tests use: ``$CELERYFLOW_TEST_REDIS_URL``'s, else the private one."""
+    explicit = os.environ.get(REDIS_URL_ENV)
+    if explicit:
+        from redis.connection import parse_url
+
+        parts = parse_url(explicit)
+        return Service("Redis", parts.get("host", "127.0.0.1"), int(parts.get("port", 6379)))
+    server = private_redis()
+    return Service("Redis (private)", server.host, server.port)
+
+
 def redis_url(db: int) -> str:
-    svc = SERVICES["redis"]
+    svc = redis_service()
     return f"redis://{svc.host}:{svc.port}/{db}"
 
 
@@ -284,62 +338,58 @@ def fresh_mariadb_url() -> Iterator[str]:
             conn.close()
 
 
-#: Redis databases tests may use. db 0 is left to developers and holds only the locks.
-REDIS_TEST_DBS = tuple(range(1, 16))
-REDIS_LOCK_KEY = "celeryflow-tests:redis-db-lock:{db}"
-REDIS_LOCK_TTL = 1800  # seconds; longer than pytest's per-test timeout (300 s)
-REDIS_LOCK_WAIT = 60.0  # seconds to wait when all test dbs are taken
-_RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
+_free_redis_dbs = list(range(DATABASES))  # dbs of the private server not in use right now
 
 
 @contextlib.contextmanager
 def fresh_redis_url() -> Iterator[str]:
-    """Yield ``redis://127.0.0.1:6379/<n>`` for a db ``n`` in 1..15 that nobody else uses.
+    """Yield a Redis URL for one test (or one module's fixture).
 
-    Tests within one session run one after another (no xdist), but several sessions may
-    share this Redis (parallel checkouts, CI next to a developer). So ``n`` is picked at
-    random among dbs whose lock key in db 0 (``SET NX EX``, released on exit, expiring on
-    its own if the process dies) this session managed to take. The db is FLUSHDB-ed
-    before the test and after it.
+    By default a db of the session's private redis-server that no other user holds
+    now, FLUSHDB-ed before and after: the server is ours. With
+    ``$CELERYFLOW_TEST_REDIS_URL`` set, that URL as it is, and nothing is flushed: tests
+    keep to their uniquely named queues there.
     """
     require("redis")
+    explicit = os.environ.get(REDIS_URL_ENV)
+    if explicit:
+        yield explicit
+        return
     import redis
 
-    svc = SERVICES["redis"]
-    control = redis.Redis(host=svc.host, port=svc.port, db=0, socket_timeout=10)
-    token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-    deadline = time.monotonic() + REDIS_LOCK_WAIT
-    db: int | None = None
+    if not _free_redis_dbs:
+        pytest.fail(f"all {DATABASES} dbs of the private Redis are in use", pytrace=False)
+    db = _free_redis_dbs.pop(0)
+    url = redis_url(db)
+    client = redis.Redis.from_url(url, socket_timeout=10)
     try:
-        while db is None:
-            for candidate in random.sample(REDIS_TEST_DBS, len(REDIS_TEST_DBS)):
-                key = REDIS_LOCK_KEY.format(db=candidate)
-                if control.set(key, token, nx=True, ex=REDIS_LOCK_TTL):
-                    db = candidate
-                    break
-            else:
-                if time.monotonic() > deadline:
-                    skip_or_fail(
-                        f"Redis at {svc.host}:{svc.port}: all test dbs {REDIS_TEST_DBS[0]}.."
-                        f"{REDIS_TEST_DBS[-1]} locked by other sessions for {REDIS_LOCK_WAIT}s"
-                    )
-                time.sleep(0.5)
-        client = redis.Redis(host=svc.host, port=svc.port, db=db, socket_timeout=10)
+        client.flushdb()
+        yield url
+    finally:
         try:
             client.flushdb()
-            yield redis_url(db)
         finally:
-            try:
-                client.flushdb()
-            finally:
-                client.close()
+            client.close()
+            _free_redis_dbs.append(db)
+
+
+def forget_redis_name(url: str, name: str) -> None:
+    """On a Redis that is not ours, delete what kombu kept for the uniquely named queue
+    ``name`` (its list, bindings, binding deadlines), and nothing else."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        pattern = f"*{name}*"
+        keys = list(client.scan_iter(match=pattern, count=500))
+        if keys:
+            client.delete(*keys)
+        for zset in client.scan_iter(match="_kombu.*", _type="zset"):
+            members = [m for m, _ in client.zscan_iter(zset, match=pattern)]
+            if members:
+                client.zrem(zset, *members)
     finally:
-        if db is not None:
-            control.eval(_RELEASE_LOCK, 1, REDIS_LOCK_KEY.format(db=db), token)
-        control.close()
+        client.close()
 
 
 @dataclass
@@ -429,7 +479,10 @@ def make_stack(name: str, tmp_path: Path) -> Iterator[Stack]:
         elif name == "redis-postgres":
             store = resources.enter_context(fresh_postgres_url())
             broker = resources.enter_context(fresh_redis_url())
-            yield Stack(name, broker_url=broker, store_url=store, queue=unique_name("cf-test"))
+            queue = unique_name("cf-test")
+            if os.environ.get(REDIS_URL_ENV):
+                resources.callback(forget_redis_name, broker, queue)
+            yield Stack(name, broker_url=broker, store_url=store, queue=queue)
         elif name == "rabbitmq-mariadb":
             store = resources.enter_context(fresh_mariadb_url())
             rabbit = resources.enter_context(fresh_rabbitmq())
@@ -499,6 +552,13 @@ def mariadb_store_url() -> Iterator[str]:
 def redis_broker_url() -> Iterator[str]:
     with fresh_redis_url() as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_redis_lifetime() -> Iterator[None]:
+    """The private redis-server starts on first use; this stops it when the session ends."""
+    yield
+    stop_private_redis()
 
 
 @pytest.fixture

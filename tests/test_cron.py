@@ -63,11 +63,11 @@ def test_each_slot_fires_once_and_a_missed_slot_once_after_downtime(store_url: s
     # down from 09:30 to 13:30: 10:00..13:00 were missed; only 13:00 fires
     assert len(flow.tick(datetime(2030, 1, 1, 13, 30, tzinfo=timezone.utc))) == 1
     runs = flow.list_runs(function_id="hourly")
-    assert sorted(r.events[0]["data"]["scheduled_at"] for r in runs) == [
+    assert sorted(r.events[0].data["scheduled_at"] for r in runs) == [
         "2030-01-01T09:00:00+00:00",
         "2030-01-01T13:00:00+00:00",
     ]
-    assert runs[0].events[0]["name"] == "celeryflow/scheduled.timer"
+    assert runs[0].events[0].name == "celeryflow/scheduled.timer"
 
     @flow.function(id="daily", trigger=cron("0 9 * * *"))
     def daily(ctx):  # type: ignore[no-untyped-def]
@@ -159,7 +159,7 @@ def test_two_beats_fire_each_slot_once(
     sys.modules.pop("cron_app", None)
 
     runs = flow.list_runs(function_id="every-two-seconds", limit=1000)
-    slots = sorted(datetime.fromisoformat(r.events[0]["data"]["scheduled_at"]) for r in runs)
+    slots = sorted(datetime.fromisoformat(r.events[0].data["scheduled_at"]) for r in runs)
     assert len(slots) == len(set(slots)) >= len(done)  # two beats, no slot twice
     gaps = {(b - a).total_seconds() for a, b in pairwise(slots)}
     assert gaps == {2.0}, slots  # consecutive slots, none skipped or doubled

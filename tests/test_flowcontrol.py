@@ -143,7 +143,7 @@ def test_concurrency_by_key_never_exceeds_its_limits(workers: Workers) -> None:
     runs = workers.settled("limited", len(customers))
 
     assert {r.status for r in runs} == {S.COMPLETED}
-    spans = {c: [r.output for r in runs if r.events[0]["data"]["customer"] == c] for c in "abc"}
+    spans = {c: [r.output for r in runs if r.events[0].data["customer"] == c] for c in "abc"}
     per_key = {c: max_overlap(s) for c, s in spans.items()}
     overall = max_overlap([s for group in spans.values() for s in group])
     assert max(per_key.values()) <= 2, per_key
@@ -185,7 +185,7 @@ def test_rate_limit_skips_and_says_why(workers: Workers) -> None:
     runs = workers.settled("rate-limited", 5)
 
     by_user = {
-        u: sorted(r.status.value for r in runs if r.events[0]["data"]["user"] == u)
+        u: sorted(r.status.value for r in runs if r.events[0].data["user"] == u)
         for u in ("u1", "u2")
     }
     assert by_user == {"u1": ["completed", "completed", "skipped", "skipped"], "u2": ["completed"]}
@@ -238,7 +238,7 @@ def test_priority_orders_the_runs_queued_for_a_slot(workers: Workers) -> None:
         flow.send(Event(name="t/prioritized", data={"vip": vip, "n": n}))
     runs = workers.settled("prioritized", 5)
 
-    order = [r.events[0]["data"]["n"] for r in sorted(runs, key=lambda r: r.output["start"])]
+    order = [r.events[0].data["n"] for r in sorted(runs, key=lambda r: r.output["start"])]
     assert order == [0, 3, 1, 2, 4]
 
 

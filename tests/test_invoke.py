@@ -98,7 +98,7 @@ def test_on_failure_receives_the_error_and_failures_are_broadcast(stack: Stack) 
         "run": failed.id,
         "raw": "celeryflow/function.failed",
     }
-    assert handled[0].events[0]["data"]["event"]["data"] == {"order": 7}
+    assert handled[0].events[0].data["event"]["data"] == {"order": 7}
     assert [a.output for a in audited] == [["fragile", "ZeroDivisionError"]]
 
 

@@ -145,7 +145,7 @@ def test_old_call_sites_start_runs(stack: Stack) -> None:
 
     delayed = flow.get_run(later.id)
     assert delayed.started_at and (delayed.started_at - delayed.created_at).total_seconds() >= 0.9
-    assert flow.get_run(handle.id).events[0]["data"] == {"order_id": "o-1", "amount": 9.5}
+    assert flow.get_run(handle.id).events[0].data == {"order_id": "o-1", "amount": 9.5}
 
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)

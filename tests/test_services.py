@@ -90,12 +90,12 @@ def test_mariadb_database_is_dropped_even_with_open_transaction() -> None:
 # --- brokers ---------------------------------------------------------------------------
 
 
-def test_redis_broker_url(redis_broker_url: str) -> None:
+def test_redis_broker_url(redis_broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
+    server = services.private_redis()
     db = int(redis_broker_url.rsplit("/", 1)[1])
-    assert redis_broker_url == f"redis://127.0.0.1:6379/{db}"
-    assert db in services.REDIS_TEST_DBS
+    assert redis_broker_url == f"redis://127.0.0.1:{server.port}/{db}"
     client = redis.Redis.from_url(redis_broker_url)
     try:
         assert client.dbsize() == 0  # flushed before the test
@@ -105,24 +105,81 @@ def test_redis_broker_url(redis_broker_url: str) -> None:
         client.close()
 
 
-def test_redis_db_is_locked_flushed_and_released() -> None:
+def test_redis_is_a_private_server_without_persistence() -> None:
+    """The tests' Redis is a server this session started: not the shared localhost:6379,
+    files in its own temporary directory, nothing saved."""
     import redis
 
-    control = redis.Redis(host="127.0.0.1", port=6379, db=0)
+    server = services.private_redis()
+    assert server.port != 6379 and server.process.poll() is None
+    client = redis.Redis.from_url(server.url(0))
     try:
-        with services.fresh_redis_url() as url:
-            db = int(url.rsplit("/", 1)[1])
-            lock = services.REDIS_LOCK_KEY.format(db=db)
-            assert control.exists(lock)
-            with services.fresh_redis_url() as other:  # a second user gets another db
-                assert other != url
-            client = redis.Redis.from_url(url)
-            client.set("leftover", 1)
-        assert client.dbsize() == 0  # flushed after the test
-        assert not control.exists(lock)  # lock released
-        client.close()
+        info = client.info("server")
+        assert info["process_id"] == server.process.pid
+        assert info["tcp_port"] == server.port
+        assert client.config_get("dir")["dir"] == str(server.directory.resolve())
+        assert client.config_get("save")["save"] == ""
+        assert client.config_get("appendonly")["appendonly"] == "no"
     finally:
-        control.close()
+        client.close()
+
+
+def test_redis_dbs_are_handed_out_once_and_flushed_after() -> None:
+    import redis
+
+    with services.fresh_redis_url() as url:
+        with services.fresh_redis_url() as other:  # a second user gets another db
+            assert other != url
+        client = redis.Redis.from_url(url)
+        client.set("leftover", 1)
+    assert client.dbsize() == 0  # flushed after the test
+    client.close()
+
+
+def test_explicit_redis_url_is_used_as_is_and_never_flushed(
+    redis_broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A developer's own Redis (here: a db of the private one standing in for it) keeps
+    every key it had: nothing is flushed there, before or after."""
+    import redis
+
+    theirs = redis_broker_url
+    client = redis.Redis.from_url(theirs)
+    try:
+        client.set("someone-elses", b"data")
+        monkeypatch.setenv(services.REDIS_URL_ENV, theirs)
+        with services.fresh_redis_url() as url:
+            assert url == theirs
+            assert client.get("someone-elses") == b"data"
+            client.set("the-tests-own", 1)
+        assert client.get("someone-elses") == b"data"
+    finally:
+        client.close()
+
+
+def test_forget_redis_name_deletes_only_that_queues_keys(redis_broker_url: str) -> None:
+    import redis
+
+    url = redis_broker_url
+    client = redis.Redis.from_url(url)
+    name = services.unique_name("cf-test")
+    try:
+        client.rpush(name, "message")
+        client.sadd(f"_kombu.binding.{name}", "route")
+        client.zadd("_kombu.binding_deadlines", {name: 1, "celery.pidbox": 2})
+        client.set("someone-elses", 1)
+        services.forget_redis_name(url, name)
+        assert sorted(client.keys("*")) == [b"_kombu.binding_deadlines", b"someone-elses"]
+        assert client.zrange("_kombu.binding_deadlines", 0, -1) == [b"celery.pidbox"]
+    finally:
+        client.close()
+
+
+def test_missing_redis_server_binary_names_the_fix() -> None:
+    from redis_server import RedisServer, RedisServerError
+
+    with pytest.raises(RedisServerError, match="'no-such-redis-server' not found on PATH"):
+        RedisServer.start("no-such-redis-server")
 
 
 def test_rabbitmq_publish_consume_and_cleanup(rabbitmq_broker: RabbitMQBroker) -> None:
@@ -210,3 +267,18 @@ def test_unreachable_service_skips_locally_and_fails_in_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=reason):
         services.require(service)
+
+
+def test_unreachable_explicit_redis_skips_locally_and_fails_in_ci(
+    closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(services.REDIS_URL_ENV, f"redis://127.0.0.1:{closed_port}/3")
+    reason = f"Redis not reachable at 127.0.0.1:{closed_port}: ConnectionRefusedError"
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=reason):
+        services.require("redis")
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=reason):
+        services.require("redis")

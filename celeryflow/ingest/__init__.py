@@ -3,15 +3,15 @@
 Mount one endpoint per app (each framework is an optional extra; ``import celeryflow``
 imports none of them)::
 
-    # Django (urls.py)                    pip install 'celeryflow[django]'
+    # Django (urls.py)                    pip install 'celeryflow-engine[django]'
     from celeryflow.ingest.django import event_view
     urlpatterns = [path("events", event_view(flow, signing_key=os.environ["CF_KEY"]))]
 
-    # Flask                               pip install 'celeryflow[flask]'
+    # Flask                               pip install 'celeryflow-engine[flask]'
     from celeryflow.ingest.flask import blueprint
     app.register_blueprint(blueprint(flow, url_prefix="/events", signing_key=key))
 
-    # FastAPI                             pip install 'celeryflow[fastapi]'
+    # FastAPI                             pip install 'celeryflow-engine[fastapi]'
     from celeryflow.ingest.fastapi import router
     app.include_router(router(flow, path="/events", signing_key=key))
 
