@@ -27,16 +27,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy.exc as sa_exc
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .durations import utcnow
 from .errors import Unavailable
-from .tasks import BROKER_ERRORS
 
 if TYPE_CHECKING:
     from .engine import Execution
     from .store import StepWrite
 
-__all__ = ["guarded", "is_disconnect", "is_infrastructure", "release_after"]
+__all__ = ["BROKER_ERRORS", "guarded", "is_disconnect", "is_infrastructure", "release_after"]
 
 RESULTS = ("completed", "failed")  # step rows that settle a step
 
@@ -47,6 +47,10 @@ T = TypeVar("T")
 # a lost or refused connection, a timeout, a lock or deadlock that a later try
 # clears. DataError, IntegrityError and ProgrammingError are not in it: retrying
 # the same statement would fail the same way.
+# What publishing raises when the broker, not the message, is the problem: kombu
+# wraps connection errors in its OperationalError once the publish retry policy is
+# spent; a socket error (OSError) may come through bare when retries are off.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
 STORE_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,

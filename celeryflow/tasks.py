@@ -13,16 +13,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, bootsteps
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .errors import ConfigError
+from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
 
 if TYPE_CHECKING:
     from .flow import Flow
 
 __all__ = [
-    "BROKER_ERRORS",
     "CRON_TASK",
     "RUN_TASK",
     "TASK_DONE",
@@ -44,11 +43,6 @@ log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
-
-# What publishing raises when the broker, not the message, is the problem: kombu
-# wraps connection errors in its OperationalError once the publish retry policy is
-# spent; a socket error (OSError) may come through bare when retries are off.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
 
 
 def flow_of(app: Celery) -> Flow | None:
