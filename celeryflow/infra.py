@@ -43,14 +43,14 @@ RESULTS = ("completed", "failed")  # step rows that settle a step
 log = logging.getLogger("celeryflow.engine")
 T = TypeVar("T")
 
-# What a store call raises when the database, not the statement, is the problem:
-# a lost or refused connection, a timeout, a lock or deadlock that a later try
-# clears. DataError, IntegrityError and ProgrammingError are not in it: retrying
-# the same statement would fail the same way.
 # What publishing raises when the broker, not the message, is the problem: kombu
 # wraps connection errors in its OperationalError once the publish retry policy is
 # spent; a socket error (OSError) may come through bare when retries are off.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
+# What a store call raises when the database, not the statement, is the problem:
+# a lost or refused connection, a timeout, a lock or deadlock that a later try
+# clears. DataError, IntegrityError and ProgrammingError are not in it: retrying
+# the same statement would fail the same way.
 STORE_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
