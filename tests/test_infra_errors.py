@@ -387,16 +387,21 @@ def test_a_run_that_ends_during_lease_renewal_is_not_lost(
         keeper.hold(run.id, claim.fence)
         ids.append((run.id, claim.fence))
     (ended_id, fence), (cancelled_id, _) = ids
-    with caplog.at_level(logging.WARNING, logger="celeryflow.leases"):
-        with flow.store.session() as session:
-            held_, _ = session.finish(ended_id, fence, status=RunStatus.COMPLETED, now=utcnow())
-            assert held_
-        flow.cancel(cancelled_id)
-        wait_for(
-            lambda: any(cancelled_id in r.getMessage() for r in caplog.records),
-            timeout=10,
-            what="the cancelled run's lease lost warning",
-        )
-        time.sleep(0.3)  # three more renewals: the ended run stays held, unreleased
+    try:
+        with caplog.at_level(logging.WARNING, logger="celeryflow.leases"):
+            with flow.store.session() as session:
+                held_, _ = session.finish(ended_id, fence, status=RunStatus.COMPLETED, now=utcnow())
+                assert held_
+            flow.cancel(cancelled_id)
+            wait_for(
+                lambda: any(cancelled_id in r.getMessage() for r in caplog.records),
+                timeout=10,
+                what="the cancelled run's lease lost warning",
+            )
+            time.sleep(0.3)  # three more renewals: the ended run stays held, unreleased
+    finally:
+        for run_id, _ in ids:
+            keeper.release(run_id)
+        keeper._wake.set()  # the renewal thread ends with the test
     lost = [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
     assert not [m for m in lost if ended_id in m], lost
