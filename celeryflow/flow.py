@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import tasks
+from . import oncommit, tasks
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
@@ -198,14 +198,33 @@ class Flow:
 
     # -- events -------------------------------------------------------------------------
 
-    def send(self, events: Event | dict[str, Any] | list[Event | dict[str, Any]]) -> list[str]:
+    def send(
+        self,
+        events: Event | dict[str, Any] | list[Event | dict[str, Any]],
+        *,
+        on_commit: bool | oncommit.Defer = False,
+    ) -> list[str]:
         """Record events and start the runs they trigger; returns the event ids.
 
         An id already seen in the last 24 h starts nothing new. Like calling a Celery
         task, the sending process must have imported the functions (directly or by
         ``app.autodiscover_tasks``); the events are validated before anything is written.
+
+        ``on_commit=True`` records them when the caller's database transaction commits
+        (at once outside one, never if it rolls back): Django's, once
+        ``celeryflow.django`` is imported; or pass the hook (``on_commit=fn``, called
+        with a callable). The ids are returned at once.
         """
         prepared = prepare_events(events)
+        if on_commit is not False:
+            defer = oncommit.resolve(on_commit)
+            checked: list[Event | dict[str, Any]] = [*prepared]
+
+            def record() -> None:
+                self.send(checked)
+
+            defer(record)
+            return [ev.id for ev in prepared if ev.id is not None]
         now = utcnow()
         # Runs are planned with the functions this process knows; finalizing the app
         # runs Celery's autodiscovery first, exactly as calling a task would.

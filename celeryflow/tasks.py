@@ -6,13 +6,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, bootsteps
+from celery.utils.imports import symbol_by_name
 
 from .errors import ConfigError
 from .infra import BROKER_ERRORS
@@ -28,8 +31,11 @@ __all__ = [
     "TASK_FAILED",
     "TICK_TASK",
     "CeleryDoorbell",
+    "all_flows",
+    "eager_off",
     "flow_of",
     "install",
+    "is_eager",
     "start_test_worker",
 ]
 
@@ -43,11 +49,18 @@ log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
+_imported: weakref.WeakSet[Celery] = weakref.WeakSet()  # apps whose task modules are in
+_inline = threading.local()  # the queue of the inline executions this thread is running
 
 
 def flow_of(app: Celery) -> Flow | None:
     """The Flow bound to ``app``, if any."""
     return _flows.get(app)
+
+
+def all_flows() -> list[Flow]:
+    """Every Flow of this process (one per Celery app)."""
+    return list(_flows.values())
 
 
 def broker_configured(app: Celery) -> bool:
@@ -59,7 +72,11 @@ def broker_configured(app: Celery) -> bool:
 
 
 def finalize(app: Celery) -> None:
-    """Finalize the app (autodiscovering task modules) if nothing has yet."""
+    """Import the app's task modules as a worker does (``imports``, ``include``,
+    ``autodiscover_tasks``: app.finalize alone imports none), once, and finalize it."""
+    if app not in _imported:
+        _imported.add(app)
+        app.loader.import_default_modules()
     if not app.finalized:
         app.finalize(auto=True)
 
@@ -121,6 +138,16 @@ class CeleryDoorbell:
     def ring(self, run_ids: Sequence[str], eta: datetime | None = None) -> None:
         if not run_ids:
             return
+        if is_eager(self.app):
+            # Eager mode runs a run inline up to its first park; a park (an ETA ring)
+            # is not run inline, or each wake-up would run it again, recursively. Its
+            # stored wake time stays: testing.run_due, a worker or the reconciler
+            # finish it.
+            if eta is None:
+                self.run_inline(run_ids)
+            else:
+                log.debug("eager mode: run(s) %s parked until %s", ", ".join(run_ids), eta)
+            return
         task = self.app.tasks[RUN_TASK]
         options: dict[str, Any] = {}
         if self.queue:
@@ -130,6 +157,12 @@ class CeleryDoorbell:
         with self.app.producer_or_acquire() as producer:
             for run_id in run_ids:
                 task.apply_async((run_id,), producer=producer, **options)
+
+    def run_inline(self, run_ids: Sequence[str]) -> None:
+        """Execute the runs in this thread (Celery's ``Task.apply``), one after the
+        other: what they ring meanwhile runs after them, never nested."""
+        task = self.app.tasks[RUN_TASK]
+        inline([functools.partial(task.apply, (run_id,)) for run_id in run_ids])
 
     def send_task(
         self,
@@ -146,7 +179,14 @@ class CeleryDoorbell:
         options = {"queue": self.queue} if self.queue else {}
         done = self.app.signature(TASK_DONE, args=(run_id, key), **options)
         failed = self.app.signature(TASK_FAILED, args=(run_id, key), **options)
-        task.apply_async(tuple(args), kwargs, task_id=task_id, link=done, link_error=failed)
+
+        def send() -> None:
+            task.apply_async(tuple(args), kwargs, task_id=task_id, link=done, link_error=failed)
+
+        if is_eager(self.app):
+            inline([send])  # after the run parks for it, as a worker would see it
+        else:
+            send()
 
     def resolve_later(
         self, run_id: str, key: str, outcome: dict[str, Any], attempt: int, delay: float
@@ -154,7 +194,55 @@ class CeleryDoorbell:
         options: dict[str, Any] = {"countdown": delay}
         if self.queue:
             options["queue"] = self.queue
-        self.app.tasks[TASK_RESOLVE].apply_async((run_id, key, outcome, attempt), **options)
+        task = self.app.tasks[TASK_RESOLVE]
+        if is_eager(self.app):
+            inline([lambda: task.apply((run_id, key, outcome, attempt))])
+        else:
+            task.apply_async((run_id, key, outcome, attempt), **options)
+
+
+def is_eager(app: Celery) -> bool:
+    """Whether Celery executes tasks inline (``task_always_eager``)."""
+    return bool(app.conf.task_always_eager)
+
+
+def inline(actions: list[Callable[[], object]]) -> None:
+    """Run ``actions`` in this thread, in order; actions added while they run are
+    queued behind them, so inline executions never nest (no recursion, and a run
+    rung by the run executing finds it parked, not half done)."""
+    queue: deque[Callable[[], object]] | None = getattr(_inline, "queue", None)
+    if queue is not None:
+        queue.extend(actions)
+        return
+    _inline.queue = queue = deque(actions)
+    try:
+        while queue:
+            queue.popleft()()
+    finally:
+        _inline.queue = None
+
+
+@contextmanager
+def eager_off(app: Celery) -> Iterator[None]:
+    """Celery's eager mode off for the block, then restored: ``app.conf`` and, for an
+    app configured with ``config_from_object(obj, namespace=NS)`` (Django's
+    ``'django.conf:settings'``, ``'CELERY'``), the object's ``NS_TASK_ALWAYS_EAGER``."""
+    before = app.conf.task_always_eager
+    source: Any = getattr(app, "_config_source", None)
+    if isinstance(source, str):
+        source = symbol_by_name(source)
+    name = f"{app.namespace}_TASK_ALWAYS_EAGER" if app.namespace else None
+    missing = object()
+    previous = getattr(source, name, missing) if source is not None and name else missing
+    app.conf.task_always_eager = False
+    if previous is not missing:
+        setattr(source, name, False)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = before
+        if previous is not missing:
+            setattr(source, name, previous)  # type: ignore[arg-type]
 
 
 def run_time_limits(limit: timedelta | None) -> dict[str, float]:
@@ -290,7 +378,7 @@ def start_test_worker(
         app,
         pool=pool,
         concurrency=concurrency,
-        perform_ping_check=False,
+        perform_ping_check=options.pop("perform_ping_check", False),
         loglevel=options.pop("loglevel", "WARNING"),
         shutdown_timeout=options.pop("shutdown_timeout", 30.0),
         **options,

@@ -28,7 +28,7 @@ from .database import SQLiteWriteLock, create_store_engine, sqlite_path
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
 from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
-from .tables import events, flow_keys, runs, steps, wait_fields
+from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
 __all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
@@ -119,6 +119,23 @@ class Store:
                     self._check_schema(engine)
                     self._engine = engine
         return self._engine
+
+    def reopen(self, url: str, *, auto_migrate: bool | None = None) -> None:
+        """Point this store at another database, closing the pooled connections to
+        the old one (the pytest plugin gives tests their own store this way; every
+        holder of this object follows). Not while runs execute."""
+        old = self._engine
+        # a new Store's state, so nothing cached for the old database survives
+        self.__dict__.update(Store(url, auto_migrate=auto_migrate).__dict__)
+        if old is not None:
+            old.dispose()
+
+    def clear(self) -> None:
+        """Delete every event, run, step and flow-control row (tests only: the pytest
+        plugin empties a test database's store between tests)."""
+        with self._write() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
 
     @property
     def dialect(self) -> str:
@@ -505,6 +522,19 @@ class Store:
             for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
                 cancel_run(conn, run_id, now)
         return due
+
+    def woken(self, now: datetime, limit: int = 500) -> list[str]:
+        """Parked runs whose wake time has come (a retry back-off, a sleep, a wait's
+        timeout), soonest first: what ``celeryflow.testing.run_due`` executes."""
+        parked = (S.QUEUED.value, S.SLEEPING.value, S.WAITING.value)
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.status.in_(parked), runs.c.wake_at <= now)
+            .order_by(runs.c.wake_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [str(run_id) for run_id in conn.execute(query).scalars()]
 
     # -- reading and control ----------------------------------------------------------
 
