@@ -41,6 +41,8 @@ from .events import Event
 from .functions import FlowFunction
 from .infra import guarded, release_after
 from .leases import LeaseKeeper
+from .logs import RunLogger, run_context
+from .logs import install as install_log_context
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
@@ -82,6 +84,7 @@ class Engine:
         self.leases = LeaseKeeper(flow.store, flow.settings.lease)
         self._host = socket.gethostname()
         self.sleeps_elapse = False  # testing.sleeps_elapse: a sleep ends at once
+        install_log_context()
 
     def owner(self) -> str:
         return f"{self._host}:{os.getpid()}:{threading.get_ident()}"
@@ -156,7 +159,8 @@ class Engine:
                 return None
             self.leases.hold(run_id, claim.fence)
             try:
-                return Execution(self.flow, function, claim, session).drive()
+                with run_context(run_id, function.id):
+                    return Execution(self.flow, function, claim, session).drive()
             finally:
                 self.leases.release(run_id)
                 if function.control.concurrency:
@@ -220,6 +224,11 @@ class Execution:
         self.in_branch = False
         self.memo = self._branch_prefix(claim) if self.branch is not None else {}
         self.memo.update(claim.steps)
+        # Replaying until the function reaches a step no earlier execution reached
+        # (or has passed every recorded one): ctx.logger is quiet meanwhile.
+        self._unvisited = set(self.memo)
+        self._reached_new = False
+        self.log = logging.getLogger("celeryflow.run")
         self._seen: dict[str, int] = {}
         self._position = 0
         self._in_step = False
@@ -237,10 +246,7 @@ class Execution:
             events=events,
             failure=failure,
             attempt=self._resume_attempt(),
-            logger=logging.LoggerAdapter(
-                logging.getLogger("celeryflow.run"),
-                {"run_id": self.run_id, "function_id": function.id},
-            ),
+            logger=RunLogger(self.log, lambda: self.replaying),
         )
         self.ctx: Context | AsyncContext = (
             AsyncContext(step=AsyncSteps(self), **context)
@@ -271,6 +277,14 @@ class Execution:
         parallel = claim.parent_steps.get(str(self.branch_key))
         limit = parallel["position"] if parallel is not None else 0
         return {k: row for k, row in claim.parent_steps.items() if row["position"] < limit}
+
+    @property
+    def replaying(self) -> bool:
+        """Whether the function is re-running code an earlier execution ran: before
+        its last recorded step, or (a parallel branch) before its branch begins."""
+        if self.branch is not None and not self.in_branch:
+            return True
+        return bool(self._unvisited) and not self._reached_new
 
     def _resume_attempt(self) -> int:
         for row in self.memo.values():
@@ -385,7 +399,7 @@ class Execution:
             self._fail_run(exc)
             return None
         wake = utcnow() + self._retry_delay(exc, attempt)
-        self.ctx.logger.warning("function raised %r; retry %d at %s", exc, attempt, wake)
+        self.log.warning("function raised %r; retry %d at %s", exc, attempt, wake)
         if not self.session.move(
             self.run_id,
             self.fence,
@@ -448,7 +462,9 @@ class Execution:
 
     def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
         row = self.memo.get(key)
+        self._unvisited.discard(key)
         if row is None:
+            self._reached_new = True
             if self.branch is not None and not self.in_branch:
                 raise NondeterminismError(
                     f"step {name!r} is not in the parent's record before "
@@ -461,7 +477,7 @@ class Execution:
                 f"calls it as {kind!r}: the code changed under a run in flight"
             )
         if row["position"] != position:
-            self.ctx.logger.warning(
+            self.log.warning(
                 "step %r replayed at position %d, recorded at %d", key, position, row["position"]
             )
         return row
@@ -469,7 +485,7 @@ class Execution:
     def lost(self) -> Interrupt:
         row = self.session.peek(self.run_id)
         status = row["status"] if row else "missing"
-        self.ctx.logger.info("run left this executor: %s", status)
+        self.log.info("run left this executor: %s", status)
         return Interrupt("cancelled" if status == S.CANCELLED.value else "lease lost")
 
     def due_for(self, wake: datetime) -> datetime:
@@ -557,7 +573,7 @@ class Execution:
             self._flush()
             raise StepError(plan.name, error) from exc
         wake = utcnow() + self._retry_delay(exc, attempts, retry_delay)
-        self.ctx.logger.warning(
+        self.log.warning(
             "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
         )
         values = self.step_values(plan, status="retrying", error=to_json(error, "error"))

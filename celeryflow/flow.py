@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
+log = logging.getLogger("celeryflow.flow")
 MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first runs
 DEFAULT_STORE = "sqlite:///celeryflow.db"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +51,7 @@ class FlowSettings(BaseModel):
     eta_horizon: timedelta = timedelta(minutes=5)  # longer waits: the reconciler wakes them
     retry_base: timedelta = timedelta(seconds=1)
     retry_max: timedelta = timedelta(hours=1)
-    tick_interval: timedelta = timedelta(seconds=1)  # how often beat looks at cron slots
+    tick_interval: timedelta = timedelta(seconds=1)  # the longest cron look-away (workers, beat)
     reconcile_in_worker: bool = True
     # celeryflow.run's own Celery time limit (see tasks.run_time_limits); None: the
     # app-wide task_time_limit / task_soft_time_limit apply, as to any task
@@ -237,7 +239,8 @@ class Flow:
             rows = [p.row for p in alone]
             if plain and self.store.record_event_alone(prepared[0], rows, now):
                 created = [str(row["id"]) for row in rows]
-                self.doorbell.ring(self._ring_for_slots(created, alone, now))
+                names = {row["id"]: row["function_id"] for row in rows}
+                self.doorbell.ring(self._ring_for_slots(created, alone, now), function_id=names)
                 return [ev.id for ev in prepared if ev.id is not None]
 
         planned: list[PlannedRun] = []
@@ -255,7 +258,8 @@ class Flow:
             condition_holds=condition_holds,
         )
         self.doorbell.ring(
-            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed]
+            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed],
+            function_id={p.row["id"]: p.row["function_id"] for p in planned},
         )
         return [ev.id for ev in prepared if ev.id is not None]
 
@@ -312,7 +316,7 @@ class Flow:
             resume_due=now + self.settings.redeliver_after,
             condition_holds=condition_holds,
         )
-        self.doorbell.ring(recorded.created)
+        self.doorbell.ring(recorded.created, function_id=function.id)
         runs = self.store.list_runs(event_id=ev.id, limit=1)
         if not runs:  # it joined a debounced or batched run, which has another event
             raise CeleryflowError(
@@ -412,16 +416,20 @@ class Flow:
             condition_holds=condition_holds,
         )
 
-    def tick(self, now: datetime | None = None) -> list[str]:
-        """Fire the cron slots that are due (each once, whatever the number of beats);
-        returns the new run ids. Called by the ``celeryflow.tick`` beat entry."""
+    def tick(self, now: datetime | None = None, *, since: datetime | None = None) -> list[str]:
+        """Fire the cron slots that are due (each once, whatever the number of workers
+        and beats); returns the new run ids. Called by every worker's reconciler thread
+        and by the ``celeryflow.tick`` beat entry. ``since``: skip slots at or before
+        it (the caller handled them), so a look between slots costs no query."""
         from .store.cron import fire_slot
 
         now = now or utcnow()
-        created: list[str] = []
+        created: dict[str, str] = {}
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
+                if since is not None and slot <= since:
+                    continue
                 stamp = slot.isoformat()
                 ev = Event(
                     name=SCHEDULED_EVENT,
@@ -431,9 +439,10 @@ class Flow:
                 )
                 run = self.new_run(fn.id, [ev], now)
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
-                    created.append(str(run["id"]))
-        self.doorbell.ring(created)
-        return created
+                    log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
+                    created[str(run["id"])] = fn.id
+        self.doorbell.ring(list(created), function_id=created)
+        return list(created)
 
     def has_crons(self) -> bool:
         return any(fn.crons for fn in self.functions.values())
@@ -532,5 +541,5 @@ class Flow:
         now = utcnow()
         row = self.new_run(old.function_id, list(old.events), now)
         self.store.insert_runs([row])
-        self.doorbell.ring([row["id"]])
+        self.doorbell.ring([row["id"]], function_id=old.function_id)
         return str(row["id"])

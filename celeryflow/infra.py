@@ -142,14 +142,14 @@ def release_after(
         except sa_exc.IntegrityError:  # the write that seemed to fail did land: drop it
             released = x.session.release(x.run_id, x.fence, wake_at=wake, due_at=due, writes=unsent)
     except Unavailable as again:
-        x.ctx.logger.warning(
+        x.log.warning(
             "%s; releasing the run failed too (%s): it resumes after its lease", exc, again
         )
         return None
     if not released:  # the write that seemed to fail did commit: the run moved on
-        x.ctx.logger.warning("%s; the run had moved on meanwhile", exc)
+        x.log.warning("%s; the run had moved on meanwhile", exc)
         return None
-    x.ctx.logger.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
+    x.log.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
     return wake
 
 

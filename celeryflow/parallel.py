@@ -111,5 +111,5 @@ def begin(
         children=children,
     ):
         raise x.lost()
-    x.doorbell.ring([child["id"] for child in children])
+    x.doorbell.ring([child["id"] for child in children], function_id=x.function.id)
     raise Interrupt(RunStatus.WAITING.value)

@@ -9,7 +9,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -34,8 +34,10 @@ __all__ = [
     "all_flows",
     "eager_off",
     "flow_of",
+    "function_of_shadow",
     "install",
     "is_eager",
+    "shadow_name",
     "start_test_worker",
 ]
 
@@ -96,9 +98,11 @@ def _after_commit(ring: RingMethod) -> RingMethod:
     costs one publish retry policy, not one per run."""
 
     @functools.wraps(ring)
-    def tolerant(self: CeleryDoorbell, run_ids: Sequence[str], eta: datetime | None = None) -> None:
+    def tolerant(
+        self: CeleryDoorbell, run_ids: Sequence[str], eta: datetime | None = None, **named: Any
+    ) -> None:
         try:
-            ring(self, run_ids, eta)
+            ring(self, run_ids, eta, **named)
         except self.broker_errors() as exc:
             level = logging.DEBUG if self.broker_down else logging.WARNING
             self.broker_down = True
@@ -118,6 +122,50 @@ def _after_commit(ring: RingMethod) -> RingMethod:
     return cast(RingMethod, tolerant)
 
 
+def shadow_name(function_id: str | None) -> str | None:
+    """The name a run message shows in the worker log, Flower and ``celery inspect``
+    (Celery's ``shadow``): ``celeryflow.run:<function id>``; None keeps the task name."""
+    return f"{RUN_TASK}:{function_id}" if function_id else None
+
+
+def function_of_shadow(shadow: str | None) -> str | None:
+    prefix = f"{RUN_TASK}:"
+    return shadow[len(prefix) :] if shadow and shadow.startswith(prefix) else None
+
+
+class _Housekeeping(logging.Filter):
+    """Celery's per-message INFO lines for celeryflow's housekeeping tasks (the
+    ``celeryflow.reconcile`` and ``celeryflow.tick`` beat entries: "Sending due task",
+    "Task ... received", "... succeeded") are logged at DEBUG: several a second, they
+    would bury everything else in a worker's INFO log."""
+
+    NAMES = frozenset({TICK_TASK, CRON_TASK})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self._housekeeping(record.args):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+    def _housekeeping(self, args: Any) -> bool:
+        if isinstance(args, Mapping):  # the worker's lines: {"name": ..., "id": ...}
+            return args.get("name") in self.NAMES
+        return isinstance(args, tuple) and len(args) == 2 and args[1] in self.NAMES  # beat's
+
+
+_HOUSEKEEPING_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_housekeeping() -> None:
+    """Install the filter on Celery's loggers (once per process)."""
+    for name in _HOUSEKEEPING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Housekeeping) for f in logger.filters):
+            logger.addFilter(_Housekeeping())
+
+
 class CeleryDoorbell:
     """Sends ``celeryflow.run(run_id)`` messages: the broker is only the doorbell."""
 
@@ -135,7 +183,16 @@ class CeleryDoorbell:
         return self._broker_errors
 
     @_after_commit
-    def ring(self, run_ids: Sequence[str], eta: datetime | None = None) -> None:
+    def ring(
+        self,
+        run_ids: Sequence[str],
+        eta: datetime | None = None,
+        *,
+        function_id: str | Mapping[str, str] | None = None,
+    ) -> None:
+        """Send one message per run. ``function_id`` (of all the runs, or by run id)
+        names each message after its function; callers pass it where they know it
+        for free, and a run without one goes under the plain task name."""
         if not run_ids:
             return
         if is_eager(self.app):
@@ -156,7 +213,8 @@ class CeleryDoorbell:
             options["eta"] = eta
         with self.app.producer_or_acquire() as producer:
             for run_id in run_ids:
-                task.apply_async((run_id,), producer=producer, **options)
+                named = function_id.get(run_id) if isinstance(function_id, Mapping) else function_id
+                task.apply_async((run_id,), producer=producer, shadow=shadow_name(named), **options)
 
     def run_inline(self, run_ids: Sequence[str]) -> None:
         """Execute the runs in this thread (Celery's ``Task.apply``), one after the
@@ -264,15 +322,17 @@ def install(flow: Flow) -> CeleryDoorbell:
     _flows[app] = flow
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue)
+    quiet_housekeeping()
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RUN_TASK,
+        bind=True,
         ignore_result=True,
         acks_late=False,
         shared=False,
         **run_time_limits(settings.run_time_limit),
     )
-    def run(run_id: str) -> None:
+    def run(task: Any, run_id: str) -> None:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
@@ -281,7 +341,8 @@ def install(flow: Flow) -> CeleryDoorbell:
             from .durations import utcnow
 
             if wake - utcnow() <= settings.eta_horizon:
-                doorbell.ring([run_id], eta=wake)
+                fid = function_of_shadow(getattr(task.request, "shadow", None))
+                doorbell.ring([run_id], eta=wake, function_id=fid)
 
     # A legacy task's outcome, for the step that invoked it. The link callback gets the
     # return value; the errback runs inline in the failing task's worker (Celery's

@@ -226,5 +226,5 @@ def invoke(
         children=[child],
     ):
         raise x.lost()
-    x.doorbell.ring([child["id"]])
+    x.doorbell.ring([child["id"]], function_id=child["function_id"])
     raise Interrupt(RunStatus.WAITING.value, wake)

@@ -59,6 +59,7 @@ class Recorded:
 class DueRun:
     id: str
     eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
+    function_id: str = ""  # names the doorbell message (Celery's shadow name)
 
 
 def _past_deadline(row: Any, now: datetime) -> bool:
@@ -474,6 +475,7 @@ class Store:
         query = (
             sa.select(
                 runs.c.id,
+                runs.c.function_id,
                 runs.c.status,
                 runs.c.wake_at,
                 runs.c.started_at,
@@ -499,12 +501,12 @@ class Store:
                 next_due: datetime | None
                 if row.status in parked and wake and wake > now:
                     if wake <= horizon:  # wakes before the next pass: ring with an ETA
-                        due.append(DueRun(row.id, wake))
+                        due.append(DueRun(row.id, wake, row.function_id))
                         next_due = wake + redeliver_after
                     else:  # here for a deadline only; nothing to ring yet
                         next_due = wake
                 elif row.status in (*parked, S.RUNNING.value):
-                    due.append(DueRun(row.id, None))
+                    due.append(DueRun(row.id, None, row.function_id))
                     next_due = now + redeliver_after
                 else:
                     next_due = None
