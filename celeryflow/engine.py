@@ -12,7 +12,6 @@ warning, so adding a step to a deployed function does not break the runs in flig
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .codec import to_json
+from .codec import from_json, to_json
 from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
     BranchFinished,
@@ -46,6 +45,7 @@ from .logs import install as install_log_context
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
+from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
     from .flow import Flow, FlowSettings
@@ -139,19 +139,7 @@ class Engine:
             function = self.flow.functions.get(claim.run["function_id"])
             if function is None:
                 # A rolling deploy: this worker lacks the function; another may have it.
-                log.error(
-                    "run %s: function %r is not registered in this worker; released",
-                    run_id,
-                    claim.run["function_id"],
-                )
-                session.move(
-                    run_id,
-                    claim.fence,
-                    status=S.QUEUED,
-                    wake_at=None,
-                    due_at=now + settings.redeliver_after,
-                    attempt=int(claim.run["attempt"]),
-                )
+                release_unregistered(self.flow, session, claim, now)
                 return None
             if self._past_deadline(claim, now):
                 log.info("run %s: cancelled by its Timeouts", run_id)
@@ -237,7 +225,7 @@ class Execution:
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
         self._in_flight: list[StepWrite] = []  # the writes last handed to the store
-        events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
+        events = [Event.model_validate(e) for e in from_json(claim.run["events"])]
         self.trigger = events[0]  # the run's own first event, whatever ctx.event shows
         events, failure = self._handler_view(events)
         context = dict(
@@ -526,10 +514,10 @@ class Execution:
         if row is not None:
             if row["status"] == "completed":
                 plan.done = True
-                plan.value = None if row["output"] is None else json.loads(row["output"])
+                plan.value = from_json(row["output"])
                 return plan
             if row["status"] == "failed":
-                raise StepError(name, json.loads(row["error"]))
+                raise StepError(name, from_json(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
         self._check_deadline()
@@ -553,7 +541,7 @@ class Execution:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
         self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
-        return json.loads(text)
+        return from_json(text)
 
     def fail_step(
         self,

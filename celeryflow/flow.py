@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -17,16 +16,28 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import oncommit, tasks
+from .codec import to_json
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
-from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .flowcontrol import (
+    Admission,
+    Batch,
+    Concurrency,
+    Debounce,
+    KeyUnavailable,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
 from .store import PlannedRun, Recorded, Store
+from .store.admin import cancellable_statuses
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -53,6 +64,9 @@ class FlowSettings(BaseModel):
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # the longest cron look-away (workers, beat)
     reconcile_in_worker: bool = True
+    # opening a store connection, and one statement (None: no limit); see README
+    connect_timeout: timedelta | None = timedelta(seconds=10)
+    statement_timeout: timedelta | None = timedelta(seconds=30)
     # celeryflow.run's own Celery time limit (see tasks.run_time_limits); None: the
     # app-wide task_time_limit / task_soft_time_limit apply, as to any task
     run_time_limit: timedelta | None = None
@@ -71,6 +85,11 @@ class FlowSettings(BaseModel):
     @classmethod
     def _duration(cls, value: Duration) -> timedelta:
         return parse_duration(value, "Flow setting")
+
+    @field_validator("connect_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Duration | None) -> timedelta | None:
+        return None if value is None else parse_duration(value, "Flow setting")
 
     @field_validator("run_time_limit", mode="before")
     @classmethod
@@ -123,7 +142,12 @@ class Flow:
             raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
-        self.store = Store(url, auto_migrate=auto_migrate)
+        self.store = Store(
+            url,
+            auto_migrate=auto_migrate,
+            connect_timeout=self.settings.connect_timeout,
+            statement_timeout=self.settings.statement_timeout,
+        )
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
             if broker is not None:
@@ -272,7 +296,8 @@ class Flow:
         limited: dict[tuple[str, str | None, str | None], list[int]] = {}
         waiting_for_slot: list[str] = []
         new = set(created)
-        ring = [i for i in created if i not in {p.row["id"] for p in planned}]  # full batches
+        planned_ids = {p.row["id"] for p in planned}
+        ring = [i for i in created if i not in planned_ids]  # batches that filled up
         for p in planned:
             row = p.row
             fn = self.functions.get(row["function_id"])
@@ -463,6 +488,13 @@ class Flow:
     ) -> PlannedRun:
         """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
         row = self.new_run(fn.id, [ev], now)
+        if row["status"] == RunStatus.SKIPPED.value:  # a concurrency key failed
+            return PlannedRun(row, [], Admission(refused=True))
+        try:
+            admission = fn.control.admission(variables)
+        except KeyUnavailable as exc:
+            exc.refuse(row, now)
+            return PlannedRun(row, [], Admission(refused=True))
         if fn.control.concurrency:
             # parked for a slot from birth: the sender rings only the runs first in
             # line (send()), a released slot the next, the reconciler any it missed
@@ -475,25 +507,29 @@ class Flow:
             due = [d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d]
             row["due_at"] = min(due) if due else None
         waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-        admission = fn.control.admission(variables)
         return PlannedRun(row, waits, admission if admission else None)
 
     def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         """A run row (every column an insert names, so rows batch in one executemany),
-        with its concurrency keys and queue position evaluated from its first event."""
+        with its concurrency keys and queue position evaluated from its first event.
+        A concurrency key that cannot be evaluated makes it the run's skipped record."""
         keys: list[str | None] = [None, None]
         queue_at = now
+        refused: KeyUnavailable | None = None
         function = self.functions.get(function_id)
         if function is not None and (function.control.concurrency or function.control.priority):
             variables = {"event": evs[0].model_dump()}
-            for i, key in enumerate(function.control.concurrency_keys(variables)):
-                keys[i] = key
+            try:
+                for i, key in enumerate(function.control.concurrency_keys(variables)):
+                    keys[i] = key
+            except KeyUnavailable as exc:
+                refused = exc
             queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
-        return {
+        row = {
             "id": new_run_id(),
             "function_id": function_id,
             "event_id": evs[0].id,
-            "events": json.dumps([e.model_dump() for e in evs], separators=(",", ":")),
+            "events": to_json([e.model_dump() for e in evs], "events"),
             "status": RunStatus.QUEUED.value,
             "attempt": 0,
             "fence": 0,
@@ -510,6 +546,9 @@ class Flow:
             "queue_at": queue_at,
             "created_at": now,
         }
+        if refused is not None:
+            refused.refuse(row, now)
+        return row
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -534,6 +573,22 @@ class Flow:
         """Cancel a run: a parked one at once, a running one at its next step.
         False if it had already ended."""
         return self.store.cancel(run_id, utcnow())
+
+    def cancel_runs(
+        self,
+        *,
+        function_id: str,
+        status: RunStatus | str | list[RunStatus | str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Cancel every run of ``function_id`` that has not ended (or only those in
+        ``status``), as :meth:`cancel` does each; returns how many. The function need
+        not be defined any more: this retires the runs of a removed one. ``dry_run``
+        counts them instead."""
+        statuses = cancellable_statuses(status)
+        if dry_run:
+            return self.store.count_runs(function_id, statuses)
+        return self.store.cancel_runs(function_id, statuses, utcnow())
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s)."""

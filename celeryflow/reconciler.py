@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .durations import utcnow
+from .store.database import store_error_line
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -114,11 +115,23 @@ class ReconcilerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self._wait()):
+        # A store error is one line per distinct error, and the loop backs off while it
+        # lasts (up to 60 s between tries); any other error keeps its traceback.
+        backoff, last = 0.0, None
+        while not self._stop_event.wait(max(self._wait(), backoff)):
             try:
                 self._due_work()
-            except Exception:  # the next pass retries; never kill the worker for this
-                log.exception("reconciler pass failed")
+            except Exception as exc:  # the next pass retries; never kill the worker for this
+                line = store_error_line(exc)
+                if line is None:
+                    log.exception("reconciler pass failed")
+                elif line != last:
+                    log.error("reconciler pass failed: %s (retrying with back-off)", line)
+                last, backoff = line, min(max(backoff * 2, self.interval), 60.0)
+            else:
+                if last is not None:
+                    log.warning("reconciler passes work again")
+                backoff, last = 0.0, None
 
     def _wait(self) -> float:
         """Seconds until the next cron look or reconciler pass, whichever is first."""

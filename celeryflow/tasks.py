@@ -7,19 +7,24 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from traceback import extract_tb
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, bootsteps
+from celery.app.utils import find_app
+from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
 
-from .errors import ConfigError
+from .errors import CeleryflowError, ConfigError
 from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
+from .store.database import display_url, store_error_line
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -37,8 +42,10 @@ __all__ = [
     "function_of_shadow",
     "install",
     "is_eager",
+    "load_flow",
     "shadow_name",
     "start_test_worker",
+    "wait_for_store",
 ]
 
 RUN_TASK = "celeryflow.run"
@@ -49,6 +56,11 @@ TASK_FAILED = "celeryflow.task_failed"  # link_error: it failed for good
 TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
 log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
+# A worker whose store does not answer at start retries as Celery does for its
+# broker (broker_connection_retry): 2 s, 4 s, ... up to 30 s apart, 100 tries.
+STORE_RETRY_START, STORE_RETRY_STEP, STORE_RETRY_MAX = 2.0, 2.0, 30.0
+STORE_RETRIES = 100
+EX_CONFIG = getattr(os, "EX_CONFIG", 78)  # sysexits.h: a configuration error
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
 _imported: weakref.WeakSet[Celery] = weakref.WeakSet()  # apps whose task modules are in
@@ -63,6 +75,41 @@ def flow_of(app: Celery) -> Flow | None:
 def all_flows() -> list[Flow]:
     """Every Flow of this process (one per Celery app)."""
     return list(_flows.values())
+
+
+def load_flow(name: str) -> Flow:
+    """The Flow of the Celery app ``name`` names, found as ``celery -A name`` finds it
+    (``module``, ``module:attribute``, ``package`` with a ``celery`` module; the current
+    directory first). Raises ConfigError in one line."""
+    try:
+        app = find_app(name)
+    except CeleryflowError:
+        raise  # the app module's own Flow(...) refused its settings: that says it best
+    except ModuleNotFoundError as exc:
+        if exc.name and name.split(":")[0].startswith(exc.name):
+            raise ConfigError(
+                f"-A {name}: no module named {exc.name!r} (run from the directory that "
+                "holds it, or add that directory to PYTHONPATH)"
+            ) from None
+        raise ConfigError(f"-A {name}: importing it failed: {_where(exc)}") from None
+    except AttributeError as exc:
+        raise ConfigError(f"-A {name}: no Celery app there ({exc})") from None
+    except Exception as exc:
+        raise ConfigError(f"-A {name}: importing it failed: {_where(exc)}") from None
+    if not isinstance(app, Celery):
+        raise ConfigError(f"-A {name}: {app!r} is not a Celery app")
+    flow = flow_of(app)
+    if flow is None:
+        raise ConfigError(f"-A {name}: the Celery app {app.main!r} has no Flow (Flow(app))")
+    return flow
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame: one line, no traceback."""
+    frames = [f for f in extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    place = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}{place}"
 
 
 def broker_configured(app: Celery) -> bool:
@@ -405,10 +452,22 @@ def install(flow: Flow) -> CeleryDoorbell:
     if app.finalized:
         add_beat_entry()
 
+    class StoreCheckStep(bootsteps.Step):  # type: ignore[misc]
+        """The store answers and is migrated, checked while the worker is built:
+        before its pool forks (an exit then leaves no child behind) and long before
+        it says ``ready``."""
+
+        def create(self, worker: Any) -> None:
+            wait_for_store(flow)
+
+    app.steps["worker"].add(StoreCheckStep)
+
     if settings.reconcile_in_worker:
 
         class ReconcilerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             """Runs the reconciler inside the worker, so beat is optional."""
+
+            requires = (StoreCheckStep,)
 
             def __init__(self, worker: Any, **kwargs: Any) -> None:
                 self.thread: ReconcilerThread | None = None
@@ -426,6 +485,45 @@ def install(flow: Flow) -> CeleryDoorbell:
 
         app.steps["worker"].add(ReconcilerStep)
     return doorbell
+
+
+def wait_for_store(flow: Flow) -> None:
+    """Connect to the store and check its schema (or migrate it, with auto_migrate)
+    before the worker says ``ready``. Not migrated, or any setup error: one line and
+    the worker exits (EX_CONFIG). Unreachable: one line per attempt, retried with
+    back-off like the broker connection; after the last attempt it exits
+    (EX_UNAVAILABLE). Ctrl-C or SIGTERM ends the waiting (the worker has no
+    children yet and no signal handlers of its own)."""
+    where = display_url(flow.store.url)
+    delay = STORE_RETRY_START
+    for attempt in range(1, STORE_RETRIES + 1):
+        try:
+            flow.store.check()
+            if attempt > 1:
+                log.info("connected to the celeryflow store at %s", where)
+            return
+        except ConfigError as exc:
+            log.critical("%s", exc)
+            raise SystemExit(EX_CONFIG) from None
+        except Exception as exc:
+            line = store_error_line(exc)
+            if line is None:
+                raise
+            if attempt == STORE_RETRIES:
+                log.critical("%s; giving up after %d attempts", line, attempt)
+                raise SystemExit(EX_UNAVAILABLE) from None
+            log.error(
+                "%s. Trying again in %.2f seconds... (%d/%d)",
+                line,
+                delay,
+                attempt,
+                STORE_RETRIES,
+            )
+        try:
+            time.sleep(delay)
+        except KeyboardInterrupt:
+            raise SystemExit(EX_UNAVAILABLE) from None
+        delay = min(delay + STORE_RETRY_STEP, STORE_RETRY_MAX)
 
 
 @contextmanager

@@ -1,214 +1,139 @@
-"""Deploys are safe: migrating the legacy task behind ``step.invoke(task=...)`` to a
-flow function (``invoke(function=...)``) under the same step id, or back, does not
-fail the runs in flight; and ``Flow(run_time_limit=...)`` gives ``celeryflow.run`` a
-time limit of its own. Two releases of the code are two Flows on one store and one
-broker, executed by real workers one after the other."""
+"""Deploys: runs of a function no worker has carry the reason, are logged once per
+run per process, can still be taken by a worker that has the function, and can be
+retired by function (API and CLI)."""
 
 from __future__ import annotations
 
+import logging
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from celery import Celery
-from services import Stack, unique_name
+from flowkit import make_flow
+from services import Stack
 
-from celeryflow import ConfigError, Event, Flow, NondeterminismError, RunStatus, event
-from celeryflow.durations import parse_duration
-from celeryflow.tasks import run_time_limits
-from celeryflow.testing import wait_for_run, worker
+from celeryflow import ConfigError, Event, Flow, event
+from celeryflow.runs import RunStatus
+from celeryflow.testing import wait_for, wait_for_run, worker
 
-pytestmark = pytest.mark.parametrize("stack", ["embedded"], indirect=True)
-
-FAST = {"retry_base": "50ms", "reconcile_interval": "1s", "redeliver_after": "5s"}
-LEGACY_QUEUE = "legacy"  # where the release-1 worker does not listen
-APPS = Path(__file__).parent / "apps"
+CLI = str(Path(sys.executable).with_name("celeryflow"))
 
 
-def release(stack: Stack, **settings: object) -> Flow:
-    app = Celery(unique_name("t-deploy"), broker=stack.broker_url)
-    app.conf.task_default_queue = stack.queue
-    app.conf.worker_hijack_root_logger = False
-    app.conf.task_routes = {"shop.tasks.charge": {"queue": LEGACY_QUEUE}}
-    return Flow(app, store=stack.store_url, auto_migrate=True, **{**FAST, **settings})
+def sender_and_stripped_worker(stack: Stack) -> tuple[Flow, Flow]:
+    """Two Flows on one store and queue: the new code (with the function ``moved``)
+    and an old worker's, without it."""
+    new = make_flow(stack)
+
+    @new.function(id="moved", trigger=event("deploy/moved"))
+    def moved(ctx: object) -> str:
+        ctx.step.sleep("nap", "1s")  # type: ignore[attr-defined]
+        return "done"
+
+    old = make_flow(stack, reconcile_interval="200ms", redeliver_after="1s")
+    return new, old
 
 
-def legacy_charge(app: Celery) -> object:
-    @app.task(name="shop.tasks.charge", shared=False)
-    def charge(amount: int) -> dict[str, object]:
-        return {"charged": amount, "by": "task"}
-
-    return charge
-
-
-def test_a_run_waiting_on_a_task_resumes_after_the_step_invokes_a_function(
-    stack: Stack,
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_a_run_no_worker_has_records_why_and_logs_once(
+    stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # release 1: the step invokes the legacy task; the run parks waiting for it
-    old = release(stack)
-    charge_task = legacy_charge(old.app)
+    new, old = sender_and_stripped_worker(stack)
+    [event_id] = new.send(Event(name="deploy/moved"))
+    run_id = new.list_runs(event_id=event_id)[0].id
 
-    @old.function(id="order", trigger=event("order/placed"))
-    def order_v1(ctx):  # type: ignore[no-untyped-def]
-        receipt = ctx.step.invoke("charge", task=charge_task, kwargs={"amount": 5})
-        return {"receipt": receipt}
+    def noted() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if run_id in r.getMessage()]
 
-    with worker(old):  # listens on the flow queue only: the task waits in its queue
-        [eid] = old.send(Event(name="order/placed", data={"amount": 5}))
-        parked = wait_for_run(old, event_id=eid, status="waiting", timeout=30)
-    assert [(s.id, s.kind) for s in parked.steps] == [("charge", "task")]
+    with caplog.at_level(logging.DEBUG, logger="celeryflow.engine"), worker(old):
+        run = wait_for(
+            lambda: (r := old.get_run(run_id)).error and r,
+            timeout=60,
+            what="the reason on the run",
+        )
+        # redelivered by the reconciler again and again: still one ERROR
+        wait_for(lambda: len(noted()) >= 3, timeout=60, what="three deliveries")
+    assert run.status is RunStatus.QUEUED
+    assert run.error is not None and run.error["type"] == "FunctionNotRegistered"
+    assert "'moved' is not registered in this worker" in run.error["message"]
+    assert "cancel --function moved" in run.error["message"]
+    errors = [r for r in noted() if r.levelno >= logging.WARNING]
+    assert len(errors) == 1, [r.getMessage() for r in noted()]
 
-    # release 2: the task became a flow function; the same step id invokes it
-    new = release(stack)
-    legacy_charge(new.app)  # the task's message still in its queue is served as before
-
-    @new.function(id="charge")
-    def charge_fn(ctx):  # type: ignore[no-untyped-def]
-        return {"charged": ctx.event.data["amount"], "by": "function"}
-
-    @new.function(id="order", trigger=event("order/placed"))
-    def order_v2(ctx):  # type: ignore[no-untyped-def]
-        receipt = ctx.step.invoke("charge", function=charge_fn, data={"amount": 5})
-        return {"receipt": receipt}
-
-    with worker(new, queues=[stack.queue, LEGACY_QUEUE]):
-        run = wait_for_run(new, parked.id, timeout=60)
-        [eid2] = new.send(Event(name="order/placed", data={"amount": 7}))
-        later = wait_for_run(new, event_id=eid2, timeout=60)
-
-    assert run.status == RunStatus.COMPLETED, run.error
-    assert run.output == {"receipt": {"charged": 5, "by": "task"}}  # the recorded outcome
-    assert later.status == RunStatus.COMPLETED, later.error
-    assert later.output == {"receipt": {"charged": 5, "by": "function"}}
-    assert [s.kind for s in later.steps] == ["invoke"]
-
-
-def test_a_run_waiting_on_a_function_resumes_after_the_step_invokes_a_task(
-    stack: Stack,
-) -> None:
-    old = release(stack)
-
-    @old.function(id="charge")
-    def charge_v1(ctx):  # type: ignore[no-untyped-def]
-        ctx.step.sleep("settle", "6s")  # the child is still out when release 2 comes
-        return {"charged": ctx.event.data["amount"], "by": "function"}
-
-    @old.function(id="order", trigger=event("order/placed"))
-    def order_v1(ctx):  # type: ignore[no-untyped-def]
-        return ctx.step.invoke("charge", function=charge_v1, data={"amount": 3})
-
-    with worker(old):
-        [eid] = old.send(Event(name="order/placed"))
-        parked = wait_for_run(old, event_id=eid, status="waiting", timeout=30)
-    assert [(s.id, s.kind) for s in parked.steps] == [("charge", "invoke")]
-    assert old.get_run(parked.id).status == RunStatus.WAITING  # release 1 is gone
-
-    new = release(stack)
-    charge_task = legacy_charge(new.app)
-
-    @new.function(id="charge")
-    def charge_v2(ctx):  # type: ignore[no-untyped-def]
-        ctx.step.sleep("settle", "6s")
-        return {"charged": ctx.event.data["amount"], "by": "function"}
-
-    @new.function(id="order", trigger=event("order/placed"))
-    def order_v2(ctx):  # type: ignore[no-untyped-def]
-        return ctx.step.invoke("charge", task=charge_task, kwargs={"amount": 3})
-
-    with worker(new, queues=[stack.queue, LEGACY_QUEUE]):
-        run = wait_for_run(new, parked.id, timeout=60)
-
-    assert run.status == RunStatus.COMPLETED, run.error
-    assert run.output == {"charged": 3, "by": "function"}
-
-
-def test_other_kind_changes_still_fail_as_nondeterministic(stack: Stack) -> None:
-    old = release(stack)
-
-    @old.function(id="order", trigger=event("order/placed"), retries=0)
-    def order_v1(ctx):  # type: ignore[no-untyped-def]
-        ctx.step.sleep("charge", "6s")
-
-    with worker(old):
-        [eid] = old.send(Event(name="order/placed"))
-        parked = wait_for_run(old, event_id=eid, status="sleeping", timeout=30)
-    assert old.get_run(parked.id).status == RunStatus.SLEEPING  # release 1 is gone
-
-    new = release(stack)
-    charge_task = legacy_charge(new.app)
-
-    @new.function(id="order", trigger=event("order/placed"), retries=0)
-    def order_v2(ctx):  # type: ignore[no-untyped-def]
-        return ctx.step.invoke("charge", task=charge_task, kwargs={"amount": 3})
-
+    # the new code's worker takes it; its claim clears the note
     with worker(new):
-        run = wait_for_run(new, parked.id, timeout=60)
-
-    assert run.status == RunStatus.FAILED
-    assert run.error is not None
-    assert run.error["type"] == NondeterminismError.__name__
-    assert "recorded as a 'sleep' step" in run.error["message"]
-
-
-@contextmanager
-def prefork_worker(stack: Stack, log: Path, run_time_limit: str) -> Iterator[None]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "CF_BROKER": stack.broker_url,
-        "CF_STORE": stack.store_url,
-        "CF_QUEUE": stack.queue,
-        "CF_RUN_TIME_LIMIT": run_time_limit,
-    }
-    command = [sys.executable, "-m", "celery", "-A", "timelimit_app", "worker"]
-    command += ["--pool", "prefork", "-c", "1", "--without-mingle", "--without-gossip"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        sleeping = wait_for_run(new, run_id, status={"sleeping", "completed"}, timeout=60)
+        assert sleeping.error is None
+        done = wait_for_run(new, run_id, timeout=60)
+    assert done.status is RunStatus.COMPLETED
+    assert done.error is None
 
 
-def test_run_time_limit_frees_runs_from_the_app_wide_task_limit(
-    stack: Stack, tmp_path: Path
-) -> None:
-    """The app's own tasks are limited to 1 s (soft) / 2 s (hard); a run whose step
-    takes 3 s completes under Flow(run_time_limit="1m") on a prefork worker."""
-    flow = release(stack)  # the sending side; the worker loads tests/apps/timelimit_app.py
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
+def test_cancel_runs_by_function(stack: Stack) -> None:
+    flow = make_flow(stack)
 
-    @flow.function(id="long", trigger=event("t/long"), retries=0)
-    def long(ctx):  # type: ignore[no-untyped-def]
+    @flow.function(id="gone", trigger=event("deploy/gone"))
+    def gone(ctx: object) -> None:
         return None
 
-    assert run_time_limits(parse_duration("1m")) == {"time_limit": 60.0, "soft_time_limit": 54.0}
-    log = tmp_path / "worker.log"
-    with prefork_worker(stack, log, "1m"):
-        [eid] = flow.send(Event(name="t/long"))
-        run = wait_for_run(flow, event_id=eid, timeout=60)
-    assert run.status == RunStatus.COMPLETED, (run.error, log.read_text()[-3000:])
-    assert run.output == "done"
+    @flow.function(id="kept", trigger=event("deploy/kept"))
+    def kept(ctx: object) -> None:
+        return None
+
+    flow.send([Event(name="deploy/gone", data={"n": n}) for n in range(3)])
+    flow.send(Event(name="deploy/kept"))
+    # no worker: every run is queued
+    assert flow.cancel_runs(function_id="gone", dry_run=True) == 3
+    assert flow.cancel_runs(function_id="gone", status="sleeping") == 0
+    with pytest.raises(ConfigError, match="cancelled only from"):
+        flow.cancel_runs(function_id="gone", status="completed")
+    assert flow.cancel_runs(function_id="gone", status=["queued", "waiting"]) == 3
+    assert {r.status for r in flow.list_runs(function_id="gone")} == {RunStatus.CANCELLED}
+    assert flow.list_runs(function_id="kept")[0].status is RunStatus.QUEUED
+    assert flow.cancel_runs(function_id="gone") == 0
 
 
-def test_without_run_time_limit_the_app_wide_limit_applies(stack: Stack) -> None:
-    flow = release(stack)
-    flow.app.conf.task_time_limit = 60
-    flow.app.finalize()
-    assert flow.app.tasks["celeryflow.run"].time_limit == 60  # documented in README
-    limited = release(stack, run_time_limit="2h")
-    limited.app.conf.task_time_limit = 60
-    limited.app.finalize()
-    task = limited.app.tasks["celeryflow.run"]
-    assert (task.time_limit, task.soft_time_limit) == (7200, 7170)
-    with pytest.raises(ConfigError, match="run_time_limit"):
-        release(stack, run_time_limit="soon")
+def cli(*args: str, store: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERYFLOW_STORE", "CELERY_APP")}
+    return subprocess.run(
+        [CLI, "--store", store, *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_cancel_by_function_and_by_id(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    flow = Flow(Celery("cli-cancel", broker=f"celeryflow+sqlite:///{tmp_path}/b.db"), store=store)
+
+    @flow.function(id="gone", trigger=event("deploy/gone"))
+    def gone(ctx: object) -> None:
+        return None
+
+    flow.send([Event(name="deploy/gone", data={"n": n}) for n in range(4)])
+    ids = sorted(r.id for r in flow.list_runs(function_id="gone"))
+
+    counted = cli("cancel", "--function", "gone", "--dry-run", store=store, cwd=tmp_path)
+    assert counted.returncode == 0, counted.stderr
+    assert counted.stdout.startswith("4 run(s) of 'gone'")
+
+    declined = cli("cancel", "--function", "gone", store=store, cwd=tmp_path, stdin="n\n")
+    assert declined.returncode == 1
+    assert "Traceback" not in declined.stderr
+    assert flow.cancel_runs(function_id="gone", dry_run=True) == 4
+
+    one = cli("cancel", ids[0], store=store, cwd=tmp_path)
+    assert one.stdout.strip() == f"cancelled run {ids[0]}"
+    again = cli("cancel", ids[0], store=store, cwd=tmp_path)
+    assert again.stdout.strip() == f"run {ids[0]} had already ended (cancelled)"
+
+    confirmed = cli("cancel", "--function", "gone", "--yes", store=store, cwd=tmp_path)
+    assert confirmed.stdout.strip() == "cancelled 3 run(s) of 'gone'"
+    assert {r.status for r in flow.list_runs(function_id="gone")} == {RunStatus.CANCELLED}
