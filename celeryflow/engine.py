@@ -28,6 +28,7 @@ from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
     BranchFinished,
     Interrupt,
+    NestedStepError,
     NondeterminismError,
     NonRetriableError,
     RetryAfterError,
@@ -202,6 +203,12 @@ class Execution:
         self.branch: int | None = claim.run["branch"]
         self.branch_key: str | None = claim.run["parent_step"] if self.branch is not None else None
         self.in_branch = False
+        # What user code sees as ctx.run_id: a branch is an implementation detail of
+        # its parent's parallel step, so it shows the parent's id. Store writes keep
+        # using run_id, the branch's own row.
+        self.public_run_id: str = (
+            claim.run["parent_run_id"] if self.branch is not None else self.run_id
+        )
         self.memo = self._branch_prefix(claim) if self.branch is not None else {}
         self.memo.update(claim.steps)
         # Replaying until the function reaches a step no earlier execution reached
@@ -211,14 +218,15 @@ class Execution:
         self.log = logging.getLogger("celeryflow.run")
         self._seen: dict[str, int] = {}
         self._position = 0
-        self._in_step = False
+        self._in_step: str | None = None  # the step whose code is running, if any
+        self._nested: NestedStepError | None = None
         # The newest step result not yet written: it rides in the execution's next
         # write (the next step's, a park or the finish), which always comes before
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
         events = [Event.model_validate(e) for e in from_json(claim.run["events"])]
         context = dict(
-            run_id=self.run_id,
+            run_id=self.public_run_id,
             function_id=function.id,
             events=events,
             attempt=self._resume_attempt(),
@@ -259,6 +267,9 @@ class Execution:
                 output = self.function.fn(self.ctx)
         except Interrupt as signal:
             return signal.wake_at
+        except NestedStepError as nested:
+            self._fail_run(nested)
+            return None
         except BranchFinished as finished:
             if finished.error is not None:
                 return self._raised(finished.error)
@@ -397,10 +408,9 @@ class Execution:
     def next_key(self, name: str) -> tuple[str, int]:
         if not isinstance(name, str) or not name:
             raise NonRetriableError(f"a step id must be a non-empty string, got {name!r}")
-        if self._in_step:
-            raise NonRetriableError(
-                f"step {name!r} was called inside another step; steps cannot be nested"
-            )
+        if self._in_step is not None:
+            self._nested = NestedStepError(self._in_step, name)
+            raise self._nested
         count = self._seen.get(name, 0)
         self._seen[name] = count + 1
         position = self._position
@@ -479,11 +489,13 @@ class Execution:
 
     @contextmanager
     def inside_step(self, plan: StepPlan) -> Iterator[None]:
-        self._in_step = True
+        self._in_step = plan.name
         try:
             yield
         finally:
-            self._in_step = False
+            self._in_step = None
+        if self._nested is not None:
+            raise self._nested  # the step's code caught it even as a BaseException
 
     def complete_step(self, plan: StepPlan, result: Any, retries: int | None) -> Any:
         try:

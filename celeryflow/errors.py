@@ -2,7 +2,8 @@
 
 :class:`Interrupt` is the exception: it is the engine's internal "this run leaves
 the worker now" signal and derives from ``BaseException`` so that user code written
-as ``except Exception:`` around a step cannot swallow a sleep or a wait.
+as ``except Exception:`` around a step cannot swallow a sleep or a wait. For the
+same reason :class:`NestedStepError` (a step called inside a step) is one too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "EventError",
     "ExpressionError",
     "Interrupt",
+    "NestedStepError",
     "NonRetriableError",
     "NondeterminismError",
     "RetryAfterError",
@@ -147,3 +149,19 @@ class BranchFinished(BaseException):
         super().__init__("branch finished")
         self.value = value
         self.error = error
+
+
+class NestedStepError(BaseException):
+    """A step was called inside another step's code: the run fails at once.
+
+    A ``BaseException`` so that ``except Exception:`` in the step's code or around
+    the outer step cannot swallow it and let the run complete as if the inner step
+    had been durable (it never is: steps cannot be nested)."""
+
+    def __init__(self, outer: str, inner: str) -> None:
+        super().__init__(
+            f"Nested steps are not supported: step {inner!r} was called inside "
+            f"step {outer!r}; call it after {outer!r} returns, in the function body"
+        )
+        self.outer = outer
+        self.inner = inner
