@@ -42,7 +42,9 @@ class Event(BaseModel):
     name: str = Field(min_length=1, max_length=255)
     data: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(default=None, max_length=64)
-    ts: int | None = Field(default=None, ge=TS_RANGE[0], le=TS_RANGE[1])
+    # strict: True is not 1 and "12" is not 12 (Inngest's ts is an int64); a
+    # datetime is still taken (read as its epoch milliseconds, below)
+    ts: int | None = Field(default=None, ge=TS_RANGE[0], le=TS_RANGE[1], strict=True)
 
     @field_validator("ts", mode="before")
     @classmethod

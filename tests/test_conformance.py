@@ -7,16 +7,17 @@ the facade (``celeryflow.compat.inngest``). One Flow, one worker for the module.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
-from celeryflow import Event, Flow, RunStatus, event
+from celeryflow import CancelOn, ConfigError, Event, EventError, Flow, RunStatus, event
 from celeryflow.compat import inngest
 from celeryflow.compat.inngest import celery as inngest_celery
-from celeryflow.testing import wait_for_run, worker
+from celeryflow.testing import wait_for, wait_for_run, worker
 
 client = inngest.Inngest(app_id="conformance")
 FUNCTIONS: list[inngest.Function[Any]] = []
@@ -114,6 +115,26 @@ def core_functions(flow: Flow) -> None:
             return "swallowed"
         return "completed"
 
+    @flow.function(id="core-wait-match", trigger=event("conf/order"))
+    def core_wait_match(ctx):  # type: ignore[no-untyped-def]
+        found = ctx.step.wait_for_event(
+            "approval", event="conf/approved", match="data.order_id", timeout="2s", lookback="1m"
+        )
+        return None if found is None else found.data
+
+    @flow.function(
+        id="core-cancel-match",
+        trigger=event("conf/cancellable"),
+        cancel_on=[CancelOn(event="conf/cancel", match="data.order_id")],
+    )
+    def core_cancel_match(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", "2s")
+        return "finished"
+
+    @flow.function(id="core-dup", trigger=event("conf/dup"))
+    def core_dup(ctx):  # type: ignore[no-untyped-def]
+        return ctx.event.data
+
     @flow.function(id="core-parallel-run-id", trigger=event("conf/core-parallel-run-id"))
     def core_parallel_run_id(ctx):  # type: ignore[no-untyped-def]
         ids = ctx.step.parallel(
@@ -180,3 +201,85 @@ def test_core_nested_step_fails_the_run_at_once(flow: Flow) -> None:
     run = wait_for_run(flow, event_id=event_id, timeout=60)
     _assert_nested_failure(run, "outer", "inner-nap")
     assert run.attempt == 0, "a nested step is a bug: no retry"
+
+
+# -- core semantics: match, Event.ts, duplicate ids in one send -----------------------
+
+
+def test_match_on_a_field_both_events_lack_does_not_pair_them(flow: Flow) -> None:
+    # before the wait (found by lookback) and while it waits: neither pairs
+    flow.send(Event(name="conf/approved", data={"note": "early"}))
+    [event_id] = flow.send(Event(name="conf/order", data={}))
+    run = wait_for_run(flow, event_id=event_id, status=RunStatus.WAITING, timeout=60)
+    flow.send(Event(name="conf/approved", data={"note": "late"}))
+    flow.send(Event(name="conf/approved", data={"order_id": None}))
+    run = wait_for_run(flow, run.id, timeout=60)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output is None, "an event without order_id paired with a run without one"
+
+
+def test_match_still_pairs_equal_values(flow: Flow) -> None:
+    [event_id] = flow.send(Event(name="conf/order", data={"order_id": 7}))
+    run = wait_for_run(flow, event_id=event_id, status=RunStatus.WAITING, timeout=60)
+    flow.send(Event(name="conf/approved", data={"order_id": 7, "ok": True}))
+    run = wait_for_run(flow, run.id, timeout=60)
+    assert run.output == {"order_id": 7, "ok": True}
+
+
+def test_cancel_on_match_ignores_an_event_lacking_the_field(flow: Flow) -> None:
+    [lacking] = flow.send(Event(name="conf/cancellable", data={}))
+    [keyed] = flow.send(Event(name="conf/cancellable", data={"order_id": 1}))
+    for event_id in (lacking, keyed):
+        wait_for_run(flow, event_id=event_id, status=RunStatus.SLEEPING, timeout=60)
+    flow.send(Event(name="conf/cancel", data={}))
+    flow.send(Event(name="conf/cancel", data={"order_id": 1}))
+    assert wait_for_run(flow, event_id=keyed, timeout=60).status == RunStatus.CANCELLED
+    run = wait_for_run(flow, event_id=lacking, timeout=60)
+    assert run.status == RunStatus.COMPLETED and run.output == "finished"
+
+
+@pytest.mark.parametrize("ts", [True, "12", 12.5])
+def test_event_ts_is_a_strict_int(flow: Flow, ts: Any) -> None:
+    with pytest.raises(EventError, match=r"event #1 is invalid: ts: Input should be a valid int"):
+        flow.send([{"name": "conf/dup", "id": f"ts-{ts}"}, {"name": "conf/dup", "ts": ts}])
+    assert flow.list_runs(event_id=f"ts-{ts}") == [], "nothing of a refused send is written"
+    with pytest.raises(ConfigError, match="ts"):
+        inngest.Event(name="conf/dup", ts=ts)
+
+
+def test_event_ts_takes_an_int_and_a_datetime(flow: Flow) -> None:
+    at = datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)
+    [first, second] = flow.send(
+        [Event(name="conf/dup", ts=1_700_000_000_000), Event(name="conf/dup", ts=at)]
+    )
+    assert wait_for_run(flow, event_id=first, timeout=60).status == RunStatus.COMPLETED
+    assert wait_for_run(flow, event_id=second, timeout=60).status == RunStatus.COMPLETED
+
+
+def test_duplicate_ids_in_one_send_keep_the_first(flow: Flow) -> None:
+    ids = flow.send(
+        [
+            Event(name="conf/dup", id="dup-core", data={"n": 1}),
+            Event(name="conf/dup", data={"n": 2}),
+            Event(name="conf/dup", id="dup-core", data={"n": 3}),
+        ]
+    )
+    assert len(ids) == 3 and ids[0] == ids[2] == "dup-core"
+    run = wait_for_run(flow, event_id="dup-core", timeout=60)
+    assert run.output == {"n": 1}
+    wait_for_run(flow, event_id=ids[1], timeout=60)
+    assert len(flow.list_runs(event_id="dup-core")) == 1
+
+
+def test_facade_duplicate_ids_in_one_send_keep_the_first(flow: Flow) -> None:
+    ids = client.send_sync(
+        [
+            inngest.Event(name="conf/dup", id="dup-facade", data={"n": 1}),
+            inngest.Event(name="conf/dup", id="dup-facade", data={"n": 2}),
+        ]
+    )
+    assert ids == ["dup-facade", "dup-facade"]
+    run = wait_for_run(flow, event_id="dup-facade", timeout=60)
+    assert run.output == {"n": 1}
+    wait_for(lambda: flow.list_runs(event_id="dup-facade"), timeout=10)
+    assert len(flow.list_runs(event_id="dup-facade")) == 1
