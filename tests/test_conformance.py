@@ -8,6 +8,7 @@ the facade (``celeryflow.compat.inngest``). One Flow, one worker for the module.
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from celery import Celery
 from celeryflow import CancelOn, ConfigError, Event, EventError, Flow, RunStatus, event
 from celeryflow.compat import inngest
 from celeryflow.compat.inngest import celery as inngest_celery
+from celeryflow.compat.inngest import experimental
 from celeryflow.testing import wait_for, wait_for_run, worker
 
 client = inngest.Inngest(app_id="conformance")
@@ -97,6 +99,47 @@ async def nested_swallowed_async(ctx: inngest.Context) -> str:
     except Exception:
         return "swallowed"
     return "completed"
+
+
+# -- item 6: inngest.experimental -------------------------------------------------------
+
+calls: Counter[str] = Counter()
+
+
+@experimental.step("greet")
+def greet(name: str) -> dict[str, Any]:
+    calls["greet"] += 1
+    return {"hello": name, "empty": None}
+
+
+@experimental.step("greet")
+async def greet_async(name: str) -> dict[str, Any]:
+    calls["greet-async"] += 1
+    return {"hello": name, "empty": None}
+
+
+@facade("step-decorator", "conf/step-decorator")
+def step_decorator(ctx: inngest.ContextSync) -> dict[str, Any]:
+    greeting = greet("Ada")
+    ctx.step.sleep("nap", 50)  # a replay: the decorated step is memoized
+    step = experimental.get_step_context()
+    assert isinstance(step, inngest.StepSync)
+    counted = step.run("count", lambda: calls.update(["count"]) or calls["count"])
+    return {"greeting": greeting, "same_step": step is ctx.step, "counted": counted}
+
+
+@facade("step-decorator-async", "conf/step-decorator-async")
+async def step_decorator_async(ctx: inngest.Context) -> dict[str, Any]:
+    greeting = await greet_async("Ada")
+    await ctx.step.sleep("nap", 50)
+    step = experimental.get_step_context()
+    assert isinstance(step, inngest.Step)
+    return {"greeting": greeting, "same_step": step is ctx.step}
+
+
+@facade("ai-infer", "conf/ai-infer")
+def ai_infer(ctx: inngest.ContextSync) -> Any:
+    return ctx.step.ai.infer("ask", adapter=None, body={})
 
 
 def core_functions(flow: Flow) -> None:
@@ -283,3 +326,37 @@ def test_facade_duplicate_ids_in_one_send_keep_the_first(flow: Flow) -> None:
     assert run.output == {"n": 1}
     wait_for(lambda: flow.list_runs(event_id="dup-facade"), timeout=10)
     assert len(flow.list_runs(event_id="dup-facade")) == 1
+
+
+# -- item 6: inngest.experimental -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "counter"),
+    [("conf/step-decorator", "greet"), ("conf/step-decorator-async", "greet-async")],
+)
+def test_experimental_step_decorator_and_step_context(flow: Flow, name: str, counter: str) -> None:
+    before = calls[counter]
+    run = wait_for_run(flow, event_id=send(name), timeout=60)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output["greeting"] == {"hello": "Ada", "empty": None}
+    assert run.output["same_step"] is True
+    assert calls[counter] == before + 1, "the decorated step ran again on replay"
+    assert [s.name for s in run.steps][:2] == ["greet", "nap"]
+
+
+def test_experimental_step_outside_a_function_is_a_plain_call() -> None:
+    before = calls["greet"]
+    assert greet("Bo") == {"hello": "Bo", "empty": None}
+    assert calls["greet"] == before + 1
+    with pytest.raises(LookupError):
+        experimental.get_step_context()
+
+
+def test_experimental_ai_is_not_supported_naming_itself(flow: Flow) -> None:
+    with pytest.raises(inngest.NotSupportedError, match=r"inngest\.experimental\.ai\.openai"):
+        experimental.ai.openai  # noqa: B018
+    run = wait_for_run(flow, event_id=send("conf/ai-infer"), timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "NotSupportedError"
+    assert "step.ai.infer is not supported" in run.error["message"]

@@ -20,7 +20,7 @@ The SDK's semantics are kept (int durations are milliseconds, ``if_exp`` sees
 provide raises :class:`NotSupportedError` naming it. It does not import ``inngest``.
 """
 
-from . import celery
+from . import celery, experimental
 from ._client import (
     Function,
     Inngest,
@@ -92,4 +92,5 @@ __all__ = [
     "TriggerCron",
     "TriggerEvent",
     "celery",
+    "experimental",
 ]

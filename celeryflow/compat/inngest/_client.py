@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from ...errors import ConfigError
 from ...functions import DEFAULT_RETRIES, FlowFunction
+from . import experimental
 from ._config import (
     Batch,
     Cancel,
@@ -193,7 +194,9 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
 
         @functools.wraps(handler)
         async def run_async(ctx: BaseContext[Any]) -> Any:
-            return await async_handler(Context(ctx, client))
+            sdk_ctx = Context(ctx, client)
+            with experimental.bound(sdk_ctx.step):
+                return await async_handler(sdk_ctx)
 
         return run_async
 
@@ -201,7 +204,9 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
 
     @functools.wraps(handler)
     def run_sync(ctx: BaseContext[Any]) -> Any:
-        return sync_handler(ContextSync(ctx, client))
+        sdk_ctx = ContextSync(ctx, client)
+        with experimental.bound(sdk_ctx.step):
+            return sync_handler(sdk_ctx)
 
     return run_sync
 
