@@ -7,6 +7,7 @@ the facade (``celeryflow.compat.inngest``). One Flow, one worker for the module.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections import Counter
 from collections.abc import Iterator
@@ -140,6 +141,17 @@ async def step_decorator_async(ctx: inngest.Context) -> dict[str, Any]:
 @facade("ai-infer", "conf/ai-infer")
 def ai_infer(ctx: inngest.ContextSync) -> Any:
     return ctx.step.ai.infer("ask", adapter=None, body={})
+
+
+# -- item 8: edges ---------------------------------------------------------------------
+
+CRAZY = "%$^&*(_+{|:<?☃️"
+
+
+@facade(f"crazy-id{CRAZY}", "conf/crazy-id")
+def crazy_id(ctx: inngest.ContextSync) -> str:
+    ctx.step.run(CRAZY, lambda: None)
+    return "done"
 
 
 def core_functions(flow: Flow) -> None:
@@ -360,3 +372,32 @@ def test_experimental_ai_is_not_supported_naming_itself(flow: Flow) -> None:
     assert run.status == RunStatus.FAILED
     assert run.error["type"] == "NotSupportedError"
     assert "step.ai.infer is not supported" in run.error["message"]
+
+
+# -- item 8: edges ---------------------------------------------------------------------
+
+
+def test_function_and_step_ids_with_any_printable_character(flow: Flow) -> None:
+    run = wait_for_run(flow, event_id=send("conf/crazy-id"), timeout=60)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.function_id == f"conformance-crazy-id{CRAZY}"
+    assert [s.name for s in run.steps] == [CRAZY]
+    with pytest.raises(ConfigError, match="control characters"):
+        flow.function(id="bad\nid", trigger=event("conf/never"))(lambda ctx: None)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_send_with_an_invalid_event_sends_those_before_it(flow: Flow, sync: bool) -> None:
+    events = [
+        inngest.Event(name="conf/dup", id=f"ok-{sync}", data={"n": 1}),
+        inngest.Event(name=""),
+        inngest.Event(name="conf/dup", id=f"after-{sync}"),
+    ]
+    with pytest.raises(inngest.SendEventsError, match=r"event #1 is invalid: name") as caught:
+        if sync:
+            client.send_sync(events)
+        else:
+            asyncio.run(client.send(events))
+    assert caught.value.ids == [f"ok-{sync}"]
+    assert wait_for_run(flow, event_id=f"ok-{sync}", timeout=60).output == {"n": 1}
+    assert flow.list_runs(event_id=f"after-{sync}") == []

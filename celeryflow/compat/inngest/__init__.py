@@ -52,6 +52,7 @@ from ._errors import (
     NotServedError,
     NotSupportedError,
     RetryAfterError,
+    SendEventsError,
     StepError,
 )
 from ._events import JSON, Event
@@ -78,6 +79,7 @@ __all__ = [
     "PydanticSerializer",
     "RateLimit",
     "RetryAfterError",
+    "SendEventsError",
     "SendEventsResult",
     "Serializer",
     "Singleton",

@@ -20,6 +20,7 @@ __all__ = [
     "NotServedError",
     "NotSupportedError",
     "RetryAfterError",
+    "SendEventsError",
     "StepError",
     "not_supported",
     "sdk_errors",
@@ -43,6 +44,15 @@ class NotServedError(core.CeleryflowError, RuntimeError):
 def not_supported(thing: str, hint: str = "") -> NotSupportedError:
     suffix = f"; {hint}" if hint else ""
     return NotSupportedError(f"{PREFIX}: {thing} is not supported{suffix}")
+
+
+class SendEventsError(core.EventError):
+    """``client.send`` met an invalid event: the events before it were sent (their
+    ids are ``ids``), it and the ones after it were not, as Inngest's event API does."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 class _SDKError:
