@@ -27,6 +27,7 @@ __all__ = [
     "RunNotFound",
     "SerializationError",
     "StepError",
+    "StepUnexpectedError",
     "StoreUnavailable",
     "describe",
 ]
@@ -104,6 +105,12 @@ class NonRetriableError(CeleryflowError):
 
 class NondeterminismError(NonRetriableError):
     """A replay asked for a different kind of step than the one recorded under that id."""
+
+
+class StepUnexpectedError(NondeterminismError):
+    """A replay no longer reaches the step this run was started for: a
+    ``step.parallel`` branch whose callable is gone from the list (Inngest's
+    ``step_unexpected``). The branch fails, and with it the parallel step."""
 
 
 class RetryAfterError(CeleryflowError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -152,6 +153,28 @@ CRAZY = "%$^&*(_+{|:<?☃️"
 def crazy_id(ctx: inngest.ContextSync) -> str:
     ctx.step.run(CRAZY, lambda: None)
     return "done"
+
+
+executions: Counter[str] = Counter()
+executions_lock = threading.Lock()
+
+
+def first_time(key: str) -> bool:
+    with executions_lock:
+        executions[key] += 1
+        return executions[key] == 1
+
+
+@facade("branch-disappears", "conf/branch-disappears")
+def branch_disappears(ctx: inngest.ContextSync) -> None:
+    steps: tuple[Any, ...] = (
+        lambda: ctx.step.run("1a", lambda: None),
+        lambda: ctx.step.run("1b", lambda: None),
+    )
+    if first_time(ctx.run_id):  # the parent's first execution; its branches see two
+        steps += (lambda: ctx.step.run("1c", lambda: None),)
+    ctx.group.parallel(steps)
+    ctx.step.run("after", lambda: None)
 
 
 def core_functions(flow: Flow) -> None:
@@ -401,3 +424,13 @@ def test_send_with_an_invalid_event_sends_those_before_it(flow: Flow, sync: bool
     assert caught.value.ids == [f"ok-{sync}"]
     assert wait_for_run(flow, event_id=f"ok-{sync}", timeout=60).output == {"n": 1}
     assert flow.list_runs(event_id=f"after-{sync}") == []
+
+
+def test_a_parallel_step_that_disappears_on_replay_fails_the_run(flow: Flow) -> None:
+    run = wait_for_run(flow, event_id=send("conf/branch-disappears"), timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "StepUnexpectedError"
+    assert run.error["message"].startswith(
+        'found step "group.parallel" when targeting a different step'
+    )
+    assert "after" not in [s.name for s in run.steps]

@@ -54,6 +54,7 @@ from ._errors import (
     RetryAfterError,
     SendEventsError,
     StepError,
+    StepUnexpectedError,
 )
 from ._events import JSON, Event
 from ._steps import ParallelMode, Step, StepSync
@@ -87,6 +88,7 @@ __all__ = [
     "StepError",
     "StepMemos",
     "StepSync",
+    "StepUnexpectedError",
     "Streaming",
     "Throttle",
     "Timeouts",

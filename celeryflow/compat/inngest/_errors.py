@@ -22,6 +22,7 @@ __all__ = [
     "RetryAfterError",
     "SendEventsError",
     "StepError",
+    "StepUnexpectedError",
     "not_supported",
     "sdk_errors",
 ]
@@ -155,8 +156,19 @@ class StepError(_SDKError, core.StepError):
         return None if self._stack is None else str(self._stack)
 
 
+class StepUnexpectedError(_SDKError, core.StepUnexpectedError):
+    """The SDK's ``step_unexpected``: a parallel branch's step is gone on replay.
+    It fails the run (the SDK's run fails with it, not with a StepError)."""
+
+    is_retriable = False
+    code = "step_unexpected"
+
+
 def _translated(exc: core.StepError) -> Exception:
     error = exc.error
+    if error.get("type") == core.StepUnexpectedError.__name__:
+        message = str(error.get("message", ""))  # "branch 2 failed: found step ..."
+        return StepUnexpectedError(message.partition(" failed: ")[2] or message)
     if error.get("type") == NonRetriableError.__name__:
         # The SDK lets a NonRetriableError raised in a step bubble up to the function
         # as itself (not as StepError), so `except inngest.StepError` does not catch it.
