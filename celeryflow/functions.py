@@ -76,6 +76,9 @@ class FunctionConfig(BaseModel):
     id: str = Field(min_length=1, max_length=255)
     triggers: list[EventTrigger | CronTrigger]
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
+    # a fixed delay between tries (Celery's default_retry_delay) instead of the
+    # exponential back-off; RetryAfterError still sets its own
+    retry_delay: timedelta | None = None
     cancel_on: list[CancelOn] = Field(default_factory=list)
     timeouts: Timeouts | None = None
     on_failure: str | None = None  # the id of a flow function
@@ -96,6 +99,11 @@ class FunctionConfig(BaseModel):
         if not CONTROL_CHARACTERS.isdisjoint(value):
             raise ValueError("must not contain control characters (NUL, newline, ...)")
         return value
+
+    @field_validator("retry_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value, "retry_delay")
 
     @field_validator("concurrency", mode="before")
     @classmethod
@@ -146,6 +154,7 @@ class FlowFunction:
         id: str | None,
         trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger] | None,
         retries: int,
+        retry_delay: Any = None,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
         on_failure: str | None = None,
@@ -173,6 +182,7 @@ class FlowFunction:
                     "id": function_id,
                     "triggers": triggers,
                     "retries": retries,
+                    "retry_delay": retry_delay,
                     "cancel_on": cancels,
                     "timeouts": timeouts,
                     "on_failure": on_failure,
