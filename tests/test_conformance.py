@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -175,6 +176,44 @@ def branch_disappears(ctx: inngest.ContextSync) -> None:
         steps += (lambda: ctx.step.run("1c", lambda: None),)
     ctx.group.parallel(steps)
     ctx.step.run("after", lambda: None)
+
+
+# -- item 4 (facade): invoke timeout, non-JSON output, Event.from_raw ------------------
+
+
+@client.create_function(fn_id="invokee-sleeps", trigger=inngest.TriggerEvent(event="conf/never"))
+def invokee_sleeps(ctx: inngest.ContextSync) -> None:
+    ctx.step.sleep("sleep", 60_000)
+
+
+FUNCTIONS.append(invokee_sleeps)
+
+
+@facade("invoke-timeout", "conf/invoke-timeout")
+def invoke_timeout(ctx: inngest.ContextSync) -> None:
+    try:
+        ctx.step.invoke("invoke", function=invokee_sleeps, timeout=datetime.timedelta(seconds=1))
+    except inngest.StepError as err:
+        assert err.name == "InngestInvokeTimeoutError", err.name
+        assert err.message == "Timed out waiting for invoked function to complete"
+        raise
+
+
+class Opaque:
+    pass
+
+
+@facade("unserializable-step", "conf/unserializable-step")
+def unserializable_step(ctx: inngest.ContextSync) -> None:
+    try:
+        ctx.step.run("step_1", Opaque)
+    except inngest.StepError:
+        pass  # not a StepError: it fails the run
+
+
+@facade("unserializable-output", "conf/unserializable-output")
+async def unserializable_output(ctx: inngest.Context) -> Any:
+    return Opaque()
 
 
 def core_functions(flow: Flow) -> None:
@@ -434,3 +473,40 @@ def test_a_parallel_step_that_disappears_on_replay_fails_the_run(flow: Flow) -> 
         'found step "group.parallel" when targeting a different step'
     )
     assert "after" not in [s.name for s in run.steps]
+
+
+# -- item 4 (facade): invoke timeout, non-JSON output, Event.from_raw ------------------
+
+
+def test_invoke_timeout_is_inngest_invoke_timeout_error(flow: Flow) -> None:
+    run = wait_for_run(flow, event_id=send("conf/invoke-timeout"), timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "InngestInvokeTimeoutError", run.error
+    assert run.error["message"] == "Timed out waiting for invoked function to complete"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("conf/unserializable-step", '"step_1" returned unserializable data'),
+        ("conf/unserializable-output", "returned unserializable data"),
+    ],
+)
+def test_non_json_output_is_output_unserializable_error(
+    flow: Flow, name: str, message: str
+) -> None:
+    run = wait_for_run(flow, event_id=send(name), timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "OutputUnserializableError", run.error
+    assert run.error["message"] == message
+    assert run.attempt == 0, "not retried"
+
+
+def test_event_from_raw() -> None:
+    raw = {"name": "a/b", "data": {"x": 1}, "id": "e1", "ts": 12}
+    for source in (raw, json.dumps(raw), json.dumps(raw).encode()):
+        parsed = inngest.Event.from_raw(source)
+        assert isinstance(parsed, inngest.Event)
+        assert (parsed.name, dict(parsed.data), parsed.id, parsed.ts) == ("a/b", {"x": 1}, "e1", 12)
+    for bad in ({"data": {}}, {"name": "a", "ts": "12"}, "not json", [1]):
+        assert isinstance(inngest.Event.from_raw(bad), Exception)

@@ -39,6 +39,7 @@ from ._config import (
 from ._context import Context, ContextSync
 from ._errors import PREFIX, NotServedError, SendEventsError, not_supported
 from ._events import Event, to_core_event
+from ._steps import unserializable
 
 if TYPE_CHECKING:
     from ...flow import Flow
@@ -189,6 +190,13 @@ class Function(Generic[T]):
         return f"<inngest.Function {self.id}>"
 
 
+def _json_output(output: Any) -> Any:
+    error = unserializable(output, None)
+    if error is not None:
+        raise error
+    return output
+
+
 def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any]:
     """The celeryflow function: builds the SDK's context around celeryflow's."""
     if inspect.iscoroutinefunction(handler):
@@ -198,7 +206,7 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
         async def run_async(ctx: BaseContext[Any]) -> Any:
             sdk_ctx = Context(ctx, client)
             with experimental.bound(sdk_ctx.step):
-                return await async_handler(sdk_ctx)
+                return _json_output(await async_handler(sdk_ctx))
 
         return run_async
 
@@ -208,7 +216,7 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
     def run_sync(ctx: BaseContext[Any]) -> Any:
         sdk_ctx = ContextSync(ctx, client)
         with experimental.bound(sdk_ctx.step):
-            return sync_handler(sdk_ctx)
+            return _json_output(sync_handler(sdk_ctx))
 
     return run_sync
 
