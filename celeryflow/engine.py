@@ -34,6 +34,7 @@ from .errors import (
     RetryAfterError,
     SerializationError,
     StepError,
+    StepUnexpectedError,
     Unavailable,
     error_info,
 )
@@ -464,9 +465,10 @@ class Execution:
         if row is None:
             self._reached_new = True
             if self.branch is not None and not self.in_branch:
-                raise NondeterminismError(
-                    f"step {name!r} is not in the parent's record before "
-                    f"step.parallel({self.branch_key!r}): the code changed under a run in flight"
+                raise StepUnexpectedError(
+                    f'found step "{name}" when targeting a different step: it is not in '
+                    f"the parent's record before step.parallel({self.branch_key!r}); "
+                    "the code changed under a run in flight"
                 )
             return None
         if row["kind"] != kind and not {row["kind"], kind} <= INTERCHANGEABLE_KINDS:

@@ -216,6 +216,18 @@ async def unserializable_output(ctx: inngest.Context) -> Any:
     return Opaque()
 
 
+@facade("step-appears", "conf/step-appears")
+def step_appears(ctx: inngest.ContextSync) -> None:
+    if not first_time(ctx.run_id):  # the branches (and the parent's later executions)
+        ctx.step.run("unexpected", lambda: None)
+    ctx.group.parallel(
+        (
+            lambda: ctx.step.run("parallel_1", lambda: None),
+            lambda: ctx.step.run("parallel_2", lambda: None),
+        )
+    )
+
+
 def core_functions(flow: Flow) -> None:
     @flow.function(id="core-nested", trigger=event("conf/core-nested"), retries=3)
     def core_nested(ctx):  # type: ignore[no-untyped-def]
@@ -510,3 +522,14 @@ def test_event_from_raw() -> None:
         assert (parsed.name, dict(parsed.data), parsed.id, parsed.ts) == ("a/b", {"x": 1}, "e1", 12)
     for bad in ({"data": {}}, {"name": "a", "ts": "12"}, "not json", [1]):
         assert isinstance(inngest.Event.from_raw(bad), Exception)
+
+
+def test_a_step_that_appears_before_a_parallel_step_on_replay_fails_the_run(
+    flow: Flow,
+) -> None:
+    run = wait_for_run(flow, event_id=send("conf/step-appears"), timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "StepUnexpectedError"
+    assert run.error["message"].startswith(
+        'found step "unexpected" when targeting a different step'
+    )

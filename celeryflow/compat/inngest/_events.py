@@ -145,8 +145,8 @@ def split_condition(if_exp: str | None) -> tuple[str | None, str | None]:
 
     ``event.data.X == async.data.X`` (either order) also becomes ``match="data.X"``,
     so the store finds the waiting runs with one index lookup instead of testing
-    every waiter. The expression is kept as ``if_`` too: ``match`` alone would pair
-    two events that both lack the field (null == null), where CEL does not."""
+    every waiter. The expression is kept as ``if_`` too, so CEL has the last word
+    (``match`` never pairs a field both events lack, either)."""
     if if_exp is None:
         return None, None
     found = _SAME_FIELD.match(if_exp)
