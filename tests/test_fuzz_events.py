@@ -217,11 +217,6 @@ def test_edge_inputs_are_refused_not_a_crash(
     _refused_on(path, flow, client, sent or {}, body)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="new (found by this fuzz): ts is coerced by pydantic's lax mode (true -> 1, "
-    '"12" -> 12, 12.0 -> 12): accepted, yet it does not come back as sent',
-)
 @pytest.mark.parametrize("path", ["send", "http"])
 @pytest.mark.parametrize("case", list(LOOSE_TS))
 def test_a_ts_that_is_not_an_integer_is_refused(

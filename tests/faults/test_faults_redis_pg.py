@@ -86,7 +86,6 @@ def test_postgres_restarted(
     assert_targets(rep)
 
 
-@pytest.mark.xfail(strict=False, reason="fixed on branch retries-infra (issue 12 item 1)")
 def test_pg_terminate_backend_on_worker_connections(
     redis_pg: RedisPostgres, tmp_path: Path
 ) -> None:
