@@ -401,9 +401,14 @@ def install(flow: Flow) -> CeleryDoorbell:
     if settings.reconcile_in_worker:
 
         class ReconcilerStep(bootsteps.StartStopStep):  # type: ignore[misc]
-            """Runs the reconciler inside the worker, so beat is optional."""
+            """Runs the reconciler inside the worker, so beat is optional.
 
-            requires = (StoreCheckStep,)
+            Started after the pool: a prefork child forked while this thread is
+            mid-send or mid-transaction inherits its locks held (kombu's
+            ``cached_property`` lock, SQLite's) and hangs at its first use of them.
+            Without ``Pool`` here, the order depends on the hash seed."""
+
+            requires = (StoreCheckStep, "celery.worker.components:Pool")
 
             def __init__(self, worker: Any, **kwargs: Any) -> None:
                 self.thread: ReconcilerThread | None = None
