@@ -2,11 +2,13 @@
 
 :class:`Interrupt` is the exception: it is the engine's internal "this run leaves
 the worker now" signal and derives from ``BaseException`` so that user code written
-as ``except Exception:`` around a step cannot swallow a sleep or a wait.
+as ``except Exception:`` around a step cannot swallow a sleep or a wait. For the
+same reason :class:`NestedStepError` (a step called inside a step) is one too.
 """
 
 from __future__ import annotations
 
+import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,14 +21,18 @@ __all__ = [
     "EventError",
     "ExpressionError",
     "Interrupt",
+    "NestedStepError",
     "NonRetriableError",
     "NondeterminismError",
     "RetryAfterError",
     "RunNotFound",
     "SerializationError",
     "StepError",
+    "StepUnexpectedError",
     "StoreUnavailable",
+    "Unavailable",
     "describe",
+    "error_info",
 ]
 
 
@@ -104,6 +110,12 @@ class NondeterminismError(NonRetriableError):
     """A replay asked for a different kind of step than the one recorded under that id."""
 
 
+class StepUnexpectedError(NondeterminismError):
+    """A replay no longer reaches the step this run was started for: a
+    ``step.parallel`` branch whose callable is gone from the list (Inngest's
+    ``step_unexpected``). The branch fails, and with it the parallel step."""
+
+
 class RetryAfterError(CeleryflowError):
     """Raise from a step to retry it after ``delay`` (seconds, duration string,
     timedelta, or an absolute datetime) instead of the exponential back-off."""
@@ -137,6 +149,19 @@ class Interrupt(BaseException):
         self.wake_at = wake_at
 
 
+class Unavailable(Interrupt):
+    """The store or the broker failed under one of celeryflow's own calls while a run
+    executed (internal, see :mod:`celeryflow.infra`): the run leaves the worker and
+    is retried later from its memo, without counting an attempt of the user's code.
+    ``what`` is "store" or "broker", ``call`` the method, ``cause`` the error."""
+
+    def __init__(self, what: str, call: str, cause: BaseException) -> None:
+        super().__init__(f"{what} unavailable in {call}: {type(cause).__name__}: {cause}")
+        self.what = what
+        self.call = call
+        self.cause = cause
+
+
 class BranchFinished(BaseException):
     """A step.parallel branch run reached the end of its callable (internal): the run
     ends there with ``value`` as its output, or as if ``error`` were uncaught. It
@@ -147,3 +172,51 @@ class BranchFinished(BaseException):
         super().__init__("branch finished")
         self.value = value
         self.error = error
+
+
+class NestedStepError(BaseException):
+    """A step was called inside another step's code: the run fails at once.
+
+    A ``BaseException`` so that ``except Exception:`` in the step's code or around
+    the outer step cannot swallow it and let the run complete as if the inner step
+    had been durable (it never is: steps cannot be nested)."""
+
+    def __init__(self, outer: str, inner: str) -> None:
+        super().__init__(
+            f"Nested steps are not supported: step {inner!r} was called inside "
+            f"step {outer!r}; call it after {outer!r} returns, in the function body"
+        )
+        self.outer = outer
+        self.inner = inner
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """What the store keeps of an error (JSON): the type, module, message and
+    traceback of *the user's* exception. celeryflow's wrappers name themselves in
+    ``raised_as``: a StepError (a step failed for good) reports the step's own error
+    and its ``step``; a RetryAfterError raised ``from`` an error reports that error."""
+    if isinstance(exc, StepError):
+        info = {k: v for k, v in exc.error.items() if k not in ("raised_as", "cause")}
+        info.setdefault("type", exc.error_type)
+        info.setdefault("message", exc.error_message)
+        if not info.get("traceback"):
+            info["traceback"] = _traceback(exc)
+        info["step"] = exc.step_id
+        info["raised_as"] = type(exc).__name__
+        return info
+    shown = exc
+    if isinstance(exc, RetryAfterError) and exc.__cause__ is not None:
+        shown = exc.__cause__
+    info = {
+        "type": type(shown).__name__,
+        "module": type(shown).__module__,
+        "message": str(shown),
+        "traceback": _traceback(exc),
+    }
+    if shown is not exc:
+        info["raised_as"] = type(exc).__name__
+    return info
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

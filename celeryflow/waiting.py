@@ -19,7 +19,7 @@ from .events import Event, condition_holds, prepare_events
 from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
 from .runs import RunStatus
-from .store.waits import find_recent_event, full_match_value, match_value
+from .store.waits import extract, find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -77,8 +77,11 @@ def wait_for_event(
     run_event = x.ctx.event.model_dump()
 
     def accepts(candidate: dict[str, Any]) -> bool:
-        if match and full_match_value(candidate, match) != full_match_value(run_event, match):
-            return False
+        if match and (
+            extract(candidate, match) is None
+            or full_match_value(candidate, match) != full_match_value(run_event, match)
+        ):
+            return False  # a field both lack does not pair them (see waits.extract)
         return if_ is None or condition_holds(if_, run_event, candidate)
 
     now = utcnow()
@@ -156,7 +159,7 @@ def send_event(
     )
     if recorded is None:
         raise x.lost()
-    x.flow.doorbell.ring([*recorded.created, *recorded.resumed])
+    x.doorbell.ring([*recorded.created, *recorded.resumed])
     return ids
 
 
@@ -176,7 +179,7 @@ def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> 
         raise x.lost()
     if won is None:
         raise StepError(name, error)
-    step = next(s for s in x.flow.store.get_run(x.run_id).steps if s.id == key)
+    step = next(s for s in x.store.get_run(x.run_id).steps if s.id == key)
     if step.status == "failed":
         raise StepError(name, step.error or {})
     return step.output
@@ -229,5 +232,5 @@ def invoke(
         children=[child],
     ):
         raise x.lost()
-    x.flow.doorbell.ring([child["id"]], function_id=child["function_id"])
+    x.doorbell.ring([child["id"]], function_id=child["function_id"])
     raise Interrupt(RunStatus.WAITING.value, wake)
