@@ -36,11 +36,11 @@ class Reconciler:
             lookahead=settings.reconcile_interval * 2,
             redeliver_after=settings.redeliver_after,
         )
-        by_eta: dict[datetime | None, list[str]] = defaultdict(list)
+        by_kind: dict[tuple[datetime | None, bool], list[str]] = defaultdict(list)
         for run in due:
-            by_eta[run.eta].append(run.id)
-        for eta, run_ids in by_eta.items():
-            self.flow.doorbell.ring(run_ids, eta=eta)
+            by_kind[run.eta, run.recovered].append(run.id)
+        for (eta, recovered), run_ids in by_kind.items():
+            self.flow.doorbell.ring(run_ids, eta=eta, recovered=recovered)
         if due:
             log.info("reconciler rang %d run(s)", len(due))
         return len(due) + self._slots()
