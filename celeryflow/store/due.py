@@ -4,8 +4,8 @@ Three kinds of overdue run, three rules:
 
 * **Recovered** — ``running`` with a lapsed lease: its executor died. Rung by the
   first pass after the lease's end (not before: the look-ahead is for sleepers, and a
-  ring that finds the lease held is dropped), flagged ``recovered`` so the doorbell puts it on the recovery queue, ahead of the
-  backlog (README "How it works", docs/DESIGN.md principle 1).
+  ring that finds the lease held is dropped), flagged ``recovered`` so the doorbell
+  puts it on the recovery queue, ahead of the backlog (README "How it works").
 * **Still in line** — queued, never started, rung only when it was created, while
   the workers are busy with runs created before it (the newest run ever claimed is
   older than it, and some run is executing now). Broker queues are FIFO, so its
