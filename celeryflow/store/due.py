@@ -91,6 +91,24 @@ class _Line:
         self.newest_claimed: datetime | None = None
         self.busy = False
 
+    def _look(self, now: datetime, redeliver_after: timedelta) -> None:
+        """The creation time of the newest run ever claimed, and whether the workers
+        are moving: a run executes now, or one of the newest claimed started recently
+        (all of the newest: a send() of many events creates them at one instant)."""
+        columns: list[sa.ScalarSelect[Any]] = []
+        for status in CLAIMED:
+            newest = sa.select(sa.func.max(runs.c.created_at)).where(runs.c.status == status)
+            first_claims = sa.select(sa.func.max(runs.c.started_at)).where(
+                runs.c.status == status, runs.c.created_at == newest.scalar_subquery()
+            )
+            columns += [newest.scalar_subquery(), first_claims.scalar_subquery()]
+        values = self.conn.execute(sa.select(*columns)).one()
+        created = [v for v in values[0::2] if v is not None]
+        started = [v for v in values[1::2] if v is not None]
+        self.newest_claimed = max(created) if created else None
+        running = values[0] is not None
+        self.busy = running or any(s >= now - redeliver_after for s in started)
+
     def holds(self, row: Any, now: datetime, redeliver_after: timedelta) -> bool:
         """Whether ``row``'s doorbell is presumably still in the broker queue."""
         if not _rung_at_creation_only(row):
@@ -99,16 +117,7 @@ class _Line:
             return False
         if not self._read:
             self._read = True
-            newest = [
-                sa.select(sa.func.max(runs.c.created_at))
-                .where(runs.c.status == status)
-                .scalar_subquery()
-                for status in CLAIMED
-            ]
-            values = self.conn.execute(sa.select(*newest)).one()
-            self.busy = values[0] is not None  # a run executes now: the queue moves
-            found = [v for v in values if v is not None]
-            self.newest_claimed = max(found) if found else None
+            self._look(now, redeliver_after)
         if not self.busy:
             return False  # nothing moves: the doorbell was lost, or no worker is up
         return self.newest_claimed is None or self.newest_claimed <= row.created_at
