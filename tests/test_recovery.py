@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +27,8 @@ from services import Stack
 
 from celeryflow import Event, Flow, RunStatus, event
 from celeryflow.durations import utcnow
+from celeryflow.flow import new_run_id
+from celeryflow.store import Store
 from celeryflow.store.tables import runs
 from celeryflow.testing import wait_for, wait_for_run, worker
 
@@ -210,3 +213,106 @@ def test_a_worker_not_serving_the_flow_leaves_its_recovery_queue_alone(stack: St
     flow.app.conf.task_queues = [Queue(stack.queue), Queue(f"{stack.queue}-other")]
     with worker(flow, queues=[f"{stack.queue}-other"]) as w:
         assert list(w.app.amqp.queues.consume_from) == [f"{stack.queue}-other"]
+
+
+# -- the due pass's rules, on each store ---------------------------------------------
+
+REDELIVER = timedelta(seconds=30)
+LOOKAHEAD = timedelta(seconds=2)
+
+
+def run_row(status: str = "queued", *, age: float = 40.0, **values: Any) -> dict[str, Any]:
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": new_run_id(),
+        "function_id": "f",
+        "event_id": None,
+        "events": '[{"name":"x","data":{},"id":"e","ts":1}]',
+        "status": status,
+        "attempt": 0,
+        "fence": 0,
+        "dispatches": 0,
+        "due_at": now - timedelta(seconds=1),
+        "created_at": now - timedelta(seconds=age),
+        "started_at": None,
+        "ended_at": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "wake_at": None,
+    }
+    if status != "queued":
+        row.update(fence=1, started_at=now - timedelta(seconds=age - 1))
+    if status == "running":
+        lease = now + timedelta(seconds=10)
+        row.update(lease_owner="w@h", lease_expires_at=lease, due_at=lease)
+    if status == "completed":
+        row.update(due_at=None, ended_at=now)
+    row.update(values)
+    return row
+
+
+def due_state(store: Store, run_id: str) -> tuple[Any, int]:
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(runs.c.due_at, runs.c.dispatches).where(runs.c.id == run_id)
+        ).one()
+    return row.due_at, int(row.dispatches)
+
+
+def test_a_run_in_line_is_held_while_the_workers_work_through_older_runs(
+    store_url: str,
+) -> None:
+    store = Store(store_url, auto_migrate=True)
+    executing = run_row("running", age=60)  # older than the queued run, started recently
+    queued = run_row(age=40)
+    store.insert_runs([executing, queued])
+    now = utcnow()
+    assert store.take_due(now, LOOKAHEAD, REDELIVER) == []
+    due_at, dispatches = due_state(store, queued["id"])
+    assert dispatches == 0
+    assert abs((due_at - (now + REDELIVER)).total_seconds()) < 1  # looked at again later
+
+    # A run created after it was claimed: its doorbell should have come first.
+    store.insert_runs([run_row("completed", age=1)])
+    later = now + REDELIVER + timedelta(seconds=1)  # the executing run's lease lapsed too
+    taken = {d.id: d.recovered for d in store.take_due(later, LOOKAHEAD, REDELIVER)}
+    assert taken == {queued["id"]: False, executing["id"]: True}
+    assert due_state(store, queued["id"])[1] == 1
+
+
+def test_a_run_in_line_is_rung_when_nothing_moves_or_it_waited_too_long(
+    store_url: str,
+) -> None:
+    store = Store(store_url, auto_migrate=True)
+    idle = run_row(age=40)
+    store.insert_runs([run_row("completed", age=600), idle])  # claimed long ago
+    assert [d.id for d in store.take_due(utcnow(), LOOKAHEAD, REDELIVER)] == [idle["id"]]
+
+    store.insert_runs([run_row("running", age=900)])  # busy with older runs...
+    waited = run_row(age=8 * 30 + 1)  # ...but this one has waited 8 x redeliver_after
+    store.insert_runs([waited])
+    assert [d.id for d in store.take_due(utcnow(), LOOKAHEAD, REDELIVER)] == [waited["id"]]
+
+
+def test_re_rings_back_off_to_eight_times_redeliver_after(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    rows = {n: run_row(dispatches=n, started_at=utcnow()) for n in (1, 2, 3, 7)}
+    store.insert_runs(list(rows.values()))
+    now = utcnow()
+    assert len(store.take_due(now, LOOKAHEAD, REDELIVER)) == 4
+    for n, factor in {1: 2, 2: 4, 3: 8, 7: 8}.items():
+        due_at, dispatches = due_state(store, rows[n]["id"])
+        assert dispatches == n + 1
+        assert abs((due_at - (now + REDELIVER * factor)).total_seconds()) < 1, n
+
+
+def test_a_live_lease_is_not_rung_by_the_look_ahead(store_url: str) -> None:
+    store = Store(store_url, auto_migrate=True)
+    now = utcnow()
+    lease = now + timedelta(seconds=1)
+    executing = run_row("running", lease_expires_at=lease, due_at=lease)
+    store.insert_runs([executing])
+    assert store.take_due(now, LOOKAHEAD, REDELIVER) == []
+    assert due_state(store, executing["id"]) == (lease, 0)  # still due at the lease's end
+    [taken] = store.take_due(lease + timedelta(seconds=1), LOOKAHEAD, REDELIVER)
+    assert taken.recovered
