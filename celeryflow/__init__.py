@@ -11,6 +11,7 @@ from .errors import (
     RunNotFound,
     SerializationError,
     StepError,
+    StoreUnavailable,
 )
 from .events import Event, event
 from .flow import Flow
@@ -55,6 +56,7 @@ __all__ = [
     "Singleton",
     "StepError",
     "StepRecord",
+    "StoreUnavailable",
     "Throttle",
     "Timeouts",
     "cron",

@@ -1,38 +1,183 @@
-"""The ``celeryflow`` command (click, like Celery's own CLI)."""
+"""The ``celeryflow`` command (click, like Celery's own CLI).
+
+The store is the one of the Celery app given with ``-A/--app`` (found as ``celery -A``
+finds it, and its Flow's settings apply), or ``--store URL``, or ``$CELERYFLOW_STORE``;
+with none of them the command says so. Every error is one line and a non-zero exit
+(2 for a usage mistake), never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import click
 
-from .flow import DEFAULT_STORE
+from .durations import utcnow
+from .errors import CeleryflowError
+from .flow import Flow, FlowSettings
+from .runs import RunStatus
 from .store import Store
+from .store.admin import cancellable_statuses
+from .store.database import display_url, sqlite_path, store_error_line
+from .tasks import load_flow
 
-__all__ = ["main"]
+__all__ = ["DISTRIBUTION", "main"]
 
-store_option = click.option(
+DISTRIBUTION = "celeryflow-engine"
+
+
+class Failure(click.ClickException):
+    """One line on stderr, exit code 1."""
+
+
+class UsageFailure(click.ClickException):
+    """One line on stderr, exit code 2 (as click's usage errors, without the usage)."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns celeryflow's and the store's errors into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CeleryflowError as exc:
+            raise Failure(str(exc)) from None
+        except Exception as exc:
+            line = store_error_line(exc)
+            if line is None:
+                raise
+            raise Failure(line) from None
+
+
+def distribution_version() -> str:
+    """``celeryflow-engine x.y.z``: the distribution that installed this package."""
+    names = metadata.packages_distributions().get(__package__ or "celeryflow", [])
+    name = DISTRIBUTION if DISTRIBUTION in names or not names else names[0]
+    try:
+        return f"{name} {metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return f"{name} (not installed)"
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(distribution_version())
+        ctx.exit()
+
+
+@dataclass
+class Target:
+    """Where the command looks: the -A app, the --store URL."""
+
+    app: str | None
+    store_url: str | None
+
+
+def store_option(fn: Any) -> Any:
+    return click.option(
+        "--store",
+        "store_url",
+        default=None,
+        metavar="URL",
+        help="SQLAlchemy URL of the store (instead of the app's).",
+    )(fn)
+
+
+def open_store(ctx: click.Context, store_url: str | None, *, existing: bool = True) -> Store:
+    """The store to use. ``existing``: a SQLite file that is not there is an error,
+    not a new empty store (only ``migrate`` creates one)."""
+    target: Target = ctx.find_object(Target) or Target(None, None)
+    url = store_url or target.store_url
+    settings = FlowSettings()
+    if url is None and target.app:
+        flow: Flow = load_flow(target.app)
+        url, settings = flow.store.url, flow.settings
+    url = url or os.environ.get("CELERYFLOW_STORE")
+    if not url:
+        raise UsageFailure(
+            "no store given: pass -A/--app with the Celery app that has the Flow, "
+            "or --store URL, or set $CELERYFLOW_STORE"
+        )
+    store = Store(
+        url,
+        auto_migrate=False,
+        connect_timeout=settings.connect_timeout,
+        statement_timeout=settings.statement_timeout,
+    )
+    path = sqlite_path(url)
+    if existing and path and path != ":memory:" and not Path(path).exists():
+        raise Failure(
+            f"no celeryflow store at {display_url(url)}: {Path(path).absolute()} does not "
+            "exist (check -A/--store, or run `celeryflow migrate` to create it)"
+        )
+    return store
+
+
+@click.group(cls=_Group)
+@click.option(
+    "-A",
+    "--app",
+    "app",
+    envvar="CELERY_APP",
+    default=None,
+    metavar="APP",
+    help="The Celery app with the Flow, as for `celery -A` (its store is used).",
+)
+@click.option(
     "--store",
     "store_url",
-    default=lambda: os.environ.get("CELERYFLOW_STORE", DEFAULT_STORE),
-    show_default="$CELERYFLOW_STORE or sqlite:///celeryflow.db",
-    help="SQLAlchemy URL of the store.",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL of the store (instead of the app's; else $CELERYFLOW_STORE).",
 )
-
-
-@click.group()
-def main() -> None:
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
+@click.pass_context
+def main(ctx: click.Context, app: str | None, store_url: str | None) -> None:
     """Durable workflows on Celery."""
+    ctx.obj = Target(app, store_url)
 
 
 @main.command()
 @store_option
-def migrate(store_url: str) -> None:
+@click.pass_context
+def migrate(ctx: click.Context, store_url: str | None) -> None:
     """Create or upgrade the store's tables (safe to run again, and from several hosts)."""
-    store = Store(store_url, auto_migrate=False)
-    store.migrate()
-    click.echo(f"store at {store.engine.url.render_as_string(hide_password=True)} is up to date")
+    store = open_store(ctx, store_url, existing=False)
+    before, after = store.migrate()
+    where = display_url(store.url)
+    if before is None:
+        click.echo(f"created the celeryflow store at {where}, at revision {after}")
+    elif before == after:
+        click.echo(f"the celeryflow store at {where} is already at revision {after}")
+    else:
+        click.echo(f"upgraded the celeryflow store at {where} from revision {before} to {after}")
+
+
+def _status(value: str | None) -> RunStatus | None:
+    if value is None:
+        return None
+    try:
+        return RunStatus(value)
+    except ValueError:
+        raise UsageFailure(
+            f"--status {value!r} is not a run state; one of {', '.join(s.value for s in RunStatus)}"
+        ) from None
 
 
 @main.command("runs")
@@ -40,20 +185,78 @@ def migrate(store_url: str) -> None:
 @click.option("--function", "function_id", default=None, help="Only runs of this function.")
 @click.option("--status", default=None, help="Only runs in this state.")
 @click.option("--limit", default=20, show_default=True)
-def list_runs(store_url: str, function_id: str | None, status: str | None, limit: int) -> None:
+@click.pass_context
+def list_runs(
+    ctx: click.Context,
+    store_url: str | None,
+    function_id: str | None,
+    status: str | None,
+    limit: int,
+) -> None:
     """List runs, newest first."""
-    store = Store(store_url, auto_migrate=False)
-    for run in store.list_runs(function_id=function_id, status=status, limit=limit):
+    state = _status(status)
+    store = open_store(ctx, store_url)
+    for run in store.list_runs(function_id=function_id, status=state, limit=limit):
         click.echo(f"{run.id}  {run.status.value:<9}  {run.function_id}  {run.created_at:%F %T}")
 
 
 @main.command("run")
 @store_option
 @click.argument("run_id")
-def show_run(store_url: str, run_id: str) -> None:
-    """Show one run and its steps as JSON."""
-    store = Store(store_url, auto_migrate=False)
-    click.echo(json.dumps(store.get_run(run_id).model_dump(mode="json"), indent=2))
+@click.pass_context
+def show_run(ctx: click.Context, store_url: str | None, run_id: str) -> None:
+    """Show one run and its steps as JSON (RUN_ID may be an unambiguous prefix)."""
+    store = open_store(ctx, store_url)
+    run = store.get_run(store.run_id_for(run_id))
+    click.echo(json.dumps(run.model_dump(mode="json"), indent=2))
+
+
+@main.command("cancel")
+@store_option
+@click.argument("run_id", required=False)
+@click.option("--function", "function_id", default=None, help="Cancel every unfinished run of it.")
+@click.option("--status", default=None, help="With --function: only runs in this state.")
+@click.option("--dry-run", is_flag=True, help="With --function: only count them.")
+@click.option("--yes", is_flag=True, help="With --function: do not ask for confirmation.")
+@click.pass_context
+def cancel(
+    ctx: click.Context,
+    store_url: str | None,
+    run_id: str | None,
+    function_id: str | None,
+    status: str | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Cancel the run RUN_ID (a prefix will do), or with --function every run of a
+    function that has not ended: a parked run at once, a running one at its next step.
+    The function need not exist any more (a removed one's runs are retired so)."""
+    if (run_id is None) == (function_id is None):
+        raise UsageFailure("cancel takes a RUN_ID or --function ID (one of the two)")
+    if function_id is None and (status or dry_run or yes):
+        raise UsageFailure("--status, --dry-run and --yes go with --function")
+    store = open_store(ctx, store_url)
+    if run_id is not None:
+        full = store.run_id_for(run_id)
+        if store.cancel(full, utcnow()):
+            click.echo(f"cancelled run {full}")
+        else:
+            click.echo(f"run {full} had already ended ({store.get_run(full).status.value})")
+        return
+    assert function_id is not None
+    try:
+        statuses = cancellable_statuses(status)
+    except CeleryflowError as exc:
+        raise UsageFailure(f"--status: {exc}") from None
+    count = store.count_runs(function_id, statuses)
+    states = "/".join(s.value for s in statuses)
+    if dry_run or count == 0:
+        click.echo(f"{count} run(s) of {function_id!r} are {states}; none cancelled")
+        return
+    if not yes:
+        click.confirm(f"cancel {count} {states} run(s) of {function_id!r}?", abort=True)
+    done = store.cancel_runs(function_id, statuses, utcnow())
+    click.echo(f"cancelled {done} run(s) of {function_id!r}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ function does not break the runs already in flight.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .codec import to_json
+from .codec import from_json, to_json
 from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
     BranchFinished,
@@ -38,9 +37,12 @@ from .errors import (
 from .events import Event
 from .functions import FlowFunction
 from .leases import LeaseKeeper
+from .logs import RunLogger, run_context
+from .logs import install as install_log_context
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
+from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
     from .flow import Flow, FlowSettings
@@ -88,6 +90,7 @@ class Engine:
         self.leases = LeaseKeeper(flow.store, flow.settings.lease)
         self._host = socket.gethostname()
         self.sleeps_elapse = False  # testing.sleeps_elapse: a sleep ends at once
+        install_log_context()
 
     def owner(self) -> str:
         return f"{self._host}:{os.getpid()}:{threading.get_ident()}"
@@ -132,19 +135,7 @@ class Engine:
             function = self.flow.functions.get(claim.run["function_id"])
             if function is None:
                 # A rolling deploy: this worker lacks the function; another may have it.
-                log.error(
-                    "run %s: function %r is not registered in this worker; released",
-                    run_id,
-                    claim.run["function_id"],
-                )
-                session.move(
-                    run_id,
-                    claim.fence,
-                    status=S.QUEUED,
-                    wake_at=None,
-                    due_at=now + settings.redeliver_after,
-                    attempt=int(claim.run["attempt"]),
-                )
+                release_unregistered(self.flow, session, claim, now)
                 return None
             if self._past_deadline(claim, now):
                 log.info("run %s: cancelled by its Timeouts", run_id)
@@ -152,7 +143,8 @@ class Engine:
                 return None
             self.leases.hold(run_id, claim.fence)
             try:
-                return Execution(self.flow, function, claim, session).drive()
+                with run_context(run_id, function.id):
+                    return Execution(self.flow, function, claim, session).drive()
             finally:
                 self.leases.release(run_id)
                 if function.control.concurrency:
@@ -212,6 +204,11 @@ class Execution:
         self.in_branch = False
         self.memo = self._branch_prefix(claim) if self.branch is not None else {}
         self.memo.update(claim.steps)
+        # Replaying until the function reaches a step no earlier execution reached
+        # (or has passed every recorded one): ctx.logger is quiet meanwhile.
+        self._unvisited = set(self.memo)
+        self._reached_new = False
+        self.log = logging.getLogger("celeryflow.run")
         self._seen: dict[str, int] = {}
         self._position = 0
         self._in_step = False
@@ -219,16 +216,13 @@ class Execution:
         # write (the next step's, a park or the finish), which always comes before
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
-        events = [Event.model_validate(e) for e in json.loads(claim.run["events"])]
+        events = [Event.model_validate(e) for e in from_json(claim.run["events"])]
         context = dict(
             run_id=self.run_id,
             function_id=function.id,
             events=events,
             attempt=self._resume_attempt(),
-            logger=logging.LoggerAdapter(
-                logging.getLogger("celeryflow.run"),
-                {"run_id": self.run_id, "function_id": function.id},
-            ),
+            logger=RunLogger(self.log, lambda: self.replaying),
         )
         self.ctx: Context | AsyncContext = (
             AsyncContext(step=AsyncSteps(self), **context)
@@ -240,6 +234,14 @@ class Execution:
         parallel = claim.parent_steps.get(str(self.branch_key))
         limit = parallel["position"] if parallel is not None else 0
         return {k: row for k, row in claim.parent_steps.items() if row["position"] < limit}
+
+    @property
+    def replaying(self) -> bool:
+        """Whether the function is re-running code an earlier execution ran: before
+        its last recorded step, or (a parallel branch) before its branch begins."""
+        if self.branch is not None and not self.in_branch:
+            return True
+        return bool(self._unvisited) and not self._reached_new
 
     def _resume_attempt(self) -> int:
         for row in self.memo.values():
@@ -344,7 +346,7 @@ class Execution:
             self._fail_run(exc)
             return None
         wake = utcnow() + self._retry_delay(exc, attempt)
-        self.ctx.logger.warning("function raised %r; retry %d at %s", exc, attempt, wake)
+        self.log.warning("function raised %r; retry %d at %s", exc, attempt, wake)
         if not self.session.move(
             self.run_id,
             self.fence,
@@ -407,7 +409,9 @@ class Execution:
 
     def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
         row = self.memo.get(key)
+        self._unvisited.discard(key)
         if row is None:
+            self._reached_new = True
             if self.branch is not None and not self.in_branch:
                 raise NondeterminismError(
                     f"step {name!r} is not in the parent's record before "
@@ -420,7 +424,7 @@ class Execution:
                 f"calls it as {kind!r}: the code changed under a run in flight"
             )
         if row["position"] != position:
-            self.ctx.logger.warning(
+            self.log.warning(
                 "step %r replayed at position %d, recorded at %d", key, position, row["position"]
             )
         return row
@@ -428,7 +432,7 @@ class Execution:
     def lost(self) -> Interrupt:
         row = self.session.peek(self.run_id)
         status = row["status"] if row else "missing"
-        self.ctx.logger.info("run left this executor: %s", status)
+        self.log.info("run left this executor: %s", status)
         return Interrupt("cancelled" if status == S.CANCELLED.value else "lease lost")
 
     def _due_for(self, wake: datetime) -> datetime:
@@ -461,10 +465,10 @@ class Execution:
         if row is not None:
             if row["status"] == "completed":
                 plan.done = True
-                plan.value = None if row["output"] is None else json.loads(row["output"])
+                plan.value = from_json(row["output"])
                 return plan
             if row["status"] == "failed":
-                raise StepError(name, json.loads(row["error"]))
+                raise StepError(name, from_json(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
         self._check_deadline()
@@ -488,7 +492,7 @@ class Execution:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
         self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
-        return json.loads(text)
+        return from_json(text)
 
     def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
         """Record a failed attempt; raises StepError (for good) or Interrupt (retry)."""
@@ -502,7 +506,7 @@ class Execution:
             self._flush()
             raise StepError(plan.name, error) from exc
         wake = utcnow() + self._retry_delay(exc, attempts)
-        self.ctx.logger.warning(
+        self.log.warning(
             "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
         )
         values = self.step_values(plan, status="retrying", error=to_json(error, "error"))

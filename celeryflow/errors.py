@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 __all__ = [
     "BranchFinished",
     "CeleryflowError",
@@ -23,6 +25,7 @@ __all__ = [
     "RunNotFound",
     "SerializationError",
     "StepError",
+    "StoreUnavailable",
     "describe",
 ]
 
@@ -61,6 +64,36 @@ class SerializationError(CeleryflowError, TypeError):
 
 class RunNotFound(CeleryflowError, LookupError):
     """No run with that id exists in the store."""
+
+
+class StoreUnavailable(CeleryflowError, sa.exc.OperationalError):
+    """The store cannot be reached: a connect that failed or timed out, a statement
+    past its ``statement_timeout``, a dropped connection. The message names the store
+    and the timeout. It is also SQLAlchemy's ``OperationalError`` (with the driver's
+    error as ``orig``), so code that treats database errors as infrastructure treats
+    this one the same."""
+
+    def __init__(self, message: str, original: sa.exc.DBAPIError) -> None:
+        sa.exc.OperationalError.__init__(
+            self,
+            original.statement,
+            original.params,
+            original.orig if original.orig is not None else Exception(message),
+            hide_parameters=original.hide_parameters,
+            connection_invalidated=original.connection_invalidated,
+            code=original.code,
+        )
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Any:
+        return (_store_unavailable, (self.message,))
+
+
+def _store_unavailable(message: str) -> StoreUnavailable:
+    return StoreUnavailable(message, sa.exc.OperationalError(None, None, Exception(message)))
 
 
 class NonRetriableError(CeleryflowError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import os
 import secrets
 import time
@@ -16,22 +16,35 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import oncommit, tasks
+from .codec import to_json
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
-from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .flowcontrol import (
+    Admission,
+    Batch,
+    Concurrency,
+    Debounce,
+    KeyUnavailable,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
 from .store import PlannedRun, Recorded, Store
+from .store.admin import cancellable_statuses
 
 if TYPE_CHECKING:
     from .engine import Execution
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
+log = logging.getLogger("celeryflow.flow")
 MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first runs
 DEFAULT_STORE = "sqlite:///celeryflow.db"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,8 +63,11 @@ class FlowSettings(BaseModel):
     eta_horizon: timedelta = timedelta(minutes=5)  # longer waits: the reconciler wakes them
     retry_base: timedelta = timedelta(seconds=1)
     retry_max: timedelta = timedelta(hours=1)
-    tick_interval: timedelta = timedelta(seconds=1)  # how often beat looks at cron slots
+    tick_interval: timedelta = timedelta(seconds=1)  # the longest cron look-away (workers, beat)
     reconcile_in_worker: bool = True
+    # opening a store connection, and one statement (None: no limit); see README
+    connect_timeout: timedelta | None = timedelta(seconds=10)
+    statement_timeout: timedelta | None = timedelta(seconds=30)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
@@ -67,6 +83,11 @@ class FlowSettings(BaseModel):
     @classmethod
     def _duration(cls, value: Duration) -> timedelta:
         return parse_duration(value, "Flow setting")
+
+    @field_validator("connect_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Duration | None) -> timedelta | None:
+        return None if value is None else parse_duration(value, "Flow setting")
 
 
 def new_run_id() -> str:
@@ -109,7 +130,12 @@ class Flow:
             raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
-        self.store = Store(url, auto_migrate=auto_migrate)
+        self.store = Store(
+            url,
+            auto_migrate=auto_migrate,
+            connect_timeout=self.settings.connect_timeout,
+            statement_timeout=self.settings.statement_timeout,
+        )
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
             if broker is not None:
@@ -223,7 +249,8 @@ class Flow:
             rows = [p.row for p in alone]
             if plain and self.store.record_event_alone(prepared[0], rows, now):
                 created = [str(row["id"]) for row in rows]
-                self.doorbell.ring(self._ring_for_slots(created, alone, now))
+                names = {row["id"]: row["function_id"] for row in rows}
+                self.doorbell.ring(self._ring_for_slots(created, alone, now), function_id=names)
                 return [ev.id for ev in prepared if ev.id is not None]
 
         planned: list[PlannedRun] = []
@@ -241,7 +268,8 @@ class Flow:
             condition_holds=condition_holds,
         )
         self.doorbell.ring(
-            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed]
+            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed],
+            function_id={p.row["id"]: p.row["function_id"] for p in planned},
         )
         return [ev.id for ev in prepared if ev.id is not None]
 
@@ -254,7 +282,8 @@ class Flow:
         limited: dict[tuple[str, str | None, str | None], list[int]] = {}
         waiting_for_slot: list[str] = []
         new = set(created)
-        ring = [i for i in created if i not in {p.row["id"] for p in planned}]  # full batches
+        planned_ids = {p.row["id"] for p in planned}
+        ring = [i for i in created if i not in planned_ids]  # batches that filled up
         for p in planned:
             row = p.row
             fn = self.functions.get(row["function_id"])
@@ -298,7 +327,7 @@ class Flow:
             resume_due=now + self.settings.redeliver_after,
             condition_holds=condition_holds,
         )
-        self.doorbell.ring(recorded.created)
+        self.doorbell.ring(recorded.created, function_id=function.id)
         runs = self.store.list_runs(event_id=ev.id, limit=1)
         if not runs:  # it joined a debounced or batched run, which has another event
             raise CeleryflowError(
@@ -398,16 +427,20 @@ class Flow:
             condition_holds=condition_holds,
         )
 
-    def tick(self, now: datetime | None = None) -> list[str]:
-        """Fire the cron slots that are due (each once, whatever the number of beats);
-        returns the new run ids. Called by the ``celeryflow.tick`` beat entry."""
+    def tick(self, now: datetime | None = None, *, since: datetime | None = None) -> list[str]:
+        """Fire the cron slots that are due (each once, whatever the number of workers
+        and beats); returns the new run ids. Called by every worker's reconciler thread
+        and by the ``celeryflow.tick`` beat entry. ``since``: skip slots at or before
+        it (the caller handled them), so a look between slots costs no query."""
         from .store.cron import fire_slot
 
         now = now or utcnow()
-        created: list[str] = []
+        created: dict[str, str] = {}
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
+                if since is not None and slot <= since:
+                    continue
                 stamp = slot.isoformat()
                 ev = Event(
                     name=SCHEDULED_EVENT,
@@ -417,9 +450,10 @@ class Flow:
                 )
                 run = self.new_run(fn.id, [ev], now)
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
-                    created.append(str(run["id"]))
-        self.doorbell.ring(created)
-        return created
+                    log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
+                    created[str(run["id"])] = fn.id
+        self.doorbell.ring(list(created), function_id=created)
+        return list(created)
 
     def has_crons(self) -> bool:
         return any(fn.crons for fn in self.functions.values())
@@ -440,6 +474,13 @@ class Flow:
     ) -> PlannedRun:
         """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
         row = self.new_run(fn.id, [ev], now)
+        if row["status"] == RunStatus.SKIPPED.value:  # a concurrency key failed
+            return PlannedRun(row, [], Admission(refused=True))
+        try:
+            admission = fn.control.admission(variables)
+        except KeyUnavailable as exc:
+            exc.refuse(row, now)
+            return PlannedRun(row, [], Admission(refused=True))
         if fn.control.concurrency:
             # parked for a slot from birth: the sender rings only the runs first in
             # line (send()), a released slot the next, the reconciler any it missed
@@ -452,25 +493,29 @@ class Flow:
             due = [d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d]
             row["due_at"] = min(due) if due else None
         waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-        admission = fn.control.admission(variables)
         return PlannedRun(row, waits, admission if admission else None)
 
     def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         """A run row (every column an insert names, so rows batch in one executemany),
-        with its concurrency keys and queue position evaluated from its first event."""
+        with its concurrency keys and queue position evaluated from its first event.
+        A concurrency key that cannot be evaluated makes it the run's skipped record."""
         keys: list[str | None] = [None, None]
         queue_at = now
+        refused: KeyUnavailable | None = None
         function = self.functions.get(function_id)
         if function is not None and (function.control.concurrency or function.control.priority):
             variables = {"event": evs[0].model_dump()}
-            for i, key in enumerate(function.control.concurrency_keys(variables)):
-                keys[i] = key
+            try:
+                for i, key in enumerate(function.control.concurrency_keys(variables)):
+                    keys[i] = key
+            except KeyUnavailable as exc:
+                refused = exc
             queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
-        return {
+        row = {
             "id": new_run_id(),
             "function_id": function_id,
             "event_id": evs[0].id,
-            "events": json.dumps([e.model_dump() for e in evs], separators=(",", ":")),
+            "events": to_json([e.model_dump() for e in evs], "events"),
             "status": RunStatus.QUEUED.value,
             "attempt": 0,
             "fence": 0,
@@ -487,6 +532,9 @@ class Flow:
             "queue_at": queue_at,
             "created_at": now,
         }
+        if refused is not None:
+            refused.refuse(row, now)
+        return row
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -512,11 +560,27 @@ class Flow:
         False if it had already ended."""
         return self.store.cancel(run_id, utcnow())
 
+    def cancel_runs(
+        self,
+        *,
+        function_id: str,
+        status: RunStatus | str | list[RunStatus | str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Cancel every run of ``function_id`` that has not ended (or only those in
+        ``status``), as :meth:`cancel` does each; returns how many. The function need
+        not be defined any more: this retires the runs of a removed one. ``dry_run``
+        counts them instead."""
+        statuses = cancellable_statuses(status)
+        if dry_run:
+            return self.store.count_runs(function_id, statuses)
+        return self.store.cancel_runs(function_id, statuses, utcnow())
+
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s)."""
         old = self.store.get_run(run_id)
         now = utcnow()
         row = self.new_run(old.function_id, list(old.events), now)
         self.store.insert_runs([row])
-        self.doorbell.ring([row["id"]])
+        self.doorbell.ring([row["id"]], function_id=old.function_id)
         return str(row["id"])

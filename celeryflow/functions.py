@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .durations import parse_duration
 from .errors import ConfigError, describe
 from .events import EventTrigger
-from .expressions import Expression, compile_expression
+from .expressions import ASYNC, Expression, compile_expression
 from .flowcontrol import (
     Batch,
     Concurrency,
@@ -112,7 +112,7 @@ class FlowFunction:
         self.crons = [t for t in config.triggers if isinstance(t, CronTrigger)]
         for i, cancel in enumerate(config.cancel_on):
             if cancel.if_ is not None:
-                compile_expression(cancel.if_, f"function {config.id!r} cancel_on[{i}] if_")
+                compile_expression(cancel.if_, f"function {config.id!r} cancel_on[{i}] if_", ASYNC)
         self.control = FlowControl(
             config.id,
             concurrency=config.concurrency,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .codec import to_json
+from .codec import to_json, to_jsonable
 from .durations import Duration, parse_duration, utcnow
 from .errors import (
     CeleryflowError,
@@ -158,7 +158,7 @@ def invoke_task(
         raise NonRetriableError(f"{where}: task= must be a Celery task, got {task!r}")
     try:
         limit = None if timeout is None else parse_duration(timeout, f"{where} timeout")
-        payload = json.loads(to_json({"args": list(args), "kwargs": kwargs or {}}, where))
+        payload = to_jsonable({"args": list(args), "kwargs": kwargs or {}}, where)
     except (ConfigError, SerializationError) as exc:
         raise NonRetriableError(str(exc)) from None
     key, position = x.next_key(name)

@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .codec import from_json
 from .durations import utcnow
 from .errors import Interrupt, NondeterminismError, NonRetriableError, StepError
 from .runs import RunStatus
@@ -75,7 +76,7 @@ def begin(
     row = x.recorded(key, name, kind, position)
     if row is not None:
         if row["status"] == "completed":
-            return True, None if row["output"] is None else json.loads(row["output"])
+            return True, from_json(row["output"])
         if row["status"] == "failed":
             raise StepError(name, json.loads(row["error"]))
         # still waiting on its branches (a stray wake): park again, start nothing
@@ -111,5 +112,5 @@ def begin(
         children=children,
     ):
         raise x.lost()
-    x.flow.doorbell.ring([child["id"] for child in children])
+    x.flow.doorbell.ring([child["id"] for child in children], function_id=x.function.id)
     raise Interrupt(RunStatus.WAITING.value)

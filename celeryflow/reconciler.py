@@ -1,25 +1,36 @@
-"""The reconciler: rings the doorbell again for runs whose next move is overdue.
+"""The reconciler: rings the doorbell again for runs whose next move is overdue, and
+fires due cron slots.
 
 The store is the truth and the broker is only the doorbell: a lost message, a
 worker killed mid-step or a long sleep are all the same case here — a run whose
 ``due_at`` has passed. It runs as a beat entry and as a thread in each worker;
 several at once are harmless (the lease lets one executor through).
+
+The worker's thread also fires cron slots, so a plain ``celery worker`` (no ``-B``,
+no beat) runs cron functions; the ``cf_cron_ticks`` ledger lets one worker or beat
+per (function, slot) create the run. The thread wakes at the next slot of any cron
+function (and at least every ``tick_interval`` while cron functions exist, which
+also covers a wall clock that jumps), so a slot fires within milliseconds; between
+slots a wake-up costs no query. Without cron functions it wakes only for the
+reconciler pass.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .durations import utcnow
+from .store.database import store_error_line
 
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["Reconciler", "ReconcilerThread"]
+__all__ = ["CronClock", "Reconciler", "ReconcilerThread"]
 
 log = logging.getLogger("celeryflow.reconciler")
 
@@ -37,12 +48,14 @@ class Reconciler:
             redeliver_after=settings.redeliver_after,
         )
         by_kind: dict[tuple[datetime | None, bool], list[str]] = defaultdict(list)
+        names: dict[str, str] = {}
         for run in due:
             by_kind[run.eta, run.recovered].append(run.id)
+            names[run.id] = run.function_id
         for (eta, recovered), run_ids in by_kind.items():
-            self.flow.doorbell.ring(run_ids, eta=eta, recovered=recovered)
+            self.flow.doorbell.ring(run_ids, eta=eta, function_id=names, recovered=recovered)
         if due:
-            log.info("reconciler rang %d run(s)", len(due))
+            log.debug("reconciler rang %d run(s)", len(due))
         return len(due) + self._slots()
 
     def _slots(self) -> int:
@@ -53,26 +66,86 @@ class Reconciler:
             limits = [c.limit for c in function.control.concurrency]
             if limits:
                 heads = self.flow.store.parked_for_slots(function.id, limits, utcnow())
-                self.flow.doorbell.ring(heads)
+                self.flow.doorbell.ring(heads, function_id=function.id)
                 rang += len(heads)
         return rang
 
 
+class CronClock:
+    """Fires a process's due cron slots: each call looks only at slots newer than the
+    last successful one, so a wake-up between slots does no query."""
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        self.since: datetime | None = None  # slots at or before this were handled here
+        self.next_at: datetime | None = None  # None: look now
+
+    def seconds_left(self, now: datetime) -> float | None:
+        """Seconds until the next look (0: now), or None without cron functions."""
+        if not self.flow.has_crons():
+            return None
+        if self.next_at is None:
+            return 0.0
+        left = (self.next_at - now).total_seconds()
+        return max(0.0, min(left, self.flow.settings.tick_interval.total_seconds()))
+
+    def fire(self, now: datetime) -> list[str]:
+        """Fire the slots due at ``now``; returns the new run ids."""
+        # if this fails (the store is down), look again at the reconciler's pace
+        self.next_at = now + self.flow.settings.reconcile_interval
+        created = self.flow.tick(now, since=self.since)
+        self.since = now
+        upcoming = [
+            trigger.next_slot(now) for fn in self.flow.functions.values() for trigger in fn.crons
+        ]
+        self.next_at = min(upcoming, default=None)
+        return created
+
+
 class ReconcilerThread(threading.Thread):
-    """Runs the reconciler every ``reconcile_interval`` inside a worker process."""
+    """Runs the reconciler every ``reconcile_interval`` inside a worker process, and
+    fires cron slots as they come (see the module docstring)."""
 
     def __init__(self, flow: Flow) -> None:
         super().__init__(name="celeryflow-reconciler", daemon=True)
         self.reconciler = Reconciler(flow)
+        self.cron = CronClock(flow)
         self.interval = flow.settings.reconcile_interval.total_seconds()
+        self._next_pass = time.monotonic() + self.interval
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
+        # A store error is one line per distinct error, and the loop backs off while it
+        # lasts (up to 60 s between tries); any other error keeps its traceback.
+        backoff, last = 0.0, None
+        while not self._stop_event.wait(max(self._wait(), backoff)):
             try:
-                self.reconciler.run_once()
-            except Exception:  # the next pass retries; never kill the worker for this
-                log.exception("reconciler pass failed")
+                self._due_work()
+            except Exception as exc:  # the next pass retries; never kill the worker for this
+                line = store_error_line(exc)
+                if line is None:
+                    log.exception("reconciler pass failed")
+                elif line != last:
+                    log.error("reconciler pass failed: %s (retrying with back-off)", line)
+                last, backoff = line, min(max(backoff * 2, self.interval), 60.0)
+            else:
+                if last is not None:
+                    log.warning("reconciler passes work again")
+                backoff, last = 0.0, None
+
+    def _wait(self) -> float:
+        """Seconds until the next cron look or reconciler pass, whichever is first."""
+        until_pass = max(0.0, self._next_pass - time.monotonic())
+        cron = self.cron.seconds_left(utcnow())
+        return until_pass if cron is None else min(until_pass, cron)
+
+    def _due_work(self) -> None:
+        now = utcnow()
+        if self.cron.seconds_left(now) == 0.0:
+            self.cron.fire(now)
+        if time.monotonic() >= self._next_pass:
+            self._next_pass = time.monotonic() + self.interval
+            self.reconciler.run_once()
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -5,12 +5,13 @@ in Europe/Berlin is 08:00 UTC in winter, 07:00 UTC in summer) and stored in UTC.
 A sixth field is seconds (croniter's convention, e.g. ``"* * * * * */2"`` every two
 seconds): meant for tests.
 
-Each tick (a ``celeryflow.tick`` beat entry) looks at the latest slot at or before
-now. A slot fires once: ``cf_cron_ticks`` has one row per (function, slot), and only
-the tick that inserts it creates the run, so two beats, or beat plus ``worker -B``,
-never fire it twice. After downtime the latest missed slot fires once, not once per
-missed slot. A function seen for the first time does not fire a slot older than
-``CATCH_UP`` (deploying at 15:00 does not fire the 09:00 run).
+Each tick (every worker's reconciler thread, at each slot; a ``celeryflow.tick`` beat
+entry, if beat runs) looks at the latest slot at or before now. A slot fires once:
+``cf_cron_ticks`` has one row per (function, slot), and only the tick that inserts it
+creates the run, so any number of workers and beats never fire it twice. After
+downtime the latest missed slot fires once, not once per missed slot. A function seen
+for the first time does not fire a slot older than ``CATCH_UP`` (deploying at 15:00
+does not fire the 09:00 run).
 """
 
 from __future__ import annotations

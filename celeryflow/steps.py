@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -17,6 +16,7 @@ from . import legacy, parallel, waiting
 from .durations import Duration, parse_datetime, parse_duration, utcnow
 from .errors import BranchFinished, ConfigError, NonRetriableError
 from .events import Event
+from .logs import RunLogger
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -242,7 +242,9 @@ class BaseContext(Generic[StepsT]):
     """What every flow function receives.
 
     ``attempt`` is 0-based (as in Inngest): while a step is being retried it is that
-    step's attempt, otherwise the attempt of the function body.
+    step's attempt, otherwise the attempt of the function body. ``logger`` logs to
+    ``celeryflow.run`` and stays quiet while the function replays memoized steps, so
+    each line is logged once per run (see :mod:`celeryflow.logs`).
     """
 
     def __init__(
@@ -253,7 +255,7 @@ class BaseContext(Generic[StepsT]):
         events: list[Event],
         step: StepsT,
         attempt: int,
-        logger: logging.LoggerAdapter[logging.Logger],
+        logger: RunLogger,
     ) -> None:
         self.run_id = run_id
         self.function_id = function_id

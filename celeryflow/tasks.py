@@ -7,18 +7,23 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from traceback import extract_tb
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
+from celery.app.utils import find_app
+from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
 
-from .errors import ConfigError
+from .errors import CeleryflowError, ConfigError
 from .reconciler import Reconciler, ReconcilerThread
+from .store.database import display_url, store_error_line
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -34,9 +39,13 @@ __all__ = [
     "all_flows",
     "eager_off",
     "flow_of",
+    "function_of_shadow",
     "install",
     "is_eager",
+    "load_flow",
+    "shadow_name",
     "start_test_worker",
+    "wait_for_store",
 ]
 
 RUN_TASK = "celeryflow.run"
@@ -48,6 +57,11 @@ TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
 RECOVERY_SUFFIX = ".recovery"  # the recovery queue: the flow's queue name plus this
 log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
+# A worker whose store does not answer at start retries as Celery does for its
+# broker (broker_connection_retry): 2 s, 4 s, ... up to 30 s apart, 100 tries.
+STORE_RETRY_START, STORE_RETRY_STEP, STORE_RETRY_MAX = 2.0, 2.0, 30.0
+STORE_RETRIES = 100
+EX_CONFIG = getattr(os, "EX_CONFIG", 78)  # sysexits.h: a configuration error
 
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
 _imported: weakref.WeakSet[Celery] = weakref.WeakSet()  # apps whose task modules are in
@@ -62,6 +76,41 @@ def flow_of(app: Celery) -> Flow | None:
 def all_flows() -> list[Flow]:
     """Every Flow of this process (one per Celery app)."""
     return list(_flows.values())
+
+
+def load_flow(name: str) -> Flow:
+    """The Flow of the Celery app ``name`` names, found as ``celery -A name`` finds it
+    (``module``, ``module:attribute``, ``package`` with a ``celery`` module; the current
+    directory first). Raises ConfigError in one line."""
+    try:
+        app = find_app(name)
+    except CeleryflowError:
+        raise  # the app module's own Flow(...) refused its settings: that says it best
+    except ModuleNotFoundError as exc:
+        if exc.name and name.split(":")[0].startswith(exc.name):
+            raise ConfigError(
+                f"-A {name}: no module named {exc.name!r} (run from the directory that "
+                "holds it, or add that directory to PYTHONPATH)"
+            ) from None
+        raise ConfigError(f"-A {name}: importing it failed: {_where(exc)}") from None
+    except AttributeError as exc:
+        raise ConfigError(f"-A {name}: no Celery app there ({exc})") from None
+    except Exception as exc:
+        raise ConfigError(f"-A {name}: importing it failed: {_where(exc)}") from None
+    if not isinstance(app, Celery):
+        raise ConfigError(f"-A {name}: {app!r} is not a Celery app")
+    flow = flow_of(app)
+    if flow is None:
+        raise ConfigError(f"-A {name}: the Celery app {app.main!r} has no Flow (Flow(app))")
+    return flow
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame: one line, no traceback."""
+    frames = [f for f in extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    place = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}{place}"
 
 
 def broker_configured(app: Celery) -> bool:
@@ -84,6 +133,50 @@ def finalize(app: Celery) -> None:
 
 def set_default_broker(app: Celery, url: str) -> None:
     app.conf.broker_url = url
+
+
+def shadow_name(function_id: str | None) -> str | None:
+    """The name a run message shows in the worker log, Flower and ``celery inspect``
+    (Celery's ``shadow``): ``celeryflow.run:<function id>``; None keeps the task name."""
+    return f"{RUN_TASK}:{function_id}" if function_id else None
+
+
+def function_of_shadow(shadow: str | None) -> str | None:
+    prefix = f"{RUN_TASK}:"
+    return shadow[len(prefix) :] if shadow and shadow.startswith(prefix) else None
+
+
+class _Housekeeping(logging.Filter):
+    """Celery's per-message INFO lines for celeryflow's housekeeping tasks (the
+    ``celeryflow.reconcile`` and ``celeryflow.tick`` beat entries: "Sending due task",
+    "Task ... received", "... succeeded") are logged at DEBUG: several a second, they
+    would bury everything else in a worker's INFO log."""
+
+    NAMES = frozenset({TICK_TASK, CRON_TASK})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self._housekeeping(record.args):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+    def _housekeeping(self, args: Any) -> bool:
+        if isinstance(args, Mapping):  # the worker's lines: {"name": ..., "id": ...}
+            return args.get("name") in self.NAMES
+        return isinstance(args, tuple) and len(args) == 2 and args[1] in self.NAMES  # beat's
+
+
+_HOUSEKEEPING_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_housekeeping() -> None:
+    """Install the filter on Celery's loggers (once per process)."""
+    for name in _HOUSEKEEPING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Housekeeping) for f in logger.filters):
+            logger.addFilter(_Housekeeping())
 
 
 class CeleryDoorbell:
@@ -120,10 +213,18 @@ class CeleryDoorbell:
         return queues[name]
 
     def ring(
-        self, run_ids: Sequence[str], eta: datetime | None = None, *, recovered: bool = False
+        self,
+        run_ids: Sequence[str],
+        eta: datetime | None = None,
+        *,
+        function_id: str | Mapping[str, str] | None = None,
+        recovered: bool = False,
     ) -> None:
-        """Send ``celeryflow.run`` for each run; ``recovered`` runs (their executor
-        died) go to the recovery queue, so they do not wait behind the backlog."""
+        """Send one message per run. ``function_id`` (of all the runs, or by run id)
+        names each message after its function; callers pass it where they know it
+        for free, and a run without one goes under the plain task name. ``recovered``
+        runs (their executor died) go to the recovery queue, so they do not wait
+        behind the backlog."""
         if not run_ids:
             return
         if is_eager(self.app):
@@ -146,7 +247,8 @@ class CeleryDoorbell:
             options["eta"] = eta
         with self.app.producer_or_acquire() as producer:
             for run_id in run_ids:
-                task.apply_async((run_id,), producer=producer, **options)
+                named = function_id.get(run_id) if isinstance(function_id, Mapping) else function_id
+                task.apply_async((run_id,), producer=producer, shadow=shadow_name(named), **options)
 
     def run_inline(self, run_ids: Sequence[str]) -> None:
         """Execute the runs in this thread (Celery's ``Task.apply``), one after the
@@ -243,9 +345,10 @@ def install(flow: Flow) -> CeleryDoorbell:
     _flows[app] = flow
     settings = flow.settings
     doorbell = CeleryDoorbell(app, settings.queue, settings.recovery_queue)
+    quiet_housekeeping()
 
-    @app.task(name=RUN_TASK, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
-    def run(run_id: str) -> None:
+    @app.task(name=RUN_TASK, bind=True, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    def run(task: Any, run_id: str) -> None:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
@@ -254,7 +357,8 @@ def install(flow: Flow) -> CeleryDoorbell:
             from .durations import utcnow
 
             if wake - utcnow() <= settings.eta_horizon:
-                doorbell.ring([run_id], eta=wake)
+                fid = function_of_shadow(getattr(task.request, "shadow", None))
+                doorbell.ring([run_id], eta=wake, function_id=fid)
 
     # A legacy task's outcome, for the step that invoked it. The link callback gets the
     # return value; the errback runs inline in the failing task's worker (Celery's
@@ -317,6 +421,16 @@ def install(flow: Flow) -> CeleryDoorbell:
     if app.finalized:
         add_beat_entry()
 
+    class StoreCheckStep(bootsteps.Step):  # type: ignore[misc]
+        """The store answers and is migrated, checked while the worker is built:
+        before its pool forks (an exit then leaves no child behind) and long before
+        it says ``ready``."""
+
+        def create(self, worker: Any) -> None:
+            wait_for_store(flow)
+
+    app.steps["worker"].add(StoreCheckStep)
+
     class RecoveryQueueStep(bootsteps.Step):  # type: ignore[misc]
         """Adds the recovery queue to the worker's queues, after ``-Q`` is applied
         and before the consumer starts."""
@@ -330,6 +444,8 @@ def install(flow: Flow) -> CeleryDoorbell:
 
         class ReconcilerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             """Runs the reconciler inside the worker, so beat is optional."""
+
+            requires = (StoreCheckStep,)
 
             def __init__(self, worker: Any, **kwargs: Any) -> None:
                 self.thread: ReconcilerThread | None = None
@@ -347,6 +463,45 @@ def install(flow: Flow) -> CeleryDoorbell:
 
         app.steps["worker"].add(ReconcilerStep)
     return doorbell
+
+
+def wait_for_store(flow: Flow) -> None:
+    """Connect to the store and check its schema (or migrate it, with auto_migrate)
+    before the worker says ``ready``. Not migrated, or any setup error: one line and
+    the worker exits (EX_CONFIG). Unreachable: one line per attempt, retried with
+    back-off like the broker connection; after the last attempt it exits
+    (EX_UNAVAILABLE). Ctrl-C or SIGTERM ends the waiting (the worker has no
+    children yet and no signal handlers of its own)."""
+    where = display_url(flow.store.url)
+    delay = STORE_RETRY_START
+    for attempt in range(1, STORE_RETRIES + 1):
+        try:
+            flow.store.check()
+            if attempt > 1:
+                log.info("connected to the celeryflow store at %s", where)
+            return
+        except ConfigError as exc:
+            log.critical("%s", exc)
+            raise SystemExit(EX_CONFIG) from None
+        except Exception as exc:
+            line = store_error_line(exc)
+            if line is None:
+                raise
+            if attempt == STORE_RETRIES:
+                log.critical("%s; giving up after %d attempts", line, attempt)
+                raise SystemExit(EX_UNAVAILABLE) from None
+            log.error(
+                "%s. Trying again in %.2f seconds... (%d/%d)",
+                line,
+                delay,
+                attempt,
+                STORE_RETRIES,
+            )
+        try:
+            time.sleep(delay)
+        except KeyboardInterrupt:
+            raise SystemExit(EX_UNAVAILABLE) from None
+        delay = min(delay + STORE_RETRY_STEP, STORE_RETRY_MAX)
 
 
 @contextmanager

@@ -12,10 +12,11 @@ import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .codec import from_json
 from .durations import Duration, parse_duration, utcnow
 from .errors import ConfigError, EventError, Interrupt, NonRetriableError, StepError
 from .events import Event, condition_holds, prepare_events
-from .expressions import compile_expression
+from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
 from .runs import RunStatus
 from .store.waits import find_recent_event, full_match_value, match_value
@@ -36,7 +37,7 @@ def _checked(
         limit = parse_duration(timeout, f"{where} timeout")
         window = None if lookback is None else parse_duration(lookback, f"{where} lookback")
         if if_ is not None:
-            compile_expression(if_, f"{where} if_")
+            compile_expression(if_, f"{where} if_", ASYNC)
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
     return limit, window
@@ -119,7 +120,7 @@ def wait_for_event(
 
 
 def _event_or_none(output: str | None) -> Event | None:
-    value = None if output is None else json.loads(output)
+    value = from_json(output)
     return None if value is None else Event.model_validate(value)
 
 
@@ -164,7 +165,7 @@ def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> 
     legacy task): its output, or StepError. Claimed while still waiting means its
     timeout passed: fail the step, unless the outcome came first."""
     if row["status"] == "completed":
-        return None if row["output"] is None else json.loads(row["output"])
+        return from_json(row["output"])
     if row["status"] == "failed":
         raise StepError(name, json.loads(row["error"]))
     error = {"type": "TimeoutError", "message": late}
@@ -215,6 +216,8 @@ def invoke(
         ts=int(now.timestamp() * 1000),
     )
     child = x.flow.new_run(target, [child_event], now)
+    if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
+        raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=x.run_id, parent_step=key)
     waiting = x.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
     if not x.session.invoke(
@@ -226,5 +229,5 @@ def invoke(
         children=[child],
     ):
         raise x.lost()
-    x.flow.doorbell.ring([child["id"]])
+    x.flow.doorbell.ring([child["id"]], function_id=child["function_id"])
     raise Interrupt(RunStatus.WAITING.value, wake)

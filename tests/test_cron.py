@@ -50,7 +50,7 @@ def test_invalid_cron_or_time_zone_fails_at_decoration(tmp_path: Path) -> None:
 
 def test_each_slot_fires_once_and_a_missed_slot_once_after_downtime(store_url: str) -> None:
     flow = Flow(Celery("c", broker="memory://"), store=store_url, auto_migrate=True)
-    flow.doorbell.ring = lambda run_ids, eta=None: None  # type: ignore[method-assign]
+    flow.doorbell.ring = lambda run_ids, eta=None, **_: None  # type: ignore[method-assign]
 
     @flow.function(id="hourly", trigger=cron("0 * * * *"))
     def hourly(ctx):  # type: ignore[no-untyped-def]

@@ -356,9 +356,9 @@ def test_long_sleep_is_woken_by_the_reconciler_not_an_eta_message(stack: Stack) 
     rang: list[tuple[str, object]] = []
     original = flow.doorbell.ring
 
-    def spy(run_ids, eta=None):  # type: ignore[no-untyped-def]
+    def spy(run_ids, eta=None, **names):  # type: ignore[no-untyped-def]
         rang.extend((rid, eta) for rid in run_ids)
-        original(run_ids, eta=eta)
+        original(run_ids, eta=eta, **names)
 
     flow.doorbell.ring = spy  # type: ignore[method-assign]
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "celeryflow"
 # Layers 1-4 of the plan, lowest first; a module may import only from layers below or
 # its own (within a layer, the modules do not import each other in a cycle).
 LAYERS = [
-    {"errors"},
+    {"errors", "logs"},
     {"durations", "codec", "expressions", "schedule"},
     {"events", "flowcontrol"},
     {"runs"},

@@ -86,7 +86,7 @@ def test_a_production_database_must_be_migrated_first(store_url: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "up to date" in result.stdout
+    assert "created the celeryflow store at" in result.stdout
     assert Store(store_url).list_runs() == []
 
 

@@ -2,7 +2,7 @@
 priority, idempotency and singleton (Inngest's semantics)."""
 
 from .config import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
-from .plan import Admission, FlowControl
+from .plan import Admission, FlowControl, KeyUnavailable
 
 __all__ = [
     "Admission",
@@ -10,6 +10,7 @@ __all__ = [
     "Concurrency",
     "Debounce",
     "FlowControl",
+    "KeyUnavailable",
     "Priority",
     "RateLimit",
     "Singleton",

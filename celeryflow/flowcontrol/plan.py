@@ -2,8 +2,14 @@
 
 The decisions that need the store (is this key taken, how far is the throttle's
 schedule) are made by :mod:`celeryflow.store.flowkeys` in the transaction that
-records the event; this module only evaluates keys. A key that cannot be evaluated
-(a missing field, say) counts as the value ``null``: all such events share one key.
+records the event; this module only evaluates keys.
+
+A key that cannot be evaluated for an event (a missing field, say) never counts as
+some shared value: that would quietly merge every such event under one key, and a
+per-customer limit would become one global limit. The event's run is recorded
+``skipped`` instead, with the setting and the reason in its error
+(:class:`KeyUnavailable`), and a warning is logged. A priority that cannot be
+evaluated counts as 0, which merges nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..errors import ConfigError, ExpressionError
 from ..expressions import Expression, compile_expression
 from .config import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 
-__all__ = ["MAX_CONCURRENCY", "PRIORITY_RANGE", "Admission", "FlowControl"]
+__all__ = ["MAX_CONCURRENCY", "PRIORITY_RANGE", "Admission", "FlowControl", "KeyUnavailable"]
 
 log = logging.getLogger("celeryflow.flowcontrol")
 MAX_CONCURRENCY = 2  # as Inngest: one limit per key plus one for the whole function
@@ -35,9 +42,51 @@ class Admission:
     debounce: tuple[Debounce, str] | None = None
     batch: tuple[Batch, str] | None = None
     throttle: tuple[Throttle, str] | None = None
+    refused: bool = False  # a key failed: the run is recorded skipped, nothing applies
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in vars(self).values())
+        return self.refused or any(v is not None for k, v in vars(self).items() if k != "refused")
+
+
+class KeyUnavailable(ExpressionError):
+    """A key expression failed for one event: its run is recorded ``skipped`` with
+    :meth:`info` as its error, rather than sharing a key with unrelated events."""
+
+    def __init__(self, function_id: str, setting: str, source: str, reason: str) -> None:
+        super().__init__(f"function {function_id!r} {setting}: {reason}")
+        self.function_id = function_id
+        self.setting = setting
+        self.source = source
+        self.reason = reason
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "type": "ExpressionError",
+            "reason": "key",
+            "setting": self.setting,
+            "expression": self.source,
+            "message": f"{self.setting} {self.source!r} cannot be evaluated for this event: "
+            f"{self.reason}",
+        }
+
+    def refuse(self, row: dict[str, Any], now: datetime) -> None:
+        """Turn the planned run ``row`` into its skipped record, and say so in the log."""
+        log.warning(
+            "function %r: %s %r cannot be evaluated for event %s (%s); run %s is skipped",
+            self.function_id,
+            self.setting,
+            self.source,
+            row.get("event_id"),
+            self.reason,
+            row["id"],
+        )
+        row.update(
+            status="skipped",
+            error=json.dumps(self.info()),
+            ended_at=now,
+            due_at=None,
+            wake_at=None,
+        )
 
 
 class FlowControl:
@@ -91,15 +140,16 @@ class FlowControl:
         return bool(self.concurrency)
 
     def key(self, name: str, variables: dict[str, Any]) -> str:
-        """The value of the key expression ``name`` for an event ("" without one)."""
+        """The value of the key expression ``name`` for an event ("" without one);
+        raises KeyUnavailable when it cannot be evaluated."""
         expression = self._compiled.get(name)
         if expression is None:
             return ""
         try:
             value = expression.evaluate(variables)
         except ExpressionError as exc:
-            log.warning("function %r %s: %s; using null", self.function_id, name, exc)
-            value = None
+            reason = str(exc.__cause__ or exc)
+            raise KeyUnavailable(self.function_id, name, expression.source, reason) from None
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
         if len(text) > 200:  # keys live in an indexed column; long ones are hashed
             text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()

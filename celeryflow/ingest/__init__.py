@@ -21,14 +21,17 @@ application/json``. The answer is ``200 {"ids": [...]}``, one id per event in or
 already seen in the last 24 h starts nothing new, so a sender may retry safely with ids.
 A refused request records nothing and gets ``{"error": "<reason>"}`` with:
 
-* 400: the body is not UTF-8 JSON, not an object or a list of objects, nested deeper
-  than ``MAX_DEPTH`` (64), or an event is invalid (the reason names it: ``event #1 is
-  invalid: name: Field required``);
+* 400: the body is not UTF-8 JSON (an integer over 4,300 digits is not), not as long
+  as its ``Content-Length`` says, not an object or a list of objects, or an event is
+  invalid: the reason names it (``event #1 is invalid: name: Field required``). Events
+  are checked by the same validation as ``flow.send`` (``celeryflow.events.prepare_events``):
+  a name or id with a control character (NUL...), a ``ts`` outside a 64-bit integer,
+  data that is not JSON or is nested deeper than ``MAX_DEPTH`` (64) levels;
 * 401: a signing key is configured and the signature is missing, wrong, or its
   timestamp is more than ``tolerance`` (5 minutes) in the past or in the future;
 * 405: not a ``POST``;
 * 413: the body (``Content-Length``, checked before reading, then the bytes read) is over
-  ``max_bytes`` (512 KiB);
+  ``max_bytes`` (512 KiB), or it holds more than ``MAX_EVENTS`` (10,000) events;
 * 415: the ``Content-Type`` is not JSON. A browser can only send a JSON content type
   cross-origin after a CORS preflight, so a web page cannot forge events to an endpoint
   reachable only from your network.
@@ -68,11 +71,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import EventError
+from ..events import MAX_DEPTH, MAX_EVENTS
 from ..flow import Flow
 
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
+    "MAX_EVENTS",
     "SIGNATURE_HEADER",
     "TOLERANCE",
     "IngestSettings",
@@ -87,7 +92,6 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Celeryflow-Signature"
 MAX_BYTES = 512 * 1024
 TOLERANCE = 300.0
-MAX_DEPTH = 64
 
 Key = str | bytes
 Result = tuple[int, dict[str, Any]]
@@ -119,19 +123,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 def _is_digits(text: str) -> bool:
     # str.isdigit() also takes "²", which int() then refuses.
     return text.isascii() and text.isdigit()
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion (the input is untrusted)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            stack.extend(
-                (v, level + 1) for v in (item.values() if isinstance(item, dict) else item)
-            )
-    return deepest
 
 
 def _error(status: int, reason: str) -> Result:
@@ -201,6 +192,12 @@ class IngestSettings:
             return refused
         if len(body) > self.max_bytes:
             return _error(413, f"body is over the limit of {self.max_bytes} bytes")
+        declared = (_header(headers, "Content-Length") or "").strip()
+        if declared and int(declared) != len(body):
+            # a client that died mid-body, or a proxy that cut it: never take a part
+            return _error(
+                400, f"body is {len(body)} bytes, not the {declared} of its Content-Length"
+            )
         reason = self.verify(body, headers, now)
         if reason:
             return _error(401, reason)
@@ -213,16 +210,16 @@ class IngestSettings:
             return _error(400, f"body is not UTF-8: {exc.reason} at byte {exc.start}")
         except json.JSONDecodeError as exc:
             return _error(400, f"malformed JSON: {exc}")
+        except ValueError as exc:  # an integer literal over sys.get_int_max_str_digits()
+            return _error(400, f"malformed JSON: {str(exc).partition(';')[0]}")
         except RecursionError:
-            return _error(400, "JSON nested too deeply")
+            return _error(400, f"JSON nested too deeply (over {MAX_DEPTH} levels)")
         if isinstance(payload, list) and not payload:
             return _error(400, "the list of events is empty")
         if not isinstance(payload, dict | list):
             return _error(400, "body must be a JSON object (one event) or a list of events")
-        # Far below Python's recursion limit, which the store and the worker's replay
-        # would otherwise hit on data that json.loads accepted.
-        if _depth(payload) > MAX_DEPTH:
-            return _error(400, f"JSON nested too deeply (over {MAX_DEPTH} levels)")
+        if isinstance(payload, list) and len(payload) > MAX_EVENTS:
+            return _error(413, f"{len(payload):,} events, over the limit of {MAX_EVENTS:,}")
         try:
             ids = flow.send(payload)
         except (EventError, ValidationError) as exc:

@@ -1,20 +1,37 @@
-"""Creating the SQLAlchemy engine for a store URL, with each database's settings."""
+"""Creating the SQLAlchemy engine for a store URL, with each database's settings:
+the URL checked up front, connect and statement timeouts, and the errors that mean
+"the store is unreachable" turned into :class:`StoreUnavailable`."""
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-__all__ = ["SQLiteWriteLock", "create_store_engine", "sqlite_path"]
+from ..errors import ConfigError, StoreUnavailable
+
+__all__ = [
+    "SQLiteWriteLock",
+    "check_store_url",
+    "create_store_engine",
+    "display_url",
+    "sqlite_path",
+    "store_error_line",
+]
+
+# The driver module behind each extra of the distribution.
+_EXTRAS = {"psycopg": "postgres", "pymysql": "mysql"}
+_SUPPORTED = "sqlite:///path.db, postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db"
 
 _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
@@ -35,27 +52,193 @@ def sqlite_path(url: str | sa.URL) -> str | None:
     return parsed.database or ":memory:"
 
 
-def create_store_engine(url: str | sa.URL) -> sa.Engine:
+def display_url(url: str | sa.URL) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return str(url)
+
+
+def check_store_url(url: str) -> sa.URL:
+    """The parsed URL, or a :class:`ConfigError` saying how to write it.
+
+    Costs no connection: the dialect is loaded and its driver module imported, which
+    the first use would do anyway. A URL without a driver is refused even where the
+    installed SQLAlchemy has a default for it, so that one URL means the same driver
+    on every SQLAlchemy version.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError(
+            f"the celeryflow store URL {url!r} cannot be parsed; write it as {_SUPPORTED}"
+        ) from None
+    name = parsed.drivername
+    shown = parsed.render_as_string(hide_password=True)
+    if name in ("postgres", "postgresql"):
+        fixed = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=True)
+        raise ConfigError(f"the celeryflow store URL {shown} names no driver: use {fixed}")
+    if name in ("mysql", "mariadb"):
+        fixed = parsed.set(drivername=f"{name}+pymysql").render_as_string(hide_password=True)
+        raise ConfigError(f"the celeryflow store URL {shown} names no driver: use {fixed}")
+    if parsed.get_backend_name() == "sqlite" and parsed.host:
+        raise ConfigError(
+            f"the celeryflow store URL {shown} has the file name where the host goes: "
+            f"use sqlite:///{parsed.host}{'/' + parsed.database if parsed.database else ''} "
+            "(three slashes for a relative path, four for an absolute one)"
+        )
+    try:
+        dialect = parsed.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"the celeryflow store URL {shown} names an unknown database or driver "
+            f"{name!r}; write it as {_SUPPORTED}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (exc.name or str(dialect.driver)).split(".")[0]
+        extra = _EXTRAS.get(module)
+        hint = (
+            f"pip install 'celeryflow-engine[{extra}]'"
+            if extra
+            else f"install the {module} package, or use {_SUPPORTED}"
+        )
+        raise ConfigError(
+            f"the celeryflow store URL {shown} needs the driver module {module!r}, "
+            f"which is not installed: {hint}"
+        ) from None
+    return parsed
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return value.total_seconds() if value else None
+
+
+def create_store_engine(
+    url: str | sa.URL,
+    *,
+    connect_timeout: timedelta | None = None,
+    statement_timeout: timedelta | None = None,
+) -> sa.Engine:
+    """The engine for ``url``. ``connect_timeout`` bounds opening a connection,
+    ``statement_timeout`` one statement (PostgreSQL: the server cancels it;
+    MySQL/MariaDB: the client stops reading after it; SQLite waits for a lock on its
+    own busy timeout); ``None`` is no limit."""
     parsed = sa.make_url(url)
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {"future": True}
+    connect = _seconds(connect_timeout)
+    statement = _seconds(statement_timeout)
+    connect_args: dict[str, Any] = {}
     if backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        connect_args = {"timeout": 60, "check_same_thread": False}
     elif backend in ("mysql", "mariadb"):
         # READ COMMITTED avoids gap locks between workers claiming different runs.
         kwargs["isolation_level"] = "READ COMMITTED"
         kwargs["pool_recycle"] = 3600
+        if connect:
+            # pymysql reads the server's handshake with its read timeout: bound the
+            # whole connect by connect_timeout, then switch to the statement timeout
+            connect_args["connect_timeout"] = connect
+            connect_args["read_timeout"] = connect_args["write_timeout"] = connect
     elif backend == "postgresql":
         # Every use ends its transaction (SQLAlchemy's Connection.close rolls back an
         # open one), so the pool's own ROLLBACK on check-in is a wasted round trip.
         kwargs["pool_reset_on_return"] = None
+        if connect:
+            # libpq takes whole seconds (and treats 1 as 2)
+            connect_args["connect_timeout"] = max(2, math.ceil(connect))
+        if statement:
+            # a startup option: no extra round trip per connection
+            options = str(parsed.query.get("options", ""))
+            connect_args["options"] = (
+                f"{options} -c statement_timeout={math.ceil(statement * 1000)}".strip()
+            )
+    kwargs["connect_args"] = connect_args
     engine = sa.create_engine(parsed, **kwargs)
+    if backend in ("mysql", "mariadb") and parsed.get_driver_name() == "pymysql":
+        _pymysql_timeouts(engine, statement)
     if backend == "sqlite":
         _configure_sqlite(engine)
     else:
         _ping_when_idle(engine)
+        _report_unavailable(engine, connect_timeout, statement_timeout)
     _engines.add(engine)
     return engine
+
+
+def _pymysql_timeouts(engine: sa.Engine, statement: float | None) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pymysql applies these before each read and write; a client-side bound is
+        # the one MySQL and MariaDB share for every kind of statement
+        dbapi_connection._read_timeout = statement
+        dbapi_connection._write_timeout = statement
+
+
+def _duration_text(value: timedelta | None) -> str:
+    seconds = value.total_seconds() if value else 0
+    return f"{seconds:g}s"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _report_unavailable(
+    engine: sa.Engine, connect_timeout: timedelta | None, statement_timeout: timedelta | None
+) -> None:
+    """Errors that mean the store cannot be reached (a failed connect, a dropped
+    connection, a statement past its timeout) become :class:`StoreUnavailable`,
+    naming the store and the timeout; every other database error stays as it is."""
+    where = display_url(engine.url)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: sa.engine.ExceptionContext) -> None:
+        original = context.sqlalchemy_exception
+        if not isinstance(original, sa.exc.DBAPIError):
+            return
+        cause = context.original_exception
+        text = _first_line(cause)
+        if context.connection is None:  # opening a connection failed
+            timed_out = connect_timeout and _is_timeout(cause)
+            limit = f" within the connect_timeout ({_duration_text(connect_timeout)})"
+            limit = limit if timed_out else ""
+            message = f"cannot connect to the celeryflow store at {where}{limit}: {text}"
+        elif _is_timeout(cause):
+            message = (
+                f"the celeryflow store at {where} did not answer within the "
+                f"statement_timeout ({_duration_text(statement_timeout)}): {text}"
+            )
+        elif context.is_disconnect:
+            message = f"lost the connection to the celeryflow store at {where}: {text}"
+        else:
+            return
+        raise StoreUnavailable(message, original)
+
+
+def _is_timeout(cause: BaseException) -> bool:
+    """A statement cancelled by PostgreSQL's statement_timeout (SQLSTATE 57014), a
+    MySQL client read past its read_timeout, a connect past its connect_timeout."""
+    if getattr(cause, "sqlstate", None) == "57014":
+        return True
+    text = str(cause).lower()
+    return "timed out" in text or "timeout expired" in text
+
+
+def store_error_line(exc: BaseException) -> str | None:
+    """One line describing ``exc`` if it is the store's (unreachable, refused, not
+    migrated, a database error), else None: a bug keeps its traceback."""
+    if isinstance(exc, (StoreUnavailable, ConfigError)):
+        return str(exc)
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    return None
 
 
 # A pooled connection idle longer than this is pinged before use.

@@ -44,6 +44,7 @@ CLAIMED = (S.RUNNING.value, S.SLEEPING.value, S.WAITING.value, S.COMPLETED.value
 class DueRun:
     id: str
     eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
+    function_id: str = ""  # names the doorbell message (Celery's shadow name)
     recovered: bool = False  # its executor's lease lapsed: ring on the recovery queue
 
 
@@ -139,6 +140,7 @@ def take_due(
     query = (
         sa.select(
             runs.c.id,
+            runs.c.function_id,
             runs.c.status,
             runs.c.wake_at,
             runs.c.dispatches,
@@ -167,7 +169,7 @@ def take_due(
         next_due: datetime | None
         if row.status in PARKED and wake and wake > now:
             if wake <= horizon:  # wakes before the next pass: ring with an ETA
-                due.append(DueRun(row.id, wake))
+                due.append(DueRun(row.id, wake, row.function_id))
                 next_due = wake + redeliver_after
             else:  # here for a deadline only; nothing to ring yet
                 next_due, rung = wake, 0
@@ -176,12 +178,12 @@ def take_due(
             # would find the lease held, so the next pass looks again
             next_due, rung = row.lease_expires_at, 0
         elif row.status == S.RUNNING.value:
-            due.append(DueRun(row.id, None, recovered=True))
+            due.append(DueRun(row.id, None, row.function_id, recovered=True))
             next_due = now + redeliver_after
         elif row.status in PARKED and line.holds(row, now, redeliver_after):
             next_due, rung = now + redeliver_after, 0
         elif row.status in PARKED:
-            due.append(DueRun(row.id, None))
+            due.append(DueRun(row.id, None, row.function_id))
             next_due = now + redeliver_interval(redeliver_after, row.dispatches)
         else:
             next_due, rung = None, 0

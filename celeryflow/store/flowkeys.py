@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..codec import from_json, to_json
 from ..flowcontrol import Admission
 from ..runs import TERMINAL, RunStatus
 from .tables import flow_keys, runs
@@ -86,6 +87,8 @@ def admit(
 ) -> Admitted:
     """Apply ``admission`` to the planned run ``row``, in the recording transaction.
     Order: rate limit, idempotency, singleton, debounce or batch, throttle."""
+    if admission.refused:  # the row is already the skipped record of a failed key
+        return Admitted(row)
     fn = row["function_id"]
 
     def lock(scope: str, key: str) -> sa.RowMapping:
@@ -194,8 +197,8 @@ def _join_batch(
     ).scalar()
     if current is None:
         return None
-    events = json.loads(current) + json.loads(row["events"])
-    values: dict[str, Any] = {"events": json.dumps(events, separators=(",", ":"))}
+    events = from_json(current) + from_json(row["events"])
+    values: dict[str, Any] = {"events": to_json(events, "batch events")}
     full = len(events) >= max_size
     if full:
         values.update(wake_at=None, due_at=now + redeliver_after)

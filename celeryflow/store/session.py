@@ -11,7 +11,6 @@ park, or the finish), so a run of N steps costs N write transactions plus its cl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from ..codec import to_json
 from ..runs import RunStatus, sources_of
 from .flowkeys import take_slot
 from .single import finish_alone, finish_alone_params
@@ -30,7 +30,7 @@ from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed
 if TYPE_CHECKING:
     from .store import Recorded, Store
 
-__all__ = ["Claim", "RunSession", "SessionStatements", "StepWrite"]
+__all__ = ["UNREGISTERED", "Claim", "RunSession", "SessionStatements", "StepWrite"]
 
 S = RunStatus
 # A step row to write, and whether it is new (INSERT) or recorded already (UPDATE).
@@ -62,6 +62,14 @@ class Claim:
     fence: int
     steps: dict[str, sa.RowMapping]
     parent_steps: dict[str, sa.RowMapping] = field(default_factory=dict)
+
+
+# A run released by a worker that lacks its function carries this note in `error`
+# while it stays queued; the next claim clears it.
+UNREGISTERED = "FunctionNotRegistered"
+_without_unregistered_note = sa.case(
+    (runs.c.error.like(f'{{"type": "{UNREGISTERED}"%'), sa.null()), else_=runs.c.error
+)
 
 
 def status_in(values: Sequence[str]) -> sa.ColumnElement[bool]:
@@ -104,6 +112,7 @@ class SessionStatements:
                 wake_at=None,
                 fence=runs.c.fence + 1,
                 started_at=sa.func.coalesce(runs.c.started_at, P("now")),
+                error=_without_unregistered_note,
             )
         )
         self.claim = claim.returning(*_CLAIM_COLUMNS) if self.update_returning else claim
@@ -370,6 +379,27 @@ class RunSession:
         }
         return self._fenced(fence, writes, self.sql.move[status], params)
 
+    def release_unregistered(
+        self, run_id: str, fence: int, *, message: str, due_at: datetime
+    ) -> bool:
+        """Put back a run whose function this worker does not have: queued (a worker
+        that has it may take it), with ``message`` noted in its ``error`` as
+        ``{"type": "FunctionNotRegistered", ...}`` until a claim clears it."""
+        note = to_json({"type": UNREGISTERED, "message": message}, "note")
+        update = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == S.RUNNING.value)
+            .values(
+                status=S.QUEUED.value,
+                error=note,
+                wake_at=None,
+                due_at=due_at,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        return self._fenced(fence, (), update, {})
+
     def finish(
         self,
         run_id: str,
@@ -508,7 +538,7 @@ class RunSession:
                         values = dict(
                             waiting[0], status="completed", wake_at=None, ended_at=datetime_now()
                         )
-                        values["output"] = json.dumps(event)
+                        values["output"] = to_json(event, "event")
                         self._write_steps(fence, [(values, waiting[1])])
                         return True, event
                 if self.conn.execute(self.sql.move[S.WAITING], params).rowcount != 1:

@@ -8,8 +8,6 @@ and one commit per step.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -20,11 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..errors import ConfigError, RunNotFound
+from ..codec import from_json, to_json
+from ..errors import RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord
-from .database import SQLiteWriteLock, create_store_engine, sqlite_path
+from .admin import StoreAdmin
+from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .due import DueRun, take_due
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
@@ -56,19 +56,27 @@ class Recorded:
     cancelled: list[str] = field(default_factory=list)
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-class Store:
+class Store(StoreAdmin):
     """A SQL store at ``url`` (SQLite, PostgreSQL, MySQL/MariaDB).
 
     SQLite stores are created on first use; other databases are migrated explicitly
     with ``celeryflow migrate`` or :meth:`migrate`, unless ``auto_migrate=True``.
+    The URL is checked at once (a ConfigError says how to fix it); the database is
+    first connected to on first use.
     """
 
-    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_migrate: bool | None = None,
+        connect_timeout: timedelta | None = None,
+        statement_timeout: timedelta | None = None,
+    ) -> None:
+        check_store_url(url)
         self.url = url
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.is_sqlite = sqlite_path(url) is not None
         self.auto_migrate = self.is_sqlite if auto_migrate is None else auto_migrate
         self._engine: sa.Engine | None = None
@@ -90,7 +98,11 @@ class Store:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    engine = create_store_engine(self.url)
+                    engine = create_store_engine(
+                        self.url,
+                        connect_timeout=self.connect_timeout,
+                        statement_timeout=self.statement_timeout,
+                    )
                     self._check_schema(engine)
                     self._engine = engine
         return self._engine
@@ -101,7 +113,13 @@ class Store:
         holder of this object follows). Not while runs execute."""
         old = self._engine
         # a new Store's state, so nothing cached for the old database survives
-        self.__dict__.update(Store(url, auto_migrate=auto_migrate).__dict__)
+        fresh = Store(
+            url,
+            auto_migrate=auto_migrate,
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+        )
+        self.__dict__.update(fresh.__dict__)
         if old is not None:
             old.dispose()
 
@@ -115,49 +133,6 @@ class Store:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
-
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent, safe to run twice)."""
-        from .migrate import upgrade
-
-        engine = self._engine or create_store_engine(self.url)
-        with self._migration_lock():
-            upgrade(engine)
-        self._engine = engine
-
-    @contextmanager
-    def _migration_lock(self) -> Iterator[None]:
-        # Two workers starting on a fresh SQLite file must not both create tables.
-        path = sqlite_path(self.url)
-        if path is None or path == ":memory:":
-            yield
-            return
-        with open(path + ".migrate-lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _check_schema(self, engine: sa.Engine) -> None:
-        from .migrate import current_revision, head_revision
-
-        with engine.connect() as conn:
-            current = current_revision(conn)
-        if current == head_revision():
-            return
-        if self.auto_migrate:
-            from .migrate import upgrade
-
-            with self._migration_lock():
-                upgrade(engine)
-            return
-        where = engine.url.render_as_string(hide_password=True)
-        raise ConfigError(
-            f"the celeryflow store at {where} is at schema revision {current or 'none'}, "
-            f"not {head_revision()}: run `celeryflow migrate --store {where}` "
-            "(or Flow(..., auto_migrate=True))"
-        )
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
@@ -223,7 +198,7 @@ class Store:
         values = {
             "id": event.id,
             "name": event.name,
-            "data": json.dumps(event.data, separators=(",", ":")),
+            "data": to_json(event.data, f"event {event.name!r} data"),
             "ts": event.ts,
             "received_at": now,
         }
@@ -268,19 +243,32 @@ class Store:
             self._insert_event = insert
         insert_event = self._insert_event
         cutoff = now - EVENT_DEDUP_WINDOW
-        for ev in items:
-            values = {
+        fields_seen: dict[str, list[str]] = {}  # wait fields per event name, see wake_waiters
+        rows = [
+            {
                 "id": ev.id,
                 "name": ev.name,
-                "data": json.dumps(ev.data, separators=(",", ":")),
+                "data": to_json(ev.data, f"event {ev.name!r} data"),
                 "ts": ev.ts,
                 "received_at": now,
             }
-            if self.engine.dialect.insert_returning:
+            for ev in items
+        ]
+        inserted: set[str] | None = None
+        if len(rows) > 1 and self.engine.dialect.insert_returning:
+            # one executemany (batched into multi-row INSERTs) instead of a round trip
+            # per event; an id repeated within the call counts once, as before
+            inserted = set(conn.execute(insert_event, rows).scalars())
+        taken: set[str] = set()
+        for ev, values in zip(items, rows, strict=True):
+            if inserted is not None:
+                fresh = ev.id in inserted and ev.id not in taken
+                taken.add(str(ev.id))
+            elif self.engine.dialect.insert_returning:
                 fresh = conn.execute(insert_event, values).first() is not None
             else:
                 fresh = conn.execute(insert_event, values).rowcount == 1
-            if not fresh:
+            if not fresh and (inserted is None or ev.id not in inserted):
                 # An id seen more than 24 h ago counts as new again.
                 fresh = (
                     conn.execute(
@@ -307,6 +295,7 @@ class Store:
                 if admitted.row["status"] != S.SKIPPED.value:
                     for wait in p.waits:
                         register_wait(conn, self.insert_wait_field(), wait)
+                        fields_seen.clear()
                     recorded.created.append(str(admitted.row["id"]))
             woken = wake_waiters(
                 conn,
@@ -314,6 +303,7 @@ class Store:
                 now=now,
                 resume_due=resume_due,
                 condition_holds=condition_holds,
+                fields_seen=fields_seen,
             )
             recorded.resumed.extend(woken.runs)
             recorded.cancelled.extend(woken.cancelled)
@@ -520,10 +510,10 @@ class Store:
             function_id=row["function_id"],
             event_id=row["event_id"],
             status=RunStatus(row["status"]),
-            output=_loads(row["output"]),
-            error=_loads(row["error"]),
+            output=from_json(row["output"]),
+            error=from_json(row["error"]),
             attempt=row["attempt"],
-            events=_loads(row["events"]),
+            events=from_json(row["events"]),
             parent_run_id=row["parent_run_id"],
             branch=row["branch"],
             wake_at=row["wake_at"],
@@ -536,8 +526,8 @@ class Store:
                     name=s["name"],
                     kind=s["kind"],
                     status=s["status"],
-                    output=_loads(s["output"]),
-                    error=_loads(s["error"]),
+                    output=from_json(s["output"]),
+                    error=from_json(s["error"]),
                     attempts=s["attempts"],
                     position=s["position"],
                     wake_at=s["wake_at"],

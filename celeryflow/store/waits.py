@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..codec import canonical, from_json, to_json
 from ..runs import RunStatus, sources_of
 from .tables import events, runs, steps, wait_fields, waits
 
@@ -51,7 +52,7 @@ MATCH_VALUE_LENGTH = 255  # the indexed column's width
 
 def full_match_value(event: dict[str, Any], path: str) -> str:
     """The value at ``path`` as canonical JSON, so 7 and "7" differ."""
-    return json.dumps(extract(event, path), sort_keys=True, separators=(",", ":"))
+    return canonical(extract(event, path))
 
 
 def match_value(event: dict[str, Any], path: str) -> str:
@@ -98,20 +99,32 @@ def wake_waiters(
     now: datetime,
     resume_due: datetime,
     condition_holds: Callable[[str, dict[str, Any], dict[str, Any]], bool],
+    fields_seen: dict[str, list[str]] | None = None,
 ) -> Resumed:
     """Resume the runs waiting for ``event`` and cancel those it cancels, in the
-    caller's transaction. ``condition_holds(cel, run_event, event)`` checks ``if_``."""
+    caller's transaction. ``condition_holds(cel, run_event, event)`` checks ``if_``.
+    ``fields_seen`` keeps each name's match fields for the rest of the transaction
+    (the rows stay share-locked until it ends), so a send of many events of one name
+    looks them up once; the caller clears it when it registers a waiter."""
     name = event["name"]
-    fields = conn.execute(
-        sa.select(wait_fields.c.match_field)
-        .where(wait_fields.c.event_name == name)
-        .with_for_update(read=True)  # ordered against a waiter's lookback (lock_wait_field)
-    ).scalars()
+    fields = None if fields_seen is None else fields_seen.get(name)
+    if fields is None:
+        fields = list(
+            conn.execute(
+                sa.select(wait_fields.c.match_field)
+                .where(wait_fields.c.event_name == name)
+                .with_for_update(read=True)  # ordered against a waiter's lookback
+            ).scalars()
+        )
+        if fields_seen is not None:
+            fields_seen[name] = fields
+    if not fields:
+        return Resumed()
     candidates: list[sa.RowMapping] = []
     base = sa.select(waits, runs.c.events, runs.c.status.label("run_status")).join(
         runs, runs.c.id == waits.c.run_id
     )
-    for path in list(fields):
+    for path in fields:
         if path == NO_FIELD:
             query = base.where(waits.c.event_name == name, waits.c.match_field.is_(None))
         else:
@@ -128,12 +141,12 @@ def wake_waiters(
         value = row["match_value"]
         if value is not None and len(value) >= MATCH_VALUE_LENGTH:
             # the index holds a prefix: two long values may share it
-            run_event = json.loads(row["events"])[0]
+            run_event = from_json(row["events"])[0]
             field_path = row["match_field"]
             if full_match_value(run_event, field_path) != full_match_value(event, field_path):
                 continue
         if row["condition"] is not None:
-            run_event = json.loads(row["events"])[0]
+            run_event = from_json(row["events"])[0]
             if not condition_holds(row["condition"], run_event, event):
                 continue
         if row["kind"] == "cancel":
@@ -160,7 +173,7 @@ def _resume(
     conn.execute(
         steps.update()
         .where(steps.c.run_id == run_id, steps.c.key == key, steps.c.status == "waiting")
-        .values(status="completed", output=json.dumps(event), ended_at=now)
+        .values(status="completed", output=to_json(event, "event"), ended_at=now)
     )
     moved = conn.execute(
         runs.update()
@@ -236,7 +249,7 @@ def find_recent_event(
     for row in rows:
         candidate = {
             "name": row["name"],
-            "data": json.loads(row["data"]),
+            "data": from_json(row["data"]),
             "id": row["id"],
             "ts": row["ts"],
         }
@@ -319,17 +332,17 @@ def _settle_branch(
         return None, json.dumps(failure)
     if row.kind == "race":
         return output or "null", None
-    progress = json.loads(row.output)
-    progress["results"][str(branch)] = json.loads(output) if output is not None else None
+    progress = from_json(row.output)
+    progress["results"][str(branch)] = from_json(output)
     if len(progress["results"]) < progress["branches"]:
         conn.execute(
             steps.update()
             .where(steps.c.run_id == parent_run_id, steps.c.key == parent_step)
-            .values(output=json.dumps(progress))
+            .values(output=to_json(progress, "branch results"))
         )
         return None
     ordered = [progress["results"][str(i)] for i in range(progress["branches"])]
-    return json.dumps(ordered), None
+    return to_json(ordered, "branch results"), None
 
 
 def resolve_timed_out_step(

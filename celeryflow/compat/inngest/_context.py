@@ -3,9 +3,9 @@ celeryflow's :class:`celeryflow.Context` for each execution."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
+from ...logs import RunLogger
 from ...steps import AsyncSteps, BaseContext, Steps
 from ._events import Event, to_sdk_event
 from ._steps import Group, GroupSync, Step, StepSync
@@ -24,10 +24,10 @@ class _Base:
         self.run_id: str = ctx.run_id
         self.job_id: str | None = None  # no Inngest queue job behind a celeryflow run
         self.request_id: str | None = None
-        self.logger: logging.Logger | logging.LoggerAdapter[Any] = (
-            ctx.logger
-            if client.logger is None
-            else logging.LoggerAdapter(client.logger, {"run_id": ctx.run_id})
+        # the client's logger, quiet on replay as ctx.logger is; records carry the
+        # run through celeryflow's log record factory
+        self.logger: RunLogger = (
+            ctx.logger if client.logger is None else ctx.logger.wrap(client.logger)
         )
 
     @property
