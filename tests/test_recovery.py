@@ -86,7 +86,6 @@ def journal_lines(journal: Path) -> list[str]:
     return journal.read_text().split()[0::2]
 
 
-@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
 def test_killed_run_resumes_ahead_of_the_backlog(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,7 +158,7 @@ def test_a_backlog_waiting_in_the_broker_is_not_rung_again(stack: Stack) -> None
         )
     rang = rings(flow)
     print(f"{n} queued runs: {n} doorbells sent by send(), {rang} by the reconciler")
-    assert rang <= n // 10  # 150 or so when each waiting run was re-rung every 2 s
+    assert rang <= n // 10  # 220 when each waiting run was re-rung every 2 s
 
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)
@@ -183,7 +182,6 @@ def test_a_doorbell_lost_on_an_idle_system_is_rung_after_redeliver_after(stack: 
     assert took < 3 + 1 + 8, f"{took:.1f} s"
 
 
-@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
 def test_a_worker_started_with_q_consumes_the_recovery_queue(stack: Stack) -> None:
     flow = make_flow(stack, lease="2s")
     # Celery raises for an unknown queue under this setting: the recovery queue is
