@@ -314,3 +314,26 @@ def test_a_live_lease_is_not_rung_by_the_look_ahead(store_url: str) -> None:
     assert due_state(store, executing["id"]) == (lease, 0)  # still due at the lease's end
     [taken] = store.take_due(lease + timedelta(seconds=1), LOOKAHEAD, REDELIVER)
     assert taken.recovered
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_a_recovery_queue_nobody_consumes_delays_recovery_but_does_not_lose_it(
+    stack: Stack,
+) -> None:
+    flow = make_flow(stack, lease="2s", redeliver_after="3s")
+
+    @flow.function(id="orphan", trigger=event("t/orphan"))
+    def orphan(ctx):  # type: ignore[no-untyped-def]
+        return ctx.step.run("work", lambda: "done")
+
+    [event_id] = flow.send(Event(name="t/orphan"))
+    [queued] = flow.store.list_runs(event_id=event_id)
+    with flow.store.session() as session:  # an executor that dies at once
+        now = utcnow()
+        assert session.claim(queued.id, "dead@host", now, now + timedelta(seconds=2))
+    with worker(flow) as w:
+        recovery = f"{stack.queue}.recovery"
+        replies = flow.app.control.cancel_consumer(recovery, destination=[w.hostname], reply=True)
+        assert replies, "the worker did not answer cancel_consumer"
+        run = wait_for_run(flow, event_id=event_id, timeout=60)
+    assert run.status == RunStatus.COMPLETED

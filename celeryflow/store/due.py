@@ -5,7 +5,9 @@ Three kinds of overdue run, three rules:
 * **Recovered** — ``running`` with a lapsed lease: its executor died. Rung by the
   first pass after the lease's end (not before: the look-ahead is for sleepers, and a
   ring that finds the lease held is dropped), flagged ``recovered`` so the doorbell
-  puts it on the recovery queue, ahead of the backlog (README "How it works").
+  puts it on the recovery queue, ahead of the backlog (README "How it works"). Rung
+  again a ``redeliver_after`` later, it goes to the flow's queue: a recovery queue
+  that no worker consumes delays a recovery, never loses it.
 * **Still in line** — queued, never started, rung only when it was created, while
   the workers are busy with runs created before it (the newest run ever claimed is
   older than it, and some run is executing now). Broker queues are FIFO, so its
@@ -71,6 +73,10 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
         if d is not None and d >= now
     ]
     return min(pending) if pending else None
+
+
+def lease_held(row: Any, now: datetime) -> bool:
+    return row.lease_expires_at is not None and bool(row.lease_expires_at > now)
 
 
 def _rung_at_creation_only(row: Any) -> bool:
@@ -173,12 +179,16 @@ def take_due(
                 next_due = wake + redeliver_after
             else:  # here for a deadline only; nothing to ring yet
                 next_due, rung = wake, 0
-        elif row.status == S.RUNNING.value and row.lease_expires_at > now:
+        elif row.status == S.RUNNING.value and lease_held(row, now):
             # taken by the look-ahead while its executor may still renew: a ring now
             # would find the lease held, so the next pass looks again
             next_due, rung = row.lease_expires_at, 0
         elif row.status == S.RUNNING.value:
-            due.append(DueRun(row.id, None, row.function_id, recovered=True))
+            # The recovery queue first; still not resumed a redeliver_after later (no
+            # worker consumes that queue: a -Q or routing mistake), the flow's queue.
+            lapsed_for = now - (row.lease_expires_at or now)
+            recovered = lapsed_for < redeliver_after
+            due.append(DueRun(row.id, None, row.function_id, recovered=recovered))
             next_due = now + redeliver_after
         elif row.status in PARKED and line.holds(row, now, redeliver_after):
             next_due, rung = now + redeliver_after, 0
