@@ -101,20 +101,30 @@ class _Line:
     def _look(self, now: datetime, redeliver_after: timedelta) -> None:
         """The creation time of the newest run ever claimed, and whether the workers
         are moving: a run executes now, or one of the newest claimed started recently
-        (all of the newest: a send() of many events creates them at one instant)."""
-        columns: list[sa.ScalarSelect[Any]] = []
-        for status in CLAIMED:
-            newest = sa.select(sa.func.max(runs.c.created_at)).where(runs.c.status == status)
-            first_claims = sa.select(sa.func.max(runs.c.started_at)).where(
-                runs.c.status == status, runs.c.created_at == newest.scalar_subquery()
-            )
-            columns += [newest.scalar_subquery(), first_claims.scalar_subquery()]
-        values = self.conn.execute(sa.select(*columns)).one()
-        created = [v for v in values[0::2] if v is not None]
-        started = [v for v in values[1::2] if v is not None]
-        self.newest_claimed = max(created) if created else None
+        (all of the newest: a send() of many events creates them at one instant).
+        Each lookup is one step down the ``(status, created_at)`` index."""
+        newest = [
+            sa.select(runs.c.created_at)
+            .where(runs.c.status == status)
+            .order_by(runs.c.created_at.desc())
+            .limit(1)
+            .scalar_subquery()
+            for status in CLAIMED
+        ]
+        values = self.conn.execute(sa.select(*newest)).one()
+        found = [v for v in values if v is not None]
+        if not found:
+            return
+        self.newest_claimed = max(found)
         running = values[0] is not None
-        self.busy = running or any(s >= now - redeliver_after for s in started)
+        statuses = [s for s, v in zip(CLAIMED, values, strict=True) if v == self.newest_claimed]
+        started = self.conn.execute(
+            sa.select(sa.func.max(runs.c.started_at)).where(
+                sa.or_(*(runs.c.status == s for s in statuses)),
+                runs.c.created_at == self.newest_claimed,
+            )
+        ).scalar()
+        self.busy = running or (started is not None and started >= now - redeliver_after)
 
     def holds(self, row: Any, now: datetime, redeliver_after: timedelta) -> bool:
         """Whether ``row``'s doorbell is presumably still in the broker queue."""
