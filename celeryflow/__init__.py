@@ -20,7 +20,7 @@ from .functions import CancelOn, FlowFunction, Timeouts
 from .legacy import RunFailedError, RunHandle
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
-from .steps import AsyncContext, Context
+from .steps import AsyncContext, Context, Failure
 from .store import kombu_sqlite
 
 # `celery -A app worker` resolves the embedded broker URL (celeryflow+sqlite://)
@@ -40,6 +40,7 @@ __all__ = [
     "Event",
     "EventError",
     "ExpressionError",
+    "Failure",
     "Flow",
     "FlowFunction",
     "NonRetriableError",

@@ -3,9 +3,10 @@ steps in-process, and leave the worker only when the run must wait.
 
 Each step is keyed by its id (``id:N`` for the N-th repeat of an id in one run, as
 Inngest does) and records its position; a replay that asks for a different kind of
-step under a recorded key is nondeterministic and fails the run (as DBOS does). A
-step found at another position only logs a warning, so adding a step to a deployed
-function does not break the runs already in flight.
+step under a recorded key is nondeterministic and fails the run (as DBOS does),
+except an invoke of a legacy task turned into an invoke of a function (or back): the
+recorded outcome is returned either way. A step found at another position only logs a
+warning, so adding a step to a deployed function does not break the runs in flight.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import random
 import socket
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,14 +33,17 @@ from .errors import (
     RetryAfterError,
     SerializationError,
     StepError,
+    Unavailable,
+    error_info,
 )
 from .events import Event
 from .functions import FlowFunction
+from .infra import guarded, release_after
 from .leases import LeaseKeeper
 from .logs import RunLogger, run_context
 from .logs import install as install_log_context
 from .runs import RunStatus
-from .steps import AsyncContext, AsyncSteps, Context, Steps
+from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
 from .unregistered import release_unregistered
 
@@ -50,23 +53,14 @@ if TYPE_CHECKING:
 __all__ = ["FAILED_EVENT", "Engine", "Execution", "error_info"]
 
 FAILED_EVENT = "celeryflow/function.failed"
+# Step kinds one call may replace with another under a recorded id: a legacy task
+# invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
+# or back. Both park for an outcome recorded on the step, which either call returns.
+INTERCHANGEABLE_KINDS = frozenset({"invoke", "task"})
 SLOT_HANDOVERS = 16  # runs executed in a row by one task message, handing a slot on
 
 log = logging.getLogger("celeryflow.engine")
 S = RunStatus
-
-
-def error_info(exc: BaseException) -> dict[str, Any]:
-    """What the store keeps of an error: type, message and traceback (JSON)."""
-    info: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
-    if isinstance(exc, StepError):
-        info["step"] = exc.step_id
-        info["cause"] = {k: v for k, v in exc.error.items() if k != "traceback"}
-    return info
 
 
 @dataclass
@@ -104,24 +98,34 @@ class Engine:
         others that may start are rung. That saves a broker round trip per slot, and
         a broker queue full of refused runs cannot delay the one that may go."""
         heads: list[str] = []
-        wake = self._execute_one(run_id, heads)
+        wake = self._execute_guarded(run_id, heads)
         for _ in range(SLOT_HANDOVERS):
             if not heads:
                 return wake
             following, rest = heads[0], heads[1:]
             self.flow.doorbell.ring(rest)
             heads = []
-            later = self._execute_one(following, heads)
+            later = self._execute_guarded(following, heads)
             if later is not None and later - utcnow() <= self.flow.settings.eta_horizon:
                 self.flow.doorbell.ring([following], eta=later)
         self.flow.doorbell.ring(heads)
         return wake
 
+    def _execute_guarded(self, run_id: str, heads: list[str]) -> datetime | None:
+        try:
+            return self._execute_one(run_id, heads)
+        except Unavailable as exc:
+            # before a claim, or after the run was released: the store keeps it due
+            log.warning("run %s: %s; the reconciler rings it again", run_id, exc)
+            return None
+
     def _execute_one(self, run_id: str, heads: list[str]) -> datetime | None:
         """One run; the runs first in line for the slot it left are added to ``heads``."""
         settings = self.flow.settings
         now = utcnow()
-        with self.flow.store.session() as session:
+        patience = settings.lease / 2
+        with guarded(self.flow.store, "store", patience).session() as held:
+            session = guarded(held, "store", patience)
             claim = session.claim(
                 run_id,
                 self.owner(),
@@ -192,7 +196,11 @@ class Execution:
     ) -> None:
         self.flow = flow
         self.settings: FlowSettings = flow.settings
+        # The store and the broker as the run's code reaches them: their failures are
+        # infrastructure, never an attempt of the user's code (celeryflow/infra.py).
         self.session = session
+        self.store = guarded(flow.store, "store", flow.settings.lease / 2)
+        self.doorbell = guarded(flow.doorbell, "broker")
         self.function = function
         self.claim = claim
         self.run_id: str = claim.run["id"]
@@ -216,11 +224,15 @@ class Execution:
         # write (the next step's, a park or the finish), which always comes before
         # any other step does work, so at-least-once per step holds unchanged.
         self._pending: list[StepWrite] = []
+        self._in_flight: list[StepWrite] = []  # the writes last handed to the store
         events = [Event.model_validate(e) for e in from_json(claim.run["events"])]
+        self.trigger = events[0]  # the run's own first event, whatever ctx.event shows
+        events, failure = self._handler_view(events)
         context = dict(
             run_id=self.run_id,
             function_id=function.id,
             events=events,
+            failure=failure,
             attempt=self._resume_attempt(),
             logger=RunLogger(self.log, lambda: self.replaying),
         )
@@ -229,6 +241,25 @@ class Execution:
             if function.is_async
             else Context(step=Steps(self), **context)
         )
+
+    def _handler_view(self, events: list[Event]) -> tuple[list[Event], Failure | None]:
+        """A function's ``on_failure`` handler sees the failed run's event as
+        ``ctx.event`` and the failure as ``ctx.failure``. Functions triggered by
+        the ``celeryflow/function.failed`` name itself see that event as it is."""
+        first = events[0]
+        if first.name != FAILED_EVENT:
+            return events, None
+        data = first.data
+        failed = self.flow.functions.get(str(data.get("function_id")))
+        if failed is None or failed.config.on_failure != self.function.id:
+            return events, None
+        failure = Failure(
+            run_id=str(data.get("run_id")),
+            function_id=failed.id,
+            error=dict(data.get("error") or {}),
+            event=first,
+        )
+        return [Event.model_validate(data["event"])], failure
 
     def _branch_prefix(self, claim: Claim) -> dict[str, Any]:
         parallel = claim.parent_steps.get(str(self.branch_key))
@@ -253,10 +284,18 @@ class Execution:
 
     def drive(self) -> datetime | None:
         try:
+            return self._drive()
+        except Unavailable as exc:
+            return release_after(self, exc, self._in_flight, self._pending)
+
+    def _drive(self) -> datetime | None:
+        try:
             if self.function.is_async:
                 output = asyncio.run(self.function.fn(self.ctx))
             else:
                 output = self.function.fn(self.ctx)
+        except Unavailable:
+            raise
         except Interrupt as signal:
             return signal.wake_at
         except BranchFinished as finished:
@@ -297,10 +336,11 @@ class Execution:
         recorded: list[Recorded] = []
         also = None
         # a failed branch fails its parent's step; the parent's failure is the one sent
-        if failure is not None and self.ctx.event.name != FAILED_EVENT and self.branch is None:
+        if failure is not None and self.trigger.name != FAILED_EVENT and self.branch is None:
 
             def also(conn: Any) -> None:
-                recorded.append(self.flow.record_failure_on(conn, self, failure, now))
+                # [:]: a lost connection retries the transaction, and this with it
+                recorded[:] = [self.flow.record_failure_on(conn, self, failure, now)]
 
         held, resumed = self.session.finish(
             self.run_id,
@@ -321,16 +361,17 @@ class Execution:
         ring = [parent[0]] if parent and resumed else []
         for r in recorded:
             ring += [*r.created, *r.resumed]
-        self.flow.doorbell.ring(ring)
+        self.doorbell.ring(ring)
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop
-            self.flow.store.cancel_branches(parent[0], parent[1], now)
+            self.store.cancel_branches(parent[0], parent[1], now)
 
     def add_pending(self, write: StepWrite) -> None:
         self._pending.append(write)
 
     def take_pending(self) -> list[StepWrite]:
         pending, self._pending = self._pending, []
+        self._in_flight = pending
         return pending
 
     def _flush(self) -> None:
@@ -352,7 +393,7 @@ class Execution:
             self.fence,
             status=S.QUEUED,
             wake_at=wake,
-            due_at=self._due_for(wake),
+            due_at=self.due_for(wake),
             attempt=attempt,
             writes=self.take_pending(),
         ):
@@ -366,7 +407,7 @@ class Execution:
             self.fence,
             status=status,
             wake_at=wake,
-            due_at=self._due_for(wake),
+            due_at=self.due_for(wake),
             attempt=int(self.claim.run["attempt"]),
             writes=[*self.take_pending(), step],
         ):
@@ -387,7 +428,7 @@ class Execution:
             raise Interrupt("cancelled by Timeouts(finish)")
 
     def store_cancel(self) -> None:
-        self.flow.store.cancel(self.run_id, utcnow())
+        self.store.cancel(self.run_id, utcnow())
 
     def new_plan(self, key: str, name: str, position: int, kind: str) -> StepPlan:
         self._check_deadline()
@@ -418,7 +459,7 @@ class Execution:
                     f"step.parallel({self.branch_key!r}): the code changed under a run in flight"
                 )
             return None
-        if row["kind"] != kind:
+        if row["kind"] != kind and not {row["kind"], kind} <= INTERCHANGEABLE_KINDS:
             raise NondeterminismError(
                 f"step {name!r} was recorded as a {row['kind']!r} step but the function now "
                 f"calls it as {kind!r}: the code changed under a run in flight"
@@ -435,7 +476,7 @@ class Execution:
         self.log.info("run left this executor: %s", status)
         return Interrupt("cancelled" if status == S.CANCELLED.value else "lease lost")
 
-    def _due_for(self, wake: datetime) -> datetime:
+    def due_for(self, wake: datetime) -> datetime:
         # A wake within the horizon gets an ETA message; the reconciler only backs it
         # up. A farther one is woken by the reconciler alone, so no message sits in a
         # broker past Redis' visibility timeout or RabbitMQ's consumer_timeout.
@@ -446,11 +487,19 @@ class Execution:
             due = wake
         return min(due, finish) if finish is not None else due
 
-    def _retry_delay(self, exc: BaseException, attempt: int) -> timedelta:
+    def _retry_delay(
+        self, exc: BaseException, attempt: int, fixed: timedelta | None = None
+    ) -> timedelta:
+        """RetryAfterError's delay; else the step's or the function's fixed
+        ``retry_delay``; else exponential back-off with jitter."""
         if isinstance(exc, RetryAfterError):
             if isinstance(exc.delay, datetime):
                 return max(timedelta(0), parse_datetime(exc.delay) - utcnow())
             return parse_duration(exc.delay, "RetryAfterError delay")
+        if fixed is None:
+            fixed = self.function.config.retry_delay
+        if fixed is not None:
+            return fixed
         base = self.settings.retry_base.total_seconds()
         ceiling = self.settings.retry_max.total_seconds()
         delay = min(ceiling, base * 2 ** (attempt - 1))
@@ -494,7 +543,13 @@ class Execution:
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
         return from_json(text)
 
-    def fail_step(self, plan: StepPlan, exc: Exception, retries: int | None) -> NoReturn:
+    def fail_step(
+        self,
+        plan: StepPlan,
+        exc: Exception,
+        retries: int | None,
+        retry_delay: timedelta | None = None,
+    ) -> NoReturn:
         """Record a failed attempt; raises StepError (for good) or Interrupt (retry)."""
         attempts = plan.prior_attempts + 1
         limit = self.function.config.retries if retries is None else retries
@@ -505,7 +560,7 @@ class Execution:
             self._pending.append((values, plan.new))
             self._flush()
             raise StepError(plan.name, error) from exc
-        wake = utcnow() + self._retry_delay(exc, attempts)
+        wake = utcnow() + self._retry_delay(exc, attempts, retry_delay)
         self.log.warning(
             "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
         )

@@ -7,6 +7,7 @@ as ``except Exception:`` around a step cannot swallow a sleep or a wait.
 
 from __future__ import annotations
 
+import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,9 @@ __all__ = [
     "SerializationError",
     "StepError",
     "StoreUnavailable",
+    "Unavailable",
     "describe",
+    "error_info",
 ]
 
 
@@ -137,6 +140,19 @@ class Interrupt(BaseException):
         self.wake_at = wake_at
 
 
+class Unavailable(Interrupt):
+    """The store or the broker failed under one of celeryflow's own calls while a run
+    executed (internal, see :mod:`celeryflow.infra`): the run leaves the worker and
+    is retried later from its memo, without counting an attempt of the user's code.
+    ``what`` is "store" or "broker", ``call`` the method, ``cause`` the error."""
+
+    def __init__(self, what: str, call: str, cause: BaseException) -> None:
+        super().__init__(f"{what} unavailable in {call}: {type(cause).__name__}: {cause}")
+        self.what = what
+        self.call = call
+        self.cause = cause
+
+
 class BranchFinished(BaseException):
     """A step.parallel branch run reached the end of its callable (internal): the run
     ends there with ``value`` as its output, or as if ``error`` were uncaught. It
@@ -147,3 +163,35 @@ class BranchFinished(BaseException):
         super().__init__("branch finished")
         self.value = value
         self.error = error
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """What the store keeps of an error (JSON): the type, module, message and
+    traceback of *the user's* exception. celeryflow's wrappers name themselves in
+    ``raised_as``: a StepError (a step failed for good) reports the step's own error
+    and its ``step``; a RetryAfterError raised ``from`` an error reports that error."""
+    if isinstance(exc, StepError):
+        info = {k: v for k, v in exc.error.items() if k not in ("raised_as", "cause")}
+        info.setdefault("type", exc.error_type)
+        info.setdefault("message", exc.error_message)
+        if not info.get("traceback"):
+            info["traceback"] = _traceback(exc)
+        info["step"] = exc.step_id
+        info["raised_as"] = type(exc).__name__
+        return info
+    shown = exc
+    if isinstance(exc, RetryAfterError) and exc.__cause__ is not None:
+        shown = exc.__cause__
+    info = {
+        "type": type(shown).__name__,
+        "module": type(shown).__module__,
+        "message": str(shown),
+        "traceback": _traceback(exc),
+    }
+    if shown is not exc:
+        info["raised_as"] = type(exc).__name__
+    return info
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -68,6 +68,9 @@ class FlowSettings(BaseModel):
     # opening a store connection, and one statement (None: no limit); see README
     connect_timeout: timedelta | None = timedelta(seconds=10)
     statement_timeout: timedelta | None = timedelta(seconds=30)
+    # celeryflow.run's own Celery time limit (see tasks.run_time_limits); None: the
+    # app-wide task_time_limit / task_soft_time_limit apply, as to any task
+    run_time_limit: timedelta | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
@@ -88,6 +91,16 @@ class FlowSettings(BaseModel):
     @classmethod
     def _timeout(cls, value: Duration | None) -> timedelta | None:
         return None if value is None else parse_duration(value, "Flow setting")
+
+    @field_validator("run_time_limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Duration | None) -> timedelta | None:
+        if value is None:
+            return None
+        limit = parse_duration(value, "run_time_limit")
+        if limit < timedelta(seconds=1):
+            raise ValueError("run_time_limit must be at least 1 second")
+        return limit
 
 
 def new_run_id() -> str:
@@ -155,6 +168,7 @@ class Flow:
         id: str | None = None,
         trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger] | None = None,
         retries: int = DEFAULT_RETRIES,
+        retry_delay: Duration | None = None,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
         on_failure: FlowFunction | str | None = None,
@@ -183,6 +197,7 @@ class Flow:
                 id=id,
                 trigger=trigger,
                 retries=retries,
+                retry_delay=retry_delay,
                 cancel_on=cancel_on,
                 timeouts=timeouts,
                 on_failure=on_failure.id if isinstance(on_failure, FlowFunction) else on_failure,

@@ -73,6 +73,9 @@ class FunctionConfig(BaseModel):
     id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:/\-]+$")
     triggers: list[EventTrigger | CronTrigger]
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
+    # a fixed delay between tries (Celery's default_retry_delay) instead of the
+    # exponential back-off; RetryAfterError still sets its own
+    retry_delay: timedelta | None = None
     cancel_on: list[CancelOn] = Field(default_factory=list)
     timeouts: Timeouts | None = None
     on_failure: str | None = None  # the id of a flow function
@@ -86,6 +89,11 @@ class FunctionConfig(BaseModel):
     singleton: Singleton | None = None
     # names of positional arguments for old call sites: fn.delay("o-1", 9.5)
     params: list[str] | None = None
+
+    @field_validator("retry_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value, "retry_delay")
 
     @field_validator("concurrency", mode="before")
     @classmethod
@@ -136,6 +144,7 @@ class FlowFunction:
         id: str | None,
         trigger: EventTrigger | CronTrigger | list[EventTrigger | CronTrigger] | None,
         retries: int,
+        retry_delay: Any = None,
         cancel_on: list[CancelOn | dict[str, Any]] | CancelOn | dict[str, Any] | None = None,
         timeouts: Timeouts | dict[str, Any] | None = None,
         on_failure: str | None = None,
@@ -163,6 +172,7 @@ class FlowFunction:
                     "id": function_id,
                     "triggers": triggers,
                     "retries": retries,
+                    "retry_delay": retry_delay,
                     "cancel_on": cancels,
                     "timeouts": timeouts,
                     "on_failure": on_failure,

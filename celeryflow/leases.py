@@ -13,6 +13,7 @@ import threading
 from datetime import timedelta
 
 from .durations import utcnow
+from .infra import is_infrastructure
 from .store import Store
 
 __all__ = ["LeaseKeeper"]
@@ -54,8 +55,14 @@ class LeaseKeeper:
                 continue
             try:
                 lost = self.store.renew_leases(held, utcnow() + self.lease)
-            except Exception:  # a failed renewal is retried next round; the lease is long
-                log.exception("renewing %d run leases failed", len(held))
+            except Exception as exc:  # a failed renewal is retried next round; the lease is long
+                if is_infrastructure(exc):  # the store is down: one line, not a traceback
+                    log.warning("renewing %d run leases failed: %s", len(held), exc)
+                else:
+                    log.exception("renewing %d run leases failed", len(held))
                 continue
+            with self._lock:
+                # a run released meanwhile (it finished or parked) is not lost
+                lost = [r for r in lost if self._held.get(r) == dict(held).get(r)]
             for run_id in lost:
                 log.warning("run %s: lease lost (cancelled or taken over)", run_id)

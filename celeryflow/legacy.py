@@ -169,7 +169,7 @@ def invoke_task(
         return recorded_outcome(x, name, key, row, late)
     wake = None if limit is None else utcnow() + limit
     task_id = str(uuid.uuid5(_TASK_IDS, f"{x.run_id}:{key}"))
-    x.flow.doorbell.send_task(
+    x.doorbell.send_task(
         task, payload["args"], payload["kwargs"], task_id=task_id, run_id=x.run_id, key=key
     )
     output = json.dumps({"task": task_name, "task_id": task_id})

@@ -112,5 +112,5 @@ def begin(
         children=children,
     ):
         raise x.lost()
-    x.flow.doorbell.ring([child["id"] for child in children], function_id=x.function.id)
+    x.doorbell.ring([child["id"] for child in children], function_id=x.function.id)
     raise Interrupt(RunStatus.WAITING.value)

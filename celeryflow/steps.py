@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import legacy, parallel, waiting
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .engine import Execution
     from .functions import FlowFunction
 
-__all__ = ["AsyncContext", "AsyncSteps", "BaseContext", "Context", "Steps"]
+__all__ = ["AsyncContext", "AsyncSteps", "BaseContext", "Context", "Failure", "Steps"]
 
 T = TypeVar("T")
 
@@ -44,6 +45,12 @@ def _checked(parse: Callable[[Any, str], T], value: Any, where: str) -> T:
         return parse(value, where)
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
+
+
+def _delay(value: Duration | None, step_id: str) -> timedelta | None:
+    if value is None:
+        return None
+    return _checked(parse_duration, value, f"step.run({step_id!r}) retry_delay")
 
 
 def _invoke(
@@ -76,10 +83,13 @@ class Steps:
         fn: Callable[..., Any],
         *args: Any,
         retries: int | None = None,
+        retry_delay: Duration | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` once for this run; later replays return its
-        recorded (JSON) result. ``retries`` overrides the function's setting."""
+        recorded (JSON) result. ``retries`` and ``retry_delay`` (a fixed delay between
+        tries instead of the exponential back-off) override the function's settings."""
+        delay = _delay(retry_delay, step_id)
         plan = self._x.begin_run_step(step_id)
         if plan.done:
             return plan.value
@@ -87,7 +97,7 @@ class Steps:
             with self._x.inside_step(plan):
                 result = _resolve(fn(*args, **kwargs))
         except Exception as exc:
-            self._x.fail_step(plan, exc, retries)
+            self._x.fail_step(plan, exc, retries, delay)
         return self._x.complete_step(plan, result, retries)
 
     def sleep(self, step_id: str, duration: Duration) -> None:
@@ -166,8 +176,10 @@ class AsyncSteps:
         fn: Callable[..., Any],
         *args: Any,
         retries: int | None = None,
+        retry_delay: Duration | None = None,
         **kwargs: Any,
     ) -> Any:
+        delay = _delay(retry_delay, step_id)
         plan = self._x.begin_run_step(step_id)
         if plan.done:
             return plan.value
@@ -177,7 +189,7 @@ class AsyncSteps:
                 if inspect.isawaitable(result):
                     result = await result
         except Exception as exc:
-            self._x.fail_step(plan, exc, retries)
+            self._x.fail_step(plan, exc, retries, delay)
         return self._x.complete_step(plan, result, retries)
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
@@ -238,6 +250,20 @@ class AsyncSteps:
 StepsT = TypeVar("StepsT", Steps, AsyncSteps)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """What an ``on_failure`` handler gets as ``ctx.failure``: the run that failed
+    for good, its function, its error (``type``, ``module``, ``message``, and
+    ``step`` / ``raised_as`` where they apply; no traceback) and ``event``, the
+    ``celeryflow/function.failed`` event itself (Inngest's view, where the original
+    event is ``event.data["event"]``)."""
+
+    run_id: str
+    function_id: str
+    error: dict[str, Any]
+    event: Event
+
+
 class BaseContext(Generic[StepsT]):
     """What every flow function receives.
 
@@ -245,6 +271,10 @@ class BaseContext(Generic[StepsT]):
     step's attempt, otherwise the attempt of the function body. ``logger`` logs to
     ``celeryflow.run`` and stays quiet while the function replays memoized steps, so
     each line is logged once per run (see :mod:`celeryflow.logs`).
+
+    In a function's ``on_failure`` handler, ``event`` is the failed run's event (as
+    the failed function saw it) and ``failure`` says what failed; elsewhere
+    ``failure`` is None.
     """
 
     def __init__(
@@ -256,6 +286,7 @@ class BaseContext(Generic[StepsT]):
         step: StepsT,
         attempt: int,
         logger: RunLogger,
+        failure: Failure | None = None,
     ) -> None:
         self.run_id = run_id
         self.function_id = function_id
@@ -264,6 +295,7 @@ class BaseContext(Generic[StepsT]):
         self.step: StepsT = step
         self.attempt = attempt
         self.logger = logger
+        self.failure = failure
 
 
 class Context(BaseContext[Steps]):

@@ -12,9 +12,9 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from traceback import extract_tb
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, bootsteps
 from celery.app.utils import find_app
@@ -22,6 +22,7 @@ from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
 
 from .errors import CeleryflowError, ConfigError
+from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
 from .store.database import display_url, store_error_line
 
@@ -135,6 +136,41 @@ def set_default_broker(app: Celery, url: str) -> None:
     app.conf.broker_url = url
 
 
+RingMethod = TypeVar("RingMethod", bound=Callable[..., None])
+
+
+def _after_commit(ring: RingMethod) -> RingMethod:
+    """A doorbell rings after the store committed, so a broker that is down fails
+    nothing: the run is due in the store and the reconciler rings it later. The
+    first failure logs one WARNING line (no traceback), repeats log at DEBUG until
+    a ring gets through again; the ring stops at the first failure, so a long list
+    costs one publish retry policy, not one per run."""
+
+    @functools.wraps(ring)
+    def tolerant(
+        self: CeleryDoorbell, run_ids: Sequence[str], eta: datetime | None = None, **named: Any
+    ) -> None:
+        try:
+            ring(self, run_ids, eta, **named)
+        except self.broker_errors() as exc:
+            level = logging.DEBUG if self.broker_down else logging.WARNING
+            self.broker_down = True
+            log.log(
+                level,
+                "broker unreachable, %d run(s) not rung (%s: %s); they are due in the "
+                "store and the reconciler rings them",
+                len(run_ids),
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if self.broker_down and run_ids:
+            self.broker_down = False
+            log.info("broker reachable again")
+
+    return cast(RingMethod, tolerant)
+
+
 def shadow_name(function_id: str | None) -> str | None:
     """The name a run message shows in the worker log, Flower and ``celery inspect``
     (Celery's ``shadow``): ``celeryflow.run:<function id>``; None keeps the task name."""
@@ -186,6 +222,8 @@ class CeleryDoorbell:
         self.app = app
         self.queue = queue
         self._recovery_queue = recovery_queue
+        self.broker_down = False
+        self._broker_errors: tuple[type[BaseException], ...] | None = None
 
     def recovery_queue(self) -> str:
         """The queue for runs whose executor died. Named after the flow's queue (read
@@ -212,6 +250,14 @@ class CeleryDoorbell:
             queues.add(queues.new_missing(name))
         return queues[name]
 
+    def broker_errors(self) -> tuple[type[BaseException], ...]:
+        """BROKER_ERRORS and the connection errors of the app's transport."""
+        if self._broker_errors is None:
+            with self.app.connection_for_write() as connection:  # never connects here
+                self._broker_errors = (*BROKER_ERRORS, *connection.connection_errors)
+        return self._broker_errors
+
+    @_after_commit
     def ring(
         self,
         run_ids: Sequence[str],
@@ -337,6 +383,17 @@ def eager_off(app: Celery) -> Iterator[None]:
             setattr(source, name, previous)  # type: ignore[arg-type]
 
 
+def run_time_limits(limit: timedelta | None) -> dict[str, float]:
+    """``celeryflow.run``'s own (hard, soft) Celery time limits for
+    ``Flow(run_time_limit=...)``: the hard limit is the setting, the soft one 10%
+    earlier (at most 30 s), so SoftTimeLimitExceeded fails the step at work (an
+    attempt, retried) before the hard limit kills the process (the lease path)."""
+    if limit is None:
+        return {}
+    hard = limit.total_seconds()
+    return {"time_limit": hard, "soft_time_limit": hard - min(30.0, hard / 10)}
+
+
 def install(flow: Flow) -> CeleryDoorbell:
     """Register celeryflow's tasks, beat entry and worker step on the user's app."""
     app = flow.app
@@ -347,7 +404,14 @@ def install(flow: Flow) -> CeleryDoorbell:
     doorbell = CeleryDoorbell(app, settings.queue, settings.recovery_queue)
     quiet_housekeeping()
 
-    @app.task(name=RUN_TASK, bind=True, ignore_result=True, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_TASK,
+        bind=True,
+        ignore_result=True,
+        acks_late=False,
+        shared=False,
+        **run_time_limits(settings.run_time_limit),
+    )
     def run(task: Any, run_id: str) -> None:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message

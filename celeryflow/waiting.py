@@ -156,7 +156,7 @@ def send_event(
     )
     if recorded is None:
         raise x.lost()
-    x.flow.doorbell.ring([*recorded.created, *recorded.resumed])
+    x.doorbell.ring([*recorded.created, *recorded.resumed])
     return ids
 
 
@@ -176,7 +176,7 @@ def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> 
         raise x.lost()
     if won is None:
         raise StepError(name, error)
-    step = next(s for s in x.flow.store.get_run(x.run_id).steps if s.id == key)
+    step = next(s for s in x.store.get_run(x.run_id).steps if s.id == key)
     if step.status == "failed":
         raise StepError(name, step.error or {})
     return step.output
@@ -229,5 +229,5 @@ def invoke(
         children=[child],
     ):
         raise x.lost()
-    x.flow.doorbell.ring([child["id"]], function_id=child["function_id"])
+    x.doorbell.ring([child["id"]], function_id=child["function_id"])
     raise Interrupt(RunStatus.WAITING.value, wake)

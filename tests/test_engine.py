@@ -97,7 +97,8 @@ def test_non_retriable_error_fails_the_run_at_once(stack: Stack) -> None:
     assert run.status == RunStatus.FAILED
     assert calls == {"refuse": 1}
     assert run.error is not None
-    assert run.error["cause"]["type"] == "NonRetriableError"
+    assert run.error["type"] == "NonRetriableError"
+    assert (run.error["step"], run.error["raised_as"]) == ("charge", "StepError")
     assert "card declined" in run.error["message"]
     assert [(s.id, s.status, s.attempts) for s in run.steps] == [("charge", "failed", 1)]
 
@@ -152,8 +153,9 @@ def test_step_error_is_catchable_and_uncaught_errors_are_stored(stack: Stack) ->
     failed = by_fn["uncaught"]
     assert failed.status == RunStatus.FAILED
     assert failed.error is not None
-    assert failed.error["type"] == "StepError"
-    assert failed.error["cause"]["type"] == "KeyError"
+    assert failed.error["type"] == "KeyError"  # the user's error, not StepError
+    assert failed.error["module"] == "builtins"
+    assert (failed.error["step"], failed.error["raised_as"]) == ("reserve", "StepError")
     assert "missing-sku" in failed.error["message"]
     assert "KeyError" in failed.error["traceback"]
     assert failed.ended_at is not None

@@ -54,16 +54,19 @@ def test_on_failure_receives_the_error_and_failures_are_broadcast(stack: Stack) 
 
     @flow.function(id="alert", retries=0)
     def alert(ctx):  # type: ignore[no-untyped-def]
-        data = ctx.event.data
+        # the failed run's own event, and what failed
         return {
-            "failed": data["function_id"],
-            "error": data["error"]["type"],
-            "run": data["run_id"],
+            "event": [ctx.event.name, ctx.event.data],
+            "failed": ctx.failure.function_id,
+            "error": ctx.failure.error["type"],
+            "run": ctx.failure.run_id,
+            "raw": ctx.failure.event.name,
         }
 
     @flow.function(id="audit", trigger=event("celeryflow/function.failed"))
     def audit(ctx):  # type: ignore[no-untyped-def]
-        return ctx.event.data["function_id"]
+        assert ctx.failure is None  # triggered by the name: the event as it is
+        return [ctx.event.data["function_id"], ctx.event.data["error"]["type"]]
 
     @flow.function(id="fragile", trigger=event("t/fragile"), retries=0, on_failure=alert)
     def fragile(ctx):  # type: ignore[no-untyped-def]
@@ -88,9 +91,15 @@ def test_on_failure_receives_the_error_and_failures_are_broadcast(stack: Stack) 
         )
 
     assert failed.status == RunStatus.FAILED
-    assert handled[0].output == {"failed": "fragile", "error": "StepError", "run": failed.id}
+    assert handled[0].output == {
+        "event": ["t/fragile", {"order": 7}],
+        "failed": "fragile",
+        "error": "ZeroDivisionError",
+        "run": failed.id,
+        "raw": "celeryflow/function.failed",
+    }
     assert handled[0].events[0].data["event"]["data"] == {"order": 7}
-    assert [a.output for a in audited] == ["fragile"]
+    assert [a.output for a in audited] == [["fragile", "ZeroDivisionError"]]
 
 
 @pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)

@@ -68,7 +68,7 @@ class Claim:
 # while it stays queued; the next claim clears it.
 UNREGISTERED = "FunctionNotRegistered"
 _without_unregistered_note = sa.case(
-    (runs.c.error.like(f'{{"type": "{UNREGISTERED}"%'), sa.null()), else_=runs.c.error
+    (runs.c.error.like(f'{{"type":"{UNREGISTERED}"%'), sa.null()), else_=runs.c.error
 )
 
 
@@ -174,6 +174,23 @@ class SessionStatements:
                     lease_expires_at=None,
                 )
             )
+        # infrastructure failed under a running run: queued again, its attempt not
+        # counted; only from running, so a park or end that did commit stays
+        self.release = (
+            runs.update()
+            .where(
+                runs.c.id == P("rid"),
+                runs.c.fence == P("p_fence"),
+                runs.c.status == S.RUNNING.value,
+            )
+            .values(
+                status=S.QUEUED.value,
+                wake_at=P("p_wake_at"),
+                due_at=P("p_due_at"),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
         self.finish: dict[RunStatus, sa.Update] = {}
         for target in (S.COMPLETED, S.FAILED):
             self.finish[target] = (
@@ -378,6 +395,21 @@ class RunSession:
             "p_attempt": attempt,
         }
         return self._fenced(fence, writes, self.sql.move[status], params)
+
+    def release(
+        self,
+        run_id: str,
+        fence: int,
+        *,
+        wake_at: datetime,
+        due_at: datetime,
+        writes: Sequence[StepWrite] = (),
+    ) -> bool:
+        """Give a running run back, queued until ``wake_at``, after the store or the
+        broker failed under it (its attempt is not counted). False if it is no longer
+        running under this fence: the write that seemed to fail did commit."""
+        params = {"rid": run_id, "p_fence": fence, "p_wake_at": wake_at, "p_due_at": due_at}
+        return self._fenced(fence, writes, self.sql.release, params)
 
     def release_unregistered(
         self, run_id: str, fence: int, *, message: str, due_at: datetime

@@ -349,7 +349,9 @@ class Store(StoreAdmin):
             return conn.execute(runs.select().where(runs.c.id == run_id)).mappings().first()
 
     def renew_leases(self, held: Sequence[tuple[str, int]], until: datetime) -> list[str]:
-        """Extend the leases this process holds; returns the run ids it lost."""
+        """Extend the leases this process holds; returns the run ids it lost (taken
+        over or cancelled: the fence moved on). A run its executor parked or ended
+        meanwhile keeps its fence and is not lost, only no longer running."""
         lost: list[str] = []
         with self._write() as conn:
             for run_id, fence in held:
@@ -362,7 +364,12 @@ class Store(StoreAdmin):
                     )
                     .values(lease_expires_at=until, due_at=until)
                 ).rowcount
-                if renewed != 1:
+                if renewed == 1:
+                    continue
+                now_fence = conn.execute(
+                    sa.select(runs.c.fence).where(runs.c.id == run_id)
+                ).scalar()
+                if now_fence != fence:
                     lost.append(run_id)
         return lost
 

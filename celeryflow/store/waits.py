@@ -327,8 +327,7 @@ def _settle_branch(
         return None
     if error is not None:
         failure = json.loads(error)
-        failure["branch"] = branch
-        failure["message"] = f"branch {branch} failed: {failure.get('message', '')}"
+        failure["branch"] = branch  # the message stays the user's error's own
         return None, json.dumps(failure)
     if row.kind == "race":
         return output or "null", None

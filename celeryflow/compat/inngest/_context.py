@@ -19,8 +19,10 @@ __all__ = ["Context", "ContextSync"]
 class _Base:
     def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
         self._ctx = ctx
-        self.event: Event = to_sdk_event(ctx.event)
-        self.events: list[Event] = [to_sdk_event(e) for e in ctx.events]
+        # an on_failure handler sees inngest/function.failed, as in the SDK
+        events = [ctx.failure.event] if ctx.failure is not None else ctx.events
+        self.event: Event = to_sdk_event(events[0])
+        self.events: list[Event] = [to_sdk_event(e) for e in events]
         self.run_id: str = ctx.run_id
         self.job_id: str | None = None  # no Inngest queue job behind a celeryflow run
         self.request_id: str | None = None
