@@ -10,7 +10,8 @@ Three kinds of overdue run, three rules:
   that no worker consumes delays a recovery, never loses it.
 * **Still in line** — queued, never started, rung only when it was created, while
   the workers are busy with runs created before it (the newest run ever claimed is
-  older than it, and some run is executing now). Broker queues are FIFO, so its
+  not newer than it, and a run executes now or that newest one started within
+  ``redeliver_after``). Broker queues are FIFO, so its
   doorbell is still ahead of them in the queue: ringing again would only add a
   duplicate to the backlog. Not rung; looked at again after ``redeliver_after``. Once
   it has waited ``REDELIVER_BACKOFF_CAP`` x ``redeliver_after`` it is rung anyway, which
@@ -18,6 +19,8 @@ Three kinds of overdue run, three rules:
 * **Anything else due** (a lost doorbell, a wake-up) — rung; the next look is
   ``redeliver_after`` x 2^(times rung), capped at ``REDELIVER_BACKOFF_CAP`` x, so a run
   that a slow broker holds for long is not rung every ``redeliver_after`` either.
+  "Times rung" is ``dispatches``, every ring of the run's life: a run woken often
+  backs off sooner, never beyond the cap.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
     return min(pending) if pending else None
 
 
-def lease_held(row: Any, now: datetime) -> bool:
+def _lease_held(row: Any, now: datetime) -> bool:
     return row.lease_expires_at is not None and bool(row.lease_expires_at > now)
 
 
@@ -189,7 +192,7 @@ def take_due(
                 next_due = wake + redeliver_after
             else:  # here for a deadline only; nothing to ring yet
                 next_due, rung = wake, 0
-        elif row.status == S.RUNNING.value and lease_held(row, now):
+        elif row.status == S.RUNNING.value and _lease_held(row, now):
             # taken by the look-ahead while its executor may still renew: a ring now
             # would find the lease held, so the next pass looks again
             next_due, rung = row.lease_expires_at, 0
