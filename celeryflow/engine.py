@@ -28,11 +28,13 @@ from .durations import parse_datetime, parse_duration, utcnow
 from .errors import (
     BranchFinished,
     Interrupt,
+    NestedStepError,
     NondeterminismError,
     NonRetriableError,
     RetryAfterError,
     SerializationError,
     StepError,
+    StepUnexpectedError,
     Unavailable,
     error_info,
 )
@@ -210,6 +212,12 @@ class Execution:
         self.branch: int | None = claim.run["branch"]
         self.branch_key: str | None = claim.run["parent_step"] if self.branch is not None else None
         self.in_branch = False
+        # What user code sees as ctx.run_id: a branch is an implementation detail of
+        # its parent's parallel step, so it shows the parent's id. Store writes keep
+        # using run_id, the branch's own row.
+        self.public_run_id: str = (
+            claim.run["parent_run_id"] if self.branch is not None else self.run_id
+        )
         self.memo = self._branch_prefix(claim) if self.branch is not None else {}
         self.memo.update(claim.steps)
         # Replaying until the function reaches a step no earlier execution reached
@@ -219,7 +227,8 @@ class Execution:
         self.log = logging.getLogger("celeryflow.run")
         self._seen: dict[str, int] = {}
         self._position = 0
-        self._in_step = False
+        self._in_step: str | None = None  # the step whose code is running, if any
+        self._nested: NestedStepError | None = None
         # The newest step result not yet written: it rides in the execution's next
         # write (the next step's, a park or the finish), which always comes before
         # any other step does work, so at-least-once per step holds unchanged.
@@ -229,7 +238,7 @@ class Execution:
         self.trigger = events[0]  # the run's own first event, whatever ctx.event shows
         events, failure = self._handler_view(events)
         context = dict(
-            run_id=self.run_id,
+            run_id=self.public_run_id,
             function_id=function.id,
             events=events,
             failure=failure,
@@ -298,6 +307,9 @@ class Execution:
             raise
         except Interrupt as signal:
             return signal.wake_at
+        except NestedStepError as nested:
+            self._fail_run(nested)
+            return None
         except BranchFinished as finished:
             if finished.error is not None:
                 return self._raised(finished.error)
@@ -438,10 +450,9 @@ class Execution:
     def next_key(self, name: str) -> tuple[str, int]:
         if not isinstance(name, str) or not name:
             raise NonRetriableError(f"a step id must be a non-empty string, got {name!r}")
-        if self._in_step:
-            raise NonRetriableError(
-                f"step {name!r} was called inside another step; steps cannot be nested"
-            )
+        if self._in_step is not None:
+            self._nested = NestedStepError(self._in_step, name)
+            raise self._nested
         count = self._seen.get(name, 0)
         self._seen[name] = count + 1
         position = self._position
@@ -454,9 +465,10 @@ class Execution:
         if row is None:
             self._reached_new = True
             if self.branch is not None and not self.in_branch:
-                raise NondeterminismError(
-                    f"step {name!r} is not in the parent's record before "
-                    f"step.parallel({self.branch_key!r}): the code changed under a run in flight"
+                raise StepUnexpectedError(
+                    f'found step "{name}" when targeting a different step: it is not in '
+                    f"the parent's record before step.parallel({self.branch_key!r}); "
+                    "the code changed under a run in flight"
                 )
             return None
         if row["kind"] != kind and not {row["kind"], kind} <= INTERCHANGEABLE_KINDS:
@@ -528,11 +540,13 @@ class Execution:
 
     @contextmanager
     def inside_step(self, plan: StepPlan) -> Iterator[None]:
-        self._in_step = True
+        self._in_step = plan.name
         try:
             yield
         finally:
-            self._in_step = False
+            self._in_step = None
+        if self._nested is not None:
+            raise self._nested  # the step's code caught it even as a BaseException
 
     def complete_step(self, plan: StepPlan, result: Any, retries: int | None) -> Any:
         try:

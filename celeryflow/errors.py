@@ -2,7 +2,8 @@
 
 :class:`Interrupt` is the exception: it is the engine's internal "this run leaves
 the worker now" signal and derives from ``BaseException`` so that user code written
-as ``except Exception:`` around a step cannot swallow a sleep or a wait.
+as ``except Exception:`` around a step cannot swallow a sleep or a wait. For the
+same reason :class:`NestedStepError` (a step called inside a step) is one too.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ __all__ = [
     "EventError",
     "ExpressionError",
     "Interrupt",
+    "NestedStepError",
     "NonRetriableError",
     "NondeterminismError",
     "RetryAfterError",
     "RunNotFound",
     "SerializationError",
     "StepError",
+    "StepUnexpectedError",
     "StoreUnavailable",
     "Unavailable",
     "describe",
@@ -107,6 +110,12 @@ class NondeterminismError(NonRetriableError):
     """A replay asked for a different kind of step than the one recorded under that id."""
 
 
+class StepUnexpectedError(NondeterminismError):
+    """A replay no longer reaches the step this run was started for: a
+    ``step.parallel`` branch whose callable is gone from the list (Inngest's
+    ``step_unexpected``). The branch fails, and with it the parallel step."""
+
+
 class RetryAfterError(CeleryflowError):
     """Raise from a step to retry it after ``delay`` (seconds, duration string,
     timedelta, or an absolute datetime) instead of the exponential back-off."""
@@ -163,6 +172,22 @@ class BranchFinished(BaseException):
         super().__init__("branch finished")
         self.value = value
         self.error = error
+
+
+class NestedStepError(BaseException):
+    """A step was called inside another step's code: the run fails at once.
+
+    A ``BaseException`` so that ``except Exception:`` in the step's code or around
+    the outer step cannot swallow it and let the run complete as if the inner step
+    had been durable (it never is: steps cannot be nested)."""
+
+    def __init__(self, outer: str, inner: str) -> None:
+        super().__init__(
+            f"Nested steps are not supported: step {inner!r} was called inside "
+            f"step {outer!r}; call it after {outer!r} returns, in the function body"
+        )
+        self.outer = outer
+        self.inner = inner
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from .errors import EventError, ExpressionError, SerializationError, describe
 from .expressions import ASYNC, Expression, compile_expression
 
 __all__ = [
+    "CONTROL_CHARACTERS",
     "MAX_DEPTH",
     "MAX_EVENTS",
     "Event",
@@ -30,7 +31,7 @@ MAX_DEPTH = 64
 # the store, and a web worker, for long.
 MAX_EVENTS = 10_000
 TS_RANGE = (-(2**63), 2**63 - 1)  # what the store's BIGINT column holds
-_CONTROL = {chr(c) for c in (*range(0x20), 0x7F)}
+CONTROL_CHARACTERS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 
 
 class Event(BaseModel):
@@ -42,7 +43,9 @@ class Event(BaseModel):
     name: str = Field(min_length=1, max_length=255)
     data: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(default=None, max_length=64)
-    ts: int | None = Field(default=None, ge=TS_RANGE[0], le=TS_RANGE[1])
+    # strict: True is not 1 and "12" is not 12 (Inngest's ts is an int64); a
+    # datetime is still taken (read as its epoch milliseconds, below)
+    ts: int | None = Field(default=None, ge=TS_RANGE[0], le=TS_RANGE[1], strict=True)
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -56,7 +59,7 @@ class Event(BaseModel):
     def _printable(cls, value: str | None) -> str | None:
         # A NUL is refused by PostgreSQL and kept by SQLite; names and ids are also
         # what logs and the CLI print. (pydantic refuses lone surrogates itself.)
-        if value is not None and not _CONTROL.isdisjoint(value):
+        if value is not None and not CONTROL_CHARACTERS.isdisjoint(value):
             raise ValueError("must not contain control characters (NUL, newline, ...)")
         return value
 

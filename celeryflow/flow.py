@@ -233,7 +233,9 @@ class Flow:
     ) -> list[str]:
         """Record events and start the runs they trigger; returns the event ids.
 
-        An id already seen in the last 24 h starts nothing new. Like calling a Celery
+        An id already seen in the last 24 h starts nothing new; within one list the
+        first event with an id wins and the later ones are deduplicated, though their
+        ids are still returned (one per event given, in order). Like calling a Celery
         task, the sending process must have imported the functions (directly or by
         ``app.autodiscover_tasks``); the events are validated before anything is written.
 

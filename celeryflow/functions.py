@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .durations import parse_duration
 from .errors import ConfigError, describe
-from .events import EventTrigger
+from .events import CONTROL_CHARACTERS, EventTrigger
 from .expressions import ASYNC, Expression, compile_expression
 from .flowcontrol import (
     Batch,
@@ -70,7 +70,10 @@ class Timeouts(BaseModel):
 class FunctionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:/\-]+$")
+    # Any text the Inngest SDK accepts ("fn %$^&*(_+{|:<?☃️"): it is only ever a
+    # string (a column, Celery's shadow name, a CLI argument), so only control
+    # characters are refused, as in event names, for logs and PostgreSQL's sake.
+    id: str = Field(min_length=1, max_length=255)
     triggers: list[EventTrigger | CronTrigger]
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
     # a fixed delay between tries (Celery's default_retry_delay) instead of the
@@ -89,6 +92,13 @@ class FunctionConfig(BaseModel):
     singleton: Singleton | None = None
     # names of positional arguments for old call sites: fn.delay("o-1", 9.5)
     params: list[str] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        if not CONTROL_CHARACTERS.isdisjoint(value):
+            raise ValueError("must not contain control characters (NUL, newline, ...)")
+        return value
 
     @field_validator("retry_delay", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import from_json
 from .durations import utcnow
-from .errors import Interrupt, NondeterminismError, NonRetriableError, StepError
+from .errors import Interrupt, NonRetriableError, StepError, StepUnexpectedError
 from .runs import RunStatus
 
 if TYPE_CHECKING:
@@ -65,9 +65,10 @@ def begin(
             )
         if key == x.branch_key:
             if x.branch >= len(calls):
-                raise NondeterminismError(
-                    f"step.parallel({name!r}) now has {len(calls)} branches; this run is "
-                    f"branch {x.branch}: the code changed under a run in flight"
+                raise StepUnexpectedError(
+                    f'found step "{name}" when targeting a different step: '
+                    f"step.parallel({name!r}) now has {len(calls)} branches and this run "
+                    f"is branch {x.branch}; the code changed under a run in flight"
                 )
             x.in_branch = True
             return False, calls[x.branch]

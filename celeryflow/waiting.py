@@ -19,7 +19,7 @@ from .events import Event, condition_holds, prepare_events
 from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
 from .runs import RunStatus
-from .store.waits import find_recent_event, full_match_value, match_value
+from .store.waits import extract, find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -77,8 +77,11 @@ def wait_for_event(
     run_event = x.ctx.event.model_dump()
 
     def accepts(candidate: dict[str, Any]) -> bool:
-        if match and full_match_value(candidate, match) != full_match_value(run_event, match):
-            return False
+        if match and (
+            extract(candidate, match) is None
+            or full_match_value(candidate, match) != full_match_value(run_event, match)
+        ):
+            return False  # a field both lack does not pair them (see waits.extract)
         return if_ is None or condition_holds(if_, run_event, candidate)
 
     now = utcnow()

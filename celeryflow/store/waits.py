@@ -40,7 +40,11 @@ NO_FIELD = ""  # cf_wait_fields marker: some waiters of this name have no match 
 
 
 def extract(event: dict[str, Any], path: str) -> Any:
-    """``event`` at a dotted path ("data.order_id"); None where it is missing."""
+    """``event`` at a dotted path ("data.order_id"); None where it is missing.
+
+    A ``match`` pairs two events only where the field has a value: missing or null
+    on either side never pairs (as in Inngest, where ``async.data.x == event.data.x``
+    does not hold when both lack ``x``)."""
     value: Any = event
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -127,6 +131,8 @@ def wake_waiters(
     for path in fields:
         if path == NO_FIELD:
             query = base.where(waits.c.event_name == name, waits.c.match_field.is_(None))
+        elif extract(event, path) is None:
+            continue  # a missing (or null) field pairs with nothing, not with another null
         else:
             query = base.where(
                 waits.c.event_name == name,

@@ -20,7 +20,7 @@ The SDK's semantics are kept (int durations are milliseconds, ``if_exp`` sees
 provide raises :class:`NotSupportedError` naming it. It does not import ``inngest``.
 """
 
-from . import celery
+from . import celery, experimental
 from ._client import (
     Function,
     Inngest,
@@ -51,8 +51,11 @@ from ._errors import (
     NonRetriableError,
     NotServedError,
     NotSupportedError,
+    OutputUnserializableError,
     RetryAfterError,
+    SendEventsError,
     StepError,
+    StepUnexpectedError,
 )
 from ._events import JSON, Event
 from ._steps import ParallelMode, Step, StepSync
@@ -73,11 +76,13 @@ __all__ = [
     "NonRetriableError",
     "NotServedError",
     "NotSupportedError",
+    "OutputUnserializableError",
     "ParallelMode",
     "Priority",
     "PydanticSerializer",
     "RateLimit",
     "RetryAfterError",
+    "SendEventsError",
     "SendEventsResult",
     "Serializer",
     "Singleton",
@@ -85,6 +90,7 @@ __all__ = [
     "StepError",
     "StepMemos",
     "StepSync",
+    "StepUnexpectedError",
     "Streaming",
     "Throttle",
     "Timeouts",
@@ -92,4 +98,5 @@ __all__ = [
     "TriggerCron",
     "TriggerEvent",
     "celery",
+    "experimental",
 ]

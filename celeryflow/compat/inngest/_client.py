@@ -16,10 +16,13 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from ...errors import ConfigError
+from ... import events as core_events
+from ...errors import ConfigError, EventError, describe
+from ...events import prepare_events
 from ...functions import DEFAULT_RETRIES, FlowFunction
+from . import experimental
 from ._config import (
     Batch,
     Cancel,
@@ -34,8 +37,9 @@ from ._config import (
     TriggerEvent,
 )
 from ._context import Context, ContextSync
-from ._errors import PREFIX, NotServedError, not_supported
+from ._errors import PREFIX, NotServedError, SendEventsError, not_supported
 from ._events import Event, to_core_event
+from ._steps import unserializable
 
 if TYPE_CHECKING:
     from ...flow import Flow
@@ -186,6 +190,13 @@ class Function(Generic[T]):
         return f"<inngest.Function {self.id}>"
 
 
+def _json_output(output: Any) -> Any:
+    error = unserializable(output, None)
+    if error is not None:
+        raise error
+    return output
+
+
 def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any]:
     """The celeryflow function: builds the SDK's context around celeryflow's."""
     if inspect.iscoroutinefunction(handler):
@@ -193,7 +204,9 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
 
         @functools.wraps(handler)
         async def run_async(ctx: BaseContext[Any]) -> Any:
-            return await async_handler(Context(ctx, client))
+            sdk_ctx = Context(ctx, client)
+            with experimental.bound(sdk_ctx.step):
+                return _json_output(await async_handler(sdk_ctx))
 
         return run_async
 
@@ -201,7 +214,9 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
 
     @functools.wraps(handler)
     def run_sync(ctx: BaseContext[Any]) -> Any:
-        return sync_handler(ContextSync(ctx, client))
+        sdk_ctx = ContextSync(ctx, client)
+        with experimental.bound(sdk_ctx.step):
+            return _json_output(sync_handler(sdk_ctx))
 
     return run_sync
 
@@ -336,16 +351,38 @@ class Inngest:
         return self._flow
 
     def send_sync(self, events: Event | list[Event], *, skip_middleware: bool = False) -> list[str]:
-        """Record the events and start the runs they trigger; returns the event ids."""
+        """Record the events and start the runs they trigger; returns the event ids.
+
+        An invalid event raises SendEventsError after the events before it are sent
+        (``err.ids``); it and the rest are not, as Inngest's event API does. (Core's
+        ``Flow.send`` writes nothing of a call with an invalid event.)"""
         flow = self.flow
-        items = events if isinstance(events, list) else [events]
-        return flow.send([to_core_event(e) for e in items])
+        valid, error = _valid_prefix(events)
+        ids = flow.send([*valid]) if valid else []
+        if error is not None:
+            raise SendEventsError(error, ids)
+        return ids
 
     async def send(
         self, events: Event | list[Event], *, skip_middleware: bool = False
     ) -> list[str]:
         """As ``send_sync``, off the event loop (the store is written synchronously)."""
-        flow = self.flow
-        items = events if isinstance(events, list) else [events]
-        prepared = [to_core_event(e) for e in items]
-        return await asyncio.to_thread(flow.send, list(prepared))
+        return await asyncio.to_thread(self.send_sync, events)
+
+
+def _valid_prefix(events: Event | list[Event]) -> tuple[list[core_events.Event], str | None]:
+    """The events up to the first invalid one, and what is wrong with it (or None)."""
+    items = events if isinstance(events, list) else [events]
+    valid: list[core_events.Event] = []
+    for index, item in enumerate(items):
+        try:
+            [checked] = prepare_events([to_core_event(item)])
+        except ValidationError as exc:
+            problem = f"is invalid: {describe(exc)}"
+        except (ConfigError, EventError) as exc:
+            problem = str(exc).removeprefix("event #0 ")
+        else:
+            valid.append(checked)
+            continue
+        return valid, f"{PREFIX}: event #{index} {problem}; it and the ones after it were not sent"
+    return valid, None

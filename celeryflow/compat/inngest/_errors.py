@@ -19,8 +19,12 @@ __all__ = [
     "NonRetriableError",
     "NotServedError",
     "NotSupportedError",
+    "OutputUnserializableError",
     "RetryAfterError",
+    "SendEventsError",
     "StepError",
+    "StepUnexpectedError",
+    "invoke_errors",
     "not_supported",
     "sdk_errors",
 ]
@@ -43,6 +47,15 @@ class NotServedError(core.CeleryflowError, RuntimeError):
 def not_supported(thing: str, hint: str = "") -> NotSupportedError:
     suffix = f"; {hint}" if hint else ""
     return NotSupportedError(f"{PREFIX}: {thing} is not supported{suffix}")
+
+
+class SendEventsError(core.EventError):
+    """``client.send`` met an invalid event: the events before it were sent (their
+    ids are ``ids``), it and the ones after it were not, as Inngest's event API does."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 class _SDKError:
@@ -145,8 +158,32 @@ class StepError(_SDKError, core.StepError):
         return None if self._stack is None else str(self._stack)
 
 
+class OutputUnserializableError(NonRetriableError):
+    """The SDK's ``output_unserializable``: a step or the function returned a value
+    that is not JSON. It fails the run (not caught as StepError), as in the SDK."""
+
+    code = "output_unserializable"
+
+
+INVOKE_TIMEOUT = "InngestInvokeTimeoutError"
+INVOKE_TIMEOUT_MESSAGE = "Timed out waiting for invoked function to complete"
+
+
+class StepUnexpectedError(_SDKError, core.StepUnexpectedError):
+    """The SDK's ``step_unexpected``: a parallel branch's step is gone on replay.
+    It fails the run (the SDK's run fails with it, not with a StepError)."""
+
+    is_retriable = False
+    code = "step_unexpected"
+
+
 def _translated(exc: core.StepError) -> Exception:
     error = exc.error
+    if error.get("type") == core.StepUnexpectedError.__name__:
+        message = str(error.get("message", ""))  # "branch 2 failed: found step ..."
+        return StepUnexpectedError(message.partition(" failed: ")[2] or message)
+    if error.get("type") == OutputUnserializableError.__name__:
+        return OutputUnserializableError(str(error.get("message", "")))
     if error.get("type") == NonRetriableError.__name__:
         # The SDK lets a NonRetriableError raised in a step bubble up to the function
         # as itself (not as StepError), so `except inngest.StepError` does not catch it.
@@ -174,3 +211,30 @@ def sdk_errors() -> Iterator[None]:
         if isinstance(exc, StepError):
             raise
         raise _translated(exc) from exc
+
+
+def _invoke_timed_out(error: dict[str, Any]) -> bool:
+    # celeryflow fails a timed-out invoke step with a bare TimeoutError record
+    # ("'<id>' did not finish in time"); a child's own TimeoutError has a traceback
+    return (
+        error.get("type") == "TimeoutError"
+        and "traceback" not in error
+        and str(error.get("message", "")).endswith("did not finish in time")
+    )
+
+
+@contextmanager
+def invoke_errors() -> Iterator[None]:
+    """As :func:`sdk_errors`, and an invoke's timeout is the SDK's StepError named
+    ``InngestInvokeTimeoutError``."""
+    try:
+        with sdk_errors():
+            yield
+    except StepError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, core.StepError) and _invoke_timed_out(cause.error):
+            error = {"type": INVOKE_TIMEOUT, "message": INVOKE_TIMEOUT_MESSAGE}
+            raise StepError(
+                INVOKE_TIMEOUT_MESSAGE, INVOKE_TIMEOUT, None, step_id=exc.step_id, error=error
+            ) from cause
+        raise

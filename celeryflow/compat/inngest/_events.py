@@ -4,9 +4,10 @@ millisecond durations, system event names, and ``if_exp`` conditions."""
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -41,6 +42,9 @@ _SDK_NAMES = {
 _CORE_NAMES = {sdk: core for core, sdk in _SDK_NAMES.items()}
 
 
+ModelT = TypeVar("ModelT", bound="SDKModel")
+
+
 class SDKModel(BaseModel):
     """The SDK's models are strict pydantic models; an invalid one raises at
     construction. Unknown fields are refused here (the SDK ignores them), so a
@@ -53,6 +57,19 @@ class SDKModel(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(f"{PREFIX}: {type(self).__name__}: {describe(exc)}") from None
+
+    @classmethod
+    def from_raw(cls: type[ModelT], raw: object) -> ModelT | Exception:
+        """The model from a dict or JSON text; the error is returned, not raised,
+        as the SDK's ``from_raw`` does."""
+        try:
+            if isinstance(raw, str | bytes):
+                raw = json.loads(raw)
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{PREFIX}: {cls.__name__}.from_raw: expected an object")
+            return cls(**raw)
+        except (ConfigError, ValueError, TypeError) as exc:
+            return exc
 
 
 class Event(SDKModel):
@@ -128,8 +145,8 @@ def split_condition(if_exp: str | None) -> tuple[str | None, str | None]:
 
     ``event.data.X == async.data.X`` (either order) also becomes ``match="data.X"``,
     so the store finds the waiting runs with one index lookup instead of testing
-    every waiter. The expression is kept as ``if_`` too: ``match`` alone would pair
-    two events that both lack the field (null == null), where CEL does not."""
+    every waiter. The expression is kept as ``if_`` too, so CEL has the last word
+    (``match`` never pairs a field both events lack, either)."""
     if if_exp is None:
         return None, None
     found = _SAME_FIELD.match(if_exp)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import datetime
 import enum
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigError, EventError, NonRetriableError
+from ...codec import to_json
+from ...errors import ConfigError, EventError, NonRetriableError, SerializationError
 from ...steps import AsyncSteps, Steps
-from ._errors import not_supported, sdk_errors
+from ._errors import OutputUnserializableError, invoke_errors, not_supported, sdk_errors
 from ._events import Event, core_name, milliseconds, split_condition, to_core_event, to_sdk_event
 
 if TYPE_CHECKING:
     from ._client import Function, Inngest
 
-__all__ = ["AI", "Group", "GroupSync", "ParallelMode", "Step", "StepSync"]
+__all__ = ["AI", "Group", "GroupSync", "ParallelMode", "Step", "StepSync", "unserializable"]
 
 PARALLEL_STEP_ID = "group.parallel"  # celeryflow's parallel step needs an id; the SDK's has none
 
@@ -68,6 +70,40 @@ def _invoke_args(
     return None if timeout is None else _duration(timeout, f"step.invoke({step_id!r}) timeout")
 
 
+def unserializable(output: Any, step_id: str | None) -> OutputUnserializableError | None:
+    """The SDK's error for an output that is not JSON (None when it is)."""
+    try:
+        to_json(output, "output")
+    except SerializationError:
+        prefix = "" if step_id is None else f'"{step_id}" '
+        return OutputUnserializableError(f"{prefix}returned unserializable data")
+    return None
+
+
+def _json_checked(step_id: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler``, raising the SDK's OutputUnserializableError for a non-JSON result
+    (celeryflow's own check would fail the step with a NonRetriableError)."""
+    if inspect.iscoroutinefunction(handler):
+
+        async def checked_async(*args: Any) -> Any:
+            result = await handler(*args)
+            error = unserializable(result, step_id)
+            if error is not None:
+                raise error
+            return result
+
+        return checked_async
+
+    def checked(*args: Any) -> Any:
+        result = handler(*args)
+        error = None if inspect.isawaitable(result) else unserializable(result, step_id)
+        if error is not None:
+            raise error
+        return result
+
+    return checked
+
+
 class AI:
     """``step.ai``: Inngest's AI gateway has no celeryflow counterpart."""
 
@@ -93,7 +129,7 @@ class StepSync:
         """Run ``handler(*handler_args)`` once and memoize its (JSON) result.
         ``output_type`` only matters with a client serializer, which is not supported."""
         with sdk_errors():
-            return self._steps.run(step_id, handler, *handler_args)
+            return self._steps.run(step_id, _json_checked(step_id, handler), *handler_args)
 
     def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Sleep ``duration``: MILLISECONDS if an int, or a timedelta."""
@@ -134,7 +170,7 @@ class StepSync:
         """Run ``function`` as a child with ``data`` and return its output (a failure
         or the ``timeout``, MILLISECONDS if an int, raises StepError)."""
         limit = _invoke_args(step_id, v, timeout)
-        with sdk_errors():
+        with invoke_errors():
             return self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
 
     def invoke_by_id(
@@ -150,7 +186,7 @@ class StepSync:
         """As ``invoke``, by the function's id within ``app_id`` (default: this app)."""
         limit = _invoke_args(step_id, v, timeout)
         target = f"{app_id or self._client.app_id}-{function_id}"
-        with sdk_errors():
+        with invoke_errors():
             return self._steps.invoke(step_id, function=target, data=data, timeout=limit)
 
     def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
@@ -174,7 +210,7 @@ class Step:
         output_type: object = None,
     ) -> Any:
         with sdk_errors():
-            return await self._steps.run(step_id, handler, *handler_args)
+            return await self._steps.run(step_id, _json_checked(step_id, handler), *handler_args)
 
     async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         await self._steps.sleep(step_id, _duration(duration, f"step.sleep({step_id!r})"))
@@ -210,7 +246,7 @@ class Step:
         v: str | None = None,
     ) -> Any:
         limit = _invoke_args(step_id, v, timeout)
-        with sdk_errors():
+        with invoke_errors():
             return await self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
 
     async def invoke_by_id(
@@ -225,7 +261,7 @@ class Step:
     ) -> Any:
         limit = _invoke_args(step_id, v, timeout)
         target = f"{app_id or self._client.app_id}-{function_id}"
-        with sdk_errors():
+        with invoke_errors():
             return await self._steps.invoke(step_id, function=target, data=data, timeout=limit)
 
     async def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
