@@ -63,7 +63,7 @@ def prefork_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[
         yield proc
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)  # cold: the backlog is left in the broker
+            proc.send_signal(signal.SIGTERM)  # warm: the backlog stays in the broker
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
