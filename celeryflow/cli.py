@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -17,13 +18,15 @@ from typing import Any
 
 import click
 
-from .durations import utcnow
-from .errors import CeleryflowError
+from .durations import parse_duration, utcnow
+from .errors import CeleryflowError, ConfigError
 from .flow import Flow, FlowSettings
+from .reconciler import Reconciler
 from .runs import RunStatus
-from .store import Store
+from .store import EVENT_DEDUP_WINDOW, Store
 from .store.admin import cancellable_statuses
 from .store.database import display_url, sqlite_path, store_error_line
+from .store.prune import KINDS, Pruned, prune
 from .tasks import load_flow
 
 __all__ = ["DISTRIBUTION", "main"]
@@ -257,6 +260,75 @@ def cancel(
         click.confirm(f"cancel {count} {states} run(s) of {function_id!r}?", abort=True)
     done = store.cancel_runs(function_id, statuses, utcnow())
     click.echo(f"cancelled {done} run(s) of {function_id!r}")
+
+
+PRUNED_NAMES = {
+    "waits": "waiter rows",
+    "flow_keys": "flow-control keys",
+    "cron_ticks": "cron ticks",
+}
+
+
+def _pruned_line(verb: str, pruned: Pruned, floors: dict[str, Any] | None) -> str:
+    counts = pruned.as_dict()
+    line = f"{verb} " + ", ".join(f"{counts[k]} {PRUNED_NAMES.get(k, k)}" for k in KINDS)
+    return line if floors is not None else line + " (cron ticks: pass -A to prune them)"
+
+
+@main.command("prune")
+@store_option
+@click.option(
+    "--older-than",
+    default=None,
+    metavar="DURATION",
+    help="Remove runs that ended, and events received, before this long ago (30d, 12h...); "
+    "default: the -A app's retention.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.pass_context
+def prune_store(
+    ctx: click.Context, store_url: str | None, older_than: str | None, dry_run: bool
+) -> None:
+    """Remove ended runs (with their steps and waiters), events past the retention
+    and the dedup window that no run refers to, and expired flow-control keys, in
+    batches of 500 rows, as the workers' reconciler does. Queued, running, sleeping
+    and waiting runs are never touched. Cron ticks only with -A (the app's schedules
+    say which ticks are history)."""
+    target: Target = ctx.find_object(Target) or Target(None, None)
+    flow: Flow | None = None
+    if target.app and not (store_url or target.store_url):
+        flow = load_flow(target.app)
+    if older_than is not None:
+        try:
+            age = parse_duration(older_than, "--older-than")
+        except ConfigError as exc:
+            raise UsageFailure(str(exc)) from None
+    elif flow is not None and flow.settings.retention is not None:
+        age = flow.settings.retention
+    else:
+        raise UsageFailure("prune needs --older-than (e.g. 30d), or -A with a Flow's retention")
+    store = open_store(ctx, store_url)
+    now = utcnow()
+    dedup = flow.settings.dedup_window if flow is not None else EVENT_DEDUP_WINDOW
+    floors = Reconciler(flow).cron_floors(now) if flow is not None else None
+    counted = prune(
+        store, now=now, older_than=age, dedup_window=dedup, cron_floors=floors, dry_run=True
+    )
+    if dry_run:
+        click.echo(_pruned_line("would remove", counted, floors))
+        return
+    # on stderr, so stdout holds only the result line
+    bar_on_stderr: Any = click.progressbar(length=counted.total(), label="pruning", file=sys.stderr)
+    with bar_on_stderr as bar:
+        done = prune(
+            store,
+            now=now,
+            older_than=age,
+            dedup_window=dedup,
+            cron_floors=floors,
+            progress=lambda _kind, n: bar.update(n),
+        )
+    click.echo(_pruned_line("removed", done, floors))
 
 
 if __name__ == "__main__":

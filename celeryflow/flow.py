@@ -36,7 +36,7 @@ from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
-from .store import PlannedRun, Recorded, Store
+from .store import EVENT_DEDUP_WINDOW, PlannedRun, Recorded, Store
 from .store.admin import cancellable_statuses
 
 if TYPE_CHECKING:
@@ -61,6 +61,10 @@ class FlowSettings(BaseModel):
     reconcile_interval: timedelta = timedelta(seconds=5)
     redeliver_after: timedelta = timedelta(seconds=30)  # ring again if nothing happened
     eta_horizon: timedelta = timedelta(minutes=5)  # longer waits: the reconciler wakes them
+    # how long ended runs (and events no run refers to) are kept; None keeps everything
+    retention: timedelta | None = timedelta(days=7)
+    prune_interval: timedelta = timedelta(minutes=1)  # store-wide, whatever the workers
+    dedup_window: timedelta = EVENT_DEDUP_WINDOW  # an event id seen within it starts nothing
     retry_base: timedelta = timedelta(seconds=1)
     retry_max: timedelta = timedelta(hours=1)
     tick_interval: timedelta = timedelta(seconds=1)  # the longest cron look-away (workers, beat)
@@ -81,11 +85,18 @@ class FlowSettings(BaseModel):
         "retry_base",
         "retry_max",
         "tick_interval",
+        "prune_interval",
+        "dedup_window",
         mode="before",
     )
     @classmethod
     def _duration(cls, value: Duration) -> timedelta:
         return parse_duration(value, "Flow setting")
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Duration | None) -> timedelta | None:
+        return None if value is None else parse_duration(value, "Flow setting retention")
 
     @field_validator("connect_timeout", "statement_timeout", mode="before")
     @classmethod
@@ -149,6 +160,7 @@ class Flow:
             connect_timeout=self.settings.connect_timeout,
             statement_timeout=self.settings.statement_timeout,
         )
+        self.store.dedup_window = self.settings.dedup_window
         if not tasks.broker_configured(app):
             broker = default_broker_for(url)
             if broker is not None:
@@ -233,7 +245,7 @@ class Flow:
     ) -> list[str]:
         """Record events and start the runs they trigger; returns the event ids.
 
-        An id already seen in the last 24 h starts nothing new; within one list the
+        An id already seen within ``dedup_window`` (24 h) starts nothing new; within one list the
         first event with an id wins and the later ones are deduplicated, though their
         ids are still returned (one per event given, in order). Like calling a Celery
         task, the sending process must have imported the functions (directly or by

@@ -13,31 +13,43 @@ function (and at least every ``tick_interval`` while cron functions exist, which
 also covers a wall clock that jumps), so a slot fires within milliseconds; between
 slots a wake-up costs no query. Without cron functions it wakes only for the
 reconciler pass.
+
+Each pass ends with the retention pass (:meth:`Reconciler.prune`): whoever takes the
+store's prune lease removes ended runs, old events and expired keys in short batches
+(``store/prune.py``), at most once per ``prune_interval`` for the whole store and for
+at most ``PRUNE_BUDGET`` seconds per pass, so ringing is never held up for long.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .durations import utcnow
 from .store.database import store_error_line
+from .store.prune import Pruned, prune, release_lease, renew_lease, take_lease
 
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["CronClock", "Reconciler", "ReconcilerThread"]
+__all__ = ["PRUNE_BUDGET", "CronClock", "Reconciler", "ReconcilerThread"]
 
 log = logging.getLogger("celeryflow.reconciler")
+PRUNE_BUDGET = 2.0  # seconds of pruning per pass; work left over continues next pass
+# cron ticks this close to a trigger's latest slot are kept: a worker whose clock is
+# behind may still look at the slot before it
+CRON_MARGIN = timedelta(minutes=1)
 
 
 class Reconciler:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
+        self.owner = secrets.token_hex(16)  # this reconciler, as holder of the prune lease
 
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""
@@ -56,7 +68,53 @@ class Reconciler:
             self.flow.doorbell.ring(run_ids, eta=eta, function_id=names, recovered=recovered)
         if due:
             log.debug("reconciler rang %d run(s)", len(due))
-        return len(due) + self._slots()
+        rang = len(due) + self._slots()
+        self.prune()
+        return rang
+
+    def prune(self) -> Pruned | None:
+        """The retention pass, if retention is on and this reconciler takes the
+        store's prune lease; None otherwise."""
+        settings = self.flow.settings
+        if settings.retention is None:
+            return None
+        store, hold = self.flow.store, settings.prune_interval
+        now = utcnow()
+        if not take_lease(store, self.owner, now, hold):
+            return None
+        started = time.monotonic()
+        held = [True]
+
+        def keep_going() -> bool:
+            if time.monotonic() - started > PRUNE_BUDGET:
+                return False
+            held[0] = renew_lease(store, self.owner, utcnow(), hold)
+            return held[0]
+
+        pruned = prune(
+            store,
+            now=now,
+            older_than=settings.retention,
+            dedup_window=settings.dedup_window,
+            cron_floors=self.cron_floors(now),
+            keep_going=keep_going,
+        )
+        if not pruned.complete and held[0]:
+            release_lease(store, self.owner, utcnow())
+        if pruned.total():  # housekeeping: DEBUG, as the rest of the reconciler's lines
+            log.debug(
+                "pruned %s", ", ".join(f"{n} {kind}" for kind, n in pruned.as_dict().items() if n)
+            )
+        return pruned
+
+    def cron_floors(self, now: datetime) -> dict[str, datetime]:
+        """Per cron function, the oldest slot any of its triggers could still fire:
+        older ticks are history only."""
+        return {
+            fn.id: min(trigger.latest_slot(now - CRON_MARGIN) for trigger in fn.crons)
+            for fn in list(self.flow.functions.values())
+            if fn.crons
+        }
 
     def _slots(self) -> int:
         """Runs parked for a concurrency slot are never due (so waiting floods no

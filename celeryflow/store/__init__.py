@@ -1,6 +1,15 @@
 """The SQL store: the only package that writes SQL."""
 
 from .session import Claim, RunSession, StepWrite
-from .store import DueRun, PlannedRun, Recorded, Store
+from .store import EVENT_DEDUP_WINDOW, DueRun, PlannedRun, Recorded, Store
 
-__all__ = ["Claim", "DueRun", "PlannedRun", "Recorded", "RunSession", "StepWrite", "Store"]
+__all__ = [
+    "EVENT_DEDUP_WINDOW",
+    "Claim",
+    "DueRun",
+    "PlannedRun",
+    "Recorded",
+    "RunSession",
+    "StepWrite",
+    "Store",
+]

@@ -32,7 +32,7 @@ from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_inser
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
-__all__ = ["DueRun", "PlannedRun", "Recorded", "Store"]
+__all__ = ["EVENT_DEDUP_WINDOW", "DueRun", "PlannedRun", "Recorded", "Store"]
 
 EVENT_DEDUP_WINDOW = timedelta(hours=24)
 S = RunStatus
@@ -90,6 +90,8 @@ class Store(StoreAdmin):
         self._insert_field: Any = None
         self._insert_flow_key: Any = None
         self._event_alone: dict[int, Any] = {}
+        # an event id seen within this window starts nothing new (Flow's dedup_window)
+        self.dedup_window = EVENT_DEDUP_WINDOW
 
     # -- setup ------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class Store(StoreAdmin):
         the old one (the pytest plugin gives tests their own store this way; every
         holder of this object follows). Not while runs execute."""
         old = self._engine
+        dedup_window = self.dedup_window
         # a new Store's state, so nothing cached for the old database survives
         fresh = Store(
             url,
@@ -120,6 +123,7 @@ class Store(StoreAdmin):
             statement_timeout=self.statement_timeout,
         )
         self.__dict__.update(fresh.__dict__)
+        self.dedup_window = dedup_window
         if old is not None:
             old.dispose()
 
@@ -242,7 +246,7 @@ class Store(StoreAdmin):
                 insert = insert.returning(events.c.id)
             self._insert_event = insert
         insert_event = self._insert_event
-        cutoff = now - EVENT_DEDUP_WINDOW
+        cutoff = now - self.dedup_window
         fields_seen: dict[str, list[str]] = {}  # wait fields per event name, see wake_waiters
         rows = [
             {
@@ -269,7 +273,7 @@ class Store(StoreAdmin):
             else:
                 fresh = conn.execute(insert_event, values).rowcount == 1
             if not fresh and (inserted is None or ev.id not in inserted):
-                # An id seen more than 24 h ago counts as new again.
+                # An id seen before the dedup window counts as new again.
                 fresh = (
                     conn.execute(
                         events.update()

@@ -59,6 +59,8 @@ events = sa.Table(
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Index("ix_cf_events_name_received", "name", "received_at"),
+    # pruning takes the oldest events first (store/prune.py)
+    sa.Index("ix_cf_events_received", "received_at"),
 )
 
 
