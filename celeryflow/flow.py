@@ -56,6 +56,7 @@ class FlowSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queue: str | None = None  # the Celery queue for celeryflow's own messages
+    recovery_queue: str | None = None  # runs whose executor died; None: "<queue>.recovery"
     lease: timedelta = timedelta(seconds=20)  # how long a silent executor keeps a run
     reconcile_interval: timedelta = timedelta(seconds=5)
     redeliver_after: timedelta = timedelta(seconds=30)  # ring again if nothing happened

@@ -59,13 +59,13 @@ class Reconciler:
             lookahead=settings.reconcile_interval * 2,
             redeliver_after=settings.redeliver_after,
         )
-        by_eta: dict[datetime | None, list[str]] = defaultdict(list)
+        by_kind: dict[tuple[datetime | None, bool], list[str]] = defaultdict(list)
         names: dict[str, str] = {}
         for run in due:
-            by_eta[run.eta].append(run.id)
+            by_kind[run.eta, run.recovered].append(run.id)
             names[run.id] = run.function_id
-        for eta, run_ids in by_eta.items():
-            self.flow.doorbell.ring(run_ids, eta=eta, function_id=names)
+        for (eta, recovered), run_ids in by_kind.items():
+            self.flow.doorbell.ring(run_ids, eta=eta, function_id=names, recovered=recovered)
         if due:
             log.debug("reconciler rang %d run(s)", len(due))
         rang = len(due) + self._slots()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CRON_TASK",
+    "RECOVERY_SUFFIX",
     "RUN_TASK",
     "TASK_DONE",
     "TASK_FAILED",
@@ -54,6 +55,7 @@ CRON_TASK = "celeryflow.tick"
 TASK_DONE = "celeryflow.task_done"  # link: a legacy task invoked as a step succeeded
 TASK_FAILED = "celeryflow.task_failed"  # link_error: it failed for good
 TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
+RECOVERY_SUFFIX = ".recovery"  # the recovery queue: the flow's queue name plus this
 log = logging.getLogger("celeryflow.tasks")
 RESOLVE_RETRIES = 100  # x 0.2 s
 # A worker whose store does not answer at start retries as Celery does for its
@@ -216,11 +218,37 @@ def quiet_housekeeping() -> None:
 class CeleryDoorbell:
     """Sends ``celeryflow.run(run_id)`` messages: the broker is only the doorbell."""
 
-    def __init__(self, app: Celery, queue: str | None) -> None:
+    def __init__(self, app: Celery, queue: str | None, recovery_queue: str | None = None) -> None:
         self.app = app
         self.queue = queue
+        self._recovery_queue = recovery_queue
         self.broker_down = False
         self._broker_errors: tuple[type[BaseException], ...] | None = None
+
+    def recovery_queue(self) -> str:
+        """The queue for runs whose executor died. Named after the flow's queue (read
+        when needed: the app may be configured after the Flow is made), so apps that
+        share a broker with queues of their own get recovery queues of their own."""
+        if self._recovery_queue:
+            return self._recovery_queue
+        return f"{self.queue or self.app.conf.task_default_queue}{RECOVERY_SUFFIX}"
+
+    def consume_recovery(self) -> None:
+        """In a worker: consume the recovery queue too if the worker consumes the
+        flow's queue (with or without ``-Q``); a worker that does not serve the flow
+        is left alone."""
+        queues = self.app.amqp.queues
+        if (self.queue or self.app.conf.task_default_queue) in queues.consume_from:
+            queues.select_add(self._declared(self.recovery_queue()))
+
+    def _declared(self, name: str) -> Any:
+        """The queue ``name`` from the app's routing table, added as Celery adds a
+        missing queue (its type and exchange settings) even under
+        ``task_create_missing_queues=False``."""
+        queues = self.app.amqp.queues
+        if name not in queues:
+            queues.add(queues.new_missing(name))
+        return queues[name]
 
     def broker_errors(self) -> tuple[type[BaseException], ...]:
         """BROKER_ERRORS and the connection errors of the app's transport."""
@@ -236,10 +264,13 @@ class CeleryDoorbell:
         eta: datetime | None = None,
         *,
         function_id: str | Mapping[str, str] | None = None,
+        recovered: bool = False,
     ) -> None:
         """Send one message per run. ``function_id`` (of all the runs, or by run id)
         names each message after its function; callers pass it where they know it
-        for free, and a run without one goes under the plain task name."""
+        for free, and a run without one goes under the plain task name. ``recovered``
+        runs (their executor died) go to the recovery queue, so they do not wait
+        behind the backlog."""
         if not run_ids:
             return
         if is_eager(self.app):
@@ -254,7 +285,9 @@ class CeleryDoorbell:
             return
         task = self.app.tasks[RUN_TASK]
         options: dict[str, Any] = {}
-        if self.queue:
+        if recovered:
+            options["queue"] = self._declared(self.recovery_queue()).name
+        elif self.queue:
             options["queue"] = self.queue
         if eta is not None:
             options["eta"] = eta
@@ -368,7 +401,7 @@ def install(flow: Flow) -> CeleryDoorbell:
         raise ConfigError(f"Celery app {app.main!r} already has a Flow; make one Flow per app")
     _flows[app] = flow
     settings = flow.settings
-    doorbell = CeleryDoorbell(app, settings.queue)
+    doorbell = CeleryDoorbell(app, settings.queue, settings.recovery_queue)
     quiet_housekeeping()
 
     @app.task(  # type: ignore[untyped-decorator]
@@ -462,12 +495,26 @@ def install(flow: Flow) -> CeleryDoorbell:
 
     app.steps["worker"].add(StoreCheckStep)
 
+    class RecoveryQueueStep(bootsteps.Step):  # type: ignore[misc]
+        """Adds the recovery queue to the worker's queues, after ``-Q`` is applied
+        and before the consumer starts."""
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            doorbell.consume_recovery()
+
+    app.steps["worker"].add(RecoveryQueueStep)
+
     if settings.reconcile_in_worker:
 
         class ReconcilerStep(bootsteps.StartStopStep):  # type: ignore[misc]
-            """Runs the reconciler inside the worker, so beat is optional."""
+            """Runs the reconciler inside the worker, so beat is optional.
 
-            requires = (StoreCheckStep,)
+            Started after the pool: a prefork child forked while this thread is
+            mid-send or mid-transaction inherits its locks held (kombu's
+            ``cached_property`` lock, SQLite's) and hangs at its first use of them.
+            Without ``Pool`` here, the order depends on the hash seed."""
+
+            requires = (StoreCheckStep, "celery.worker.components:Pool")
 
             def __init__(self, worker: Any, **kwargs: Any) -> None:
                 self.thread: ReconcilerThread | None = None

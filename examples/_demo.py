@@ -1,6 +1,6 @@
 """What every example does when run as a script: a store of its own, a real
-``celery -A <example> worker -B`` beside it, the demo, then a clean stop. Shared so
-the examples themselves show only the workflow."""
+``celery -A <example> worker`` beside it (no ``-B``: celeryflow needs no beat), the
+demo, then a clean stop. Shared so the examples themselves show only the workflow."""
 
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ def run_demo(module: str, workdir: Path, demo: Callable[[], bool], concurrency: 
     (else the worker log's tail on stderr and 1)."""
     log = workdir / "worker.log"
     command = [
-        *(sys.executable, "-m", "celery", "-A", module, "worker", "-B"),
+        *(sys.executable, "-m", "celery", "-A", module, "worker"),
         *("--loglevel", "INFO", "--concurrency", str(concurrency)),
-        *("--schedule", str(workdir / "celerybeat-schedule")),
     ]
-    print(f"$ {' '.join(command[2:7])}   (store and log in {workdir})")
+    print(f"$ {' '.join(command[2:6])}   (store and log in {workdir})")
     ok = False
     try:
         with open(log, "wb") as out:

@@ -1,19 +1,19 @@
-"""A daily metrics report on weekdays at 09:00 Berlin time, driven by ``worker -B``.
+"""A daily metrics report on weekdays at 09:00 Berlin time, fired by a plain ``worker``.
 
 It shows a cron trigger in a time zone (``cron("0 9 * * 1-5", tz="Europe/Berlin")``,
 DST-correct, slots stored in UTC) replacing a beat entry: the run's event is
 ``celeryflow/scheduled.timer`` with the slot in ``data.scheduled_at``, and each slot
-fires once however many beats run.
+fires once however many workers (and beats, if you run one) look at it. No beat needed.
 
 No service needed (embedded default: a SQLite store and broker in a temporary directory):
 
     python examples/daily_report.py                       # a report every 2 s, 3 of them
     DAILY_REPORT_CRON="* * * * * */3" DAILY_REPORT_RUNS=2 python examples/daily_report.py
-    celery -A daily_report worker -B                      # (from examples/) weekdays 09:00
+    celery -A daily_report worker                         # (from examples/) weekdays 09:00
 
 Run as a script, the schedule is ``$DAILY_REPORT_CRON`` (default ``"* * * * * */2"``: a
 sixth field is seconds) so there is something to see; imported by a worker, it is the
-real one unless ``DAILY_REPORT_CRON`` is set. The script starts ``worker -B``, watches
+real one unless ``DAILY_REPORT_CRON`` is set. The script starts ``worker`` (no ``-B``), watches
 ``DAILY_REPORT_RUNS`` reports come in, and exits 0.
 """
 
@@ -66,7 +66,7 @@ def daily_report(ctx: Context) -> dict[str, str]:
     return {"slot_utc": slot.isoformat(), "report": sent["text"]}
 
 
-# -- the demo: start worker -B, watch the scheduled runs come in ---------------------------
+# -- the demo: start a worker (no beat), watch the scheduled runs come in -----------------
 
 
 def demo() -> bool:
@@ -78,7 +78,7 @@ def demo() -> bool:
         f"in production the next slot of {real.expression!r} ({TIME_ZONE}) is "
         f"{upcoming.astimezone(real.zone()):%a %Y-%m-%d %H:%M %Z} = {upcoming:%H:%M} UTC"
     )
-    print(f"demo schedule {SCHEDULE!r}: waiting for {wanted} reports from worker -B")
+    print(f"demo schedule {SCHEDULE!r}: waiting for {wanted} reports from the worker")
     shown: set[str] = set()
     deadline = time.monotonic() + 90
     done: list[Run] = []

@@ -10,7 +10,7 @@ No service needed (embedded default: a SQLite store and broker in a temporary di
 
     python examples/onboarding_drip.py            # a "day" lasts 1 s; ~20 s in all
     ONBOARDING_DAY_SECONDS=0.3 python examples/onboarding_drip.py
-    celery -A onboarding_drip worker -B           # (from examples/) real days
+    celery -A onboarding_drip worker              # (from examples/) real days
 
 Two users sign up: ada never upgrades and gets all four emails; bob upgrades on day 3-4
 and gets no upgrade offer. The script starts a worker, sends the events, prints what

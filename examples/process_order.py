@@ -9,7 +9,7 @@ No service needed (embedded default: a SQLite store and broker in a temporary di
 
     python examples/process_order.py                      # label timeout 5 s; ~15 s in all
     ORDER_LABEL_TIMEOUT=3s python examples/process_order.py
-    celery -A process_order worker -B                     # (from examples/) 7 days
+    celery -A process_order worker                        # (from examples/) 7 days
 
 Three orders are placed: o-1 gets its label and completes, o-2 is cancelled while it
 waits, o-3 gets no label and alerts the warehouse at the timeout. The script starts a

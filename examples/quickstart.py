@@ -4,7 +4,7 @@ No service needed: the store is SQLite (celeryflow.db) and, because the Celery a
 names no broker, the broker is celeryflow's SQLite transport beside it.
 
     python examples/quickstart.py       # starts a worker, sends an event, watches the run
-    celery -A quickstart worker -B      # (from examples/) what you would run yourself
+    celery -A quickstart worker         # (from examples/) what you would run yourself
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ def main() -> int:
         "-A",
         "quickstart",
         "worker",
-        "-B",
         "--loglevel",
         "INFO",
         "--concurrency",

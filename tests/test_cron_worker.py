@@ -144,3 +144,33 @@ def test_the_clock_looks_at_each_slot_and_not_in_between(tmp_path: Path) -> None
     later = nine_o_clock + timedelta(hours=1)
     assert flow.tick(later, since=nine_o_clock) == [] and statements == []
     assert flow.tick(later) == [] and statements  # without since: the ledger says no
+
+
+ORDER_SCRIPT = """
+import sys
+from celery import Celery
+from celeryflow import Flow
+app = Celery("order")
+Flow(app, store=sys.argv[1])
+worker = app.WorkController(concurrency=1, pool_cls="prefork", without_mingle=True)
+print(" ".join(step.alias for step in worker.blueprint.order))
+"""
+
+
+@pytest.mark.parametrize("seed", ["0", "2", "3", "4", "5"])
+def test_the_reconciler_thread_starts_after_the_pool_forks(tmp_path: Path, seed: str) -> None:
+    """A prefork child forked while the reconciler thread holds a lock (kombu's
+    cached_property, SQLite's) hangs for good at its first use of it. Celery orders
+    unrelated bootsteps by hash, so under some seeds (2-5 here) the thread started first."""
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    store = f"sqlite:///{tmp_path / 'order.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", ORDER_SCRIPT, store],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    order = done.stdout.split()
+    assert order.index("ReconcilerStep") > order.index("Pool"), order

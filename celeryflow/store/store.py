@@ -25,6 +25,7 @@ from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord
 from .admin import StoreAdmin
 from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
+from .due import DueRun, take_due
 from .flowkeys import admit, slot_heads, slot_waiting_keys
 from .session import Claim, RunSession, SessionStatements
 from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
@@ -53,33 +54,6 @@ class Recorded:
     created: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DueRun:
-    id: str
-    eta: datetime | None  # ring at this time (a sleeper within the look-ahead), else now
-    function_id: str = ""  # names the doorbell message (Celery's shadow name)
-
-
-def _past_deadline(row: Any, now: datetime) -> bool:
-    """Timeouts(start=, finish=): never started by its start deadline, or not ended
-    by its finish deadline."""
-    if row.start_deadline is not None and row.started_at is None and row.start_deadline < now:
-        return True
-    return row.finish_deadline is not None and row.finish_deadline < now
-
-
-def _next_deadline(row: Any, now: datetime) -> datetime | None:
-    pending = [
-        d
-        for d in (
-            row.start_deadline if row.started_at is None else None,
-            row.finish_deadline,
-        )
-        if d is not None and d >= now
-    ]
-    return min(pending) if pending else None
 
 
 class Store(StoreAdmin):
@@ -463,61 +437,12 @@ class Store(StoreAdmin):
     def take_due(
         self, now: datetime, lookahead: timedelta, redeliver_after: timedelta, limit: int = 500
     ) -> list[DueRun]:
-        """Runs whose next move is due (or, for sleepers, due within ``lookahead``):
-        each gets a new due time so other reconcilers skip it for ``redeliver_after``."""
-        horizon = now + lookahead
-        query = (
-            sa.select(
-                runs.c.id,
-                runs.c.function_id,
-                runs.c.status,
-                runs.c.wake_at,
-                runs.c.started_at,
-                runs.c.start_deadline,
-                runs.c.finish_deadline,
-            )
-            .where(runs.c.due_at <= horizon)
-            .order_by(runs.c.due_at)
-            .limit(limit)
-        )
-        if not self.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        due: list[DueRun] = []
-        updates: list[dict[str, Any]] = []
-        expired: list[str] = []
+        """Runs whose next move is due (or, for sleepers, due within ``lookahead``);
+        the rules are in ``due.py``."""
         with self._write() as conn:
-            for row in conn.execute(query):
-                if _past_deadline(row, now):
-                    expired.append(row.id)
-                    continue
-                wake = row.wake_at
-                parked = (S.SLEEPING.value, S.QUEUED.value, S.WAITING.value)
-                next_due: datetime | None
-                if row.status in parked and wake and wake > now:
-                    if wake <= horizon:  # wakes before the next pass: ring with an ETA
-                        due.append(DueRun(row.id, wake, row.function_id))
-                        next_due = wake + redeliver_after
-                    else:  # here for a deadline only; nothing to ring yet
-                        next_due = wake
-                elif row.status in (*parked, S.RUNNING.value):
-                    due.append(DueRun(row.id, None, row.function_id))
-                    next_due = now + redeliver_after
-                else:
-                    next_due = None
-                deadline = _next_deadline(row, now)
-                if next_due is not None and deadline is not None:
-                    next_due = min(next_due, deadline)
-                updates.append({"rid": row.id, "next_due": next_due})
-            if updates:
-                conn.execute(
-                    runs.update()
-                    .where(runs.c.id == sa.bindparam("rid"))
-                    .values(due_at=sa.bindparam("next_due"), dispatches=runs.c.dispatches + 1),
-                    updates,
-                )
-            for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
-                cancel_run(conn, run_id, now)
-        return due
+            return take_due(
+                conn, now, lookahead, redeliver_after, limit=limit, skip_locked=not self.is_sqlite
+            )
 
     def woken(self, now: datetime, limit: int = 500) -> list[str]:
         """Parked runs whose wake time has come (a retry back-off, a sleep, a wait's
