@@ -4,7 +4,6 @@ from its reconciler thread, and any number of workers fire each slot once."""
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from celery import Celery
+from flowkit import apps_env, worker_process
 from services import Stack
 
 from celeryflow import Flow, cron, event
@@ -25,7 +25,6 @@ from celeryflow.reconciler import CronClock
 from celeryflow.runs import Run
 from celeryflow.testing import wait_for
 
-APPS = Path(__file__).parent / "apps"
 FUNCTION = "every-two-seconds"
 
 
@@ -36,30 +35,14 @@ def plain_worker(
     """``celery -A cron_worker_app worker`` without -B, its log in ``cwd``; on the
     embedded default, or on ``stack``'s broker."""
     log = cwd / f"{name}.log"
-    env = {
-        **os.environ,
-        "CF_STORE": store_url,
-        "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
+    env = apps_env(CF_STORE=store_url)
     if stack is not None:
         env.update(CF_BROKER=stack.broker_url, CF_QUEUE=stack.queue)
     command = [sys.executable, "-m", "celery", "-A", "cron_worker_app", "worker"]
     command += ["--pool", "threads", "-c", "2", "-n", f"{name}@%h", "--loglevel", "INFO"]
     command += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with worker_process(command, env, cwd, log):
         yield log
-    except BaseException:
-        print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def reader(store_url: str) -> Flow:

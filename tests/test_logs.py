@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from flowkit import APPS, apps_env, worker_process
 
 from celeryflow import Event, Flow, RunStatus, event
 from celeryflow.logs import NO_RUN, RunLogger, run_context
 from celeryflow.testing import wait_for, wait_for_run, worker
 
-APPS = Path(__file__).parent / "apps"
 NOISE = ("reconcil", "alembic", "Context impl", "Will assume", "setup plugin", "Running upgrade")
 
 
@@ -32,28 +29,12 @@ def logs_worker(store_url: str, cwd: Path) -> Iterator[Path]:
     """``celery -A logs_app worker -B --loglevel INFO`` (beat sends the
     ``celeryflow.reconcile`` entry every second), its log in ``cwd``."""
     log = cwd / "worker.log"
-    env = {
-        **os.environ,
-        "CF_STORE": store_url,
-        "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
+    env = apps_env(CF_STORE=store_url)
     command = [sys.executable, "-m", "celery", "-A", "logs_app", "worker", "-B"]
     command += ["-s", str(cwd / "beat-schedule"), "--pool", "threads", "-c", "2"]
     command += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with worker_process(command, env, cwd, log, tail=6000):
         yield log
-    except BaseException:
-        print(f"--- {log.name} ---\n{log.read_text()[-6000:]}")
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def records(log: Path) -> list[str]:
