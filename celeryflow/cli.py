@@ -331,5 +331,35 @@ def prune_store(
     click.echo(_pruned_line("removed", done, floors))
 
 
+@main.command("dashboard")
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8288, show_default=True, type=int, help="Port to listen on.")
+@click.pass_context
+def dashboard(ctx: click.Context, store_url: str | None, host: str, port: int) -> None:
+    """Serve the web dashboard (needs the [dashboard] extra). With -A, the app's
+    functions are shown and events can be sent and runs replayed; with only --store,
+    the store's runs and events. Any address but loopback needs
+    CELERYFLOW_DASHBOARD_TOKEN (or CELERYFLOW_DASHBOARD_USER and _PASSWORD)."""
+    try:
+        # an optional extra: the other commands must work without it
+        from .dashboard import Auth, check_bind
+        from .dashboard.asgi import dashboard_app, serve
+    except ImportError as exc:
+        raise Failure(
+            f"the dashboard needs its extra ({exc.name} is missing): "
+            "pip install 'celeryflow-engine[dashboard]'"
+        ) from None
+    check_bind(host, Auth.from_env())  # before the app is imported or the store opened
+    target: Target = ctx.find_object(Target) or Target(None, None)
+    flow: Flow | None = None
+    if target.app and not (store_url or target.store_url):
+        flow = load_flow(target.app)
+    store = flow.store if flow is not None else open_store(ctx, store_url)
+    store.check()
+    click.echo(f"celeryflow dashboard of {display_url(store.url)} on http://{host}:{port}/")
+    serve(dashboard_app(flow, store=store), host=host, port=port)
+
+
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ LAYERS = [
     {"events", "flowcontrol"},
     {"runs"},
 ]
-EDGES = {"cli", "testing", "pytest_plugin", "django", "ingest", "compat"}
+EDGES = {"cli", "testing", "pytest_plugin", "django", "ingest", "compat", "dashboard"}
 
 
 def top(module: str) -> str:
