@@ -87,12 +87,15 @@ def dashboard_app(
     username: str | None = None,
     password: str | None = None,
     poll_seconds: float = 2.0,
+    page_size: int = 50,
 ) -> DashboardApp:
     """The dashboard of ``flow`` (or of a bare ``store``) as an ASGI app. Auth: the
     arguments, else ``CELERYFLOW_DASHBOARD_TOKEN`` / ``_USER`` + ``_PASSWORD``; none
     means anyone who reaches it (mounted: put it behind your app's own login)."""
     auth = Auth.from_env(token=token, username=username, password=password)
-    return DashboardApp(Dashboard(flow, store=store, auth=auth, poll_seconds=poll_seconds))
+    return DashboardApp(
+        Dashboard(flow, store=store, auth=auth, poll_seconds=poll_seconds, page_size=page_size)
+    )
 
 
 def serve(app: DashboardApp, host: str = "127.0.0.1", port: int = 8288) -> None:

@@ -59,6 +59,7 @@ class Dashboard:
         store: Store | None = None,
         auth: Auth | None = None,
         poll_seconds: float = 2.0,
+        page_size: int = 50,
         title: str = "celeryflow",
     ) -> None:
         if flow is None and store is None:
@@ -67,6 +68,7 @@ class Dashboard:
         self.store: Store = store if store is not None else flow.store  # type: ignore[union-attr]
         self.auth = auth if auth is not None else Auth.from_env()
         self.poll_ms = max(250, int(poll_seconds * 1000))
+        self.page_size = page_size
         self.title = title
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),

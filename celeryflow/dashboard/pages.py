@@ -35,9 +35,8 @@ from .web import Request, Response, Route
 if TYPE_CHECKING:
     from .core import Dashboard
 
-__all__ = ["PAGE_SIZE", "ROUTES", "STATS_WINDOWS"]
+__all__ = ["ROUTES", "STATS_WINDOWS"]
 
-PAGE_SIZE = 50
 STATS_WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 NOTICES = {
     "cancelled": "Run cancelled (a running run stops at its next step).",
@@ -95,7 +94,7 @@ def runs_page(dash: Dashboard, request: Request, match: re.Match[str]) -> Respon
         until=_time(filters["until"], "until"),
     )
     after = decode_cursor(q["after"]) if q.get("after") else None
-    page = list_runs(dash.store, where, limit=PAGE_SIZE, after=after)
+    page = list_runs(dash.store, where, limit=dash.page_size, after=after)
     context = {
         "runs": page.rows,
         "filters": filters,
@@ -146,7 +145,7 @@ def replay_run(dash: Dashboard, request: Request, match: re.Match[str]) -> Respo
 
 def _events_context(dash: Dashboard, request: Request) -> dict[str, Any]:
     name = request.query.get("name", "")
-    found = recent_events(dash.store, name=name or None, limit=PAGE_SIZE)
+    found = recent_events(dash.store, name=name or None, limit=dash.page_size)
     return {
         "events": found,
         "payloads": event_payloads(dash.store, [e.id for e in found]),

@@ -52,6 +52,7 @@ __all__ = [
     "WaitRow",
     "decode_cursor",
     "encode_cursor",
+    "event_payloads",
     "function_stats",
     "list_runs",
     "recent_events",
@@ -575,3 +576,20 @@ def waiting_runs(
         query = query.where(waits.c.event_name == event_name)
     with store.engine.connect() as conn:
         return [_wait_row(w, str(w["function_id"])) for w in conn.execute(query).mappings()]
+
+
+def event_payloads(store: Store, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{id: {"name", "data", "ts"}}`` of the events with these ids (at most
+    ``MAX_PAGE``, by primary key; a pruned one is absent): the payloads
+    :func:`recent_events` leaves out, for the page of events shown."""
+    wanted = list(dict.fromkeys(ids))[:MAX_PAGE]
+    if not wanted:
+        return {}
+    query = sa.select(events.c.id, events.c.name, events.c.data, events.c.ts).where(
+        events.c.id.in_(wanted)
+    )
+    with store.engine.connect() as conn:
+        return {
+            str(row.id): {"name": str(row.name), "data": from_json(row.data), "ts": int(row.ts)}
+            for row in conn.execute(query)
+        }
