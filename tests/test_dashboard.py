@@ -27,7 +27,8 @@ from celeryflow.dashboard.asgi import dashboard_app
 from celeryflow.runs import RunStatus
 from celeryflow.testing import wait_for_run, worker
 
-pytestmark = pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+# the embedded stack for most; a run's live page also on Redis + PostgreSQL
+EMBEDDED = pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 
 T = TypeVar("T")
 XSS_NAME = 'x/<script>window.__xss=1</script>" onmouseover="window.__xss=2'
@@ -157,9 +158,10 @@ def status_of(flow: Flow, run_id: str) -> RunStatus:
     return flow.get_run(run_id).status
 
 
+@pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
 def test_a_runs_page_shows_its_steps_while_the_worker_runs_them(dash: Dash) -> None:
     [event_id] = dash.flow.send(Event(name="dash/slow"))
-    run_id = eventually(lambda: [r.id for r in dash.flow.list_runs(function_id="slow")], what="run")[0]
+    run_id = eventually(lambda: dash.flow.list_runs(event_id=event_id), what="its run")[0].id
     dash.open(f"/runs/{run_id}")
     seen = []
     for done in (1, 2):
@@ -181,6 +183,7 @@ def test_a_runs_page_shows_its_steps_while_the_worker_runs_them(dash: Dash) -> N
     screenshot(dash.browser, "run")
 
 
+@EMBEDDED
 def test_cancel_and_replay_in_the_page_change_the_store(dash: Dash) -> None:
     [event_id] = dash.flow.send(Event(name="dash/nap", data={"who": "ann"}))
     run = eventually(
@@ -206,6 +209,7 @@ def test_cancel_and_replay_in_the_page_change_the_store(dash: Dash) -> None:
     dash.flow.cancel(new_id)
 
 
+@EMBEDDED
 def test_a_test_event_sent_from_the_form_starts_a_run(dash: Dash) -> None:
     dash.open("/events")
     form = dash.browser.find_element(By.ID, "send-event")
@@ -243,6 +247,7 @@ def test_a_test_event_sent_from_the_form_starts_a_run(dash: Dash) -> None:
     screenshot(dash.browser, "events")
 
 
+@EMBEDDED
 def test_filters_and_keyset_paging(dash: Dash) -> None:
     ids = []
     for n in range(12):
@@ -291,6 +296,7 @@ def test_filters_and_keyset_paging(dash: Dash) -> None:
     screenshot(dash.browser, "runs")
 
 
+@EMBEDDED
 def test_a_function_paused_in_the_page_starts_nothing_until_resumed(dash: Dash) -> None:
     dash.open("/functions")
     row = "tr[data-function-id='tick']"
@@ -317,6 +323,7 @@ def test_a_function_paused_in_the_page_starts_nothing_until_resumed(dash: Dash) 
     assert "0 3 * * *" in nightly and "Europe/Berlin" in nightly and "next:" in nightly
 
 
+@EMBEDDED
 def test_event_data_with_script_and_attribute_breakers_renders_inert(dash: Dash) -> None:
     [event_id] = dash.flow.send(Event(name=XSS_NAME, data=XSS_DATA))
     run = ended(dash.flow, event_id, "echo")  # "echo" takes x/*
@@ -350,6 +357,7 @@ def test_event_data_with_script_and_attribute_breakers_renders_inert(dash: Dash)
     assert dash.browser.execute_script("return window.__xss === undefined") is True
 
 
+@EMBEDDED
 def test_waiting_runs_and_the_tour_of_pages(dash: Dash) -> None:
     [order] = dash.flow.send(Event(name="dash/order", data={"order_id": "o-17"}))
     eventually(
