@@ -143,6 +143,56 @@ def probe_fastapi(tmp: Path) -> None:
     check_sent(flow, json.loads(payload)["ids"][0])
 
 
+def asgi_get(app: Any, path: str) -> tuple[int, bytes]:
+    """One GET through an ASGI app, without a server."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return int(start["status"]), body
+
+
+def probe_dashboard(tmp: Path) -> None:
+    # the ASGI app (starlette), its templates and static files from the wheel, uvicorn
+    import uvicorn  # noqa: F401
+
+    from celeryflow.dashboard.asgi import dashboard_app
+
+    flow = embedded_flow(tmp)
+    check_sent(flow, flow.send(Event(name="probe/sent"))[0])
+    run_id = flow.list_runs()[0].id
+    app = dashboard_app(flow)
+    for path, wanted in (
+        ("/runs", run_id),
+        (f"/runs/{run_id}", "probe"),
+        ("/functions", "probe"),
+        ("/static/dashboard.js", "data-poll"),
+    ):
+        status, body = asgi_get(app, path)
+        assert status == 200 and wanted.encode() in body, (path, body[:500])
+
+
 PROBES: dict[str, Callable[[Path], None]] = {
     "redis": probe_redis,
     "postgres": probe_postgres,
@@ -150,6 +200,7 @@ PROBES: dict[str, Callable[[Path], None]] = {
     "django": probe_django,
     "flask": probe_flask,
     "fastapi": probe_fastapi,
+    "dashboard": probe_dashboard,
 }
 
 
