@@ -257,7 +257,7 @@ def main() -> None:
             "baseline: the bare query a page needs most, on the same engine; for the deep page "
             "the same page by OFFSET instead of the keyset cursor, to show what keyset saves.",
             "functions page: counts by status over the window's runs (an index range of "
-            "ix_cf_runs_created), durations from at most 10,000 newest ended runs per function.",
+            "ix_cf_runs_created), p50/p95 from at most 500 newest ended runs per function.",
             f"fill: {runs_s:.0f} s for runs, events and waiters; {steps_s:.0f} s for steps "
             "(INSERT ... SELECT generate_series, synchronous_commit off, one chunk of "
             f"{CHUNK:,} runs' steps per statement).",
