@@ -298,7 +298,13 @@ def test_filters_and_keyset_paging(dash: Dash) -> None:
 
 @EMBEDDED
 def test_a_function_paused_in_the_page_starts_nothing_until_resumed(dash: Dash) -> None:
+    # a few ended runs, so the page has counts, a failure rate and durations to show
+    for name in ("dash/tick", "dash/tick", "dash/boom"):
+        [sent] = dash.flow.send(Event(name=name, data={"n": 3}))
+        ended(dash.flow, sent, "boom" if name == "dash/boom" else "tick")
     dash.open("/functions")
+    boom = dash.text("tr[data-function-id='boom']")
+    assert "failed 1" in boom and "100.0 %" in boom
     row = "tr[data-function-id='tick']"
     dash.click(f"{row} button.pause")
     eventually(lambda: "Paused" in dash.text(".notice"), what="the paused notice")

@@ -139,6 +139,9 @@ def replay_run(dash: Dashboard, request: Request, match: re.Match[str]) -> Respo
     if dash.flow is None:
         raise CeleryflowError(NEEDS_APP)
     run_id = dash.store.run_id_for(match["run_id"])
+    function_id = dash.store.get_run(run_id).function_id
+    if function_id not in dash.flow.functions:
+        raise CeleryflowError(f"the app has no function {function_id!r} to replay")
     new_id = dash.flow.replay(run_id)
     return dash.redirect(request, f"/runs/{new_id}", done="replayed")
 
