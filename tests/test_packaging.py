@@ -31,6 +31,7 @@ def test_wheel_is_celeryflow_engine_with_migrations_and_py_typed(tmp_path: Path)
         "django",
         "flask",
         "fastapi",
+        "dashboard",
     }
     requires = meta.get_all("Requires-Dist") or []
     # kombu's Redis transport needs more than `redis` (.ci/check_extras.py installs each)
@@ -40,6 +41,10 @@ def test_wheel_is_celeryflow_engine_with_migrations_and_py_typed(tmp_path: Path)
     assert "celeryflow = celeryflow.cli:main" in entry_points
     assert "celeryflow/py.typed" in names
     assert "celeryflow/store/migrations/env.py" in names
+    # the dashboard's templates and static files ship with it
+    for folder in ("templates", "static"):
+        shipped = sorted(p.name for p in (ROOT / "celeryflow/dashboard" / folder).iterdir())
+        assert shipped and all(f"celeryflow/dashboard/{folder}/{n}" in names for n in shipped)
     versions = sorted(p.name for p in (ROOT / "celeryflow/store/migrations/versions").glob("*.py"))
     assert versions, "no migration scripts in the source tree"
     for name in versions:
