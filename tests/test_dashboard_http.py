@@ -274,4 +274,4 @@ def test_the_core_escapes_and_needs_a_flow_for_sending(flow: Flow) -> None:
     )
     assert sent.status == 400 and b"needs the Celery app" in sent.body
     missing = dashboard.handle(Request("GET", "/runs/<script>"))
-    assert missing.status == 400 and b"<script>" not in missing.body
+    assert missing.status == 404 and b"<script>" not in missing.body

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 
-from ..errors import CeleryflowError
+from ..errors import CeleryflowError, RunNotFound
 from ..flow import Flow
 from ..store import Store
 from .pages import ROUTES
@@ -121,6 +121,8 @@ class Dashboard:
                     return refused
             try:
                 return route.handler(self, request, match)
+            except RunNotFound as exc:
+                return self.page(request, "error.html", {"message": str(exc)}, status=404)
             except CeleryflowError as exc:
                 return self.page(request, "error.html", {"message": str(exc)}, status=400)
         if allowed:
