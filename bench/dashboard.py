@@ -17,6 +17,7 @@ the page adds on top of its database read.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from collections.abc import Callable
@@ -46,24 +47,41 @@ STATUS_SQL = """CASE
   WHEN i % 100 = 98 THEN 'waiting' ELSE 'cancelled' END"""
 
 
-def fill(raw_url: str, total: int, per_run: int, budget: float) -> tuple[int, float, float]:
-    """Fill the store; returns (steps written, seconds for runs+events, for steps)."""
+def run_id(i: int, total: int, base_ms: int) -> str:
+    """Run i's id, shaped as ``Flow``'s (creation milliseconds in hex, then random)."""
+    return f"{base_ms - (total - i) * 500:012x}" + hashlib.md5(f"run-{i}".encode()).hexdigest()[:20]
+
+
+def fill(
+    raw_url: str, total: int, per_run: int, budget: float, base: datetime
+) -> tuple[int, float, float]:
+    """Fill the store; returns (steps written, seconds for runs+events, for steps).
+    Run i is created at ``base`` - (total - i) * 500 ms; its id sorts by that time, as
+    real run ids do (so the steps' primary key grows at its end, as in production)."""
+    base_ms = int(base.timestamp() * 1000)
+    at = (
+        f"(TIMESTAMP '{base.replace(tzinfo=None).isoformat()}' - ({total} - i) * interval '500 ms')"
+    )
+    rid = (
+        f"(lpad(to_hex({base_ms}::bigint - ({total} - i) * 500), 12, '0') "
+        "|| substr(md5('run-' || i), 1, 20))"
+    )
     t0 = time.monotonic()
     with psycopg.connect(raw_url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
         conn.execute("SET maintenance_work_mem = '256MB'")
         conn.execute(
             f"""INSERT INTO cf_events (id, name, data, ts, received_at)
-            SELECT 'ev-' || i, 'bench/ev-' || (i % {FUNCTIONS}),
+            SELECT 'ev-' || lpad(i::text, 8, '0'), 'bench/ev-' || (i % {FUNCTIONS}),
                    '{{"order_id": ' || i || ', "note": "<b>bench</b>"}}',
                    1700000000000 + i,
-                   now() AT TIME ZONE 'UTC' - ({total} - i) * interval '500 ms'
+                   {at}
             FROM generate_series(1, {total}) AS i"""
         )
         conn.execute(
             f"""INSERT INTO cf_runs (id, function_id, event_id, events, status, output, error,
                 attempt, fence, dispatches, wake_at, due_at, created_at, started_at, ended_at)
-            SELECT md5('run-' || i), 'fn-' || (i % {FUNCTIONS}), 'ev-' || i,
+            SELECT {rid}, 'fn-' || (i % {FUNCTIONS}), 'ev-' || lpad(i::text, 8, '0'),
                    '[{{"name": "bench/ev-' || (i % {FUNCTIONS}) || '", "data": {{}}, "id": "ev-'
                      || i || '", "ts": 1700000000000}}]',
                    {STATUS_SQL},
@@ -74,18 +92,15 @@ def fill(raw_url: str, total: int, per_run: int, budget: float) -> tuple[int, fl
                    CASE WHEN i % 100 IN (97, 98) THEN now() AT TIME ZONE 'UTC' + interval '1 h' END,
                    CASE WHEN i % 100 BETWEEN 96 AND 98
                      THEN now() AT TIME ZONE 'UTC' + interval '1 h' END,
-                   now() AT TIME ZONE 'UTC' - ({total} - i) * interval '500 ms',
-                   now() AT TIME ZONE 'UTC' - ({total} - i) * interval '500 ms'
-                     + interval '5 ms',
+                   {at}, {at} + interval '5 ms',
                    CASE WHEN i % 100 < 96 OR i % 100 = 99 THEN
-                     now() AT TIME ZONE 'UTC' - ({total} - i) * interval '500 ms'
-                     + (20 + i % 200) * interval '1 ms' END
+                     {at} + (20 + i % 200) * interval '1 ms' END
             FROM generate_series(1, {total}) AS i"""
         )
         conn.execute(
             f"""INSERT INTO cf_waits (run_id, key, kind, event_name, match_field, match_value,
                 expires_at, created_at)
-            SELECT md5('run-' || i), 'paid', 'event', 'bench/paid', 'data.order_id', i::text,
+            SELECT {rid}, 'paid', 'event', 'bench/paid', 'data.order_id', i::text,
                    now() AT TIME ZONE 'UTC' + interval '1 h', now() AT TIME ZONE 'UTC'
             FROM generate_series(1, {total}) AS i WHERE i % 100 = 98"""
         )
@@ -99,12 +114,9 @@ def fill(raw_url: str, total: int, per_run: int, budget: float) -> tuple[int, fl
             conn.execute(
                 f"""INSERT INTO cf_steps (run_id, key, name, position, kind, status, output,
                     attempts, started_at, ended_at)
-                SELECT md5('run-' || i), 'step-' || s, 'step-' || s, s, 'run', 'completed',
-                       '{{"n": ' || s || '}}', 1 + (s % 7 = 3)::int,
-                       now() AT TIME ZONE 'UTC' - ({total} - i) * interval '500 ms'
-                         + s * interval '1 ms',
-                       now() AT TIME ZONE 'UTC' - ({total} - i) * interval '500 ms'
-                         + (s + 1) * interval '1 ms'
+                SELECT {rid}, 'step-' || lpad(s::text, 2, '0'), 'step-' || s, s, 'run',
+                       'completed', '{{"n": ' || s || '}}', 1 + (s % 7 = 3)::int,
+                       {at} + s * interval '1 ms', {at} + (s + 1) * interval '1 ms'
                 FROM generate_series({first}, {last}) AS i,
                      generate_series(0, {per_run - 1}) AS s"""
             )
@@ -137,7 +149,8 @@ def main() -> None:
     with fresh_postgres() as (url, raw):
         store = Store(url, auto_migrate=False)
         store.migrate()
-        written, runs_s, steps_s = fill(raw, args.runs, args.steps_per_run, args.fill_budget)
+        base = datetime.now(timezone.utc)
+        written, runs_s, steps_s = fill(raw, args.runs, args.steps_per_run, args.fill_budget, base)
         print(
             f"filled {args.runs:,} runs + events in {runs_s:.0f} s, {written:,} steps in "
             f"{steps_s:.0f} s"
@@ -160,11 +173,11 @@ def main() -> None:
             return run
 
         newest = sa.select(runs.c.id).order_by(runs.c.created_at.desc(), runs.c.id.desc())
-        middle_id = f"{args.runs // 2}"
+        base_ms = int(base.timestamp() * 1000)
         with engine.connect() as conn:
             mid = conn.execute(
                 sa.select(runs.c.created_at, runs.c.id).where(
-                    runs.c.id == sa.func.md5(f"run-{middle_id}")
+                    runs.c.id == run_id(args.runs // 2, args.runs, base_ms)
                 )
             ).one()
             detail_id = conn.execute(
