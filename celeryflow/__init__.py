@@ -17,6 +17,7 @@ from .events import Event, event
 from .flow import Flow
 from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import CancelOn, FlowFunction, Timeouts
+from .hooks import Hook
 from .legacy import RunFailedError, RunHandle
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
@@ -43,6 +44,7 @@ __all__ = [
     "Failure",
     "Flow",
     "FlowFunction",
+    "Hook",
     "NonRetriableError",
     "NondeterminismError",
     "Priority",

@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ from .errors import (
 )
 from .events import Event
 from .functions import FlowFunction
+from .hooks import (
+    RunFinished,
+    RunInfo,
+    RunParked,
+    RunStarted,
+    RunWoken,
+    StepFinished,
+    StepRetried,
+    StepStarted,
+)
 from .infra import guarded, release_after
 from .leases import LeaseKeeper
 from .logs import RunLogger, run_context
@@ -174,7 +185,7 @@ class Engine:
     def _past_deadline(claim: Claim, now: datetime) -> bool:
         start: datetime | None = claim.run["start_deadline"]
         finish: datetime | None = claim.run["finish_deadline"]
-        if start is not None and claim.fence == 1 and start < now:
+        if start is not None and claim.first and start < now:
             return True  # never started, and waited too long to
         return finish is not None and finish < now
 
@@ -250,6 +261,11 @@ class Execution:
             if function.is_async
             else Context(step=Steps(self), **context)
         )
+        self.hooks = flow.hooks
+        self._last_kind: str | None = None  # the kind of the step met last: why it parks
+        self._last_step: str | None = None
+        self._ended: RunParked | RunFinished | None = None  # what the hooks are told
+        self._began = time.monotonic()
 
     def _handler_view(self, events: list[Event]) -> tuple[list[Event], Failure | None]:
         """A function's ``on_failure`` handler sees the failed run's event as
@@ -291,11 +307,60 @@ class Execution:
 
     # -- the function -----------------------------------------------------------------
 
+    def run_info(self) -> RunInfo:
+        return RunInfo(self.function.id, self.run_id, self.run_attempt, self.trigger)
+
     def drive(self) -> datetime | None:
+        if self.hooks:
+            info = vars(self.run_info())
+            first = self.claim.first
+            if not first:
+                self.hooks.emit("run_woken", RunWoken(**info))
+            self.hooks.emit("run_started", RunStarted(**info, first=first))
         try:
-            return self._drive()
+            wake = self._drive()
         except Unavailable as exc:
-            return release_after(self, exc, self._in_flight, self._pending)
+            wake = release_after(self, exc, self._in_flight, self._pending)
+            self._parked("released", wake)
+        if self.hooks and self._ended is not None:
+            name = "run_finished" if isinstance(self._ended, RunFinished) else "run_parked"
+            self.hooks.emit(name, self._ended)
+        return wake
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._began
+
+    def _parked(self, reason: str, wake: datetime | None) -> None:
+        if self._ended is None:
+            step = None if reason in ("lost", "released") else self._last_step
+            self._ended = RunParked(
+                **vars(self.run_info()),
+                reason=reason,
+                step_id=step,
+                wake_at=wake,
+                duration=self._elapsed(),
+            )
+
+    def _finished(self, status: RunStatus, failure: BaseException | None = None) -> None:
+        if self._ended is None:
+            error = str(error_info(failure)["type"]) if failure is not None else None
+            self._ended = RunFinished(
+                **vars(self.run_info()),
+                status=status.value,
+                error=error,
+                duration=self._elapsed(),
+            )
+
+    def _interrupted(self, signal: Interrupt) -> None:
+        """Why the execution left the worker, for the hooks."""
+        if signal.reason.startswith("cancelled"):
+            self._finished(S.CANCELLED)
+        elif signal.reason == "lease lost":
+            self._parked("lost", None)
+        elif signal.reason == S.QUEUED.value:
+            self._parked("retry", signal.wake_at)
+        else:
+            self._parked(self._last_kind or signal.reason, signal.wake_at)
 
     def _drive(self) -> datetime | None:
         try:
@@ -306,6 +371,7 @@ class Execution:
         except Unavailable:
             raise
         except Interrupt as signal:
+            self._interrupted(signal)
             return signal.wake_at
         except NestedStepError as nested:
             self._fail_run(nested)
@@ -346,13 +412,17 @@ class Execution:
         if run["parent_run_id"]:
             parent = (run["parent_run_id"], run["parent_step"], self.branch)
         recorded: list[Recorded] = []
+        sent: list[Event] = []
+        rows: list[dict[str, Any]] = []
         also = None
         # a failed branch fails its parent's step; the parent's failure is the one sent
         if failure is not None and self.trigger.name != FAILED_EVENT and self.branch is None:
 
             def also(conn: Any) -> None:
                 # [:]: a lost connection retries the transaction, and this with it
-                recorded[:] = [self.flow.record_failure_on(conn, self, failure, now)]
+                sent.clear()
+                rows.clear()
+                recorded[:] = [self.flow.record_failure_on(conn, self, failure, now, sent, rows)]
 
         held, resumed = self.session.finish(
             self.run_id,
@@ -369,11 +439,14 @@ class Execution:
         )
         if not held:
             log.warning("run %s: %s, but it was cancelled or taken over", self.run_id, status)
+            self._parked("lost", None)
             return
+        self._finished(status, failure)
         ring = [parent[0]] if parent and resumed else []
         for r in recorded:
             ring += [*r.created, *r.resumed]
         self.doorbell.ring(ring)
+        self.hooks.announce(sent, rows, [c for r in recorded for c in r.created])
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop
             self.store.cancel_branches(parent[0], parent[1], now)
@@ -409,11 +482,20 @@ class Execution:
             attempt=attempt,
             writes=self.take_pending(),
         ):
+            self._parked("lost", None)
             return None
+        self._parked("retry", wake)
         return wake
 
-    def _park(self, status: RunStatus, wake: datetime, step: StepWrite) -> NoReturn:
-        """Leave the worker until ``wake``, recording the step that parks the run."""
+    def _park(
+        self,
+        status: RunStatus,
+        wake: datetime,
+        step: StepWrite,
+        then: Callable[[], None] | None = None,
+    ) -> NoReturn:
+        """Leave the worker until ``wake``, recording the step that parks the run;
+        ``then`` is called once that is written."""
         if not self.session.move(
             self.run_id,
             self.fence,
@@ -424,6 +506,8 @@ class Execution:
             writes=[*self.take_pending(), step],
         ):
             raise self.lost()
+        if then is not None:
+            then()
         raise Interrupt(status.value, wake)
 
     # -- helpers the steps call ----------------------------------------------------------
@@ -462,6 +546,7 @@ class Execution:
     def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
         row = self.memo.get(key)
         self._unvisited.discard(key)
+        self._last_kind, self._last_step = kind, name
         if row is None:
             self._reached_new = True
             if self.branch is not None and not self.in_branch:
@@ -536,7 +621,22 @@ class Execution:
         self._flush()  # the previous step's result is durable before this one works
         self.ctx.attempt = plan.prior_attempts
         plan.started_at = utcnow()
+        if self.hooks:
+            self.hooks.emit("step_started", StepStarted(**self._step_info(plan)))
         return plan
+
+    def _step_info(self, plan: StepPlan) -> dict[str, Any]:
+        return dict(
+            function_id=self.function.id,
+            run_id=self.run_id,
+            step_id=plan.name,
+            key=plan.key,
+            index=plan.position,
+            attempt=plan.prior_attempts + 1,
+        )
+
+    def _step_seconds(self, plan: StepPlan) -> float:
+        return max(0.0, (utcnow() - plan.started_at).total_seconds())
 
     @contextmanager
     def inside_step(self, plan: StepPlan) -> Iterator[None]:
@@ -555,6 +655,9 @@ class Execution:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
         self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
+        if self.hooks:
+            done = StepFinished(**self._step_info(plan), duration=self._step_seconds(plan))
+            self.hooks.emit("step_finished", done)
         return from_json(text)
 
     def fail_step(
@@ -573,6 +676,14 @@ class Execution:
             values["attempts"] = attempts
             self._pending.append((values, plan.new))
             self._flush()
+            if self.hooks:
+                failed = StepFinished(
+                    **self._step_info(plan),
+                    status="failed",
+                    duration=self._step_seconds(plan),
+                    error=str(error["type"]),
+                )
+                self.hooks.emit("step_finished", failed)
             raise StepError(plan.name, error) from exc
         wake = utcnow() + self._retry_delay(exc, attempts, retry_delay)
         self.log.warning(
@@ -581,7 +692,15 @@ class Execution:
         values = self.step_values(plan, status="retrying", error=to_json(error, "error"))
         values["attempts"] = attempts
         values["ended_at"] = None
-        self._park(S.QUEUED, wake, (values, plan.new))
+        retried = StepRetried(
+            **self._step_info(plan),
+            error=str(error["type"]),
+            wake_at=wake,
+            duration=self._step_seconds(plan),
+        )
+        self._park(
+            S.QUEUED, wake, (values, plan.new), lambda: self.hooks.emit("step_retried", retried)
+        )
 
     def step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
         values: dict[str, Any] = {

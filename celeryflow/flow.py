@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +33,7 @@ from .flowcontrol import (
     Throttle,
 )
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
+from .hooks import Hook, Hooks
 from .legacy import RunHandle
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
@@ -138,6 +139,9 @@ class Flow:
     ``sqlite:///celeryflow.db``. If the app has no broker configured and the store
     is SQLite, the app gets the embedded SQLite broker (``celeryflow+sqlite://``)
     beside the store, so a first try needs no service at all.
+
+    ``hooks``: :class:`celeryflow.Hook` instances told as events and runs move (see
+    :mod:`celeryflow.hooks`); more can be added with :meth:`add_hook`.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class Flow:
         store: str | None = None,
         *,
         auto_migrate: bool | None = None,
+        hooks: Iterable[Hook] = (),
         **settings: Any,
     ) -> None:
         try:
@@ -153,6 +158,7 @@ class Flow:
         except ValidationError as exc:
             raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
+        self.hooks = Hooks(hooks)
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
         self.store = Store(
             url,
@@ -171,6 +177,10 @@ class Flow:
         self.limited_functions: list[str] = []
         self.engine = Engine(self)
         self.doorbell = tasks.install(self)
+
+    def add_hook(self, hook: Hook) -> None:
+        """Register ``hook`` after those given so far (see :mod:`celeryflow.hooks`)."""
+        self.hooks.add(hook)
 
     # -- defining functions -------------------------------------------------------------
 
@@ -280,6 +290,7 @@ class Flow:
                 created = [str(row["id"]) for row in rows]
                 names = {row["id"]: row["function_id"] for row in rows}
                 self.doorbell.ring(self._ring_for_slots(created, alone, now), function_id=names)
+                self.hooks.announce(prepared, rows, created)
                 return [ev.id for ev in prepared if ev.id is not None]
 
         planned: list[PlannedRun] = []
@@ -300,6 +311,7 @@ class Flow:
             [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed],
             function_id={p.row["id"]: p.row["function_id"] for p in planned},
         )
+        self.hooks.announce(prepared, [p.row for p in planned], recorded.created)
         return [ev.id for ev in prepared if ev.id is not None]
 
     def _ring_for_slots(
@@ -341,12 +353,15 @@ class Flow:
         [ev] = prepare_events([Event(name=INVOKED_EVENT, data=data)])
         now = utcnow()
 
+        rows: list[dict[str, Any]] = []
+
         def plan(e: Event) -> list[PlannedRun]:
             planned = self.plan_for(function, e, {"event": e.model_dump()}, now)
             if not_before is not None and not_before > now:
                 row = planned.row
                 row["wake_at"] = not_before
                 row["due_at"] = not_before + self.settings.redeliver_after
+            rows.append(planned.row)
             return [planned]
 
         recorded = self.store.record_events(
@@ -357,6 +372,7 @@ class Flow:
             condition_holds=condition_holds,
         )
         self.doorbell.ring(recorded.created, function_id=function.id)
+        self.hooks.announce([ev], rows, recorded.created)
         runs = self.store.list_runs(event_id=ev.id, limit=1)
         if not runs:  # it joined a debounced or batched run, which has another event
             raise CeleryflowError(
@@ -407,23 +423,40 @@ class Flow:
             self.doorbell.ring([run_id])
         return result
 
-    def record_events_on(self, conn: Any, prepared: list[Event], now: datetime) -> Recorded:
-        """Record events inside a caller's transaction (``step.send_event``)."""
+    def record_events_on(
+        self, conn: Any, prepared: list[Event], now: datetime, rows: list[dict[str, Any]]
+    ) -> Recorded:
+        """Record events inside a caller's transaction (``step.send_event``); the
+        planned run rows are added to ``rows`` (for :meth:`Hooks.announce` after the
+        commit)."""
         functions = list(self.functions.values())
+
+        def plan(ev: Event) -> list[PlannedRun]:
+            planned = self.plan_runs(ev, functions, now)
+            rows.extend(p.row for p in planned)
+            return planned
+
         return self.store.record_events_on(
             conn,
             prepared,
-            lambda ev: self.plan_runs(ev, functions, now),
+            plan,
             now,
             resume_due=now + self.settings.redeliver_after,
             condition_holds=condition_holds,
         )
 
     def record_failure_on(
-        self, conn: Any, execution: Execution, failure: BaseException, now: datetime
+        self,
+        conn: Any,
+        execution: Execution,
+        failure: BaseException,
+        now: datetime,
+        sent: list[Event],
+        rows: list[dict[str, Any]],
     ) -> Recorded:
         """Send ``celeryflow/function.failed`` for a run that failed for good: to every
-        function triggered by that name, and to the failed function's ``on_failure``."""
+        function triggered by that name, and to the failed function's ``on_failure``.
+        The event is added to ``sent`` and the planned run rows to ``rows``."""
         from .engine import FAILED_EVENT, error_info
 
         info = error_info(failure)
@@ -445,8 +478,10 @@ class Flow:
             planned = self.plan_runs(ev, functions, now)
             if handler is not None and all(p.row["function_id"] != handler.id for p in planned):
                 planned.append(PlannedRun(self.new_run(handler.id, [ev], now)))
+            rows.extend(p.row for p in planned)
             return planned
 
+        sent.append(failed)
         return self.store.record_events_on(
             conn,
             [failed],
@@ -465,6 +500,7 @@ class Flow:
 
         now = now or utcnow()
         created: dict[str, str] = {}
+        fired: list[tuple[Event, dict[str, Any]]] = []
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
@@ -481,7 +517,9 @@ class Flow:
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
                     log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
                     created[str(run["id"])] = fn.id
+                    fired.append((ev, run))
         self.doorbell.ring(list(created), function_id=created)
+        self.hooks.announce([e for e, _ in fired], [r for _, r in fired], created)
         return list(created)
 
     def has_crons(self) -> bool:
@@ -612,4 +650,5 @@ class Flow:
         row = self.new_run(old.function_id, list(old.events), now)
         self.store.insert_runs([row])
         self.doorbell.ring([row["id"]], function_id=old.function_id)
+        self.hooks.announce([], [row], [str(row["id"])])
         return str(row["id"])

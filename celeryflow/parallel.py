@@ -114,4 +114,5 @@ def begin(
     ):
         raise x.lost()
     x.doorbell.ring([child["id"] for child in children], function_id=x.function.id)
+    x.hooks.announce([], children, [str(child["id"]) for child in children])
     raise Interrupt(RunStatus.WAITING.value)

@@ -23,6 +23,7 @@ from .store.waits import extract, find_recent_event, full_match_value, match_val
 
 if TYPE_CHECKING:
     from .engine import Execution
+    from .store import Recorded
 
 INVOKED_EVENT = "celeryflow/function.invoked"  # the event a child run of step.invoke gets
 
@@ -152,14 +153,17 @@ def send_event(
         raise NonRetriableError(f"step.send_event({name!r}): {exc}") from None
     ids = [str(ev.id) for ev in prepared]
     done = x.step_values(plan, status="completed", output=json.dumps(ids))
-    recorded = x.session.record_events(
-        x.fence,
-        [*x.take_pending(), (done, plan.new)],
-        lambda conn: x.flow.record_events_on(conn, prepared, utcnow()),
-    )
+    rows: list[dict[str, Any]] = []
+
+    def record(conn: Any) -> Recorded:
+        rows.clear()  # a lost connection retries the transaction, and this with it
+        return x.flow.record_events_on(conn, prepared, utcnow(), rows)
+
+    recorded = x.session.record_events(x.fence, [*x.take_pending(), (done, plan.new)], record)
     if recorded is None:
         raise x.lost()
     x.doorbell.ring([*recorded.created, *recorded.resumed])
+    x.hooks.announce(prepared, rows, recorded.created)
     return ids
 
 
@@ -233,4 +237,5 @@ def invoke(
     ):
         raise x.lost()
     x.doorbell.ring([child["id"]], function_id=child["function_id"])
+    x.hooks.announce([], [child], [str(child["id"])])
     raise Interrupt(RunStatus.WAITING.value, wake)

@@ -63,6 +63,14 @@ class Claim:
     steps: dict[str, sa.RowMapping]
     parent_steps: dict[str, sa.RowMapping] = field(default_factory=dict)
 
+    @property
+    def first(self) -> bool:
+        """The run had never started before this claim. The one definition of "never
+        started": ``started_at`` is NULL, which the claim sets as it bumps the fence
+        from 0 to 1 (a slot's undone claim hands both back), so a first claim holds
+        fence 1."""
+        return self.fence == 1
+
 
 # A run released by a worker that lacks its function carries this note in `error`
 # while it stays queued; the next claim clears it.
@@ -267,7 +275,7 @@ class RunSession:
                 self._park_for_slot(row, fence)
                 return None
             claim = Claim(run=row, fence=fence, steps={})
-            if fence > 1:  # the first claim ever: no step can have been recorded
+            if fence > 1:  # not Claim.first: steps may have been recorded
                 rows = self.conn.execute(self.sql.load_steps, params).mappings()
                 claim.steps = {r["key"]: r for r in rows}
             if row["branch"] is not None:
@@ -300,7 +308,7 @@ class RunSession:
             # bumps it and the next write is refused), so they need not be read in
             # the claim's own transaction.
             claim = Claim(run=row, fence=int(row["fence"]), steps={})
-            if claim.fence > 1:
+            if not claim.first:
                 rows = self.conn.execute(self.sql.load_steps, params).mappings()
                 claim.steps = {r["key"]: r for r in rows}
             if row["branch"] is not None:
@@ -321,7 +329,7 @@ class RunSession:
             "wake_at": None,
             "fence": runs.c.fence - 1,
         }
-        if fence == 1:
+        if fence == 1:  # Claim.first: it never started after all
             values["started_at"] = None
             deadlines.append(row["start_deadline"])
         pending = [d for d in deadlines if d is not None]
