@@ -422,7 +422,9 @@ class Execution:
                 # [:]: a lost connection retries the transaction, and this with it
                 sent.clear()
                 rows.clear()
-                recorded[:] = [self.flow.record_failure_on(conn, self, failure, now, sent, rows)]
+                recorded[:] = [
+                    self.flow.planner.record_failure_on(conn, self, failure, now, sent, rows)
+                ]
 
         held, resumed = self.session.finish(
             self.run_id,

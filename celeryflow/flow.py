@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
-import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,17 +14,14 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import oncommit, tasks
-from .codec import to_json
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
 from .events import Event, EventTrigger, condition_holds, prepare_events
 from .flowcontrol import (
-    Admission,
     Batch,
     Concurrency,
     Debounce,
-    KeyUnavailable,
     Priority,
     RateLimit,
     Singleton,
@@ -35,18 +30,18 @@ from .flowcontrol import (
 from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
 from .hooks import Hook, Hooks
 from .legacy import RunHandle
+from .planning import Planner
 from .runs import Run, RunStatus
 from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
-from .store import EVENT_DEDUP_WINDOW, PlannedRun, Recorded, Store
+from .store import EVENT_DEDUP_WINDOW, PlannedRun, Store
 from .store.admin import cancellable_statuses
 
 if TYPE_CHECKING:
-    from .engine import Execution
+    pass
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
 log = logging.getLogger("celeryflow.flow")
-MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first runs
 DEFAULT_STORE = "sqlite:///celeryflow.db"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,11 +110,6 @@ class FlowSettings(BaseModel):
         return limit
 
 
-def new_run_id() -> str:
-    """Sortable by creation time, unique without coordination."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
-
-
 def default_broker_for(store_url: str) -> str | None:
     """The embedded broker beside a SQLite store: its own file, because SQLite has
     one writer at a time per file and doorbells should not queue behind steps."""
@@ -175,6 +165,7 @@ class Flow:
         # ids of the functions with concurrency limits: their runs claim a slot in a
         # transaction; kept here, not recomputed on every claim
         self.limited_functions: list[str] = []
+        self.planner = Planner(self.store, self.settings, self.functions)
         self.engine = Engine(self)
         self.doorbell = tasks.install(self)
 
@@ -283,20 +274,22 @@ class Flow:
         functions = list(self.functions.values())
         if len(prepared) == 1:
             # the commonest send: recorded in one statement where the store can
-            alone = self.plan_runs(prepared[0], functions, now)
+            alone = self.planner.plan_runs(prepared[0], functions, now)
             plain = all(not p.admission and not p.waits for p in alone)
             rows = [p.row for p in alone]
             if plain and self.store.record_event_alone(prepared[0], rows, now):
                 created = [str(row["id"]) for row in rows]
                 names = {row["id"]: row["function_id"] for row in rows}
-                self.doorbell.ring(self._ring_for_slots(created, alone, now), function_id=names)
+                self.doorbell.ring(
+                    self.planner.ring_for_slots(created, alone, now), function_id=names
+                )
                 self.hooks.announce(prepared, rows, created)
                 return [ev.id for ev in prepared if ev.id is not None]
 
         planned: list[PlannedRun] = []
 
         def plan(ev: Event) -> list[PlannedRun]:
-            runs = self.plan_runs(ev, functions, now)
+            runs = self.planner.plan_runs(ev, functions, now)
             planned.extend(runs)
             return runs
 
@@ -308,39 +301,11 @@ class Flow:
             condition_holds=condition_holds,
         )
         self.doorbell.ring(
-            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed],
+            [*self.planner.ring_for_slots(recorded.created, planned, now), *recorded.resumed],
             function_id={p.row["id"]: p.row["function_id"] for p in planned},
         )
         self.hooks.announce(prepared, [p.row for p in planned], recorded.created)
         return [ev.id for ev in prepared if ev.id is not None]
-
-    def _ring_for_slots(
-        self, created: list[str], planned: list[PlannedRun], now: datetime
-    ) -> list[str]:
-        """The new runs to ring: of a concurrency-limited function, only those first
-        in line for a free slot (1,000 runs under a limit of 4 are 4 messages, not
-        1,000 of which 996 would be refused)."""
-        limited: dict[tuple[str, str | None, str | None], list[int]] = {}
-        waiting_for_slot: list[str] = []
-        new = set(created)
-        planned_ids = {p.row["id"] for p in planned}
-        ring = [i for i in created if i not in planned_ids]  # batches that filled up
-        for p in planned:
-            row = p.row
-            fn = self.functions.get(row["function_id"])
-            if row["id"] not in new:
-                continue  # skipped, or joined a debounced or batched run
-            if fn is None or not fn.control.concurrency or row.get("wake_at") is not None:
-                ring.append(row["id"])
-                continue
-            waiting_for_slot.append(row["id"])
-            group = (fn.id, row["concurrency_key1"], row["concurrency_key2"])
-            limited[group] = [c.limit for c in fn.control.concurrency]
-        if len(limited) > MAX_SLOT_GROUPS:  # many keys: ringing all is cheaper than looking
-            return ring + waiting_for_slot
-        for (function_id, key1, key2), limits in limited.items():
-            ring += self.store.next_for_slots(function_id, [key1, key2], limits, now)
-        return list(dict.fromkeys(ring))
 
     def start(
         self, function: FlowFunction, data: dict[str, Any], *, not_before: datetime | None = None
@@ -356,7 +321,7 @@ class Flow:
         rows: list[dict[str, Any]] = []
 
         def plan(e: Event) -> list[PlannedRun]:
-            planned = self.plan_for(function, e, {"event": e.model_dump()}, now)
+            planned = self.planner.plan_for(function, e, {"event": e.model_dump()}, now)
             if not_before is not None and not_before > now:
                 row = planned.row
                 row["wake_at"] = not_before
@@ -423,74 +388,6 @@ class Flow:
             self.doorbell.ring([run_id])
         return result
 
-    def record_events_on(
-        self, conn: Any, prepared: list[Event], now: datetime, rows: list[dict[str, Any]]
-    ) -> Recorded:
-        """Record events inside a caller's transaction (``step.send_event``); the
-        planned run rows are added to ``rows`` (for :meth:`Hooks.announce` after the
-        commit)."""
-        functions = list(self.functions.values())
-
-        def plan(ev: Event) -> list[PlannedRun]:
-            planned = self.plan_runs(ev, functions, now)
-            rows.extend(p.row for p in planned)
-            return planned
-
-        return self.store.record_events_on(
-            conn,
-            prepared,
-            plan,
-            now,
-            resume_due=now + self.settings.redeliver_after,
-            condition_holds=condition_holds,
-        )
-
-    def record_failure_on(
-        self,
-        conn: Any,
-        execution: Execution,
-        failure: BaseException,
-        now: datetime,
-        sent: list[Event],
-        rows: list[dict[str, Any]],
-    ) -> Recorded:
-        """Send ``celeryflow/function.failed`` for a run that failed for good: to every
-        function triggered by that name, and to the failed function's ``on_failure``.
-        The event is added to ``sent`` and the planned run rows to ``rows``."""
-        from .engine import FAILED_EVENT, error_info
-
-        info = error_info(failure)
-        failed = Event(
-            name=FAILED_EVENT,
-            id=hashlib.sha256(f"failed:{execution.run_id}".encode()).hexdigest()[:32],
-            ts=int(now.timestamp() * 1000),
-            data={
-                "run_id": execution.run_id,
-                "function_id": execution.function.id,
-                "event": execution.ctx.event.model_dump(),
-                "error": {k: v for k, v in info.items() if k != "traceback"},
-            },
-        )
-        functions = list(self.functions.values())
-        handler = self.functions.get(execution.function.config.on_failure or "")
-
-        def plan(ev: Event) -> list[PlannedRun]:
-            planned = self.plan_runs(ev, functions, now)
-            if handler is not None and all(p.row["function_id"] != handler.id for p in planned):
-                planned.append(PlannedRun(self.new_run(handler.id, [ev], now)))
-            rows.extend(p.row for p in planned)
-            return planned
-
-        sent.append(failed)
-        return self.store.record_events_on(
-            conn,
-            [failed],
-            plan,
-            now,
-            resume_due=now + self.settings.redeliver_after,
-            condition_holds=condition_holds,
-        )
-
     def tick(self, now: datetime | None = None, *, since: datetime | None = None) -> list[str]:
         """Fire the cron slots that are due (each once, whatever the number of workers
         and beats); returns the new run ids. Called by every worker's reconciler thread
@@ -513,7 +410,7 @@ class Flow:
                     ts=int(now.timestamp() * 1000),
                     data={"cron": trigger.expression, "scheduled_at": stamp, "function_id": fn.id},
                 )
-                run = self.new_run(fn.id, [ev], now)
+                run = self.planner.new_run(fn.id, [ev], now)
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
                     log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
                     created[str(run["id"])] = fn.id
@@ -524,84 +421,6 @@ class Flow:
 
     def has_crons(self) -> bool:
         return any(fn.crons for fn in self.functions.values())
-
-    def plan_runs(
-        self, ev: Event, functions: list[FlowFunction], now: datetime
-    ) -> list[PlannedRun]:
-        """The runs ``ev`` starts (one per function it triggers), with their waiters."""
-        variables = {"event": ev.model_dump()}
-        return [
-            self.plan_for(fn, ev, variables, now)
-            for fn in functions
-            if fn.wants(ev.name, variables)
-        ]
-
-    def plan_for(
-        self, fn: FlowFunction, ev: Event, variables: dict[str, Any], now: datetime
-    ) -> PlannedRun:
-        """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
-        row = self.new_run(fn.id, [ev], now)
-        if row["status"] == RunStatus.SKIPPED.value:  # a concurrency key failed
-            return PlannedRun(row, [], Admission(refused=True))
-        try:
-            admission = fn.control.admission(variables)
-        except KeyUnavailable as exc:
-            exc.refuse(row, now)
-            return PlannedRun(row, [], Admission(refused=True))
-        if fn.control.concurrency:
-            # parked for a slot from birth: the sender rings only the runs first in
-            # line (send()), a released slot the next, the reconciler any it missed
-            row["due_at"] = None
-        timeouts = fn.config.timeouts
-        if timeouts is not None:
-            row["start_deadline"] = now + timeouts.start if timeouts.start else None
-            row["finish_deadline"] = now + timeouts.finish if timeouts.finish else None
-            # the reconciler looks at the run no later than its first deadline
-            due = [d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d]
-            row["due_at"] = min(due) if due else None
-        waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-        return PlannedRun(row, waits, admission if admission else None)
-
-    def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
-        """A run row (every column an insert names, so rows batch in one executemany),
-        with its concurrency keys and queue position evaluated from its first event.
-        A concurrency key that cannot be evaluated makes it the run's skipped record."""
-        keys: list[str | None] = [None, None]
-        queue_at = now
-        refused: KeyUnavailable | None = None
-        function = self.functions.get(function_id)
-        if function is not None and (function.control.concurrency or function.control.priority):
-            variables = {"event": evs[0].model_dump()}
-            try:
-                for i, key in enumerate(function.control.concurrency_keys(variables)):
-                    keys[i] = key
-            except KeyUnavailable as exc:
-                refused = exc
-            queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
-        row = {
-            "id": new_run_id(),
-            "function_id": function_id,
-            "event_id": evs[0].id,
-            "events": to_json([e.model_dump() for e in evs], "events"),
-            "status": RunStatus.QUEUED.value,
-            "attempt": 0,
-            "fence": 0,
-            "dispatches": 0,
-            "wake_at": None,
-            "due_at": now + self.settings.redeliver_after,
-            "parent_run_id": None,
-            "parent_step": None,
-            "branch": None,
-            "start_deadline": None,
-            "finish_deadline": None,
-            "concurrency_key1": keys[0],
-            "concurrency_key2": keys[1],
-            "queue_at": queue_at,
-            "created_at": now,
-        }
-        if refused is not None:
-            refused.refuse(row, now)
-        return row
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -647,7 +466,7 @@ class Flow:
         """Start a new run of the same function with the same event(s)."""
         old = self.store.get_run(run_id)
         now = utcnow()
-        row = self.new_run(old.function_id, list(old.events), now)
+        row = self.planner.new_run(old.function_id, list(old.events), now)
         self.store.insert_runs([row])
         self.doorbell.ring([row["id"]], function_id=old.function_id)
         self.hooks.announce([], [row], [str(row["id"])])

@@ -157,7 +157,7 @@ def send_event(
 
     def record(conn: Any) -> Recorded:
         rows.clear()  # a lost connection retries the transaction, and this with it
-        return x.flow.record_events_on(conn, prepared, utcnow(), rows)
+        return x.flow.planner.record_events_on(conn, prepared, utcnow(), rows)
 
     recorded = x.session.record_events(x.fence, [*x.take_pending(), (done, plan.new)], record)
     if recorded is None:
@@ -222,7 +222,7 @@ def invoke(
         data=data or {},
         ts=int(now.timestamp() * 1000),
     )
-    child = x.flow.new_run(target, [child_event], now)
+    child = x.flow.planner.new_run(target, [child_event], now)
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
         raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=x.run_id, parent_step=key)
