@@ -39,9 +39,10 @@ from .errors import (
     Unavailable,
     error_info,
 )
-from .events import Event
-from .functions import FlowFunction
+from .events import FAILED_EVENT, Event
+from .functions import FlowFunction, Registry
 from .hooks import (
+    Hooks,
     RunFinished,
     RunInfo,
     RunParked,
@@ -55,17 +56,19 @@ from .infra import guarded, release_after
 from .leases import LeaseKeeper
 from .logs import RunLogger, run_context
 from .logs import install as install_log_context
+from .planning import Planner
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
 from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
-    from .flow import Flow, FlowSettings
+    from .flow import FlowSettings
+    from .store import Store
+    from .tasks import CeleryDoorbell
 
-__all__ = ["FAILED_EVENT", "Engine", "Execution", "error_info"]
+__all__ = ["Engine", "Execution"]
 
-FAILED_EVENT = "celeryflow/function.failed"
 # Step kinds one call may replace with another under a recorded id: a legacy task
 # invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
 # or back. Both park for an outcome recorded on the step, which either call returns.
@@ -90,11 +93,28 @@ class StepPlan:
 
 
 class Engine:
-    """Runs claimed runs for one Flow. Holds no Celery objects (see tasks.py)."""
+    """Runs claimed runs for one Flow, with what it is given: the ``store``, the
+    ``doorbell`` (tasks.py's; the engine holds no Celery objects), the ``registry``
+    of functions, the ``settings``, the ``planner`` (events a run sends, children it
+    starts) and the ``hooks``."""
 
-    def __init__(self, flow: Flow) -> None:
-        self.flow = flow
-        self.leases = LeaseKeeper(flow.store, flow.settings.lease)
+    def __init__(
+        self,
+        *,
+        store: Store,
+        doorbell: CeleryDoorbell,
+        registry: Registry,
+        settings: FlowSettings,
+        planner: Planner,
+        hooks: Hooks,
+    ) -> None:
+        self.store = store
+        self.doorbell = doorbell
+        self.registry = registry
+        self.settings = settings
+        self.planner = planner
+        self.hooks = hooks
+        self.leases = LeaseKeeper(store, settings.lease)
         self._host = socket.gethostname()
         self.sleeps_elapse = False  # testing.sleeps_elapse: a sleep ends at once
         install_log_context()
@@ -116,12 +136,12 @@ class Engine:
             if not heads:
                 return wake
             following, rest = heads[0], heads[1:]
-            self.flow.doorbell.ring(rest)
+            self.doorbell.ring(rest)
             heads = []
             later = self._execute_guarded(following, heads)
-            if later is not None and later - utcnow() <= self.flow.settings.eta_horizon:
-                self.flow.doorbell.ring([following], eta=later)
-        self.flow.doorbell.ring(heads)
+            if later is not None and later - utcnow() <= self.settings.eta_horizon:
+                self.doorbell.ring([following], eta=later)
+        self.doorbell.ring(heads)
         return wake
 
     def _execute_guarded(self, run_id: str, heads: list[str]) -> datetime | None:
@@ -134,10 +154,10 @@ class Engine:
 
     def _execute_one(self, run_id: str, heads: list[str]) -> datetime | None:
         """One run; the runs first in line for the slot it left are added to ``heads``."""
-        settings = self.flow.settings
+        settings = self.settings
         now = utcnow()
         patience = settings.lease / 2
-        with guarded(self.flow.store, "store", patience).session() as held:
+        with guarded(self.store, "store", patience).session() as held:
             session = guarded(held, "store", patience)
             claim = session.claim(
                 run_id,
@@ -145,30 +165,30 @@ class Engine:
                 now,
                 now + settings.lease,
                 slot_limits=self._slot_limits,
-                limited=self.flow.limited_functions,
+                limited=self.registry.limited,
             )
             if claim is None:
                 return self._not_claimed(session, run_id, now)
-            function = self.flow.functions.get(claim.run["function_id"])
+            function = self.registry.get(claim.run["function_id"])
             if function is None:
                 # A rolling deploy: this worker lacks the function; another may have it.
-                release_unregistered(self.flow, session, claim, now)
+                release_unregistered(session, claim, now, settings.redeliver_after)
                 return None
             if self._past_deadline(claim, now):
                 log.info("run %s: cancelled by its Timeouts", run_id)
-                self.flow.store.cancel(run_id, now)
+                self.store.cancel(run_id, now)
                 return None
             self.leases.hold(run_id, claim.fence)
             try:
                 with run_context(run_id, function.id):
-                    return Execution(self.flow, function, claim, session).drive()
+                    return Execution(self, function, claim, session).drive()
             finally:
                 self.leases.release(run_id)
                 if function.control.concurrency:
                     heads += self._next_for_slot(function, claim)
 
     def _slot_limits(self, function_id: str) -> list[int]:
-        function = self.flow.functions.get(function_id)
+        function = self.registry.get(function_id)
         return [c.limit for c in function.control.concurrency] if function else []
 
     def _next_for_slot(self, function: FlowFunction, claim: Claim) -> list[str]:
@@ -176,7 +196,7 @@ class Engine:
         keys = [claim.run["concurrency_key1"], claim.run["concurrency_key2"]]
         limits = [c.limit for c in function.control.concurrency]
         try:
-            return self.flow.store.next_for_slots(function.id, keys, limits, utcnow())
+            return self.store.next_for_slots(function.id, keys, limits, utcnow())
         except Exception:  # the reconciler's slot pass rings them instead
             log.exception("run %s: finding the next run for its slot failed", claim.run["id"])
             return []
@@ -205,15 +225,17 @@ class Execution:
     """One pass of one run through its function."""
 
     def __init__(
-        self, flow: Flow, function: FlowFunction, claim: Claim, session: RunSession
+        self, engine: Engine, function: FlowFunction, claim: Claim, session: RunSession
     ) -> None:
-        self.flow = flow
-        self.settings: FlowSettings = flow.settings
+        self.engine = engine
+        self.settings: FlowSettings = engine.settings
+        self.registry = engine.registry
+        self.planner = engine.planner
         # The store and the broker as the run's code reaches them: their failures are
         # infrastructure, never an attempt of the user's code (celeryflow/infra.py).
         self.session = session
-        self.store = guarded(flow.store, "store", flow.settings.lease / 2)
-        self.doorbell = guarded(flow.doorbell, "broker")
+        self.store = guarded(engine.store, "store", engine.settings.lease / 2)
+        self.doorbell = guarded(engine.doorbell, "broker")
         self.function = function
         self.claim = claim
         self.run_id: str = claim.run["id"]
@@ -261,7 +283,7 @@ class Execution:
             if function.is_async
             else Context(step=Steps(self), **context)
         )
-        self.hooks = flow.hooks
+        self.hooks = engine.hooks
         self._last_kind: str | None = None  # the kind of the step met last: why it parks
         self._last_step: str | None = None
         self._ended: RunParked | RunFinished | None = None  # what the hooks are told
@@ -275,7 +297,7 @@ class Execution:
         if first.name != FAILED_EVENT:
             return events, None
         data = first.data
-        failed = self.flow.functions.get(str(data.get("function_id")))
+        failed = self.registry.get(str(data.get("function_id")))
         if failed is None or failed.config.on_failure != self.function.id:
             return events, None
         failure = Failure(
@@ -423,7 +445,16 @@ class Execution:
                 sent.clear()
                 rows.clear()
                 recorded[:] = [
-                    self.flow.planner.record_failure_on(conn, self, failure, now, sent, rows)
+                    self.planner.record_failure_on(
+                        conn,
+                        self.run_id,
+                        self.function,
+                        self.ctx.event,
+                        failure,
+                        now,
+                        sent,
+                        rows,
+                    )
                 ]
 
         held, resumed = self.session.finish(
@@ -737,7 +768,7 @@ class Execution:
             plan.started_at = row["started_at"]
         else:
             wake = when()
-        if wake <= now or self.flow.engine.sleeps_elapse:
+        if wake <= now or self.engine.sleeps_elapse:
             values = self.step_values(plan, status="completed", wake_at=wake)
             values["attempts"] = 1
             self._pending.append((values, plan.new))

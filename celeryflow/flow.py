@@ -17,7 +17,14 @@ from . import oncommit, tasks
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
-from .events import Event, EventTrigger, condition_holds, prepare_events
+from .events import (
+    INVOKED_EVENT,
+    SCHEDULED_EVENT,
+    Event,
+    EventTrigger,
+    condition_holds,
+    prepare_events,
+)
 from .flowcontrol import (
     Batch,
     Concurrency,
@@ -27,14 +34,17 @@ from .flowcontrol import (
     Singleton,
     Throttle,
 )
-from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
+from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Registry, Timeouts
 from .hooks import Hook, Hooks
-from .legacy import RunHandle
+from .legacy import RunHandle, subscriber
+from .outcomes import task_outcome
 from .planning import Planner
 from .runs import Run, RunStatus
-from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
+from .schedule import CATCH_UP, CronTrigger
 from .store import EVENT_DEDUP_WINDOW, PlannedRun, Store
 from .store.admin import cancellable_statuses
+from .store.cron import fire_slot
+from .store.database import sqlite_path
 
 if TYPE_CHECKING:
     pass
@@ -113,8 +123,6 @@ class FlowSettings(BaseModel):
 def default_broker_for(store_url: str) -> str | None:
     """The embedded broker beside a SQLite store: its own file, because SQLite has
     one writer at a time per file and doorbells should not queue behind steps."""
-    from .store.database import sqlite_path
-
     path = sqlite_path(store_url)
     if path is None or path == ":memory:":
         return None
@@ -161,13 +169,19 @@ class Flow:
             broker = default_broker_for(url)
             if broker is not None:
                 tasks.set_default_broker(app, broker)
-        self.functions: dict[str, FlowFunction] = {}
-        # ids of the functions with concurrency limits: their runs claim a slot in a
-        # transaction; kept here, not recomputed on every claim
-        self.limited_functions: list[str] = []
+        self.registry = Registry()
+        self.functions = self.registry.functions  # by id
+        self.limited_functions = self.registry.limited
         self.planner = Planner(self.store, self.settings, self.functions)
-        self.engine = Engine(self)
         self.doorbell = tasks.install(self)
+        self.engine = Engine(
+            store=self.store,
+            doorbell=self.doorbell,
+            registry=self.registry,
+            settings=self.settings,
+            planner=self.planner,
+            hooks=self.hooks,
+        )
 
     def add_hook(self, hook: Hook) -> None:
         """Register ``hook`` after those given so far (see :mod:`celeryflow.hooks`)."""
@@ -224,14 +238,7 @@ class Flow:
                 singleton=singleton,
                 params=params,
             )
-            if function.id in self.functions:
-                raise ConfigError(
-                    f"function id {function.id!r} is already registered "
-                    f"(by {self.functions[function.id].fn!r}); ids must be unique"
-                )
-            self.functions[function.id] = function
-            if function.control.concurrency:
-                self.limited_functions.append(function.id)
+            self.registry.add(function)
             return function
 
         return register
@@ -313,8 +320,6 @@ class Flow:
         """Start one run of ``function`` with ``data`` as its event's data (the event,
         ``celeryflow/function.invoked``, is recorded and triggers nothing else); its
         flow control applies. ``not_before`` delays the start (countdown, eta)."""
-        from .waiting import INVOKED_EVENT
-
         [ev] = prepare_events([Event(name=INVOKED_EVENT, data=data)])
         now = utcnow()
 
@@ -360,8 +365,6 @@ class Flow:
         queue. Recorded as runs of a function (id ``task:<task name>``), so dedup,
         flow control, retries and the run history apply; ``options`` are those of
         :meth:`function`."""
-        from .legacy import subscriber
-
         name = getattr(task, "name", None)
         if not isinstance(name, str):
             raise ConfigError(f"subscribe() needs a Celery task, got {task!r}")
@@ -372,8 +375,6 @@ class Flow:
     def resolve_task_step(self, run_id: str, key: str, outcome: dict[str, Any]) -> str:
         """A legacy task invoked as a step ended: resume the run (the callbacks in
         tasks.py call this). Returns "resolved", "early" or "gone"."""
-        from .legacy import task_outcome
-
         output, error = task_outcome(outcome)
         now = utcnow()
         result = self.store.resolve_step(
@@ -393,8 +394,6 @@ class Flow:
         and beats); returns the new run ids. Called by every worker's reconciler thread
         and by the ``celeryflow.tick`` beat entry. ``since``: skip slots at or before
         it (the caller handled them), so a look between slots costs no query."""
-        from .store.cron import fire_slot
-
         now = now or utcnow()
         created: dict[str, str] = {}
         fired: list[tuple[Event, dict[str, Any]]] = []

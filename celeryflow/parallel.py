@@ -99,7 +99,7 @@ def begin(
     now = utcnow()
     children = []
     for index in range(len(calls)):
-        child = x.flow.planner.new_run(x.function.id, x.ctx.events, now)
+        child = x.planner.new_run(x.function.id, x.ctx.events, now)
         child.update(parent_run_id=x.run_id, parent_step=key, branch=index, event_id=None)
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})

@@ -12,15 +12,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .codec import to_json
-from .engine import FAILED_EVENT, error_info
-from .events import Event, condition_holds
+from .errors import error_info
+from .events import FAILED_EVENT, Event, condition_holds
 from .flowcontrol import Admission, KeyUnavailable
 from .functions import FlowFunction
 from .runs import RunStatus
 from .store import PlannedRun, Recorded, Store
 
 if TYPE_CHECKING:
-    from .engine import Execution
     from .flow import FlowSettings
 
 __all__ = ["MAX_SLOT_GROUPS", "Planner", "new_run_id"]
@@ -96,29 +95,32 @@ class Planner:
     def record_failure_on(
         self,
         conn: Any,
-        execution: Execution,
+        run_id: str,
+        function: FlowFunction,
+        event: Event,
         failure: BaseException,
         now: datetime,
         sent: list[Event],
         rows: list[dict[str, Any]],
     ) -> Recorded:
-        """Send ``celeryflow/function.failed`` for a run that failed for good: to every
+        """Send ``celeryflow/function.failed`` for run ``run_id`` of ``function`` that
+        failed for good (``event``: what its code saw as ``ctx.event``): to every
         function triggered by that name, and to the failed function's ``on_failure``.
         The event is added to ``sent`` and the planned run rows to ``rows``."""
         info = error_info(failure)
         failed = Event(
             name=FAILED_EVENT,
-            id=hashlib.sha256(f"failed:{execution.run_id}".encode()).hexdigest()[:32],
+            id=hashlib.sha256(f"failed:{run_id}".encode()).hexdigest()[:32],
             ts=int(now.timestamp() * 1000),
             data={
-                "run_id": execution.run_id,
-                "function_id": execution.function.id,
-                "event": execution.ctx.event.model_dump(),
+                "run_id": run_id,
+                "function_id": function.id,
+                "event": event.model_dump(),
                 "error": {k: v for k, v in info.items() if k != "traceback"},
             },
         )
         functions = list(self.functions.values())
-        handler = self.functions.get(execution.function.config.on_failure or "")
+        handler = self.functions.get(function.config.on_failure or "")
 
         def plan(ev: Event) -> list[PlannedRun]:
             planned = self.plan_runs(ev, functions, now)

@@ -21,6 +21,7 @@ from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
 
+from .durations import utcnow
 from .errors import CeleryflowError, ConfigError
 from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
@@ -418,8 +419,6 @@ def install(flow: Flow) -> CeleryDoorbell:
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
         wake = flow.engine.execute(run_id)
         if wake is not None:
-            from .durations import utcnow
-
             if wake - utcnow() <= settings.eta_horizon:
                 fid = function_of_shadow(getattr(task.request, "shadow", None))
                 doorbell.ring([run_id], eta=wake, function_id=fid)

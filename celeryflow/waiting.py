@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from .codec import from_json
 from .durations import Duration, parse_duration, utcnow
 from .errors import ConfigError, EventError, Interrupt, NonRetriableError, StepError
-from .events import Event, condition_holds, prepare_events
+from .events import INVOKED_EVENT, Event, condition_holds, prepare_events
 from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
+from .outcomes import recorded_outcome
 from .runs import RunStatus
 from .store.waits import extract, find_recent_event, full_match_value, match_value
 
@@ -25,9 +26,7 @@ if TYPE_CHECKING:
     from .engine import Execution
     from .store import Recorded
 
-INVOKED_EVENT = "celeryflow/function.invoked"  # the event a child run of step.invoke gets
-
-__all__ = ["invoke", "recorded_outcome", "send_event", "wait_for_event"]
+__all__ = ["invoke", "send_event", "wait_for_event"]
 
 
 def _checked(
@@ -157,7 +156,7 @@ def send_event(
 
     def record(conn: Any) -> Recorded:
         rows.clear()  # a lost connection retries the transaction, and this with it
-        return x.flow.planner.record_events_on(conn, prepared, utcnow(), rows)
+        return x.planner.record_events_on(conn, prepared, utcnow(), rows)
 
     recorded = x.session.record_events(x.fence, [*x.take_pending(), (done, plan.new)], record)
     if recorded is None:
@@ -165,28 +164,6 @@ def send_event(
     x.doorbell.ring([*recorded.created, *recorded.resumed])
     x.hooks.announce(prepared, rows, recorded.created)
     return ids
-
-
-def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> Any:
-    """The outcome of a recorded step that waits on something else (a child run, a
-    legacy task): its output, or StepError. Claimed while still waiting means its
-    timeout passed: fail the step, unless the outcome came first."""
-    if row["status"] == "completed":
-        return from_json(row["output"])
-    if row["status"] == "failed":
-        raise StepError(name, json.loads(row["error"]))
-    error = {"type": "TimeoutError", "message": late}
-    holds, won = x.session.fail_timed_out(
-        x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
-    )
-    if not holds:
-        raise x.lost()
-    if won is None:
-        raise StepError(name, error)
-    step = next(s for s in x.store.get_run(x.run_id).steps if s.id == key)
-    if step.status == "failed":
-        raise StepError(name, step.error or {})
-    return step.output
 
 
 def invoke(
@@ -202,7 +179,7 @@ def invoke(
     The child's run records this run as its parent."""
     target = function.id if isinstance(function, FlowFunction) else str(function)
     where = f"step.invoke({name!r})"
-    if target not in x.flow.functions:
+    if target not in x.registry:
         raise NonRetriableError(f"{where}: no function {target!r} is registered")
     try:
         limit = None if timeout is None else parse_duration(timeout, f"{where} timeout")
@@ -222,7 +199,7 @@ def invoke(
         data=data or {},
         ts=int(now.timestamp() * 1000),
     )
-    child = x.flow.planner.new_run(target, [child_event], now)
+    child = x.planner.new_run(target, [child_event], now)
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
         raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=x.run_id, parent_step=key)
