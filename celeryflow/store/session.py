@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql
 from ..codec import to_json
 from ..runs import RunStatus, sources_of
 from .flowkeys import take_slot
-from .single import finish_alone, finish_alone_params
+from .one_statement import finish_alone, finish_alone_params
 from .tables import runs, steps, waits
 from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 

@@ -27,8 +27,8 @@ from .admin import StoreAdmin
 from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .due import DueRun, take_due
 from .flowkeys import admit, slot_heads, slot_waiting_keys
+from .one_statement import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
 from .session import Claim, RunSession, SessionStatements
-from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
@@ -194,7 +194,7 @@ class Store(StoreAdmin):
     def record_event_alone(self, event: Event, rows: list[dict[str, Any]], now: datetime) -> bool:
         """Record ``event`` and its plain runs (no flow control, no waiters) if its id
         is new and no run waits for its name: one statement on PostgreSQL, two on
-        SQLite (store/single.py). False when it wrote nothing: :meth:`record_events`
+        SQLite (store/one_statement.py). False when it wrote nothing: :meth:`record_events`
         must decide."""
         dialect = self.engine.dialect.name
         if dialect not in ("postgresql", "sqlite") or len(rows) > MAX_RUNS_ALONE:
