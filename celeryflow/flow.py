@@ -396,10 +396,16 @@ class Flow:
         now = now or utcnow()
         created: dict[str, str] = {}
         fired: list[tuple[Event, dict[str, Any]]] = []
+        paused: frozenset[str] | None = None
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
                 if since is not None and slot <= since:
+                    continue
+                if paused is None:
+                    paused = self.store.paused_function_ids()
+                if fn.id in paused:  # its slot is recorded, without a run
+                    fire_slot(self.store, fn.id, slot, now, None, CATCH_UP)
                     continue
                 stamp = slot.isoformat()
                 ev = Event(
