@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,9 +50,11 @@ __all__ = [
     "RunRow",
     "StepRow",
     "WaitRow",
+    "count_runs",
     "decode_cursor",
     "encode_cursor",
     "function_stats",
+    "iter_runs",
     "list_runs",
     "recent_events",
     "run_detail",
@@ -327,17 +329,7 @@ def list_runs(
     for the next one."""
     where = where or RunFilter()
     limit = max(1, min(limit, MAX_PAGE))
-    base = _run_select()
-    if where.function_id is not None:
-        base = base.where(runs.c.function_id == where.function_id)
-    if where.event_id is not None:
-        base = base.where(runs.c.event_id == where.event_id)
-    if where.event_name is not None:
-        base = base.where(events.c.name == where.event_name)
-    if where.since is not None:
-        base = base.where(runs.c.created_at >= where.since)
-    if where.until is not None:
-        base = base.where(runs.c.created_at < where.until)
+    base = _filtered(_run_select(), where)
     if after is not None:
         stamp, run_id = after
         # the leading range bound lets every index above seek to the cursor
@@ -361,6 +353,48 @@ def list_runs(
     page = found[:limit]
     more = len(found) > limit
     return RunPage(page, (page[-1].created_at, page[-1].id) if more and page else None)
+
+
+def _filtered(query: sa.Select[Any], where: RunFilter) -> sa.Select[Any]:
+    if where.function_id is not None:
+        query = query.where(runs.c.function_id == where.function_id)
+    if where.event_id is not None:
+        query = query.where(runs.c.event_id == where.event_id)
+    if where.event_name is not None:
+        query = query.where(events.c.name == where.event_name)
+    if where.since is not None:
+        query = query.where(runs.c.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(runs.c.created_at < where.until)
+    return query
+
+
+def count_runs(store: Store, where: RunFilter) -> int:
+    """How many runs :func:`list_runs` would page through (the same indexes, counted
+    in the database)."""
+    query = sa.select(sa.func.count()).select_from(
+        runs.outerjoin(events, events.c.id == runs.c.event_id)
+        if where.event_name is not None
+        else runs
+    )
+    query = _filtered(query, where)
+    if where.statuses:
+        query = query.where(runs.c.status.in_([RunStatus(s).value for s in where.statuses]))
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def iter_runs(store: Store, where: RunFilter, *, page: int = 500) -> Iterator[list[RunRow]]:
+    """Every run :func:`list_runs` shows, a page at a time (for bulk cancel and
+    replay: each page is read when the caller has dealt with the previous one)."""
+    after: Cursor | None = None
+    while True:
+        found = list_runs(store, where, limit=page, after=after)
+        if found.rows:
+            yield found.rows
+        if found.next_cursor is None:
+            return
+        after = found.next_cursor
 
 
 def _wait_row(row: sa.RowMapping, function_id: str | None = None) -> WaitRow:
