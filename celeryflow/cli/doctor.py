@@ -169,11 +169,15 @@ def doctor(ctx: click.Context, store_url: str | None, stuck_after: str, timeout:
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
     flow = app_flow(ctx)
-    store = open_store(ctx, store_url)
     report = Report()
     now = utcnow()
+    try:
+        store = open_store(ctx, store_url)
+    except Failure as exc:
+        report.add(FAIL, "store", exc.message)
+        ctx.exit(1)
     if not _store(report, store):
-        raise Failure("the store does not answer: nothing else checked")
+        ctx.exit(1)
     paused = set(store.paused_functions())
     workers: dict[str, list[str]] | None = {}
     if flow is not None:
