@@ -258,7 +258,7 @@ def test_doctor_without_a_worker_fails_and_says_why(ops: tuple[Flow, str]) -> No
     assert lines[0].startswith("OK    store")
     assert any(line.startswith("FAIL  reconciler  no pass recorded") for line in lines)
 
-    beat(flow.store, "reconciler", "someone", "host:1", utcnow())
+    beat(flow.store, "reconciler", "host:1", utcnow())
     flow.store.pause_function("ops-wait", utcnow())
     passing = invoke("--store", store, "doctor")
     assert passing.exit_code == 0, passing.stdout
