@@ -22,7 +22,7 @@ from ..store.health import last_ticks, seen, stuck
 from ..store.migrate import head_revision
 from ..tasks import broker_error, worker_functions
 from .base import Failure, UsageFailure, app_flow, main, open_store, store_option
-from .table import ago, short_time
+from .table import ago, short_duration, short_time
 
 __all__ = ["doctor"]
 
@@ -122,7 +122,7 @@ def _stuck(
 ) -> None:
     groups = stuck(store, now - after, now)
     if not groups:
-        report.add(OK, "queued", f"no run queued longer than {after}")
+        report.add(OK, "queued", f"no run queued longer than {short_duration(after)}")
         return
     known = {f for functions in (workers or {}).values() for f in functions}
     for group in groups:

@@ -135,6 +135,25 @@ def _step_detail(step: v.StepRow) -> str:
     return "; ".join(parts) or "-"
 
 
+def _steps_table(steps: list[v.StepRow]) -> None:
+    print_table(
+        ("#", "STEP", "KIND", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "DETAIL"),
+        [
+            [
+                s.position,
+                s.name if s.name == s.key else f"{s.name} ({s.key})",
+                s.kind,
+                s.status,
+                s.attempts,
+                short_time(s.started_at),
+                short_duration(s.ended_at - s.started_at if s.ended_at and s.started_at else None),
+                _step_detail(s),
+            ]
+            for s in steps
+        ],
+    )
+
+
 @main.command("run")
 @store_option
 @click.argument("run_id")
@@ -168,22 +187,10 @@ def show_run(ctx: click.Context, store_url: str | None, run_id: str, as_json: bo
     for name, value in fields:
         click.echo(f"{name + ':':<10}{value}")
     click.echo("")
-    print_table(
-        ("#", "STEP", "KIND", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "DETAIL"),
-        [
-            [
-                s.position,
-                s.name if s.name == s.key else f"{s.name} ({s.key})",
-                s.kind,
-                s.status,
-                s.attempts,
-                short_time(s.started_at),
-                short_duration(s.ended_at - s.started_at if s.ended_at and s.started_at else None),
-                _step_detail(s),
-            ]
-            for s in detail.steps
-        ],
-    )
+    if not detail.steps:
+        click.echo("no steps recorded")
+    else:
+        _steps_table(detail.steps)
     cancels = [w for w in detail.waits if w.kind == "cancel"]
     if cancels:
         click.echo("")

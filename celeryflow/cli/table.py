@@ -36,7 +36,10 @@ def short_duration(value: timedelta | None) -> str:
 
 
 def ago(value: datetime | None, now: datetime) -> str:
-    return f"{short_duration(now - value)} ago" if value is not None else "never"
+    if value is None:
+        return "never"
+    # a stamp written by another host (or after `now` was taken) may be a bit ahead
+    return f"{short_duration(max(now - value, timedelta(0)))} ago"
 
 
 def clip(text: str | None, width: int) -> str:

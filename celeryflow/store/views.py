@@ -15,8 +15,10 @@ Every query is bounded and walks an index, so it stays fast at a million runs:
 * :func:`recent_events`: ``ix_cf_events_received`` (``ix_cf_events_name_received`` by
   name), then the runs of the page's events on ``ix_cf_runs_event_id``.
 * :func:`function_stats`: counts over a window, a range of ``ix_cf_runs_created``
-  (of ``ix_cf_runs_function_created`` for one function); durations from at most
-  ``sample`` newest runs per function, on ``ix_cf_runs_function_created``.
+  (of ``ix_cf_runs_function_created`` for one function), and the durations of the
+  newest ``sample`` ended runs per function in one more pass over that range; its
+  cost grows with the runs in the window (figures at a million runs in
+  bench/RESULTS.md, bench/views.py), so a dashboard asks for hours, not months.
 * :func:`waiting_runs`: waiting runs on ``ix_cf_runs_status_created``, their
   waiters by primary key.
 """
@@ -552,22 +554,29 @@ def function_stats(
     with store.engine.connect() as conn:
         for fid, status, count in conn.execute(counting):
             counts[str(fid)][str(status)] = int(count)
-        for fid in sorted(counts):
-            timing = (
-                sa.select(runs.c.created_at, runs.c.started_at, runs.c.ended_at)
-                .where(
-                    runs.c.function_id == fid,
-                    *window,
-                    runs.c.status.in_(ended),
-                )
-                .order_by(runs.c.created_at.desc())
-                .limit(sample)
+        # one round trip for every function: the newest `sample` ended runs of each
+        # (ROW_NUMBER: PostgreSQL, SQLite >= 3.25 and MariaDB >= 10.2 all have it)
+        newest = sa.func.row_number().over(
+            partition_by=runs.c.function_id, order_by=runs.c.created_at.desc()
+        )
+        ranked = (
+            sa.select(
+                runs.c.function_id,
+                runs.c.created_at,
+                runs.c.started_at,
+                runs.c.ended_at,
+                newest.label("n"),
             )
-            durations[fid] = sorted(
-                row.ended_at - (row.started_at or row.created_at)
-                for row in conn.execute(timing)
-                if row.ended_at is not None
-            )
+            .where(*window, *of_function, runs.c.status.in_(ended))
+            .subquery()
+        )
+        timing = sa.select(ranked).where(ranked.c.n <= sample)
+        collected: dict[str, list[timedelta]] = defaultdict(list)
+        for row in conn.execute(timing):
+            if row.ended_at is not None:
+                started = row.started_at or row.created_at
+                collected[str(row.function_id)].append(row.ended_at - started)
+        durations = {fid: sorted(values) for fid, values in collected.items()}
     result = []
     for fid in sorted(counts):
         by_status = counts[fid]
