@@ -8,7 +8,7 @@ For each store, ``--sends`` single-event sends that each start one run, in round
 (the order of the sides rotated per round, the ratio taken within a round, the
 median shown):
 
-* baseline: the paused-set lookup taken out (``flow.unpaused`` returns its input).
+* baseline: the paused-set lookup taken out (``flow.planner.unpaused`` returns its input).
 * cached: as shipped; the paused set is read at most once per ``PAUSED_TTL`` (1 s).
 * uncached: ``PAUSED_TTL = 0``, one extra ``SELECT`` on ``cf_paused_functions`` per
   send: what every send would pay without the cache.
@@ -60,13 +60,13 @@ def side(name: str, flow: Flow) -> Callable[[int], float]:
         original = admin.PAUSED_TTL
         try:
             if name == "baseline":
-                flow.unpaused = lambda functions: functions  # type: ignore[method-assign]
+                flow.planner.unpaused = lambda functions: functions  # type: ignore[method-assign]
             elif name == "uncached":
                 admin.PAUSED_TTL = 0.0
             return timed(flow, sends)
         finally:
             admin.PAUSED_TTL = original
-            flow.__dict__.pop("unpaused", None)
+            flow.planner.__dict__.pop("unpaused", None)
 
     return run
 
