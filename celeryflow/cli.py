@@ -221,6 +221,11 @@ def show_run(ctx: click.Context, store_url: str | None, run_id: str) -> None:
 @click.option("--status", default=None, help="With --function: only runs in this state.")
 @click.option("--dry-run", is_flag=True, help="With --function: only count them.")
 @click.option("--yes", is_flag=True, help="With --function: do not ask for confirmation.")
+@click.option(
+    "--keep-children",
+    is_flag=True,
+    help="Leave the runs they started (step.invoke children, parallel branches) running.",
+)
 @click.pass_context
 def cancel(
     ctx: click.Context,
@@ -230,9 +235,12 @@ def cancel(
     status: str | None,
     dry_run: bool,
     yes: bool,
+    keep_children: bool,
 ) -> None:
     """Cancel the run RUN_ID (a prefix will do), or with --function every run of a
-    function that has not ended: a parked run at once, a running one at its next step.
+    function that has not ended: a parked run at once, a running one at its next step,
+    and the runs each started that are still going (its step.invoke children and
+    parallel branches), unless --keep-children.
     The function need not exist any more (a removed one's runs are retired so)."""
     if (run_id is None) == (function_id is None):
         raise UsageFailure("cancel takes a RUN_ID or --function ID (one of the two)")
@@ -241,7 +249,7 @@ def cancel(
     store = open_store(ctx, store_url)
     if run_id is not None:
         full = store.run_id_for(run_id)
-        if store.cancel(full, utcnow()):
+        if store.cancel(full, utcnow(), children=not keep_children):
             click.echo(f"cancelled run {full}")
         else:
             click.echo(f"run {full} had already ended ({store.get_run(full).status.value})")
@@ -258,7 +266,7 @@ def cancel(
         return
     if not yes:
         click.confirm(f"cancel {count} {states} run(s) of {function_id!r}?", abort=True)
-    done = store.cancel_runs(function_id, statuses, utcnow())
+    done = store.cancel_runs(function_id, statuses, utcnow(), children=not keep_children)
     click.echo(f"cancelled {done} run(s) of {function_id!r}")
 
 

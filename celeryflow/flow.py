@@ -584,10 +584,12 @@ class Flow:
             event_id=event_id, function_id=function_id, status=status, limit=limit
         )
 
-    def cancel(self, run_id: str) -> bool:
-        """Cancel a run: a parked one at once, a running one at its next step.
+    def cancel(self, run_id: str, *, keep_children: bool = False) -> bool:
+        """Cancel a run: a parked one at once, a running one at its next step, and
+        the runs it started that are still going (its ``step.invoke`` children and
+        ``step.parallel`` branches, theirs in turn) unless ``keep_children``.
         False if it had already ended."""
-        return self.store.cancel(run_id, utcnow())
+        return self.store.cancel(run_id, utcnow(), children=not keep_children)
 
     def cancel_runs(
         self,
@@ -595,15 +597,17 @@ class Flow:
         function_id: str,
         status: RunStatus | str | list[RunStatus | str] | None = None,
         dry_run: bool = False,
+        keep_children: bool = False,
     ) -> int:
         """Cancel every run of ``function_id`` that has not ended (or only those in
-        ``status``), as :meth:`cancel` does each; returns how many. The function need
-        not be defined any more: this retires the runs of a removed one. ``dry_run``
-        counts them instead."""
+        ``status``), as :meth:`cancel` does each (with their children unless
+        ``keep_children``); returns how many runs of ``function_id``. The function
+        need not be defined any more: this retires the runs of a removed one.
+        ``dry_run`` counts them instead."""
         statuses = cancellable_statuses(status)
         if dry_run:
             return self.store.count_runs(function_id, statuses)
-        return self.store.cancel_runs(function_id, statuses, utcnow())
+        return self.store.cancel_runs(function_id, statuses, utcnow(), children=not keep_children)
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s)."""

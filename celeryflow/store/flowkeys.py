@@ -36,6 +36,7 @@ class Admitted:
 
     row: dict[str, Any] | None
     ring: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # by Singleton(mode="cancel")
 
 
 def _locked(
@@ -87,6 +88,21 @@ def admit(
 ) -> Admitted:
     """Apply ``admission`` to the planned run ``row``, in the recording transaction.
     Order: rate limit, idempotency, singleton, debounce or batch, throttle."""
+    cancelled: list[str] = []
+    admitted = _admit(conn, insert_ignore, row, admission, now, redeliver_after, cancelled)
+    admitted.cancelled.extend(cancelled)
+    return admitted
+
+
+def _admit(
+    conn: sa.Connection,
+    insert_ignore: Any,
+    row: dict[str, Any],
+    admission: Admission,
+    now: datetime,
+    redeliver_after: timedelta,
+    cancelled: list[str],
+) -> Admitted:
     if admission.refused:  # the row is already the skipped record of a failed key
         return Admitted(row)
     fn = row["function_id"]
@@ -114,7 +130,8 @@ def admit(
         if holder is not None and _unfinished(conn, holder):
             if singleton.mode == "skip":
                 return _skip(row, now, "singleton", f"run {holder} is still in flight")
-            cancel_run(conn, holder, now)
+            if cancel_run(conn, holder, now):
+                cancelled.append(holder)
         _set(conn, k, run_id=row["id"], since=now)
     if admission.debounce is not None:
         debounce, key = admission.debounce
