@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -465,6 +466,7 @@ class Flow:
 
         now = now or utcnow()
         created: dict[str, str] = {}
+        jittered: dict[str, tuple[str, datetime]] = {}
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
@@ -478,11 +480,21 @@ class Flow:
                     data={"cron": trigger.expression, "scheduled_at": stamp, "function_id": fn.id},
                 )
                 run = self.new_run(fn.id, [ev], now)
+                start = None
+                if trigger.jitter is not None:
+                    start = now + trigger.jitter * random.random()
+                    run["wake_at"] = start
+                    run["due_at"] = start + self.settings.redeliver_after
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
                     log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
-                    created[str(run["id"])] = fn.id
+                    if start is None:
+                        created[str(run["id"])] = fn.id
+                    else:
+                        jittered[str(run["id"])] = (fn.id, start)
         self.doorbell.ring(list(created), function_id=created)
-        return list(created)
+        for run_id, (function_id, start) in jittered.items():
+            self.doorbell.ring([run_id], start, function_id=function_id)
+        return [*created, *jittered]
 
     def has_crons(self) -> bool:
         return any(fn.crons for fn in self.functions.values())

@@ -64,16 +64,14 @@ class TriggerCron(SDKModel):
     prefix sets the time zone."""
 
     cron: str
-    jitter: str | None = None
+    jitter: str | None = None  # a duration string ("30s", "5m"), as Inngest's
 
     def to_core(self) -> CronTrigger:
-        if self.jitter is not None:
-            raise not_supported("TriggerCron(jitter=...)", "celeryflow fires each slot on time")
         expression, tz = self.cron, None
         prefixed = _TZ_PREFIX.match(self.cron)
         if prefixed:
             tz, expression = prefixed[1], prefixed[2].strip()
-        return _build(CronTrigger, "TriggerCron", expression=expression, tz=tz)
+        return _build(CronTrigger, "TriggerCron", expression=expression, tz=tz, jitter=self.jitter)
 
 
 class Concurrency(SDKModel):
