@@ -325,6 +325,17 @@ class Execution:
             output = finished.value
         except Exception as exc:
             return self._raised(exc)
+        if self.branch is not None and not self.in_branch:
+            # a branch whose callable was gone, or whose parallel step was never
+            # reached: its output is not a branch result
+            self._fail_run(
+                StepUnexpectedError(
+                    f"the function returned while looking for step.parallel"
+                    f"({self.branch_key!r}) branch {self.branch}: the code changed under a "
+                    "run in flight"
+                )
+            )
+            return None
         try:
             text = to_json(output, f"function {self.function.id!r} output")
         except SerializationError as exc:
