@@ -467,10 +467,16 @@ class Flow:
         now = now or utcnow()
         created: dict[str, str] = {}
         jittered: dict[str, tuple[str, datetime]] = {}
+        paused: frozenset[str] | None = None
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
                 if since is not None and slot <= since:
+                    continue
+                if paused is None:
+                    paused = self.store.paused_function_ids()
+                if fn.id in paused:  # its slot is recorded, without a run
+                    fire_slot(self.store, fn.id, slot, now, None, CATCH_UP)
                     continue
                 stamp = slot.isoformat()
                 ev = Event(
@@ -504,11 +510,17 @@ class Flow:
     ) -> list[PlannedRun]:
         """The runs ``ev`` starts (one per function it triggers), with their waiters."""
         variables = {"event": ev.model_dump()}
-        return [
-            self.plan_for(fn, ev, variables, now)
-            for fn in functions
-            if fn.wants(ev.name, variables)
-        ]
+        wanted = [fn for fn in functions if fn.wants(ev.name, variables)]
+        if wanted:
+            wanted = self.unpaused(wanted)
+        return [self.plan_for(fn, ev, variables, now) for fn in wanted]
+
+    def unpaused(self, functions: list[FlowFunction]) -> list[FlowFunction]:
+        """``functions`` without the paused ones (``celeryflow pause``): an event
+        starts no run of a paused function; it is recorded all the same, and wakes
+        the runs waiting for it."""
+        paused = self.store.paused_function_ids()
+        return [fn for fn in functions if fn.id not in paused] if paused else functions
 
     def plan_for(
         self, fn: FlowFunction, ev: Event, variables: dict[str, Any], now: datetime

@@ -92,6 +92,7 @@ class Store(StoreAdmin):
         self._event_alone: dict[int, Any] = {}
         # an event id seen within this window starts nothing new (Flow's dedup_window)
         self.dedup_window = EVENT_DEDUP_WINDOW
+        self._paused: tuple[float, frozenset[str]] | None = None  # see paused_function_ids
 
     # -- setup ------------------------------------------------------------------------
 
