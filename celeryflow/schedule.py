@@ -30,9 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .durations import Duration, parse_duration
 from .errors import ConfigError
 
-__all__ = ["CATCH_UP", "SCHEDULED_EVENT", "CronTrigger", "cron"]
+__all__ = ["CATCH_UP", "CronTrigger", "cron"]
 
-SCHEDULED_EVENT = "celeryflow/scheduled.timer"
 CATCH_UP = timedelta(minutes=1)
 
 

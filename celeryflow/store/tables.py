@@ -1,5 +1,6 @@
 """The store's schema (SQLAlchemy Core). Alembic migrations must produce exactly this;
-tests/test_store_schema.py checks it on every database."""
+tests/test_store.py (test_migrations_produce_exactly_the_models_schema)
+checks it on every database."""
 
 from __future__ import annotations
 
