@@ -257,6 +257,11 @@ def _one_or_filter(run_id: str | None, where: v.RunFilter, dry_run: bool, yes: b
 @filter_options
 @click.option("--dry-run", is_flag=True, help="With a filter: only count the runs.")
 @click.option("--yes", is_flag=True, help="With a filter: do not ask for confirmation.")
+@click.option(
+    "--keep-children",
+    is_flag=True,
+    help="Leave the runs they started (step.invoke children, parallel branches) running.",
+)
 @click.pass_context
 def cancel(
     ctx: click.Context,
@@ -269,17 +274,20 @@ def cancel(
     until: str | None,
     dry_run: bool,
     yes: bool,
+    keep_children: bool,
 ) -> None:
     """Cancel the run RUN_ID (a prefix will do), or every unfinished run a filter
-    selects: a parked run at once, a running one at its next step. The function need
-    not exist any more (a removed one's runs are retired so)."""
+    selects: a parked run at once, a running one at its next step, and the runs each
+    started that are still going (its step.invoke children and parallel branches),
+    unless --keep-children. The function need not exist any more (a removed one's runs
+    are retired so)."""
     where = build_filter(function_id, status, event_name, since, until)
     _one_or_filter(run_id, where, dry_run, yes)
     store = open_store(ctx, store_url)
     now = utcnow()
     if run_id is not None:
         full = store.run_id_for(run_id)
-        if store.cancel(full, now):
+        if store.cancel(full, now, children=not keep_children):
             click.echo(f"cancelled run {full}")
         else:
             click.echo(f"run {full} had already ended ({store.get_run(full).status.value})")
@@ -291,7 +299,13 @@ def cancel(
     shown = describe(where)
     where = v.RunFilter(**{**where.__dict__, "statuses": statuses, "until": where.until or now})
     done = _bulk(
-        store, where, shown, CANCEL_WORDS, lambda i: store.cancel(i, now), dry_run=dry_run, yes=yes
+        store,
+        where,
+        shown,
+        CANCEL_WORDS,
+        lambda i: store.cancel(i, now, children=not keep_children),
+        dry_run=dry_run,
+        yes=yes,
     )
     if done >= 0:
         click.echo(f"cancelled {done} run(s){shown}")
