@@ -256,6 +256,7 @@ class Execution:
         # Replaying until the function reaches a step no earlier execution reached
         # (or has passed every recorded one): ctx.logger is quiet meanwhile.
         self._unvisited = set(self.memo)
+        self._retrying = frozenset(k for k, row in self.memo.items() if row["status"] == "retrying")
         self._reached_new = False
         self.log = logging.getLogger("celeryflow.run")
         self._seen: dict[str, int] = {}
@@ -276,7 +277,7 @@ class Execution:
             events=events,
             failure=failure,
             attempt=self._resume_attempt(),
-            logger=RunLogger(self.log, lambda: self.replaying),
+            logger=RunLogger(self.log, lambda: self.replaying, lambda: self.replaying_settled),
         )
         self.ctx: Context | AsyncContext = (
             AsyncContext(step=AsyncSteps(self), **context)
@@ -320,6 +321,14 @@ class Execution:
         if self.branch is not None and not self.in_branch:
             return True
         return bool(self._unvisited) and not self._reached_new
+
+    @property
+    def replaying_settled(self) -> bool:
+        """As :attr:`replaying`, counting only settled steps: a step that is being
+        retried is new work (the Inngest SDK's rule, for its facade's logger)."""
+        if self.branch is not None and not self.in_branch:
+            return True
+        return bool(self._unvisited - self._retrying) and not self._reached_new
 
     def _resume_attempt(self) -> int:
         for row in self.memo.values():
@@ -404,6 +413,17 @@ class Execution:
             output = finished.value
         except Exception as exc:
             return self._raised(exc)
+        if self.branch is not None and not self.in_branch:
+            # a branch whose callable was gone, or whose parallel step was never
+            # reached: its output is not a branch result
+            self._fail_run(
+                StepUnexpectedError(
+                    f"the function returned while looking for step.parallel"
+                    f"({self.branch_key!r}) branch {self.branch}: the code changed under a "
+                    "run in flight"
+                )
+            )
+            return None
         try:
             text = to_json(output, f"function {self.function.id!r} output")
         except SerializationError as exc:

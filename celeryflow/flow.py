@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -392,6 +393,7 @@ class Flow:
         it (the caller handled them), so a look between slots costs no query."""
         now = now or utcnow()
         created: dict[str, str] = {}
+        jittered: dict[str, tuple[str, datetime]] = {}
         fired: list[tuple[Event, dict[str, Any]]] = []
         paused: frozenset[str] | None = None
         for fn in list(self.functions.values()):
@@ -412,13 +414,23 @@ class Flow:
                     data={"cron": trigger.expression, "scheduled_at": stamp, "function_id": fn.id},
                 )
                 run = self.planner.new_run(fn.id, [ev], now)
+                start = None
+                if trigger.jitter is not None:
+                    start = now + trigger.jitter * random.random()
+                    run["wake_at"] = start
+                    run["due_at"] = start + self.settings.redeliver_after
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
                     log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
-                    created[str(run["id"])] = fn.id
                     fired.append((ev, run))
+                    if start is None:
+                        created[str(run["id"])] = fn.id
+                    else:
+                        jittered[str(run["id"])] = (fn.id, start)
         self.doorbell.ring(list(created), function_id=created)
-        self.hooks.announce([e for e, _ in fired], [r for _, r in fired], created)
-        return list(created)
+        for run_id, (function_id, start) in jittered.items():
+            self.doorbell.ring([run_id], start, function_id=function_id)
+        self.hooks.announce([e for e, _ in fired], [r for _, r in fired], [*created, *jittered])
+        return [*created, *jittered]
 
     def has_crons(self) -> bool:
         return any(fn.crons for fn in self.functions.values())
@@ -442,10 +454,12 @@ class Flow:
             event_id=event_id, function_id=function_id, status=status, limit=limit
         )
 
-    def cancel(self, run_id: str) -> bool:
-        """Cancel a run: a parked one at once, a running one at its next step.
+    def cancel(self, run_id: str, *, keep_children: bool = False) -> bool:
+        """Cancel a run: a parked one at once, a running one at its next step, and
+        the runs it started that are still going (its ``step.invoke`` children and
+        ``step.parallel`` branches, theirs in turn) unless ``keep_children``.
         False if it had already ended."""
-        return self.store.cancel(run_id, utcnow())
+        return self.store.cancel(run_id, utcnow(), children=not keep_children)
 
     def cancel_runs(
         self,
@@ -453,15 +467,17 @@ class Flow:
         function_id: str,
         status: RunStatus | str | list[RunStatus | str] | None = None,
         dry_run: bool = False,
+        keep_children: bool = False,
     ) -> int:
         """Cancel every run of ``function_id`` that has not ended (or only those in
-        ``status``), as :meth:`cancel` does each; returns how many. The function need
-        not be defined any more: this retires the runs of a removed one. ``dry_run``
-        counts them instead."""
+        ``status``), as :meth:`cancel` does each (with their children unless
+        ``keep_children``); returns how many runs of ``function_id``. The function
+        need not be defined any more: this retires the runs of a removed one.
+        ``dry_run`` counts them instead."""
         statuses = cancellable_statuses(status)
         if dry_run:
             return self.store.count_runs(function_id, statuses)
-        return self.store.cancel_runs(function_id, statuses, utcnow())
+        return self.store.cancel_runs(function_id, statuses, utcnow(), children=not keep_children)
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s)."""

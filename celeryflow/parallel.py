@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import from_json
 from .durations import utcnow
-from .errors import Interrupt, NonRetriableError, StepError, StepUnexpectedError
+from .errors import Interrupt, NonRetriableError, StepError
 from .runs import RunStatus
 
 if TYPE_CHECKING:
@@ -65,11 +65,11 @@ def begin(
             )
         if key == execution.branch_key:
             if execution.branch >= len(calls):
-                raise StepUnexpectedError(
-                    f'found step "{name}" when targeting a different step: '
-                    f"step.parallel({name!r}) now has {len(calls)} branches and this run "
-                    f"is branch {execution.branch}; the code changed under a run in flight"
-                )
+                # This branch's callable is gone (the code changed under the run). As
+                # in Inngest, the function goes on still looking for it: the next
+                # step it finds fails the branch, naming that step (and returning
+                # without one fails it too, in the engine).
+                return True, (None if mode == "race" else [None] * len(calls))
             execution.in_branch = True
             return False, calls[execution.branch]
     kind = "parallel" if mode == "all" else "race"

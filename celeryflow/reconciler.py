@@ -74,7 +74,7 @@ class Reconciler:
             log.debug("reconciler rang %d run(s)", len(due))
         rang = len(due) + self._slots()
         # what `celeryflow doctor` reads to tell the reconciler is alive
-        beat(self.flow.store, "reconciler", self.owner, self.host, utcnow())
+        beat(self.flow.store, "reconciler", self.host, utcnow())
         self.prune()
         return rang
 

@@ -20,6 +20,7 @@ from celery import Celery, bootsteps
 from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
+from celery.worker.control import inspect_command
 
 from .durations import utcnow
 from .errors import CeleryflowError, ConfigError
@@ -39,6 +40,7 @@ __all__ = [
     "TASK_FAILED",
     "CeleryDoorbell",
     "all_flows",
+    "broker_error",
     "eager_off",
     "flow_of",
     "function_of_shadow",
@@ -48,6 +50,7 @@ __all__ = [
     "shadow_name",
     "start_test_worker",
     "wait_for_store",
+    "worker_functions",
 ]
 
 # Task names are on the wire: a deployed worker and a new sender must agree on them,
@@ -591,3 +594,40 @@ def start_test_worker(
         **options,
     ) as worker:
         yield worker
+
+
+# -- asking the broker and the workers (celeryflow doctor) ------------------------------
+
+FUNCTIONS_COMMAND = "celeryflow_functions"
+
+
+@inspect_command(name=FUNCTIONS_COMMAND)  # type: ignore[untyped-decorator]
+def _functions_of_worker(state: Any, **_: Any) -> dict[str, Any]:
+    """A remote-control reply: the function ids this worker's Flow runs."""
+    flow = flow_of(state.app)
+    return {"functions": sorted(flow.functions) if flow is not None else []}
+
+
+def broker_error(app: Celery, timeout: float) -> str | None:
+    """None if the app's broker accepts a connection within ``timeout`` seconds,
+    else why not, in one line."""
+    try:
+        with app.connection_for_write(connect_timeout=timeout) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+            )
+    except Exception as exc:
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    return None
+
+
+def worker_functions(app: Celery, timeout: float) -> dict[str, list[str]]:
+    """The workers that answer a broadcast within ``timeout`` seconds, each with the
+    function ids it runs (empty for a worker of an older celeryflow)."""
+    replies = app.control.broadcast(FUNCTIONS_COMMAND, reply=True, timeout=timeout) or []
+    found: dict[str, list[str]] = {}
+    for reply in replies:
+        for worker, answer in reply.items():
+            names = answer.get("functions") if isinstance(answer, dict) else None
+            found[str(worker)] = [str(n) for n in names] if isinstance(names, list) else []
+    return found

@@ -1,5 +1,6 @@
 """Operating a store, as opposed to running on it: checking and migrating its schema,
-finding a run by an id prefix, cancelling every run of a function, pausing and
+finding a run by an id prefix, cancelling every run of a function and the runs a
+cancelled run started (its invoke children and parallel branches), pausing and
 resuming a function."""
 
 from __future__ import annotations
@@ -168,10 +169,13 @@ class StoreAdmin:
         function_id: str,
         statuses: Iterable[RunStatus | str],
         now: datetime,
+        *,
+        children: bool = True,
     ) -> int:
         """Cancel every run of ``function_id`` in one of ``statuses`` (each as
-        :meth:`cancel` would: a parked run at once, a running one at its next step),
-        a chunk per transaction; returns how many were cancelled."""
+        :meth:`cancel` would: a parked run at once, a running one at its next step,
+        and, unless ``children`` is False, the runs it started), a chunk per
+        transaction; returns how many runs of ``function_id`` were cancelled."""
         wanted = [RunStatus(s).value for s in statuses]
         query = (
             sa.select(runs.c.id)
@@ -184,11 +188,38 @@ class StoreAdmin:
         while True:
             with self._write() as conn:
                 ids = list(conn.execute(query.where(runs.c.id > after)).scalars())
-                done = sum(cancel_run(conn, str(run_id), now) for run_id in ids)
-            cancelled += done
+                done = [str(run_id) for run_id in ids if cancel_run(conn, str(run_id), now)]
+            cancelled += len(done)
+            if children:
+                self.cancel_descendants(done, now)
             if len(ids) < CANCEL_CHUNK:
                 return cancelled
             after = str(ids[-1])
+
+    def cancel_descendants(self, run_ids: Iterable[str], now: datetime) -> list[str]:
+        """Cancel what the (cancelled) ``run_ids`` started and is still going: their
+        invoke children and parallel branches (both point back by ``parent_run_id``),
+        and theirs in turn; returns their ids. Called after the parents' cancel has
+        committed, one transaction per child: a child's cancel locks the child's row,
+        then its parent's step, the order a finishing child takes, so the two cannot
+        deadlock (a cascade inside the parent's transaction would lock the other way)."""
+        cancelled: list[str] = []
+        frontier = list(dict.fromkeys(run_ids))
+        while frontier:
+            parents, frontier = frontier[:CANCEL_CHUNK], frontier[CANCEL_CHUNK:]
+            with self._read() as conn:
+                found = conn.execute(
+                    sa.select(runs.c.id)
+                    .where(runs.c.parent_run_id.in_(parents), runs.c.status.in_(CANCELLABLE))
+                    .order_by(runs.c.id)
+                ).scalars()
+                children = [str(run_id) for run_id in found]
+            for child in children:
+                with self._write() as conn:
+                    if cancel_run(conn, child, now):
+                        cancelled.append(child)
+                        frontier.append(child)
+        return cancelled
 
     # -- pausing functions --------------------------------------------------------------
 

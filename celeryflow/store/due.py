@@ -152,10 +152,12 @@ def take_due(
     *,
     limit: int,
     skip_locked: bool,
+    cancelled: list[str] | None = None,
 ) -> list[DueRun]:
     """Runs whose next move is due (or, for sleepers, due within ``lookahead``), in
     ``conn``'s transaction: each gets its next due time (so other reconcilers skip
-    it meanwhile), and ``dispatches`` counts the rings."""
+    it meanwhile), and ``dispatches`` counts the rings. Runs past their Timeouts are
+    cancelled here (their ids appended to ``cancelled``)."""
     horizon = now + lookahead
     query = (
         sa.select(
@@ -226,5 +228,6 @@ def take_due(
             updates,
         )
     for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
-        cancel_run(conn, run_id, now)
+        if cancel_run(conn, run_id, now) and cancelled is not None:
+            cancelled.append(run_id)
     return due

@@ -42,8 +42,11 @@ class StuckQueued:
     for_slot: int
 
 
-def beat(store: Store, kind: str, owner: str, host: str, now: datetime) -> None:
-    """Stamp ``owner``'s heartbeat of ``kind`` (one small row, updated in place)."""
+def beat(store: Store, kind: str, host: str, now: datetime) -> None:
+    """Stamp the heartbeat of ``kind`` for ``host`` (``hostname:pid``: one small row
+    per process, updated in place; beat's reconcile task makes a new Reconciler each
+    time, so the row is keyed by the process, not by the object)."""
+    owner = host[-64:]
     with store.write_lock(), store.engine.begin() as conn:
         updated = conn.execute(
             heartbeats.update()

@@ -542,6 +542,18 @@ class RunSession:
 
         def add_children(conn: sa.Connection) -> None:
             conn.execute(runs.insert(), children)
+            # Timeouts(finish=) still holds while the run waits on its children: the
+            # reconciler cancels it (and them) then, as it does a sleeping run
+            deadline = runs.c.finish_deadline
+            conn.execute(
+                runs.update()
+                .where(
+                    runs.c.id == run_id,
+                    deadline.is_not(None),
+                    sa.or_(runs.c.due_at.is_(None), runs.c.due_at > deadline),
+                )
+                .values(due_at=deadline)
+            )
 
         return self._fenced(fence, writes, self.sql.move[S.WAITING], params, add_children)
 

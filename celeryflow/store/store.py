@@ -188,7 +188,7 @@ class Store(StoreAdmin):
         ``plan_runs`` gives for it, and wake the runs waiting for it — all in one
         transaction."""
         with self._write() as conn:
-            return self.record_events_on(
+            recorded = self.record_events_on(
                 conn,
                 items,
                 plan_runs,
@@ -196,6 +196,11 @@ class Store(StoreAdmin):
                 resume_due=resume_due or now,
                 condition_holds=condition_holds or (lambda *_: False),
             )
+        # cancel_on and Singleton(mode="cancel") cancelled runs: what they started
+        # goes too, once their cancel has committed
+        if recorded.cancelled:
+            self.cancel_descendants(recorded.cancelled, now)
+        return recorded
 
     def record_event_in_one_statement(
         self, event: Event, rows: list[dict[str, Any]], now: datetime
@@ -301,6 +306,7 @@ class Store(StoreAdmin):
                     conn, self.insert_flow_key(), p.row, p.admission, now, redeliver_after
                 )
                 recorded.created.extend(admitted.ring)
+                recorded.cancelled.extend(admitted.cancelled)
                 if admitted.row is None:
                     continue
                 conn.execute(runs.insert(), [admitted.row])
@@ -447,10 +453,20 @@ class Store(StoreAdmin):
     ) -> list[DueRun]:
         """Runs whose next move is due (or, for sleepers, due within ``lookahead``);
         the rules are in ``due.py``."""
+        expired: list[str] = []
         with self._write() as conn:
-            return take_due(
-                conn, now, lookahead, redeliver_after, limit=limit, skip_locked=not self.is_sqlite
+            due = take_due(
+                conn,
+                now,
+                lookahead,
+                redeliver_after,
+                limit=limit,
+                skip_locked=not self.is_sqlite,
+                cancelled=expired,
             )
+        if expired:  # cancelled by their Timeouts: what they started goes too
+            self.cancel_descendants(expired, now)
+        return due
 
     def woken(self, now: datetime, limit: int = 500) -> list[str]:
         """Parked runs whose wake time has come (a retry back-off, a sleep, a wait's
@@ -495,13 +511,21 @@ class Store(StoreAdmin):
         with self._read() as conn:
             return [self._to_run(row, None) for row in conn.execute(query).mappings()]
 
-    def cancel(self, run_id: str, now: datetime) -> bool:
-        """Cancel at once; a running executor finds its fence gone at its next write."""
+    def cancel(self, run_id: str, now: datetime, *, children: bool = True) -> bool:
+        """Cancel at once; a running executor finds its fence gone at its next write.
+        Then, unless ``children`` is False, the runs it started
+        (:meth:`cancel_descendants`)."""
         with self._write() as conn:
-            if cancel_run(conn, run_id, now):
-                return True
-            exists = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
-        if exists is None:
+            done = cancel_run(conn, run_id, now)
+            exists = done or (
+                conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
+                is not None
+            )
+        if done:
+            if children:
+                self.cancel_descendants([run_id], now)
+            return True
+        if not exists:
             raise RunNotFound(f"no run with id {run_id!r}")
         return False
 

@@ -239,7 +239,7 @@ heartbeats = sa.Table(
     "cf_heartbeats",
     metadata,
     sa.Column("kind", Key(32), primary_key=True),  # "reconciler"
-    sa.Column("owner", Key(64), primary_key=True),  # the reconciler's token
+    sa.Column("owner", Key(64), primary_key=True),  # the process: hostname:pid
     sa.Column("host", sa.String(255), nullable=False),  # hostname:pid
     sa.Column("seen_at", UTCDateTime, nullable=False),
 )

@@ -15,8 +15,10 @@ Every query is bounded and walks an index, so it stays fast at a million runs:
 * :func:`recent_events`: ``ix_cf_events_received`` (``ix_cf_events_name_received`` by
   name), then the runs of the page's events on ``ix_cf_runs_event_id``.
 * :func:`function_stats`: counts over a window, a range of ``ix_cf_runs_created``
-  (of ``ix_cf_runs_function_created`` for one function); durations from at most
-  ``sample`` newest runs per function, on ``ix_cf_runs_function_created``.
+  (of ``ix_cf_runs_function_created`` for one function), and the durations of the
+  newest ``sample`` ended runs per function in one more pass over that range; its
+  cost grows with the runs in the window (figures at a million runs in
+  bench/RESULTS.md, bench/views.py), so a dashboard asks for hours, not months.
 * :func:`waiting_runs`: waiting runs on ``ix_cf_runs_status_created``, their
   waiters by primary key.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,10 +52,12 @@ __all__ = [
     "RunRow",
     "StepRow",
     "WaitRow",
+    "count_runs",
     "decode_cursor",
     "encode_cursor",
     "event_payloads",
     "function_stats",
+    "iter_runs",
     "list_runs",
     "recent_events",
     "run_detail",
@@ -328,17 +332,7 @@ def list_runs(
     for the next one."""
     where = where or RunFilter()
     limit = max(1, min(limit, MAX_PAGE))
-    base = _run_select()
-    if where.function_id is not None:
-        base = base.where(runs.c.function_id == where.function_id)
-    if where.event_id is not None:
-        base = base.where(runs.c.event_id == where.event_id)
-    if where.event_name is not None:
-        base = base.where(events.c.name == where.event_name)
-    if where.since is not None:
-        base = base.where(runs.c.created_at >= where.since)
-    if where.until is not None:
-        base = base.where(runs.c.created_at < where.until)
+    base = _filtered(_run_select(), where)
     if after is not None:
         stamp, run_id = after
         # the leading range bound lets every index above seek to the cursor
@@ -362,6 +356,48 @@ def list_runs(
     page = found[:limit]
     more = len(found) > limit
     return RunPage(page, (page[-1].created_at, page[-1].id) if more and page else None)
+
+
+def _filtered(query: sa.Select[Any], where: RunFilter) -> sa.Select[Any]:
+    if where.function_id is not None:
+        query = query.where(runs.c.function_id == where.function_id)
+    if where.event_id is not None:
+        query = query.where(runs.c.event_id == where.event_id)
+    if where.event_name is not None:
+        query = query.where(events.c.name == where.event_name)
+    if where.since is not None:
+        query = query.where(runs.c.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(runs.c.created_at < where.until)
+    return query
+
+
+def count_runs(store: Store, where: RunFilter) -> int:
+    """How many runs :func:`list_runs` would page through (the same indexes, counted
+    in the database)."""
+    query = sa.select(sa.func.count()).select_from(
+        runs.outerjoin(events, events.c.id == runs.c.event_id)
+        if where.event_name is not None
+        else runs
+    )
+    query = _filtered(query, where)
+    if where.statuses:
+        query = query.where(runs.c.status.in_([RunStatus(s).value for s in where.statuses]))
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def iter_runs(store: Store, where: RunFilter, *, page: int = 500) -> Iterator[list[RunRow]]:
+    """Every run :func:`list_runs` shows, a page at a time (for bulk cancel and
+    replay: each page is read when the caller has dealt with the previous one)."""
+    after: Cursor | None = None
+    while True:
+        found = list_runs(store, where, limit=page, after=after)
+        if found.rows:
+            yield found.rows
+        if found.next_cursor is None:
+            return
+        after = found.next_cursor
 
 
 def _wait_row(row: sa.RowMapping, function_id: str | None = None) -> WaitRow:
@@ -519,22 +555,29 @@ def function_stats(
     with store.engine.connect() as conn:
         for fid, status, count in conn.execute(counting):
             counts[str(fid)][str(status)] = int(count)
-        for fid in sorted(counts):
-            timing = (
-                sa.select(runs.c.created_at, runs.c.started_at, runs.c.ended_at)
-                .where(
-                    runs.c.function_id == fid,
-                    *window,
-                    runs.c.status.in_(ended),
-                )
-                .order_by(runs.c.created_at.desc())
-                .limit(sample)
+        # one round trip for every function: the newest `sample` ended runs of each
+        # (ROW_NUMBER: PostgreSQL, SQLite >= 3.25 and MariaDB >= 10.2 all have it)
+        newest = sa.func.row_number().over(
+            partition_by=runs.c.function_id, order_by=runs.c.created_at.desc()
+        )
+        ranked = (
+            sa.select(
+                runs.c.function_id,
+                runs.c.created_at,
+                runs.c.started_at,
+                runs.c.ended_at,
+                newest.label("n"),
             )
-            durations[fid] = sorted(
-                row.ended_at - (row.started_at or row.created_at)
-                for row in conn.execute(timing)
-                if row.ended_at is not None
-            )
+            .where(*window, *of_function, runs.c.status.in_(ended))
+            .subquery()
+        )
+        timing = sa.select(ranked).where(ranked.c.n <= sample)
+        collected: dict[str, list[timedelta]] = defaultdict(list)
+        for row in conn.execute(timing):
+            if row.ended_at is not None:
+                started = row.started_at or row.created_at
+                collected[str(row.function_id)].append(row.ended_at - started)
+        durations = {fid: sorted(values) for fid, values in collected.items()}
     result = []
     for fid in sorted(counts):
         by_status = counts[fid]
