@@ -31,6 +31,9 @@ execution for an invoke or a parallel branch), before it is recorded. The string
 returns are stored with the run and given back to every execution as
 ``RunInfo.context``: how a tracing plugin carries the sender's trace into the run
 and its children (``celeryflow.tracing``).
+
+``reconciled`` runs in the process of the reconciler (a worker's main process, or
+beat) after each pass, with what it rang.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "EventReceived",
     "Hook",
     "Hooks",
+    "Reconciled",
     "RunFinished",
     "RunInfo",
     "RunParked",
@@ -183,6 +187,17 @@ class StepRetried(StepInfo):
     duration: float = 0.0
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """One reconciler pass: ``rung`` overdue runs rung again, of which ``recovered``
+    were left running by a lost executor (their lease lapsed); ``slots`` runs rung
+    because a concurrency slot was free."""
+
+    rung: int = 0
+    recovered: int = 0
+    slots: int = 0
+
+
 def carried_context(stored: str | None) -> dict[str, str]:
     """A run's stored ``context`` column (JSON text, or NULL) as ``RunInfo.context``."""
     value = from_json(stored) if stored else None
@@ -221,6 +236,9 @@ class Hook:
 
     def step_retried(self, info: StepRetried) -> None:
         """Worker child, after the failed attempt and the park were written."""
+
+    def reconciled(self, info: Reconciled) -> None:
+        """The reconciler's process, after each pass."""
 
     def carry(self) -> dict[str, str]:
         """Strings to store with a run created now (see "Carrying context" above);
