@@ -22,7 +22,7 @@ from .legacy import RunFailedError, RunHandle
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
 from .steps import AsyncContext, Context, Failure
-from .store import kombu_sqlite
+from .transport import kombu_sqlite
 
 # `celery -A app worker` resolves the embedded broker URL (celeryflow+sqlite://)
 # after importing the app module, which imports celeryflow: register it here.

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -53,7 +53,6 @@ __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
 log = logging.getLogger("celeryflow.flow")
 DEFAULT_STORE = "sqlite:///celeryflow.db"
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class FlowSettings(BaseModel):
@@ -281,14 +280,14 @@ class Flow:
         functions = list(self.functions.values())
         if len(prepared) == 1:
             # the commonest send: recorded in one statement where the store can
-            alone = self.planner.plan_runs(prepared[0], functions, now)
-            plain = all(not p.admission and not p.waits for p in alone)
-            rows = [p.row for p in alone]
-            if plain and self.store.record_event_alone(prepared[0], rows, now):
+            one_event_runs = self.planner.plan_runs(prepared[0], functions, now)
+            plain = all(not p.admission and not p.waits for p in one_event_runs)
+            rows = [p.row for p in one_event_runs]
+            if plain and self.store.record_event_in_one_statement(prepared[0], rows, now):
                 created = [str(row["id"]) for row in rows]
                 names = {row["id"]: row["function_id"] for row in rows}
                 self.doorbell.ring(
-                    self.planner.ring_for_slots(created, alone, now), function_id=names
+                    self.planner.ring_for_slots(created, one_event_runs, now), function_id=names
                 )
                 self.hooks.announce(prepared, rows, created)
                 return [ev.id for ev in prepared if ev.id is not None]
@@ -397,10 +396,16 @@ class Flow:
         now = now or utcnow()
         created: dict[str, str] = {}
         fired: list[tuple[Event, dict[str, Any]]] = []
+        paused: frozenset[str] | None = None
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
                 if since is not None and slot <= since:
+                    continue
+                if paused is None:
+                    paused = self.store.paused_function_ids()
+                if fn.id in paused:  # its slot is recorded, without a run
+                    fire_slot(self.store, fn.id, slot, now, None, CATCH_UP)
                     continue
                 stamp = slot.isoformat()
                 ev = Event(

@@ -128,7 +128,7 @@ def start_time(countdown: float | None, eta: datetime | str | None) -> datetime 
 
 
 def invoke_task(
-    x: Execution,
+    execution: Execution,
     name: str,
     *,
     task: Any,
@@ -148,29 +148,31 @@ def invoke_task(
         payload = to_jsonable({"args": list(args), "kwargs": kwargs or {}}, where)
     except (ConfigError, SerializationError) as exc:
         raise NonRetriableError(str(exc)) from None
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "task")
-    row = x.recorded(key, name, "task", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "task")
+    row = execution.recorded(key, name, "task", position)
     if row is not None:
         late = f"task {task_name!r} did not finish in time"
-        return recorded_outcome(x, name, key, row, late)
+        return recorded_outcome(execution, name, key, row, late)
     wake = None if limit is None else utcnow() + limit
-    task_id = str(uuid.uuid5(_TASK_IDS, f"{x.run_id}:{key}"))
-    x.doorbell.send_task(
-        task, payload["args"], payload["kwargs"], task_id=task_id, run_id=x.run_id, key=key
+    task_id = str(uuid.uuid5(_TASK_IDS, f"{execution.run_id}:{key}"))
+    execution.doorbell.send_task(
+        task, payload["args"], payload["kwargs"], task_id=task_id, run_id=execution.run_id, key=key
     )
     output = json.dumps({"task": task_name, "task_id": task_id})
-    waiting = x.step_values(plan, status="waiting", wake_at=wake, output=output, ended_at=None)
-    if not x.session.move(
-        x.run_id,
-        x.fence,
+    waiting = execution.step_values(
+        plan, status="waiting", wake_at=wake, output=output, ended_at=None
+    )
+    if not execution.session.move(
+        execution.run_id,
+        execution.fence,
         status=RunStatus.WAITING,
         wake_at=wake,
         due_at=wake,
-        attempt=x.run_attempt,
-        writes=[*x.take_pending(), (waiting, True)],
+        attempt=execution.run_attempt,
+        writes=[*execution.take_pending(), (waiting, True)],
     ):
-        raise x.lost()
+        raise execution.lost()
     raise Interrupt(RunStatus.WAITING.value, wake)
 
 

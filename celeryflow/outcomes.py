@@ -26,7 +26,7 @@ def task_outcome(outcome: dict[str, Any]) -> tuple[str | None, str | None]:
         return None, json.dumps({"type": "SerializationError", "message": str(exc)})
 
 
-def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> Any:
+def recorded_outcome(execution: Execution, name: str, key: str, row: Any, late: str) -> Any:
     """The outcome of a recorded step that waits on something else (a child run, a
     legacy task): its output, or StepError. Claimed while still waiting means its
     timeout passed: fail the step, unless the outcome came first."""
@@ -35,14 +35,14 @@ def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> 
     if row["status"] == "failed":
         raise StepError(name, json.loads(row["error"]))
     error = {"type": "TimeoutError", "message": late}
-    holds, won = x.session.fail_timed_out(
-        x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
+    holds, won = execution.session.fail_timed_out(
+        execution.fence, execution.take_pending(), execution.run_id, key, json.dumps(error)
     )
     if not holds:
-        raise x.lost()
+        raise execution.lost()
     if won is None:
         raise StepError(name, error)
-    step = next(s for s in x.store.get_run(x.run_id).steps if s.id == key)
+    step = next(s for s in execution.store.get_run(execution.run_id).steps if s.id == key)
     if step.status == "failed":
         raise StepError(name, step.error or {})
     return step.output

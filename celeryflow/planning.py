@@ -151,11 +151,17 @@ class Planner:
     ) -> list[PlannedRun]:
         """The runs ``ev`` starts (one per function it triggers), with their waiters."""
         variables = {"event": ev.model_dump()}
-        return [
-            self.plan_for(fn, ev, variables, now)
-            for fn in functions
-            if fn.wants(ev.name, variables)
-        ]
+        wanted = [fn for fn in functions if fn.wants(ev.name, variables)]
+        if wanted:
+            wanted = self.unpaused(wanted)
+        return [self.plan_for(fn, ev, variables, now) for fn in wanted]
+
+    def unpaused(self, functions: list[FlowFunction]) -> list[FlowFunction]:
+        """``functions`` without the paused ones (``celeryflow pause``): an event
+        starts no run of a paused function; it is recorded all the same, and wakes
+        the runs waiting for it."""
+        paused = self.store.paused_function_ids()
+        return [fn for fn in functions if fn.id not in paused] if paused else functions
 
     def plan_for(
         self, fn: FlowFunction, ev: Event, variables: dict[str, Any], now: datetime

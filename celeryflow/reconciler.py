@@ -23,7 +23,9 @@ at most ``PRUNE_BUDGET`` seconds per pass, so ringing is never held up for long.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 from .durations import utcnow
 from .hooks import Reconciled
 from .store.database import store_error_line
+from .store.health import beat
 from .store.prune import Pruned, prune, release_lease, renew_lease, take_lease
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ class Reconciler:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.owner = secrets.token_hex(16)  # this reconciler, as holder of the prune lease
+        self.host = f"{socket.gethostname()}:{os.getpid()}"
 
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""
@@ -70,6 +74,8 @@ class Reconciler:
         if due:
             log.debug("reconciler rang %d run(s)", len(due))
         slots = self._slots()
+        # what `celeryflow doctor` reads to tell the reconciler is alive
+        beat(self.flow.store, "reconciler", self.owner, self.host, utcnow())
         self.prune()
         self.flow.hooks.emit(
             "reconciled",

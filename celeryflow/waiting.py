@@ -44,7 +44,7 @@ def _checked(
 
 
 def wait_for_event(
-    x: Execution,
+    execution: Execution,
     name: str,
     *,
     event: str,
@@ -59,22 +59,26 @@ def wait_for_event(
     ``async`` (the candidate). ``lookback``: also take the newest matching event
     received up to that long before the wait began (Inngest has no such option)."""
     limit, window = _checked(name, timeout, lookback, if_)
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "wait")
-    row = x.recorded(key, name, "wait", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "wait")
+    row = execution.recorded(key, name, "wait", position)
     if row is not None:
         if row["status"] == "completed":
             return _event_or_none(row["output"])
         # Claimed at the timeout: take the waiter, unless an event took it first.
         plan.new = False
         plan.started_at = row["started_at"]
-        timed_out = x.step_values(plan, status="completed", output="null", wake_at=row["wake_at"])
-        holds, won = x.session.resolve_timeout(x.fence, x.take_pending(), (timed_out, False))
+        timed_out = execution.step_values(
+            plan, status="completed", output="null", wake_at=row["wake_at"]
+        )
+        holds, won = execution.session.resolve_timeout(
+            execution.fence, execution.take_pending(), (timed_out, False)
+        )
         if not holds:
-            raise x.lost()
+            raise execution.lost()
         return _event_or_none(won)
 
-    run_event = x.ctx.event.model_dump()
+    run_event = execution.ctx.event.model_dump()
 
     def accepts(candidate: dict[str, Any]) -> bool:
         if match and (
@@ -86,9 +90,9 @@ def wait_for_event(
 
     now = utcnow()
     expires = now + limit
-    waiting = x.step_values(plan, status="waiting", wake_at=expires, ended_at=None)
+    waiting = execution.step_values(plan, status="waiting", wake_at=expires, ended_at=None)
     waiter = {
-        "run_id": x.run_id,
+        "run_id": execution.run_id,
         "key": key,
         "kind": "event",
         "event_name": event,
@@ -105,18 +109,18 @@ def wait_for_event(
         def search(conn: Any) -> dict[str, Any] | None:
             return find_recent_event(conn, event, since, accepts)
 
-    holds, found = x.session.wait(
-        x.run_id,
-        x.fence,
+    holds, found = execution.session.wait(
+        execution.run_id,
+        execution.fence,
         wake_at=expires,
-        attempt=x.run_attempt,
-        writes=x.take_pending(),
+        attempt=execution.run_attempt,
+        writes=execution.take_pending(),
         waiting=(waiting, True),
         waiter=waiter,
         lookback=search,
     )
     if not holds:
-        raise x.lost()
+        raise execution.lost()
     if found is not None:
         return Event.model_validate(found)
     raise Interrupt(RunStatus.WAITING.value, expires)
@@ -128,14 +132,14 @@ def _event_or_none(output: str | None) -> Event | None:
 
 
 def send_event(
-    x: Execution, name: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
+    execution: Execution, name: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
 ) -> list[str]:
     """Send events once for this run: they are recorded with the step in one
     transaction, and events without an id get one derived from the run and step,
     so neither a replay nor a retry sends twice. Returns the event ids."""
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "send")
-    row = x.recorded(key, name, "send", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "send")
+    row = execution.recorded(key, name, "send", position)
     if row is not None and row["status"] == "completed":
         return list(json.loads(row["output"]))
     items = events if isinstance(events, list) else [events]
@@ -143,7 +147,7 @@ def send_event(
     for index, item in enumerate(items):
         data = item.model_dump() if isinstance(item, Event) else dict(item)
         if not data.get("id"):
-            seed = f"{x.run_id}:{key}:{index}".encode()
+            seed = f"{execution.run_id}:{key}:{index}".encode()
             data["id"] = hashlib.sha256(seed).hexdigest()[:32]
         with_ids.append(data)
     try:
@@ -151,23 +155,25 @@ def send_event(
     except EventError as exc:
         raise NonRetriableError(f"step.send_event({name!r}): {exc}") from None
     ids = [str(ev.id) for ev in prepared]
-    done = x.step_values(plan, status="completed", output=json.dumps(ids))
+    done = execution.step_values(plan, status="completed", output=json.dumps(ids))
     rows: list[dict[str, Any]] = []
 
     def record(conn: Any) -> Recorded:
         rows.clear()  # a lost connection retries the transaction, and this with it
-        return x.planner.record_events_on(conn, prepared, utcnow(), rows)
+        return execution.planner.record_events_on(conn, prepared, utcnow(), rows)
 
-    recorded = x.session.record_events(x.fence, [*x.take_pending(), (done, plan.new)], record)
+    recorded = execution.session.record_events(
+        execution.fence, [*execution.take_pending(), (done, plan.new)], record
+    )
     if recorded is None:
-        raise x.lost()
-    x.doorbell.ring([*recorded.created, *recorded.resumed])
-    x.hooks.announce(prepared, rows, recorded.created)
+        raise execution.lost()
+    execution.doorbell.ring([*recorded.created, *recorded.resumed])
+    execution.hooks.announce(prepared, rows, recorded.created)
     return ids
 
 
 def invoke(
-    x: Execution,
+    execution: Execution,
     name: str,
     *,
     function: FlowFunction | str,
@@ -179,40 +185,40 @@ def invoke(
     The child's run records this run as its parent."""
     target = function.id if isinstance(function, FlowFunction) else str(function)
     where = f"step.invoke({name!r})"
-    if target not in x.registry:
+    if target not in execution.registry:
         raise NonRetriableError(f"{where}: no function {target!r} is registered")
     try:
         limit = None if timeout is None else parse_duration(timeout, f"{where} timeout")
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "invoke")
-    row = x.recorded(key, name, "invoke", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "invoke")
+    row = execution.recorded(key, name, "invoke", position)
     if row is not None:
-        return recorded_outcome(x, name, key, row, f"{target!r} did not finish in time")
+        return recorded_outcome(execution, name, key, row, f"{target!r} did not finish in time")
     now = utcnow()
     wake = None if limit is None else now + limit
-    seed = f"{x.run_id}:{key}".encode()
+    seed = f"{execution.run_id}:{key}".encode()
     child_event = Event(
         name=INVOKED_EVENT,
         id=hashlib.sha256(seed).hexdigest()[:32],
         data=data or {},
         ts=int(now.timestamp() * 1000),
     )
-    child = x.planner.new_run(target, [child_event], now)
+    child = execution.planner.new_run(target, [child_event], now)
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
         raise StepError(name, json.loads(child["error"]))
-    child.update(parent_run_id=x.run_id, parent_step=key)
-    waiting = x.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
-    if not x.session.invoke(
-        x.run_id,
-        x.fence,
+    child.update(parent_run_id=execution.run_id, parent_step=key)
+    waiting = execution.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
+    if not execution.session.invoke(
+        execution.run_id,
+        execution.fence,
         wake_at=wake,
-        attempt=x.run_attempt,
-        writes=[*x.take_pending(), (waiting, True)],
+        attempt=execution.run_attempt,
+        writes=[*execution.take_pending(), (waiting, True)],
         children=[child],
     ):
-        raise x.lost()
-    x.doorbell.ring([child["id"]], function_id=child["function_id"])
-    x.hooks.announce([], [child], [str(child["id"])])
+        raise execution.lost()
+    execution.doorbell.ring([child["id"]], function_id=child["function_id"])
+    execution.hooks.announce([], [child], [str(child["id"])])
     raise Interrupt(RunStatus.WAITING.value, wake)

@@ -100,10 +100,35 @@ def _finished(recorder: Recorder, run_id: str) -> bool:
     return any(m == "run_finished" for m, _ in recorder.of_run(run_id))
 
 
+class StoreReader(Hook):
+    """Reads the run from the store as it is told: the change must be committed."""
+
+    def __init__(self) -> None:
+        self.flow: Flow | None = None
+        self.seen: list[tuple[str, str]] = []
+
+    def _read(self, method: str, run_id: str) -> None:
+        assert self.flow is not None
+        self.seen.append((method, self.flow.get_run(run_id).status.value))
+
+    def run_queued(self, info: RunQueued) -> None:
+        # a worker may have claimed it already: that it can be read is the point
+        assert self.flow is not None
+        self.flow.get_run(info.run_id)
+        self.seen.append(("run_queued", "stored"))
+
+    def run_parked(self, info: RunParked) -> None:
+        self._read("run_parked", info.run_id)
+
+    def run_finished(self, info: RunFinished) -> None:
+        self._read("run_finished", info.run_id)
+
+
 @pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
 def test_a_two_step_function_with_a_sleep(stack: Stack) -> None:
-    recorder = Recorder()
-    flow = make_flow(stack, hooks=[recorder])
+    recorder, reader = Recorder(), StoreReader()
+    flow = make_flow(stack, hooks=[recorder, reader])
+    reader.flow = flow
 
     @flow.function(id="napper", trigger=event("hooks/nap"))
     def napper(ctx):  # type: ignore[no-untyped-def]
@@ -143,6 +168,12 @@ def test_a_two_step_function_with_a_sleep(stack: Stack) -> None:
     assert isinstance(done, RunFinished) and done.error is None and done.duration >= 0
     index = {i.step_id: i.index for m, i in recorder.of_run(run.id) if m == "step_started"}
     assert index == {"one": 0, "two": 2}
+    # told after the commit: the store already shows what the hook reports
+    assert reader.seen == [
+        ("run_queued", "stored"),
+        ("run_parked", "sleeping"),
+        ("run_finished", "completed"),
+    ]
 
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)

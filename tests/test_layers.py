@@ -92,7 +92,7 @@ def test_imports_follow_the_dependency_plan(path: Path) -> None:
     if mine < len(LAYERS):
         above = {i for i in imports if layer_of(i) > mine}
         assert not above, f"{name} (layer {mine + 1}) imports from above: {sorted(above)}"
-    if top(name) == "store" and name != "celeryflow.store.kombu_sqlite":
+    if top(name) == "store":
         above = {i for i in imports if layer_of(i) == len(LAYERS)}
         assert not above, f"{name} (store/) imports from above the store: {sorted(above)}"
     if top(name) not in EDGES and name != "celeryflow":

@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql
 from ..codec import to_json
 from ..runs import RunStatus, sources_of
 from .flowkeys import take_slot
-from .single import finish_alone, finish_alone_params
+from .one_statement import finish_statement, finish_statement_params
 from .tables import runs, steps, waits
 from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 
@@ -138,7 +138,7 @@ class SessionStatements:
         asynchronous_commit = sa.select(
             sa.func.set_config("synchronous_commit", "off", sa.true())
         ).scalar_subquery()
-        self.claim_alone = claim.where(
+        self.claim_in_one_statement = claim.where(
             runs.c.function_id != sa.all_(P("limited", type_=postgresql.ARRAY(sa.String))),
             asynchronous_commit.is_not(None),
         ).returning(*_CLAIM_COLUMNS)
@@ -221,7 +221,7 @@ class SessionStatements:
                     lease_expires_at=None,
                 )
             )
-        self.finish_alone = {t: finish_alone(u) for t, u in self.finish.items()}
+        self.finish_statement = {t: finish_statement(u) for t, u in self.finish.items()}
 
 
 class RunSession:
@@ -253,7 +253,7 @@ class RunSession:
         the functions that have concurrency limits."""
         params = {"rid": run_id, "owner": owner, "now": now, "lease_until": lease_until}
         if self.sql.single_statement_writes:
-            claim = self._claim_alone(params, limited)
+            claim = self._claim_in_one_statement(params, limited)
             if claim is not None or not limited:
                 return claim
         with self.store.write_lock(), self.conn.begin():
@@ -297,10 +297,14 @@ class RunSession:
         finally:
             self.conn.execution_options(isolation_level=self.conn.default_isolation_level)
 
-    def _claim_alone(self, params: dict[str, Any], limited: Collection[str]) -> Claim | None:
+    def _claim_in_one_statement(
+        self, params: dict[str, Any], limited: Collection[str]
+    ) -> Claim | None:
         with self._autocommit():
             row = (
-                self.conn.execute(self.sql.claim_alone, {**params, "limited": list(limited)})
+                self.conn.execute(
+                    self.sql.claim_in_one_statement, {**params, "limited": list(limited)}
+                )
                 .mappings()
                 .first()
             )
@@ -480,7 +484,7 @@ class RunSession:
             # the commonest end: the last step's result and the run's end, one statement
             with self._autocommit():
                 result = self.conn.execute(
-                    self.sql.finish_alone[status], finish_alone_params(params, writes[0][0])
+                    self.sql.finish_statement[status], finish_statement_params(params, writes[0][0])
                 )
                 return result.first() is not None, False
 
