@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -45,9 +45,6 @@ from .store import EVENT_DEDUP_WINDOW, PlannedRun, Store
 from .store.admin import cancellable_statuses
 from .store.cron import fire_slot
 from .store.database import sqlite_path
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 

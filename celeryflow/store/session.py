@@ -30,7 +30,14 @@ from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed
 if TYPE_CHECKING:
     from .store import Recorded, Store
 
-__all__ = ["UNREGISTERED", "Claim", "RunSession", "SessionStatements", "StepWrite"]
+__all__ = [
+    "UNREGISTERED",
+    "Claim",
+    "RunSession",
+    "SessionStatements",
+    "StepWrite",
+    "never_started",
+]
 
 S = RunStatus
 # A step row to write, and whether it is new (INSERT) or recorded already (UPDATE).
@@ -67,11 +74,17 @@ class Claim:
 
     @property
     def first(self) -> bool:
-        """The run had never started before this claim. The one definition of "never
-        started": ``started_at`` is NULL, which the claim sets as it bumps the fence
-        from 0 to 1 (a slot's undone claim hands both back), so a first claim holds
-        fence 1."""
+        """The run :func:`never_started` before this claim. The claim that sets
+        ``started_at`` bumps the fence from 0 to 1 (a slot's undone claim hands both
+        back; a cancel ends the run), so the first claim is the one holding fence 1."""
         return self.fence == 1
+
+
+def never_started(run: Any) -> bool:
+    """The one definition of "never started" (``Timeouts(start=)``, the line of runs
+    still in the broker): no claim has set its ``started_at``. Of a claim, it is
+    :attr:`Claim.first`."""
+    return run.started_at is None
 
 
 # A run released by a worker that lacks its function carries this note in `error`
