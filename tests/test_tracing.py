@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from flowkit import make_flow
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -144,3 +145,46 @@ def test_a_failed_step_and_run_are_error_spans(
     assert run.attributes["celeryflow.status"] == "failed"
     assert step.status.status_code == StatusCode.ERROR
     assert step.attributes["celeryflow.status"] == "failed"
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_an_execution_joins_the_celery_instrumentations_span(
+    stack: Stack, traced: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """opentelemetry-instrumentation-celery puts the publisher's context in the
+    doorbell message's headers and makes ``run/celeryflow.run`` current in the
+    worker: the execution becomes its child, in the sender's trace."""
+    provider, exporter = traced
+    flow = make_flow(stack)
+    flow.add_hook(TracingHook(tracer_provider=provider))
+
+    @flow.function(id="joined", trigger=event("trace/joined"))
+    def joined(ctx: Any) -> int:
+        return int(ctx.step.run("x", lambda: 1))
+
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with worker(flow):
+            with provider.get_tracer("test").start_as_current_span("send") as send:
+                [event_id] = flow.send(Event(name="trace/joined"))
+            run = wait_for_run(flow, event_id=event_id, timeout=60)
+            assert run.status == RunStatus.COMPLETED, run.error
+            wait_for(
+                lambda: by_name(list(exporter.get_finished_spans()), "run/celeryflow.run"),
+                what="the Celery task's span",
+            )
+    finally:
+        instrumentor.uninstrument()
+    spans = list(exporter.get_finished_spans())
+    ids = {s.context.span_id: s for s in spans}
+    [execution] = by_name(spans, "run joined")
+    chain = []
+    span: ReadableSpan | None = execution
+    while span is not None:
+        chain.append(span.name)
+        span = ids.get(span.parent.span_id) if span.parent is not None else None
+    assert chain == ["run joined", "run/celeryflow.run", "apply_async/celeryflow.run", "send"]
+    [step] = by_name(spans, "step x")
+    assert step.parent is not None and step.parent.span_id == execution.context.span_id
+    assert execution.context.trace_id == send.get_span_context().trace_id
