@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..runs import RunStatus
+from .session import never_started
 from .tables import runs
 from .waits import cancel_run
 
@@ -61,7 +62,7 @@ def redeliver_interval(redeliver_after: timedelta, rung: int) -> timedelta:
 def _past_deadline(row: Any, now: datetime) -> bool:
     """Timeouts(start=, finish=): never started by its start deadline, or not ended
     by its finish deadline."""
-    if row.start_deadline is not None and row.started_at is None and row.start_deadline < now:
+    if row.start_deadline is not None and never_started(row) and row.start_deadline < now:
         return True
     return row.finish_deadline is not None and row.finish_deadline < now
 
@@ -70,7 +71,7 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
     pending = [
         d
         for d in (
-            row.start_deadline if row.started_at is None else None,
+            row.start_deadline if never_started(row) else None,
             row.finish_deadline,
         )
         if d is not None and d >= now
@@ -85,7 +86,7 @@ def _lease_held(row: Any, now: datetime) -> bool:
 def _rung_at_creation_only(row: Any) -> bool:
     return bool(
         row.status == S.QUEUED.value
-        and row.started_at is None
+        and never_started(row)
         and row.wake_at is None
         and row.dispatches == 0
     )
