@@ -446,10 +446,14 @@ def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
 
 @contextmanager
 def celery_worker(
-    env: dict[str, str], queue: str, pool: str = "prefork", module: str = "apps"
+    env: dict[str, str],
+    queue: str,
+    pool: str = "prefork",
+    module: str = "apps",
+    concurrency: int = 2,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m celery -A <module> worker -c 2 --pool <pool>`` on ``queue`` (the
-    module is looked up in bench/)."""
+    """``python -m celery -A <module> worker -c <concurrency> --pool <pool>`` on
+    ``queue`` (the module is looked up in bench/)."""
     cmd = [
         sys.executable,
         "-m",
@@ -458,7 +462,7 @@ def celery_worker(
         module,
         "worker",
         "-c",
-        "2",
+        str(concurrency),
         "--pool",
         pool,
         "-Q",

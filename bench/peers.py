@@ -156,7 +156,11 @@ class Driver:
             stderr=self.log,
             start_new_session=True,
         )
-        self.hello = self._read(timeout)
+        try:
+            self.hello = self._read(timeout)
+        except DriverError:
+            self.close()
+            raise
 
     def _read(self, timeout: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -221,7 +225,12 @@ def started(side: Side, workload: str, opts: argparse.Namespace) -> Iterator[Dri
         args += ["--queue", f"cf-peers-{os.getpid()}-{workload}-{side.key}".replace("@", "-")]
         if side.variant:
             args += ["--variant", side.variant]
-        driver = Driver(side, args, timeout=opts.setup_timeout)
+        try:
+            driver = Driver(side, args, timeout=opts.setup_timeout)
+        except DriverError as exc:  # reported with the table, the other sides go on
+            print(f"# {exc}", file=sys.stderr, flush=True)
+            yield f"failed to set up: {str(exc).splitlines()[0]}"
+            return
         stack.callback(driver.close)
         if "unsupported" in driver.hello:
             yield str(driver.hello["unsupported"])
@@ -302,6 +311,7 @@ def run_workload(
             got = stack.enter_context(started(side, workload, opts))
             if isinstance(got, str):
                 unsupported.append(f"{side.label} on {STORE_LABEL[side.store]}: {got}")
+                print(f"#   {workload}: {side.key}: {got}", flush=True)
                 continue
             timeout = opts.measure_timeout
             measures[side.key] = lambda d=got, t=timeout: d.measure(t)
