@@ -101,7 +101,7 @@ FILL = [
                           attempts, started_at, ended_at)
     SELECT id, 's', 's', 0, 'run', 'completed', '{"ok":true,"n":1}', NULL, 1,
            started_at, ended_at + interval '-1 ms'
-    FROM cf_runs WHERE event_id LIKE 'fill-%'
+    FROM cf_runs WHERE starts_with(event_id, 'fill-')
     """,
 ]
 
@@ -111,7 +111,7 @@ def fill(flow: Flow, n: int) -> float:
     started = time.perf_counter()
     with flow.store.engine.begin() as conn:
         for sql in FILL:
-            conn.execute(sa.text(sql), {"n": n})
+            conn.exec_driver_sql(sql.replace(":n", str(int(n))))  # no params: % is literal
     with flow.store.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
     return time.perf_counter() - started
