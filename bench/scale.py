@@ -73,47 +73,57 @@ from celeryflow.reconciler import Reconciler  # noqa: E402
 
 FUNCTION = "one-step"
 
-# One statement per table; :n is the number of runs. Ids have the engine's shape
-# (12 hex digits of milliseconds, 20 random hex), times are naive UTC as the store's.
+# One statement per table for each batch of ids :lo..:hi out of :n. Ids have the
+# engine's shape (12 hex digits of milliseconds, 20 random-looking hex), times are
+# naive UTC as the store's, spread over the 30 days before :base.
+SERIES = """(SELECT g, TIMESTAMP ':base' - make_interval(secs => g * 2.592e6 / :n) AS t
+             FROM generate_series(:lo, :hi) g) s"""
+RUN_ID = (
+    "lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || substr(md5(g::text), 1, 20)"
+)
 FILL = [
-    """
+    f"""
     INSERT INTO cf_events (id, name, data, ts, received_at)
-    SELECT 'fill-' || g, 'bench/one', '{"i":' || g || '}',
+    SELECT 'fill-' || g, 'bench/one', '{{"i":' || g || '}}',
            (extract(epoch FROM t) * 1000)::bigint, t
-    FROM (SELECT g, (now() AT TIME ZONE 'utc') - make_interval(secs => g * 2.592e6 / :n) AS t
-          FROM generate_series(1, :n) g) s
+    FROM {SERIES}
     """,
-    """
+    f"""
     INSERT INTO cf_runs (id, function_id, event_id, events, status, output, error, attempt,
                          fence, dispatches, created_at, started_at, ended_at)
-    SELECT lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0')
-               || substr(md5(g::text), 1, 20),
-           'one-step', 'fill-' || g,
-           '[{"name":"bench/one","data":{"i":' || g || '},"id":"fill-' || g || '","ts":'
-               || (extract(epoch FROM t) * 1000)::bigint || '}]',
-           'completed', '{"s":{"ok":true,"n":1}}', NULL, 1, 1, 1,
+    SELECT {RUN_ID}, 'one-step', 'fill-' || g,
+           '[{{"name":"bench/one","data":{{"i":' || g || '}},"id":"fill-' || g || '","ts":'
+               || (extract(epoch FROM t) * 1000)::bigint || '}}]',
+           'completed', '{{"s":{{"ok":true,"n":1}}}}', NULL, 1, 1, 1,
            t, t + interval '2 ms', t + interval '5 ms'
-    FROM (SELECT g, (now() AT TIME ZONE 'utc') - make_interval(secs => g * 2.592e6 / :n) AS t
-          FROM generate_series(1, :n) g) s
+    FROM {SERIES}
     """,
-    """
+    f"""
     INSERT INTO cf_steps (run_id, key, name, position, kind, status, output, error,
                           attempts, started_at, ended_at)
-    SELECT id, 's', 's', 0, 'run', 'completed', '{"ok":true,"n":1}', NULL, 1,
-           started_at, ended_at + interval '-1 ms'
-    FROM cf_runs WHERE starts_with(event_id, 'fill-')
+    SELECT {RUN_ID}, 's', 's', 0, 'run', 'completed', '{{"ok":true,"n":1}}', NULL, 1,
+           t + interval '2 ms', t + interval '4 ms'
+    FROM {SERIES}
     """,
 ]
+BATCH = 100_000
 
 
-def fill(flow: Flow, n: int) -> float:
-    """Bulk-insert ``n`` completed runs; returns the seconds taken (with VACUUM ANALYZE)."""
+def fill(raw_url: str, n: int) -> float:
+    """Bulk-insert ``n`` completed runs through psycopg alone (no statement timeout, a
+    commit per batch); returns the seconds taken, VACUUM ANALYZE included."""
+    import psycopg
+
     started = time.perf_counter()
-    with flow.store.engine.begin() as conn:
-        for sql in FILL:
-            conn.exec_driver_sql(sql.replace(":n", str(int(n))))  # no params: % is literal
-    with flow.store.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
+    base = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    with psycopg.connect(raw_url, autocommit=True) as conn:
+        for lo in range(1, n + 1, BATCH):
+            hi = min(lo + BATCH - 1, n)
+            with conn.transaction():
+                for sql in FILL:
+                    text = sql.replace(":base", base).replace(":n", str(int(n)))
+                    conn.execute(text.replace(":lo", str(lo)).replace(":hi", str(hi)))
+        conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - started
 
 
@@ -180,13 +190,14 @@ class Paths:
 
 
 @contextlib.contextmanager
-def store(broker: str, queue: str) -> Iterator[Flow]:
-    with fresh_postgres() as (url, _raw):
+def store(broker: str, queue: str) -> Iterator[tuple[Flow, str]]:
+    """A Flow on a fresh PostgreSQL database, and the database's libpq URL."""
+    with fresh_postgres() as (url, raw):
         _app, flow = apps.flow_app(broker, url, queue)
         flow.settings.retention = None  # retention off: nothing is pruned
         flow.store.engine  # noqa: B018  (migrate)
         try:
-            yield flow
+            yield flow, raw
         finally:
             flow.store.engine.dispose()
 
@@ -232,9 +243,9 @@ def part_paths(broker: str, n: int, n_rounds: int, calls: int) -> Table:
         f"(median of {calls} calls per round, {n_rounds} rotating rounds)"
     )
     with ExitStack() as stack:
-        empty = stack.enter_context(store(broker, f"cf-scale-{os.getpid()}-empty"))
-        full = stack.enter_context(store(broker, f"cf-scale-{os.getpid()}-full"))
-        took = fill(full, n)
+        empty, _ = stack.enter_context(store(broker, f"cf-scale-{os.getpid()}-empty"))
+        full, full_raw = stack.enter_context(store(broker, f"cf-scale-{os.getpid()}-full"))
+        took = fill(full_raw, n)
         print(f"# filled {n:,} runs in {took:.0f} s", flush=True)
         sides = {"empty": Paths(empty, calls), "full": Paths(full, calls)}
         measures = {
@@ -289,7 +300,7 @@ def part_ceiling(broker: str, workers: list[int], runs_n: int, long_runs: int) -
         "runs of 100 steps, sent in one batch, worker --pool prefork -c N"
     )
     for n in workers:
-        with store(broker, f"cf-scale-{os.getpid()}-ceiling-{n}") as flow:
+        with store(broker, f"cf-scale-{os.getpid()}-ceiling-{n}") as (flow, _raw):
             url = str(flow.store.engine.url.render_as_string(hide_password=False))
             env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": broker, "CF_BENCH_STORE": url}
             counter = engine.RunCounter(url)
