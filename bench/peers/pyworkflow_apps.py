@@ -12,27 +12,29 @@ STEPS = 100
 
 
 @step()
-async def trivial() -> dict[str, Any]:
-    return {"ok": True, "n": 1}
+async def trivial(i: int) -> dict[str, Any]:
+    # pyworkflow keys a step by its name and arguments: called 100 times with the
+    # same ones it runs once and replays the other 99 from its cache
+    return {"ok": True, "n": i}
 
 
 @workflow(name="peers_hundred")
 async def hundred() -> int:
-    for _ in range(STEPS):
-        await trivial()
+    for i in range(STEPS):
+        await trivial(i)
     return STEPS
 
 
 @workflow(name="peers_hundred_one_thread", workflow_run_strategy=WorkflowRunStrategy.ONE_THREAD)
 async def hundred_one_thread() -> int:
-    for _ in range(STEPS):
-        await trivial()
+    for i in range(STEPS):
+        await trivial(i)
     return STEPS
 
 
 @workflow(name="peers_one_step")
 async def one_step() -> dict[str, Any]:
-    return await trivial()
+    return await trivial(0)
 
 
 @workflow(name="peers_sleeper")
