@@ -77,17 +77,31 @@ def install() -> None:
 
 class RunLogger:
     """``ctx.logger``: calls the same method of ``logger`` (a ``logging.Logger``, an
-    adapter, or any object with logging's methods) except while ``replaying()``."""
+    adapter, or any object with logging's methods) except while ``replaying()``.
 
-    def __init__(self, logger: Any, replaying: Callable[[], bool]) -> None:
+    ``settled_replaying`` is the Inngest SDK's narrower rule, used by
+    ``celeryflow.compat.inngest``: quiet only until the last *settled* step has been
+    replayed, so a line just before a step that is being retried is logged again on
+    each attempt (the SDK's own logger case expects it); celeryflow's rule logs it
+    once per run."""
+
+    def __init__(
+        self,
+        logger: Any,
+        replaying: Callable[[], bool],
+        settled_replaying: Callable[[], bool] | None = None,
+    ) -> None:
         self.logger = logger
         self._replaying = replaying
+        self._settled_replaying = settled_replaying or replaying
         # stdlib loggers are told to name the caller's line, not this proxy's
         self._skip = 1 if isinstance(logger, (logging.Logger, logging.LoggerAdapter)) else 0
 
-    def wrap(self, logger: Any) -> RunLogger:
-        """Another logger, quiet on the same replay."""
-        return RunLogger(logger, self._replaying)
+    def wrap(self, logger: Any, *, until_settled: bool = False) -> RunLogger:
+        """Another logger, quiet on the same replay (on the SDK's narrower one with
+        ``until_settled``)."""
+        replaying = self._settled_replaying if until_settled else self._replaying
+        return RunLogger(logger, replaying, self._settled_replaying)
 
     @property
     def replaying(self) -> bool:

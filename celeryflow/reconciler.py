@@ -23,7 +23,9 @@ at most ``PRUNE_BUDGET`` seconds per pass, so ringing is never held up for long.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from .durations import utcnow
 from .store.database import store_error_line
+from .store.health import beat
 from .store.prune import Pruned, prune, release_lease, renew_lease, take_lease
 
 if TYPE_CHECKING:
@@ -50,6 +53,7 @@ class Reconciler:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.owner = secrets.token_hex(16)  # this reconciler, as holder of the prune lease
+        self.host = f"{socket.gethostname()}:{os.getpid()}"
 
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""
@@ -69,6 +73,8 @@ class Reconciler:
         if due:
             log.debug("reconciler rang %d run(s)", len(due))
         rang = len(due) + self._slots()
+        # what `celeryflow doctor` reads to tell the reconciler is alive
+        beat(self.flow.store, "reconciler", self.host, utcnow())
         self.prune()
         return rang
 

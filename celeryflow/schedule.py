@@ -12,32 +12,46 @@ creates the run, so any number of workers and beats never fire it twice. After
 downtime the latest missed slot fires once, not once per missed slot. A function seen
 for the first time does not fire a slot older than ``CATCH_UP`` (deploying at 15:00
 does not fire the 09:00 run).
+
+``jitter`` (as Inngest's cron ``jitter``) starts each slot's run a random delay of up
+to that long after the slot, spreading functions that share a schedule; the slot
+still fires once, and ``event.data["scheduled_at"]`` is still the slot.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .durations import Duration, parse_duration
 from .errors import ConfigError
 
-__all__ = ["CATCH_UP", "SCHEDULED_EVENT", "CronTrigger", "cron"]
+__all__ = ["CATCH_UP", "CronTrigger", "cron"]
 
-SCHEDULED_EVENT = "celeryflow/scheduled.timer"
 CATCH_UP = timedelta(minutes=1)
 
 
 class CronTrigger(BaseModel):
     """Start a run at each slot of a cron ``expression`` in time zone ``tz`` (UTC
-    when None)."""
+    when None), up to ``jitter`` later (a random delay per slot; None: on time)."""
 
     model_config = ConfigDict(frozen=True)
 
     expression: str = Field(min_length=1)
     tz: str | None = None
+    jitter: timedelta | None = None
+
+    @field_validator("jitter", mode="before")
+    @classmethod
+    def _jitter(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        delta = parse_duration(value, "cron jitter")
+        return delta if delta > timedelta(0) else None
 
     def check(self, function_id: str) -> None:
         """Fail at decoration time, naming the function."""
@@ -66,6 +80,7 @@ class CronTrigger(BaseModel):
         return slot.astimezone(timezone.utc)
 
 
-def cron(expression: str, tz: str | None = None) -> CronTrigger:
-    """A trigger: ``cron("0 9 * * 1-5", tz="Europe/Berlin")``."""
-    return CronTrigger(expression=expression, tz=tz)
+def cron(expression: str, tz: str | None = None, jitter: Duration | None = None) -> CronTrigger:
+    """A trigger: ``cron("0 9 * * 1-5", tz="Europe/Berlin")``; ``jitter="5m"`` starts
+    each slot's run up to five minutes late, at random."""
+    return CronTrigger.model_validate({"expression": expression, "tz": tz, "jitter": jitter})

@@ -20,7 +20,9 @@ from celery import Celery, bootsteps
 from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
+from celery.worker.control import inspect_command
 
+from .durations import utcnow
 from .errors import CeleryflowError, ConfigError
 from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
@@ -30,14 +32,15 @@ if TYPE_CHECKING:
     from .flow import Flow
 
 __all__ = [
-    "CRON_TASK",
+    "CRON_TICK_TASK",
+    "RECONCILE_TASK",
     "RECOVERY_SUFFIX",
     "RUN_TASK",
     "TASK_DONE",
     "TASK_FAILED",
-    "TICK_TASK",
     "CeleryDoorbell",
     "all_flows",
+    "broker_error",
     "eager_off",
     "flow_of",
     "function_of_shadow",
@@ -47,11 +50,14 @@ __all__ = [
     "shadow_name",
     "start_test_worker",
     "wait_for_store",
+    "worker_functions",
 ]
 
+# Task names are on the wire: a deployed worker and a new sender must agree on them,
+# so they never change; the Python names say what each task does.
 RUN_TASK = "celeryflow.run"
-TICK_TASK = "celeryflow.reconcile"
-CRON_TASK = "celeryflow.tick"
+RECONCILE_TASK = "celeryflow.reconcile"  # the reconciler's pass (a beat entry)
+CRON_TICK_TASK = "celeryflow.tick"  # fire due cron slots (a beat entry when crons exist)
 TASK_DONE = "celeryflow.task_done"  # link: a legacy task invoked as a step succeeded
 TASK_FAILED = "celeryflow.task_failed"  # link_error: it failed for good
 TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
@@ -188,7 +194,7 @@ class _Housekeeping(logging.Filter):
     "Task ... received", "... succeeded") are logged at DEBUG: several a second, they
     would bury everything else in a worker's INFO log."""
 
-    NAMES = frozenset({TICK_TASK, CRON_TASK})
+    NAMES = frozenset({RECONCILE_TASK, CRON_TICK_TASK})
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.INFO or not self._housekeeping(record.args):
@@ -418,8 +424,6 @@ def install(flow: Flow) -> CeleryDoorbell:
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
         wake = flow.engine.execute(run_id)
         if wake is not None:
-            from .durations import utcnow
-
             if wake - utcnow() <= settings.eta_horizon:
                 fid = function_of_shadow(getattr(task.request, "shadow", None))
                 doorbell.ring([run_id], eta=wake, function_id=fid)
@@ -452,16 +456,16 @@ def install(flow: Flow) -> CeleryDoorbell:
             return
         doorbell.resolve_later(run_id, key, outcome, attempt + 1, 0.2)
 
-    @app.task(name=TICK_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=RECONCILE_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def reconcile() -> int:
         return Reconciler(flow).run_once()
 
-    @app.task(name=CRON_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=CRON_TICK_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def tick() -> int:
         return len(flow.tick())
 
     entry = {
-        "task": TICK_TASK,
+        "task": RECONCILE_TASK,
         "schedule": settings.reconcile_interval.total_seconds(),
         "options": {"queue": settings.queue} if settings.queue else {},
     }
@@ -470,12 +474,12 @@ def install(flow: Flow) -> CeleryDoorbell:
         # Added, never replacing the user's own schedule or entries.
         if app.conf.beat_schedule is None:
             app.conf.beat_schedule = {}
-        app.conf.beat_schedule.setdefault(TICK_TASK, entry)
+        app.conf.beat_schedule.setdefault(RECONCILE_TASK, entry)
         if flow.has_crons():  # cron functions are defined by now: the app module ran
             app.conf.beat_schedule.setdefault(
-                CRON_TASK,
+                CRON_TICK_TASK,
                 {
-                    "task": CRON_TASK,
+                    "task": CRON_TICK_TASK,
                     "schedule": settings.tick_interval.total_seconds(),
                     "options": entry["options"],
                 },
@@ -590,3 +594,40 @@ def start_test_worker(
         **options,
     ) as worker:
         yield worker
+
+
+# -- asking the broker and the workers (celeryflow doctor) ------------------------------
+
+FUNCTIONS_COMMAND = "celeryflow_functions"
+
+
+@inspect_command(name=FUNCTIONS_COMMAND)  # type: ignore[untyped-decorator]
+def _functions_of_worker(state: Any, **_: Any) -> dict[str, Any]:
+    """A remote-control reply: the function ids this worker's Flow runs."""
+    flow = flow_of(state.app)
+    return {"functions": sorted(flow.functions) if flow is not None else []}
+
+
+def broker_error(app: Celery, timeout: float) -> str | None:
+    """None if the app's broker accepts a connection within ``timeout`` seconds,
+    else why not, in one line."""
+    try:
+        with app.connection_for_write(connect_timeout=timeout) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+            )
+    except Exception as exc:
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    return None
+
+
+def worker_functions(app: Celery, timeout: float) -> dict[str, list[str]]:
+    """The workers that answer a broadcast within ``timeout`` seconds, each with the
+    function ids it runs (empty for a worker of an older celeryflow)."""
+    replies = app.control.broadcast(FUNCTIONS_COMMAND, reply=True, timeout=timeout) or []
+    found: dict[str, list[str]] = {}
+    for reply in replies:
+        for worker, answer in reply.items():
+            names = answer.get("functions") if isinstance(answer, dict) else None
+            found[str(worker)] = [str(n) for n in names] if isinstance(names, list) else []
+    return found

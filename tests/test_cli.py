@@ -111,7 +111,9 @@ def test_app_option_uses_the_apps_store_and_prefixes_find_runs(app_dir: Path) ->
 
     listed = run_cli("-A", "cli_app", "runs", cwd=app_dir, env=env)
     assert listed.returncode == 0, listed.stderr
-    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted(ids)
+    [header, *lines] = listed.stdout.splitlines()
+    assert header.split()[:3] == ["RUN", "FUNCTION", "STATUS"]
+    assert sorted(line.split()[0] for line in lines) == sorted(ids)
     # CELERY_APP works as for `celery`
     also = run_cli("runs", "--status", "queued", cwd=app_dir, env={**env, "CELERY_APP": "cli_app"})
     assert also.stdout == listed.stdout
@@ -119,7 +121,7 @@ def test_app_option_uses_the_apps_store_and_prefixes_find_runs(app_dir: Path) ->
     # the shortest prefix that tells one run from the others
     target = ids[0]
     size = next(n for n in range(1, len(target)) if sum(i.startswith(target[:n]) for i in ids) == 1)
-    shown = run_cli("-A", "cli_app", "run", target[:size], cwd=app_dir, env=env)
+    shown = run_cli("-A", "cli_app", "run", "--json", target[:size], cwd=app_dir, env=env)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == target
 
@@ -139,7 +141,7 @@ def test_app_option_uses_the_apps_store_and_prefixes_find_runs(app_dir: Path) ->
         (["--store", "sqlite://store.db", "runs"], "use sqlite:///store.db", 1),
         (["-A", "no_such_module", "runs"], "no module named 'no_such_module'", 1),
         (["-A", "json", "runs"], "-A json: no Celery app there", 1),
-        (["cancel"], "a RUN_ID or --function ID", 2),
+        (["cancel"], "give a RUN_ID or a filter", 2),
         (["cancel", "--function", "greet", "--status", "completed"], "cancelled only from", 2),
     ],
 )

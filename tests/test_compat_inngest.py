@@ -259,24 +259,6 @@ def test_unsupported_parts_fail_with_an_error_naming_them(flow: Flow) -> None:
     cases: list[tuple[str, Any]] = [
         ("Inngest(middleware=...)", lambda: inngest.Inngest(app_id="x", middleware=[Tracing])),
         (
-            "Inngest(serializer=...)",
-            lambda: inngest.Inngest(app_id="x", serializer=inngest.PydanticSerializer()),
-        ),
-        (
-            "Concurrency(scope='account')",
-            lambda: client.create_function(
-                fn_id="x",
-                trigger=inngest.TriggerEvent(event="x"),
-                concurrency=[inngest.Concurrency(limit=1, scope="account")],
-            ),
-        ),
-        (
-            "TriggerCron(jitter=...)",
-            lambda: client.create_function(
-                fn_id="x", trigger=inngest.TriggerCron(cron="* * * * *", jitter="5m")
-            ),
-        ),
-        (
             "Batch(if_exp=...)",
             lambda: client.create_function(
                 fn_id="x",

@@ -264,6 +264,13 @@ def core_functions(flow: Flow) -> None:
     def core_dup(ctx):  # type: ignore[no-untyped-def]
         return ctx.event.data
 
+    @flow.function(id="core-branch-gone", trigger=event("conf/core-branch-gone"), retries=0)
+    def core_branch_gone(ctx):  # type: ignore[no-untyped-def]
+        calls = [lambda: ctx.step.run("a", lambda: 1), lambda: ctx.step.run("b", lambda: 2)]
+        if first_time(ctx.run_id):  # the parent's first execution; its branches see two
+            calls.append(lambda: ctx.step.run("c", lambda: 3))
+        return ctx.step.parallel("fan", calls)  # no step after it
+
     @flow.function(id="core-parallel-run-id", trigger=event("conf/core-parallel-run-id"))
     def core_parallel_run_id(ctx):  # type: ignore[no-untyped-def]
         ids = ctx.step.parallel(
@@ -481,10 +488,20 @@ def test_a_parallel_step_that_disappears_on_replay_fails_the_run(flow: Flow) -> 
     run = wait_for_run(flow, event_id=send("conf/branch-disappears"), timeout=60)
     assert run.status == RunStatus.FAILED
     assert run.error["type"] == "StepUnexpectedError"
-    assert run.error["message"].startswith(
-        'found step "group.parallel" when targeting a different step'
-    )
+    # as the SDK: the branch whose callable is gone goes on looking for it, and the
+    # next step it finds fails it, named
+    assert run.error["message"].startswith('found step "after" when targeting a different step')
     assert "after" not in [s.name for s in run.steps]
+
+
+def test_a_branch_that_returns_while_looking_for_its_callable_fails_the_run(
+    flow: Flow,
+) -> None:
+    [event_id] = flow.send(Event(name="conf/core-branch-gone"))
+    run = wait_for_run(flow, event_id=event_id, timeout=60)
+    assert run.status == RunStatus.FAILED, run.output
+    assert run.error["type"] == "StepUnexpectedError", run.error
+    assert "returned while looking for step.parallel('fan') branch 2" in run.error["message"]
 
 
 # -- item 4 (facade): invoke timeout, non-JSON output, Event.from_raw ------------------

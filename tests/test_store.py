@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from celeryflow.durations import utcnow
 from celeryflow.errors import ConfigError, RunNotFound
 from celeryflow.events import Event
-from celeryflow.flow import new_run_id
+from celeryflow.planning import new_run_id
 from celeryflow.runs import RunStatus
 from celeryflow.store import PlannedRun, Store
 from celeryflow.store.migrate import VERSION_TABLE
@@ -221,9 +221,12 @@ def test_cli_lists_and_shows_runs(sqlite_store_url: str) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    assert f"{row['id']}  queued     cli-fn" in cli("runs")
-    assert cli("runs", "--status", "completed").strip() == ""
-    assert f'"id": "{row["id"]}"' in cli("run", str(row["id"]))
+    assert f"{row['id']}  cli-fn    queued" in cli("runs")
+    assert (
+        cli("runs", "--status", "completed").split()
+        == "RUN FUNCTION STATUS EVENT CREATED DURATION ERROR".split()
+    )
+    assert f'"id": "{row["id"]}"' in cli("run", "--json", str(row["id"]))
 
 
 @pytest.mark.parametrize("store_url", ["postgres", "mariadb"], indirect=True)

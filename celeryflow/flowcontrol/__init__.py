@@ -2,9 +2,10 @@
 priority, idempotency and singleton (Inngest's semantics)."""
 
 from .config import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
-from .plan import Admission, FlowControl, KeyUnavailable
+from .plan import SHARED, Admission, FlowControl, KeyUnavailable
 
 __all__ = [
+    "SHARED",
     "Admission",
     "Batch",
     "Concurrency",

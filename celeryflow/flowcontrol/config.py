@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..durations import parse_duration
 
@@ -41,10 +41,25 @@ class _Config(BaseModel):
 class Concurrency(_Config):
     """At most ``limit`` runs *executing steps* at once (per value of ``key``, CEL over
     ``event``; without a key, for the whole function). Sleeping and waiting runs hold
-    no slot; runs over the limit wait in the store, oldest (priority aside) first."""
+    no slot; runs over the limit wait in the store, oldest (priority aside) first.
+
+    ``scope="shared"`` (Inngest's ``env``/``account`` scope) counts the runs of every
+    function whose shared limit's key gives the same value, e.g. ``key='"openai"'``
+    on each function that calls one API; it needs a ``key``. Each function checks
+    its own ``limit`` against the shared count, so give them the same one."""
 
     limit: int = Field(ge=1, le=100_000)
     key: str | None = Field(default=None, max_length=1000)
+    scope: Literal["function", "shared"] = "function"
+
+    @model_validator(mode="after")
+    def _shared_needs_a_key(self) -> Concurrency:
+        if self.scope == "shared" and self.key is None:
+            raise ValueError(
+                "Concurrency(scope='shared') needs a key: the runs of every function whose "
+                "key gives the same value share the limit"
+            )
+        return self
 
 
 class Throttle(_Config):

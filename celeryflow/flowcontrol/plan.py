@@ -25,11 +25,22 @@ from ..errors import ConfigError, ExpressionError
 from ..expressions import Expression, compile_expression
 from .config import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 
-__all__ = ["MAX_CONCURRENCY", "PRIORITY_RANGE", "Admission", "FlowControl", "KeyUnavailable"]
+__all__ = [
+    "MAX_CONCURRENCY",
+    "PRIORITY_RANGE",
+    "SHARED",
+    "Admission",
+    "FlowControl",
+    "KeyUnavailable",
+]
 
 log = logging.getLogger("celeryflow.flowcontrol")
 MAX_CONCURRENCY = 2  # as Inngest: one limit per key plus one for the whole function
 PRIORITY_RANGE = 600  # seconds
+# A stored concurrency key starting with this is shared across functions
+# (Concurrency(scope="shared")); a function's own key that happens to start with it
+# is stored hashed, so the two never meet.
+SHARED = "\x1fshared:"
 
 
 @dataclass
@@ -135,10 +146,6 @@ class FlowControl:
             if source is not None:
                 self._compiled[name] = compile_expression(source, f"{where} {name}")
 
-    @property
-    def limits_concurrency(self) -> bool:
-        return bool(self.concurrency)
-
     def key(self, name: str, variables: dict[str, Any]) -> str:
         """The value of the key expression ``name`` for an event ("" without one);
         raises KeyUnavailable when it cannot be evaluated."""
@@ -151,7 +158,9 @@ class FlowControl:
             reason = str(exc.__cause__ or exc)
             raise KeyUnavailable(self.function_id, name, expression.source, reason) from None
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-        if len(text) > 200:  # keys live in an indexed column; long ones are hashed
+        if len(text) > 200 or text.startswith(SHARED):
+            # keys live in an indexed column; long ones (and lookalikes of a shared
+            # key) are hashed
             text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         return text
 
@@ -188,4 +197,9 @@ class FlowControl:
         return out
 
     def concurrency_keys(self, variables: dict[str, Any]) -> list[str]:
-        return [self.key(f"concurrency[{i}].key", variables) for i in range(len(self.concurrency))]
+        """The stored key of each limit: a shared limit's carries :data:`SHARED`."""
+        keys = []
+        for i, limit in enumerate(self.concurrency):
+            key = self.key(f"concurrency[{i}].key", variables)
+            keys.append(SHARED + key if limit.scope == "shared" else key)
+        return keys

@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..runs import RunStatus
+from .session import never_started
 from .tables import runs
 from .waits import cancel_run
 
@@ -61,7 +62,7 @@ def redeliver_interval(redeliver_after: timedelta, rung: int) -> timedelta:
 def _past_deadline(row: Any, now: datetime) -> bool:
     """Timeouts(start=, finish=): never started by its start deadline, or not ended
     by its finish deadline."""
-    if row.start_deadline is not None and row.started_at is None and row.start_deadline < now:
+    if row.start_deadline is not None and never_started(row) and row.start_deadline < now:
         return True
     return row.finish_deadline is not None and row.finish_deadline < now
 
@@ -70,7 +71,7 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
     pending = [
         d
         for d in (
-            row.start_deadline if row.started_at is None else None,
+            row.start_deadline if never_started(row) else None,
             row.finish_deadline,
         )
         if d is not None and d >= now
@@ -85,7 +86,7 @@ def _lease_held(row: Any, now: datetime) -> bool:
 def _rung_at_creation_only(row: Any) -> bool:
     return bool(
         row.status == S.QUEUED.value
-        and row.started_at is None
+        and never_started(row)
         and row.wake_at is None
         and row.dispatches == 0
     )
@@ -151,10 +152,12 @@ def take_due(
     *,
     limit: int,
     skip_locked: bool,
+    cancelled: list[str] | None = None,
 ) -> list[DueRun]:
     """Runs whose next move is due (or, for sleepers, due within ``lookahead``), in
     ``conn``'s transaction: each gets its next due time (so other reconcilers skip
-    it meanwhile), and ``dispatches`` counts the rings."""
+    it meanwhile), and ``dispatches`` counts the rings. Runs past their Timeouts are
+    cancelled here (their ids appended to ``cancelled``)."""
     horizon = now + lookahead
     query = (
         sa.select(
@@ -225,5 +228,6 @@ def take_due(
             updates,
         )
     for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
-        cancel_run(conn, run_id, now)
+        if cancel_run(conn, run_id, now) and cancelled is not None:
+            cancelled.append(run_id)
     return due

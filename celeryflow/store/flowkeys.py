@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..codec import from_json, to_json
-from ..flowcontrol import Admission
+from ..flowcontrol import SHARED, Admission
 from ..runs import TERMINAL, RunStatus
 from .tables import flow_keys, runs
 from .waits import cancel_run
@@ -26,6 +26,16 @@ __all__ = ["Admitted", "admit", "slot_heads", "slot_waiting_keys", "take_slot"]
 
 S = RunStatus
 SLOT_COLUMNS = (runs.c.concurrency_key1, runs.c.concurrency_key2)
+SHARED_OWNER = ""  # the function id of a shared concurrency key's lock row
+
+
+def _slot(function_id: str, column: sa.Column[Any], key: str) -> tuple[str, list[Any]]:
+    """The lock row's function id and the runs counted for one concurrency key: the
+    function's own, or, for a shared key (Concurrency(scope="shared")), every
+    function's with that key."""
+    if key.startswith(SHARED):
+        return SHARED_OWNER, [column == key]
+    return function_id, [runs.c.function_id == function_id, column == key]
 
 
 @dataclass
@@ -36,6 +46,7 @@ class Admitted:
 
     row: dict[str, Any] | None
     ring: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # by Singleton(mode="cancel")
 
 
 def _locked(
@@ -87,6 +98,21 @@ def admit(
 ) -> Admitted:
     """Apply ``admission`` to the planned run ``row``, in the recording transaction.
     Order: rate limit, idempotency, singleton, debounce or batch, throttle."""
+    cancelled: list[str] = []
+    admitted = _admit(conn, insert_ignore, row, admission, now, redeliver_after, cancelled)
+    admitted.cancelled.extend(cancelled)
+    return admitted
+
+
+def _admit(
+    conn: sa.Connection,
+    insert_ignore: Any,
+    row: dict[str, Any],
+    admission: Admission,
+    now: datetime,
+    redeliver_after: timedelta,
+    cancelled: list[str],
+) -> Admitted:
     if admission.refused:  # the row is already the skipped record of a failed key
         return Admitted(row)
     fn = row["function_id"]
@@ -114,7 +140,8 @@ def admit(
         if holder is not None and _unfinished(conn, holder):
             if singleton.mode == "skip":
                 return _skip(row, now, "singleton", f"run {holder} is still in flight")
-            cancel_run(conn, holder, now)
+            if cancel_run(conn, holder, now):
+                cancelled.append(holder)
         _set(conn, k, run_id=row["id"], since=now)
     if admission.debounce is not None:
         debounce, key = admission.debounce
@@ -245,8 +272,8 @@ def take_slot(
         key = run[column.name]
         if key is None:  # created before this limit existed
             continue
-        _locked(conn, insert_ignore, run["function_id"], f"concurrency{index + 1}", key)
-        same = [runs.c.function_id == run["function_id"], column == key]
+        owner, same = _slot(run["function_id"], column, key)
+        _locked(conn, insert_ignore, owner, f"concurrency{index + 1}", key)
         mine = run["queue_at"] or now
         ahead = sa.or_(
             runs.c.queue_at < mine, sa.and_(runs.c.queue_at == mine, runs.c.id < run["id"])
@@ -267,9 +294,10 @@ def take_slot(
 def slot_heads(
     conn: sa.Connection, function_id: str, index: int, key: str, limit: int, now: datetime
 ) -> list[str]:
-    """The runs queued first for the free slots of one concurrency key."""
+    """The runs queued first for the free slots of one concurrency key (of any
+    function, for a shared key)."""
     column = SLOT_COLUMNS[index]
-    same = [runs.c.function_id == function_id, column == key]
+    _, same = _slot(function_id, column, key)
     free = limit - _count(conn, [*same, runs.c.status == S.RUNNING.value], limit)
     if free <= 0:
         return []

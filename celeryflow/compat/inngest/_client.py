@@ -39,7 +39,13 @@ from ._config import (
 from ._context import Context, ContextSync
 from ._errors import PREFIX, NotServedError, SendEventsError, not_supported
 from ._events import Event, to_core_event
-from ._steps import unserializable
+from ._serializers import (
+    EMPTY,
+    PydanticSerializer,
+    Serializer,
+    serialize,
+    unserializable,
+)
 
 if TYPE_CHECKING:
     from ...flow import Flow
@@ -72,15 +78,6 @@ class MiddlewareSync(Middleware):
 
 class TransformOutputResult:
     """Importable for middleware signatures; middleware is not supported."""
-
-
-class Serializer:
-    """Importable so serializer classes still define; passing one is not supported."""
-
-
-class PydanticSerializer(Serializer):
-    """Importable; ``Inngest(serializer=...)`` is not supported (step results are
-    JSON, pydantic models are dumped by celeryflow)."""
 
 
 class Streaming(enum.Enum):
@@ -132,6 +129,7 @@ class Function(Generic[T]):
         triggers: list[Any],
         retries: int | None,
         options: dict[str, Any],
+        output_type: object = EMPTY,
     ) -> None:
         self._client = client
         self._fn_id = fn_id
@@ -141,6 +139,7 @@ class Function(Generic[T]):
         self._triggers = triggers
         self._retries = DEFAULT_RETRIES if retries is None else retries
         self._options = options
+        self.output_type = output_type
         self._served: weakref.WeakKeyDictionary[Flow, FlowFunction] = weakref.WeakKeyDictionary()
 
     @property
@@ -179,10 +178,11 @@ class Function(Generic[T]):
             retries=self._retries,
             on_failure=failure_id,
             **self._options,
-        )(_wrap(self._handler, client))
+        )(_wrap(self._handler, client, self.output_type))
         if self._on_failure is not None and failure_id is not None:
-            # the SDK gives the failure handler no retries
-            flow.function(id=failure_id, retries=0)(_wrap(self._on_failure, client))
+            # the SDK gives the failure handler no retries, and serializes its output
+            # as `object` (it is never invoked, so never read back)
+            flow.function(id=failure_id, retries=0)(_wrap(self._on_failure, client, object))
         self._served[flow] = function
         return function
 
@@ -190,14 +190,17 @@ class Function(Generic[T]):
         return f"<inngest.Function {self.id}>"
 
 
-def _json_output(output: Any) -> Any:
+def _json_output(output: Any, client: Inngest, output_type: object) -> Any:
+    output = serialize(client.serializer, output, output_type)
     error = unserializable(output, None)
     if error is not None:
         raise error
     return output
 
 
-def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any]:
+def _wrap(
+    handler: Handler, client: Inngest, output_type: object
+) -> Callable[[BaseContext[Any]], Any]:
     """The celeryflow function: builds the SDK's context around celeryflow's."""
     if inspect.iscoroutinefunction(handler):
         async_handler = cast(Callable[[Context], Awaitable[Any]], handler)
@@ -206,7 +209,7 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
         async def run_async(ctx: BaseContext[Any]) -> Any:
             sdk_ctx = Context(ctx, client)
             with experimental.bound(sdk_ctx.step):
-                return _json_output(await async_handler(sdk_ctx))
+                return _json_output(await async_handler(sdk_ctx), client, output_type)
 
         return run_async
 
@@ -216,7 +219,7 @@ def _wrap(handler: Handler, client: Inngest) -> Callable[[BaseContext[Any]], Any
     def run_sync(ctx: BaseContext[Any]) -> Any:
         sdk_ctx = ContextSync(ctx, client)
         with experimental.bound(sdk_ctx.step):
-            return _json_output(sync_handler(sdk_ctx))
+            return _json_output(sync_handler(sdk_ctx), client, output_type)
 
     return run_sync
 
@@ -238,17 +241,21 @@ class Inngest:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         middleware: list[Any] | None = None,
         request_timeout: Any = None,
-        serializer: Any = None,
+        serializer: Serializer | None = None,
         signing_key: str | None = None,
     ) -> None:
         if not isinstance(app_id, str) or not app_id:
             raise ConfigError(f"{PREFIX}: Inngest(app_id=...) must be a non-empty string")
         if middleware:
             raise not_supported("Inngest(middleware=...)")
-        if serializer is not None:
-            raise not_supported(
-                "Inngest(serializer=...)", "step results are stored as JSON (models dumped)"
+        if serializer is not None and not all(
+            callable(getattr(serializer, m, None)) for m in ("serialize", "deserialize")
+        ):
+            raise ConfigError(
+                f"{PREFIX}: Inngest(serializer=...) needs an object with serialize(obj, typ) "
+                f"and deserialize(obj, typ) methods (inngest.Serializer), got {serializer!r}"
             )
+        self.serializer: Serializer | None = serializer
         self.app_id = app_id
         self.app_version = app_version
         self.env = env
@@ -271,7 +278,7 @@ class Inngest:
         middleware: list[Any] | None = None,
         name: str | None = None,
         on_failure: Handler | None = None,
-        output_type: object = None,
+        output_type: object = EMPTY,
         priority: Priority | None = None,
         rate_limit: RateLimit | None = None,
         retries: int | None = None,
@@ -281,7 +288,8 @@ class Inngest:
         trigger: TriggerEvent | TriggerCron | list[TriggerEvent | TriggerCron],
     ) -> Callable[[Handler], Function[Any]]:
         """As the SDK's: options are translated (and checked) here, registered on a
-        Flow by ``serve()``. ``name`` and ``output_type`` are accepted and unused."""
+        Flow by ``serve()``. ``name`` is accepted and unused; ``output_type`` is the
+        type the client's serializer writes and reads the output as."""
         if middleware:
             raise not_supported(f"create_function(fn_id={fn_id!r}, middleware=...)")
         triggers = []
@@ -324,6 +332,7 @@ class Inngest:
                 triggers=triggers,
                 retries=retries,
                 options=options,
+                output_type=output_type,
             )
 
         return decorator

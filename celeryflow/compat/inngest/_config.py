@@ -64,33 +64,31 @@ class TriggerCron(SDKModel):
     prefix sets the time zone."""
 
     cron: str
-    jitter: str | None = None
+    jitter: str | None = None  # a duration string ("30s", "5m"), as Inngest's
 
     def to_core(self) -> CronTrigger:
-        if self.jitter is not None:
-            raise not_supported("TriggerCron(jitter=...)", "celeryflow fires each slot on time")
         expression, tz = self.cron, None
         prefixed = _TZ_PREFIX.match(self.cron)
         if prefixed:
             tz, expression = prefixed[1], prefixed[2].strip()
-        return _build(CronTrigger, "TriggerCron", expression=expression, tz=tz)
+        return _build(CronTrigger, "TriggerCron", expression=expression, tz=tz, jitter=self.jitter)
 
 
 class Concurrency(SDKModel):
-    """At most ``limit`` runs executing steps at once, per value of ``key``."""
+    """At most ``limit`` runs executing steps at once, per value of ``key``.
+    ``scope="env"`` or ``"account"`` shares the limit with every function whose key
+    gives the same value (one store is one environment here, so the two are alike):
+    celeryflow's ``scope="shared"``."""
 
     key: str | None = None
     limit: int
     scope: Literal["account", "env", "fn"] | None = None
 
     def to_core(self) -> flowcontrol.Concurrency:
-        if self.scope not in (None, "fn"):
-            raise not_supported(
-                f"Concurrency(scope={self.scope!r})",
-                "limits are per function (scope='fn'); share a limit by routing the work "
-                "through one function",
-            )
-        return _build(flowcontrol.Concurrency, "Concurrency", limit=self.limit, key=self.key)
+        scope = "function" if self.scope in (None, "fn") else "shared"
+        return _build(
+            flowcontrol.Concurrency, "Concurrency", limit=self.limit, key=self.key, scope=scope
+        )
 
 
 class Throttle(SDKModel):

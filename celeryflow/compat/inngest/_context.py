@@ -26,11 +26,11 @@ class _Base:
         self.run_id: str = ctx.run_id
         self.job_id: str | None = None  # no Inngest queue job behind a celeryflow run
         self.request_id: str | None = None
-        # the client's logger, quiet on replay as ctx.logger is; records carry the
-        # run through celeryflow's log record factory
-        self.logger: RunLogger = (
-            ctx.logger if client.logger is None else ctx.logger.wrap(client.logger)
-        )
+        # the client's logger (its own methods called, no adapter in between), quiet
+        # while settled steps replay, as the SDK's; records carry the run through
+        # celeryflow's log record factory
+        user = ctx.logger.logger if client.logger is None else client.logger
+        self.logger: RunLogger = ctx.logger.wrap(user, until_settled=True)
 
     @property
     def attempt(self) -> int:

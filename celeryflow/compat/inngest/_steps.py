@@ -13,16 +13,16 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...codec import to_json
-from ...errors import ConfigError, EventError, NonRetriableError, SerializationError
+from ...errors import ConfigError, EventError, NonRetriableError
 from ...steps import AsyncSteps, Steps
-from ._errors import OutputUnserializableError, invoke_errors, not_supported, sdk_errors
+from ._errors import invoke_errors, not_supported, sdk_errors
 from ._events import Event, core_name, milliseconds, split_condition, to_core_event, to_sdk_event
+from ._serializers import EMPTY, Serializer, deserialize, serialize, unserializable
 
 if TYPE_CHECKING:
     from ._client import Function, Inngest
 
-__all__ = ["AI", "Group", "GroupSync", "ParallelMode", "Step", "StepSync", "unserializable"]
+__all__ = ["AI", "Group", "GroupSync", "ParallelMode", "Step", "StepSync"]
 
 PARALLEL_STEP_ID = "group.parallel"  # celeryflow's parallel step needs an id; the SDK's has none
 
@@ -70,36 +70,31 @@ def _invoke_args(
     return None if timeout is None else _duration(timeout, f"step.invoke({step_id!r}) timeout")
 
 
-def unserializable(output: Any, step_id: str | None) -> OutputUnserializableError | None:
-    """The SDK's error for an output that is not JSON (None when it is)."""
-    try:
-        to_json(output, "output")
-    except SerializationError:
-        prefix = "" if step_id is None else f'"{step_id}" '
-        return OutputUnserializableError(f"{prefix}returned unserializable data")
-    return None
+def _json_checked(
+    step_id: str, handler: Callable[..., Any], serializer: Serializer | None, output_type: object
+) -> Callable[..., Any]:
+    """``handler``, its result passed through the client's serializer (with an
+    ``output_type``), raising the SDK's OutputUnserializableError for a result that
+    is still not JSON (celeryflow's own check would dump a model, or fail the step
+    with a NonRetriableError)."""
 
+    def stored(result: Any) -> Any:
+        result = serialize(serializer, result, output_type)
+        error = unserializable(result, step_id)
+        if error is not None:
+            raise error
+        return result
 
-def _json_checked(step_id: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-    """``handler``, raising the SDK's OutputUnserializableError for a non-JSON result
-    (celeryflow's own check would fail the step with a NonRetriableError)."""
     if inspect.iscoroutinefunction(handler):
 
         async def checked_async(*args: Any) -> Any:
-            result = await handler(*args)
-            error = unserializable(result, step_id)
-            if error is not None:
-                raise error
-            return result
+            return stored(await handler(*args))
 
         return checked_async
 
     def checked(*args: Any) -> Any:
         result = handler(*args)
-        error = None if inspect.isawaitable(result) else unserializable(result, step_id)
-        if error is not None:
-            raise error
-        return result
+        return result if inspect.isawaitable(result) else stored(result)
 
     return checked
 
@@ -124,12 +119,15 @@ class StepSync:
         step_id: str,
         handler: Callable[..., Any],
         *handler_args: Any,
-        output_type: object = None,
+        output_type: object = EMPTY,
     ) -> Any:
-        """Run ``handler(*handler_args)`` once and memoize its (JSON) result.
-        ``output_type`` only matters with a client serializer, which is not supported."""
+        """Run ``handler(*handler_args)`` once and memoize its (JSON) result. With an
+        ``output_type``, the result goes through the client's serializer both ways."""
+        serializer = self._client.serializer
+        checked = _json_checked(step_id, handler, serializer, output_type)
         with sdk_errors():
-            return self._steps.run(step_id, _json_checked(step_id, handler), *handler_args)
+            result = self._steps.run(step_id, checked, *handler_args)
+        return deserialize(serializer, result, output_type)
 
     def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Sleep ``duration``: MILLISECONDS if an int, or a timedelta."""
@@ -171,7 +169,9 @@ class StepSync:
         or the ``timeout``, MILLISECONDS if an int, raises StepError)."""
         limit = _invoke_args(step_id, v, timeout)
         with invoke_errors():
-            return self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
+            output = self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
+        # the invoked function's output_type, as the SDK reads it
+        return deserialize(self._client.serializer, output, function.output_type)
 
     def invoke_by_id(
         self,
@@ -207,10 +207,13 @@ class Step:
         step_id: str,
         handler: Callable[..., Any],
         *handler_args: Any,
-        output_type: object = None,
+        output_type: object = EMPTY,
     ) -> Any:
+        serializer = self._client.serializer
+        checked = _json_checked(step_id, handler, serializer, output_type)
         with sdk_errors():
-            return await self._steps.run(step_id, _json_checked(step_id, handler), *handler_args)
+            result = await self._steps.run(step_id, checked, *handler_args)
+        return deserialize(serializer, result, output_type)
 
     async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         await self._steps.sleep(step_id, _duration(duration, f"step.sleep({step_id!r})"))
@@ -247,7 +250,10 @@ class Step:
     ) -> Any:
         limit = _invoke_args(step_id, v, timeout)
         with invoke_errors():
-            return await self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
+            output = await self._steps.invoke(
+                step_id, function=function.id, data=data, timeout=limit
+            )
+        return deserialize(self._client.serializer, output, function.output_type)
 
     async def invoke_by_id(
         self,

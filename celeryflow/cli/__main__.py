@@ -1,0 +1,5 @@
+"""``python -m celeryflow.cli``: the ``celeryflow`` command."""
+
+from . import main
+
+main()
