@@ -193,6 +193,30 @@ def probe_dashboard(tmp: Path) -> None:
         assert status == 200 and wanted.encode() in body, (path, body[:500])
 
 
+def probe_prometheus(tmp: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from celeryflow.metrics import PrometheusHook, registry
+
+    flow = embedded_flow(tmp)
+    flow.add_hook(PrometheusHook())
+    check_sent(flow, flow.send(Event(name="probe/sent"))[0])
+    text = generate_latest(registry(flow)).decode()
+    assert 'celeryflow_runs{function="probe",status="queued"} 1.0' in text, text
+
+
+def probe_otel(tmp: Path) -> None:
+    from opentelemetry import trace
+
+    from celeryflow.tracing import TracingHook
+
+    flow = embedded_flow(tmp)
+    flow.add_hook(TracingHook())
+    # the API alone (no SDK): spans are no-ops, nothing fails
+    with trace.get_tracer("probe").start_as_current_span("send"):
+        check_sent(flow, flow.send(Event(name="probe/sent"))[0])
+
+
 PROBES: dict[str, Callable[[Path], None]] = {
     "redis": probe_redis,
     "postgres": probe_postgres,
@@ -201,6 +225,8 @@ PROBES: dict[str, Callable[[Path], None]] = {
     "flask": probe_flask,
     "fastapi": probe_fastapi,
     "dashboard": probe_dashboard,
+    "prometheus": probe_prometheus,
+    "otel": probe_otel,
 }
 
 

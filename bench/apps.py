@@ -23,6 +23,7 @@ from celeryflow import Flow, event
 STEPS = 100
 ONE_STEP_EVENT = "bench/one"
 HUNDRED_EVENT = "bench/hundred"
+SLEEP_EVENT = "bench/sleep"
 COUNT_KEY = "bench:count"
 LAST_AT_KEY = "bench:last-at"
 CHAIN_KEY = "bench:chain-done"
@@ -55,7 +56,8 @@ def _configure(app: Celery, queue: str) -> None:
 
 
 def flow_app(broker: str, store: str, queue: str) -> tuple[Celery, Flow]:
-    """A Celery app with a Flow and the two benchmark functions."""
+    """A Celery app with a Flow and the benchmark functions (100 steps, one step, a
+    sleep of ``data.seconds``)."""
     app = Celery(f"cf-bench-flow-{queue}", broker=broker)
     _configure(app, queue)
     flow = Flow(app, store=store, auto_migrate=True)
@@ -69,6 +71,11 @@ def flow_app(broker: str, store: str, queue: str) -> tuple[Celery, Flow]:
         for _ in range(STEPS):
             ctx.step.run("s", trivial)
         return {"steps": STEPS}
+
+    @flow.function(id="sleeper", trigger=event(SLEEP_EVENT))
+    def sleeper(ctx: Any) -> bool:
+        ctx.step.sleep("nap", float(ctx.event.data.get("seconds", 2)))
+        return True
 
     return app, flow
 

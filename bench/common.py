@@ -153,6 +153,30 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def rounds(
+    runs: int, measures: dict[str, Callable[[], Any]], *, warm_up: bool = True
+) -> dict[str, list[Any]]:
+    """``runs`` rounds (after one warm-up round unless the measures warm up
+    themselves), each calling every measure once in an order rotated per round, so a
+    machine whose speed drifts during the part does not favour one side: ratios are
+    then taken within each round."""
+    names = list(measures)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    first = 0 if warm_up else 1
+    for n in range(first, runs + 1):
+        shift = n % len(names)
+        for name in names[shift:] + names[:shift]:
+            value = measures[name]()
+            if n:  # round 0 warms up: connections, statement caches, imports
+                results[name].append(value)
+    return results
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of ours / theirs within each round."""
+    return median([a / b for a, b in zip(ours, theirs, strict=True)])
+
+
 def wait_until(probe: Callable[[], Any], timeout: float, interval: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -59,8 +59,10 @@ from common import (  # noqa: E402
     fresh_sqlite,
     machine_info,
     median,
+    paired,
     redis_client,
     redis_url,
+    rounds,
     wait_until,
 )
 
@@ -262,30 +264,6 @@ def floors() -> Iterator[Callable[[], tuple[float, float]]]:
             yield measure
 
 
-def rounds(
-    runs: int, measures: dict[str, Callable[[], Any]], *, warm_up: bool = True
-) -> dict[str, list[Any]]:
-    """``runs`` rounds (after one warm-up round unless the measures warm up
-    themselves), each calling every measure once in an order rotated per round, so a
-    machine whose speed drifts during the part does not favour one side: ratios are
-    then taken within each round."""
-    names = list(measures)
-    results: dict[str, list[Any]] = {name: [] for name in names}
-    first = 0 if warm_up else 1
-    for n in range(first, runs + 1):
-        shift = n % len(names)
-        for name in names[shift:] + names[:shift]:
-            value = measures[name]()
-            if n:  # round 0 warms up: connections, statement caches, imports
-                results[name].append(value)
-    return results
-
-
-def paired(ours: list[float], theirs: list[float]) -> float:
-    """The median over rounds of ours / theirs within each round."""
-    return median([a / b for a, b in zip(ours, theirs, strict=True)])
-
-
 def part_steps(kinds: list[str], broker: str, runs: int) -> Table:
     table = Table(
         f"1. Per-step overhead: 100-step function vs INSERT+COMMIT (median of {runs} rounds)"
@@ -468,18 +446,23 @@ def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
 
 @contextmanager
 def celery_worker(
-    env: dict[str, str], queue: str, pool: str = "prefork"
+    env: dict[str, str],
+    queue: str,
+    pool: str = "prefork",
+    module: str = "apps",
+    concurrency: int = 2,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m celery -A apps worker -c 2 --pool <pool>`` on ``queue``."""
+    """``python -m celery -A <module> worker -c <concurrency> --pool <pool>`` on
+    ``queue`` (the module is looked up in bench/)."""
     cmd = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "apps",
+        module,
         "worker",
         "-c",
-        "2",
+        str(concurrency),
         "--pool",
         pool,
         "-Q",

@@ -51,6 +51,7 @@ from .hooks import (
     StepFinished,
     StepRetried,
     StepStarted,
+    carried_context,
 )
 from .infra import guarded, release_after
 from .leases import LeaseKeeper
@@ -339,7 +340,16 @@ class Execution:
     # -- the function -----------------------------------------------------------------
 
     def run_info(self) -> RunInfo:
-        return RunInfo(self.function.id, self.run_id, self.run_attempt, self.trigger)
+        run = self.claim.run
+        return RunInfo(
+            self.function.id,
+            self.run_id,
+            self.run_attempt,
+            self.trigger,
+            context=carried_context(run["context"]),
+            parent_run_id=run["parent_run_id"],
+            created_at=run["created_at"],
+        )
 
     def drive(self) -> datetime | None:
         if self.hooks:

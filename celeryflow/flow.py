@@ -169,7 +169,7 @@ class Flow:
         self.registry = Registry()
         self.functions = self.registry.functions  # by id
         self.limited_functions = self.registry.limited
-        self.planner = Planner(self.store, self.settings, self.functions)
+        self.planner = Planner(self.store, self.settings, self.functions, self.hooks.carry)
         self.doorbell = tasks.install(self)
         self.engine = Engine(
             store=self.store,

@@ -23,19 +23,28 @@ Each method gets one small frozen dataclass. The rules every method shares:
 
 Each execution of a run is ``run_woken`` (only if it executed before), then
 ``run_started``, then exactly one of ``run_parked`` (it left the worker and will come
-back) or ``run_finished`` (it ended). ``RunInfo.event`` is the run's first event as
-stored: a tracing plugin can carry its context in the event's data from ``send`` to
-every execution.
+back) or ``run_finished`` (it ended).
+
+**Carrying context.** :meth:`Hook.carry` is the one method that returns something:
+called where a run is created (the sender's ``flow.send``, or the parent run's
+execution for an invoke or a parallel branch), before it is recorded. The strings it
+returns are stored with the run and given back to every execution as
+``RunInfo.context``: how a tracing plugin carries the sender's trace into the run
+and its children (``celeryflow.tracing``).
+
+``reconciled`` runs in the process of the reconciler (a worker's main process, or
+beat) after each pass, with what it rang.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .codec import from_json
 from .errors import ConfigError
 from .events import Event
 
@@ -43,6 +52,7 @@ __all__ = [
     "EventReceived",
     "Hook",
     "Hooks",
+    "Reconciled",
     "RunFinished",
     "RunInfo",
     "RunParked",
@@ -53,6 +63,7 @@ __all__ = [
     "StepInfo",
     "StepRetried",
     "StepStarted",
+    "carried_context",
 ]
 
 log = logging.getLogger("celeryflow.hooks")
@@ -81,12 +92,18 @@ class RunQueued:
 @dataclass(frozen=True)
 class RunInfo:
     """What every hook about one execution of a run is told. ``attempt`` is the
-    function body's (0 on the first try); ``event`` the run's first event."""
+    function body's (0 on the first try); ``event`` the run's first event;
+    ``context`` what the hooks' :meth:`Hook.carry` returned where the run was
+    created; ``parent_run_id`` the run that invoked it (or whose parallel branch it
+    is); ``created_at`` when the run was created (UTC)."""
 
     function_id: str
     run_id: str
     attempt: int
     event: Event
+    context: dict[str, str] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +187,25 @@ class StepRetried(StepInfo):
     duration: float = 0.0
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """One reconciler pass: ``rung`` overdue runs rung again, of which ``recovered``
+    were left running by a lost executor (their lease lapsed); ``slots`` runs rung
+    because a concurrency slot was free."""
+
+    rung: int = 0
+    recovered: int = 0
+    slots: int = 0
+
+
+def carried_context(stored: str | None) -> dict[str, str]:
+    """A run's stored ``context`` column (JSON text, or NULL) as ``RunInfo.context``."""
+    value = from_json(stored) if stored else None
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
 class Hook:
     """Override any of these; each default does nothing. Every method returns None
     and may not change what it is given (see the module docstring for the rules)."""
@@ -200,6 +236,14 @@ class Hook:
 
     def step_retried(self, info: StepRetried) -> None:
         """Worker child, after the failed attempt and the park were written."""
+
+    def reconciled(self, info: Reconciled) -> None:
+        """The reconciler's process, after each pass."""
+
+    def carry(self) -> dict[str, str]:
+        """Strings to store with a run created now (see "Carrying context" above);
+        the process and thread creating it call this, before the run is recorded."""
+        return {}
 
 
 class Hooks:
@@ -243,7 +287,15 @@ class Hooks:
             if row.get("status") == "skipped":
                 trigger = by_id.get(row["event_id"])
                 if trigger is not None:
-                    info = RunInfo(row["function_id"], run_id, 0, trigger)
+                    info = RunInfo(
+                        row["function_id"],
+                        run_id,
+                        0,
+                        trigger,
+                        context=carried_context(row.get("context")),
+                        parent_run_id=row.get("parent_run_id"),
+                        created_at=row.get("created_at"),
+                    )
                     self.emit("run_finished", RunFinished(**vars(info), status="skipped"))
                 continue
             self.emit(
@@ -256,6 +308,22 @@ class Hooks:
                     parent_run_id=row.get("parent_run_id"),
                 ),
             )
+
+    def carry(self) -> dict[str, str]:
+        """What every hook's :meth:`Hook.carry` returns, merged (a later hook wins a
+        shared key); a hook that raises or returns anything but strings is logged."""
+        carried: dict[str, str] = {}
+        for hook in self._hooks:
+            try:
+                more = hook.carry()
+                if not isinstance(more, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in more.items()
+                ):
+                    raise TypeError(f"carry() must return a dict of strings, got {more!r}")
+                carried.update(more)
+            except Exception:
+                log.exception("hook %r raised in carry; ignored", hook)
+        return carried
 
     def emit(self, method: str, info: Any) -> None:
         for hook in self._hooks:

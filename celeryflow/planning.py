@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +37,17 @@ class Planner:
     """Plans and records the runs events start, for the functions of one Flow."""
 
     def __init__(
-        self, store: Store, settings: FlowSettings, functions: dict[str, FlowFunction]
+        self,
+        store: Store,
+        settings: FlowSettings,
+        functions: dict[str, FlowFunction],
+        carry: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.functions = functions
+        # the hooks' Hook.carry, asked as each run row is made (the one place)
+        self.carry = carry
 
     def ring_for_slots(
         self, created: list[str], planned: list[PlannedRun], now: datetime
@@ -182,6 +189,10 @@ class Planner:
         waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
         return PlannedRun(row, waits, admission if admission else None)
 
+    def _carried(self) -> str | None:
+        carried = self.carry() if self.carry is not None else None
+        return to_json(carried, "hook context") if carried else None
+
     def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
         """A run row (every column an insert names, so rows batch in one executemany),
         with its concurrency keys and queue position evaluated from its first event.
@@ -212,6 +223,7 @@ class Planner:
             "parent_run_id": None,
             "parent_step": None,
             "branch": None,
+            "context": self._carried(),
             "start_deadline": None,
             "finish_deadline": None,
             "concurrency_key1": keys[0],

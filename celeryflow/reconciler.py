@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .durations import utcnow
+from .hooks import Reconciled
 from .store.database import store_error_line
 from .store.health import beat
 from .store.prune import Pruned, prune, release_lease, renew_lease, take_lease
@@ -72,11 +73,15 @@ class Reconciler:
             self.flow.doorbell.ring(run_ids, eta=eta, function_id=names, recovered=recovered)
         if due:
             log.debug("reconciler rang %d run(s)", len(due))
-        rang = len(due) + self._slots()
+        slots = self._slots()
         # what `celeryflow doctor` reads to tell the reconciler is alive
         beat(self.flow.store, "reconciler", self.host, utcnow())
         self.prune()
-        return rang
+        self.flow.hooks.emit(
+            "reconciled",
+            Reconciled(rung=len(due), recovered=sum(r.recovered for r in due), slots=slots),
+        )
+        return len(due) + slots
 
     def prune(self) -> Pruned | None:
         """The retention pass, if retention is on and this reconciler takes the

@@ -21,7 +21,20 @@ LAYERS = [
     {"events", "flowcontrol"},
     {"runs"},
 ]
-EDGES = {"cli", "testing", "pytest_plugin", "django", "ingest", "compat", "dashboard"}
+EDGES = {
+    "cli",
+    "testing",
+    "pytest_plugin",
+    "django",
+    "ingest",
+    "compat",
+    "metrics",
+    "tracing",
+    "dashboard",
+}
+# Observability is plugged in through the hooks, not woven in: only these modules
+# import the telemetry libraries (their extras are optional).
+TELEMETRY = {"prometheus_client": "celeryflow.metrics", "opentelemetry": "celeryflow.tracing"}
 
 
 def top(module: str) -> str:
@@ -95,6 +108,30 @@ def test_imports_follow_the_dependency_plan(path: Path) -> None:
     if top(name) not in EDGES and name != "celeryflow":
         edges = {i for i in imports if top(i) in EDGES}
         assert not edges, f"{name} imports the edges {sorted(edges)}"
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level names of the packages outside celeryflow that `path` imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+    return found - {"celeryflow"}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_only_the_plugins_import_telemetry_libraries(path: Path) -> None:
+    name = module_name(path)
+    for library, owner in TELEMETRY.items():
+        if library in third_party_imports(path):
+            assert name == owner, f"{name} imports {library}: only {owner} may (a hook plugin)"
+
+
+def test_the_telemetry_rule_sees_the_plugins() -> None:
+    assert "prometheus_client" in third_party_imports(PACKAGE / "metrics.py")
+    assert "opentelemetry" in third_party_imports(PACKAGE / "tracing.py")
 
 
 def test_the_import_scanner_sees_relative_and_skips_type_checking() -> None:

@@ -15,7 +15,17 @@ __all__ = ["DIST_NAME", "EXTRAS", "ROOT", "build_wheel"]
 ROOT = Path(__file__).resolve().parent.parent
 DIST_NAME = "celeryflow-engine"
 # Every extra a user installs (dev is for this repository only).
-EXTRAS = ("redis", "postgres", "mysql", "django", "flask", "fastapi", "dashboard")
+EXTRAS = (
+    "redis",
+    "postgres",
+    "mysql",
+    "django",
+    "flask",
+    "fastapi",
+    "prometheus",
+    "otel",
+    "dashboard",
+)
 
 
 def build_wheel(dest: Path) -> Path:

@@ -164,6 +164,18 @@ class StoreAdmin:
             )
             return int(conn.execute(query).scalar_one())
 
+    def count_by_status(self, statuses: Iterable[RunStatus | str]) -> dict[tuple[str, str], int]:
+        """How many runs are in each of ``statuses``, per (function id, status): one
+        grouped read (what metrics' scrape-time gauges show)."""
+        wanted = [RunStatus(s).value for s in statuses]
+        query = (
+            sa.select(runs.c.function_id, runs.c.status, sa.func.count())
+            .where(runs.c.status.in_(wanted))
+            .group_by(runs.c.function_id, runs.c.status)
+        )
+        with self._read() as conn:
+            return {(str(f), str(s)): int(n) for f, s, n in conn.execute(query)}
+
     def cancel_runs(
         self,
         function_id: str,

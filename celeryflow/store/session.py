@@ -57,6 +57,8 @@ _CLAIM_COLUMNS = (
     runs.c.concurrency_key1,
     runs.c.concurrency_key2,
     runs.c.queue_at,
+    runs.c.context,
+    runs.c.created_at,
 )
 
 

@@ -116,6 +116,8 @@ runs = sa.Table(
     sa.Column("parent_step", Key(255), nullable=True),
     # a step.parallel branch: which of the parent step's callables this run executes
     sa.Column("branch", sa.Integer, nullable=True),
+    # what hooks carry from where the run was created (Hook.carry: a trace context)
+    sa.Column("context", JSONText, nullable=True),
     # flow control: the run's concurrency key values (one per limit) and its place
     # among runs queued for a slot (created_at moved by its priority)
     sa.Column("concurrency_key1", Key(255), nullable=True),
