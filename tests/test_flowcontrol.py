@@ -88,6 +88,8 @@ def workers(
                                 f"w{i}@%h",
                                 "--without-mingle",
                                 "--without-gossip",
+                                "--loglevel",
+                                "INFO",
                             ],
                             env=child_env,
                             stdout=out,
@@ -95,6 +97,14 @@ def workers(
                         )
                     )
             try:
+                # A test's deadline is for its runs, not for two workers booting on a
+                # loaded machine: wait for both to say they consume.
+                wait_for(
+                    lambda: all("ready." in log.read_text(errors="replace") for log in logs),
+                    timeout=180,
+                    interval=0.2,
+                    what="both control_app workers ready",
+                )
                 yield Workers(flow, logs)
             finally:
                 for proc in procs:

@@ -220,17 +220,18 @@ def test_store_down_for_a_moment_costs_the_run_nothing(
 def test_store_back_before_the_release_keeps_the_steps_result(
     postgres_store_url: str, proxy: TcpProxy, tmp_path: Path
 ) -> None:
-    """Down a little longer than the engine's patience (half a lease, 1 s here): the
-    write of the step's result gives up, and the run is released as soon as the store
-    answers, with that result, so the step does not run again."""
-    flow = flow_on(through(proxy, postgres_store_url), tmp_path, lease="2s")
+    """Down longer than the engine's patience (half a lease, 3 s here) and shorter than
+    the lease: the write of the step's result gives up, and the run is released as
+    soon as the store answers, with that result, so the step does not run again. The
+    margins are 1.5 s either side so a loaded machine does not cross them."""
+    flow = flow_on(through(proxy, postgres_store_url), tmp_path, lease="6s")
     journal = tmp_path / "journal.txt"
 
     def work() -> str:
         with journal.open("a") as out:
             out.write("ran\n")
         if count_lines(journal) == 1:
-            cut_for(proxy, 1.3)
+            cut_for(proxy, 4.5)
         return "done"
 
     @flow.function(id="release", trigger=event("t/release"), retries=0)
@@ -340,7 +341,9 @@ def test_send_with_the_broker_down_succeeds_and_the_reconciler_rings(
         ids = sender.send([Event(name="t/order", data={"n": n, "customer": "c1"}) for n in (1, 2)])
         handle = call.delay(41)
         took = time.monotonic() - started
-    assert took < 5, f"send and delay took {took:.1f} s with the broker down"
+    # A bound far above a prompt return on a loaded machine, far below a send that
+    # sits in kombu's connection retries (which never give up by default).
+    assert took < 30, f"send and delay took {took:.1f} s with the broker down"
     warnings = [r for r in caplog.records if "broker unreachable" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
     runs = [r for i in ids for r in sender.list_runs(event_id=i)]
