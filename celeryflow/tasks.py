@@ -21,6 +21,7 @@ from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
 
+from .durations import utcnow
 from .errors import CeleryflowError, ConfigError
 from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
@@ -418,8 +419,6 @@ def install(flow: Flow) -> CeleryDoorbell:
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
         wake = flow.engine.execute(run_id)
         if wake is not None:
-            from .durations import utcnow
-
             if wake - utcnow() <= settings.eta_horizon:
                 fid = function_of_shadow(getattr(task.request, "shadow", None))
                 doorbell.ring([run_id], eta=wake, function_id=fid)
@@ -521,6 +520,7 @@ def install(flow: Flow) -> CeleryDoorbell:
 
             def start(self, worker: Any) -> None:
                 self.thread = ReconcilerThread(flow)
+                reconcilers[worker.hostname] = self.thread.reconciler
                 self.thread.start()
 
             def stop(self, worker: Any) -> None:
@@ -531,6 +531,21 @@ def install(flow: Flow) -> CeleryDoorbell:
             terminate = stop
 
         app.steps["worker"].add(ReconcilerStep)
+        reconcilers: dict[str, Reconciler] = {}
+
+        class ConsumingStep(bootsteps.StartStopStep):  # type: ignore[misc]
+            """Tells the worker's reconciler when the task consumer started (again,
+            after a broker reconnect): the backlog queued before that is in line for
+            this worker, not lost, even if nothing is claimed yet."""
+
+            requires = ("celery.worker.consumer.tasks:Tasks",)
+
+            def start(self, consumer: Any) -> None:
+                reconciler = reconcilers.get(consumer.hostname)
+                if reconciler is not None:
+                    reconciler.consuming_since = utcnow()
+
+        app.steps["consumer"].add(ConsumingStep)
     return doorbell
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -37,8 +38,22 @@ _SUPPORTED = "sqlite:///path.db, postgresql+psycopg://user@host/db or mysql+pymy
 _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
+class _SQLiteConnection(sqlite3.Connection):
+    """sqlite3's connection, weak-referenceable (for the set below)."""
+
+
+# SQLite handles open in this process, and those a fork left here: the parent's,
+# referenced for good so that the child never closes them. Closing one would run
+# SQLite's close-time checkpoint and lock release from a process that does not own
+# its locks (and POSIX locks drop per process), behind the parent's back.
+_sqlite_open: weakref.WeakSet[_SQLiteConnection] = weakref.WeakSet()
+_inherited: list[_SQLiteConnection] = []
+
+
 def _dispose_after_fork() -> None:
     # Prefork children must not share the parent's sockets or SQLite handles.
+    _inherited.extend(_sqlite_open)
+    _sqlite_open.clear()
     for engine in list(_engines):
         engine.dispose(close=False)
 
@@ -135,7 +150,11 @@ def create_store_engine(
     statement = _seconds(statement_timeout)
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
-        connect_args = {"timeout": _sqlite_busy(statement), "check_same_thread": False}
+        connect_args = {
+            "timeout": _sqlite_busy(statement),
+            "check_same_thread": False,
+            "factory": _SQLiteConnection,
+        }
     elif backend in ("mysql", "mariadb"):
         # READ COMMITTED avoids gap locks between workers claiming different runs.
         kwargs["isolation_level"] = "READ COMMITTED"
@@ -305,6 +324,7 @@ def _ping_when_idle(engine: sa.Engine, connect: float | None) -> None:
 def _configure_sqlite(engine: sa.Engine, busy: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_open.add(dbapi_connection)
         # Take transaction control from pysqlite so writes can BEGIN IMMEDIATE:
         # a deferred BEGIN that later upgrades to a write lock can fail with
         # "database is locked" at once instead of waiting for the busy timeout.
@@ -330,6 +350,33 @@ def _configure_sqlite(engine: sa.Engine, busy: float) -> None:
             driver.execute("BEGIN IMMEDIATE")
 
 
+# A fork waits while a thread of this process is inside a SQLite write transaction:
+# SQLite's own lock bookkeeping is per process, so a child born in the middle of one
+# (a prefork pool replacing a child while the reconciler thread writes) believes its
+# process holds the write lock, and every write of its own waits for the busy timeout
+# and fails ("database is locked"). No store write publishes (commit first, then
+# ring), so this never waits on the embedded broker's own fork lock, nor it on this.
+_write_guard = threading.RLock()
+
+
+def _before_fork() -> None:
+    _write_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _write_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _write_guard
+    _write_guard = threading.RLock()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
+
+
 class SQLiteWriteLock:
     """Queues SQLite writers on a kernel file lock before BEGIN IMMEDIATE.
 
@@ -337,7 +384,7 @@ class SQLiteWriteLock:
     next to a 0.1 ms transaction: under contention from several worker processes most
     of the time went to sleeping. flock() wakes the next writer as soon as the lock
     is released. Each thread has its own descriptor, because flock excludes per open
-    file, not per process.
+    file, not per process. A fork waits for the transaction in progress (above).
     """
 
     def __init__(self, database_path: str) -> None:
@@ -353,9 +400,10 @@ class SQLiteWriteLock:
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        fd = self._fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        with _write_guard:
+            fd = self._fd()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)

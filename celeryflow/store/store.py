@@ -435,13 +435,25 @@ class Store(StoreAdmin):
     # -- reconciling ------------------------------------------------------------------
 
     def take_due(
-        self, now: datetime, lookahead: timedelta, redeliver_after: timedelta, limit: int = 500
+        self,
+        now: datetime,
+        lookahead: timedelta,
+        redeliver_after: timedelta,
+        limit: int = 500,
+        *,
+        consuming_since: datetime | None = None,
     ) -> list[DueRun]:
         """Runs whose next move is due (or, for sleepers, due within ``lookahead``);
         the rules are in ``due.py``."""
         with self._write() as conn:
             return take_due(
-                conn, now, lookahead, redeliver_after, limit=limit, skip_locked=not self.is_sqlite
+                conn,
+                now,
+                lookahead,
+                redeliver_after,
+                limit=limit,
+                skip_locked=not self.is_sqlite,
+                consuming_since=consuming_since,
             )
 
     def woken(self, now: datetime, limit: int = 500) -> list[str]:
