@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = """
 import os, sqlite3, time
 from celery import Celery
-import celeryflow.store.kombu_sqlite  # noqa: F401
+import celeryflow.transport.kombu_sqlite  # noqa: F401
 app = Celery("bench", broker=os.environ["BENCH_BROKER"])
 app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False)
 _conn = {}

@@ -60,7 +60,7 @@ from common import (  # noqa: E402
 )
 
 from celeryflow import Event, Flow, event  # noqa: E402
-from celeryflow.flow import new_run_id  # noqa: E402
+from celeryflow.planning import new_run_id  # noqa: E402
 from celeryflow.store.tables import events as events_table  # noqa: E402
 from celeryflow.store.tables import runs as runs_table  # noqa: E402
 from celeryflow.store.tables import steps as steps_table  # noqa: E402

@@ -17,11 +17,12 @@ from .events import Event, event
 from .flow import Flow
 from .flowcontrol import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from .functions import CancelOn, FlowFunction, Timeouts
+from .hooks import Hook
 from .legacy import RunFailedError, RunHandle
 from .runs import Run, RunStatus, StepRecord
 from .schedule import CronTrigger, cron
 from .steps import AsyncContext, Context, Failure
-from .store import kombu_sqlite
+from .transport import kombu_sqlite
 
 # `celery -A app worker` resolves the embedded broker URL (celeryflow+sqlite://)
 # after importing the app module, which imports celeryflow: register it here.
@@ -43,6 +44,7 @@ __all__ = [
     "Failure",
     "Flow",
     "FlowFunction",
+    "Hook",
     "NonRetriableError",
     "NondeterminismError",
     "Priority",

@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,23 +39,36 @@ from .errors import (
     Unavailable,
     error_info,
 )
-from .events import Event
-from .functions import FlowFunction
+from .events import FAILED_EVENT, Event
+from .functions import FlowFunction, Registry
+from .hooks import (
+    Hooks,
+    RunFinished,
+    RunInfo,
+    RunParked,
+    RunStarted,
+    RunWoken,
+    StepFinished,
+    StepRetried,
+    StepStarted,
+)
 from .infra import guarded, release_after
 from .leases import LeaseKeeper
 from .logs import RunLogger, run_context
 from .logs import install as install_log_context
+from .planning import Planner
 from .runs import RunStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
 from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
-    from .flow import Flow, FlowSettings
+    from .flow import FlowSettings
+    from .store import Store
+    from .tasks import CeleryDoorbell
 
-__all__ = ["FAILED_EVENT", "Engine", "Execution", "error_info"]
+__all__ = ["Engine", "Execution"]
 
-FAILED_EVENT = "celeryflow/function.failed"
 # Step kinds one call may replace with another under a recorded id: a legacy task
 # invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
 # or back. Both park for an outcome recorded on the step, which either call returns.
@@ -79,11 +93,28 @@ class StepPlan:
 
 
 class Engine:
-    """Runs claimed runs for one Flow. Holds no Celery objects (see tasks.py)."""
+    """Runs claimed runs for one Flow, with what it is given: the ``store``, the
+    ``doorbell`` (tasks.py's; the engine holds no Celery objects), the ``registry``
+    of functions, the ``settings``, the ``planner`` (events a run sends, children it
+    starts) and the ``hooks``."""
 
-    def __init__(self, flow: Flow) -> None:
-        self.flow = flow
-        self.leases = LeaseKeeper(flow.store, flow.settings.lease)
+    def __init__(
+        self,
+        *,
+        store: Store,
+        doorbell: CeleryDoorbell,
+        registry: Registry,
+        settings: FlowSettings,
+        planner: Planner,
+        hooks: Hooks,
+    ) -> None:
+        self.store = store
+        self.doorbell = doorbell
+        self.registry = registry
+        self.settings = settings
+        self.planner = planner
+        self.hooks = hooks
+        self.leases = LeaseKeeper(store, settings.lease)
         self._host = socket.gethostname()
         self.sleeps_elapse = False  # testing.sleeps_elapse: a sleep ends at once
         install_log_context()
@@ -105,12 +136,12 @@ class Engine:
             if not heads:
                 return wake
             following, rest = heads[0], heads[1:]
-            self.flow.doorbell.ring(rest)
+            self.doorbell.ring(rest)
             heads = []
             later = self._execute_guarded(following, heads)
-            if later is not None and later - utcnow() <= self.flow.settings.eta_horizon:
-                self.flow.doorbell.ring([following], eta=later)
-        self.flow.doorbell.ring(heads)
+            if later is not None and later - utcnow() <= self.settings.eta_horizon:
+                self.doorbell.ring([following], eta=later)
+        self.doorbell.ring(heads)
         return wake
 
     def _execute_guarded(self, run_id: str, heads: list[str]) -> datetime | None:
@@ -123,10 +154,10 @@ class Engine:
 
     def _execute_one(self, run_id: str, heads: list[str]) -> datetime | None:
         """One run; the runs first in line for the slot it left are added to ``heads``."""
-        settings = self.flow.settings
+        settings = self.settings
         now = utcnow()
         patience = settings.lease / 2
-        with guarded(self.flow.store, "store", patience).session() as held:
+        with guarded(self.store, "store", patience).session() as held:
             session = guarded(held, "store", patience)
             claim = session.claim(
                 run_id,
@@ -134,30 +165,30 @@ class Engine:
                 now,
                 now + settings.lease,
                 slot_limits=self._slot_limits,
-                limited=self.flow.limited_functions,
+                limited=self.registry.limited,
             )
             if claim is None:
                 return self._not_claimed(session, run_id, now)
-            function = self.flow.functions.get(claim.run["function_id"])
+            function = self.registry.get(claim.run["function_id"])
             if function is None:
                 # A rolling deploy: this worker lacks the function; another may have it.
-                release_unregistered(self.flow, session, claim, now)
+                release_unregistered(session, claim, now, settings.redeliver_after)
                 return None
             if self._past_deadline(claim, now):
                 log.info("run %s: cancelled by its Timeouts", run_id)
-                self.flow.store.cancel(run_id, now)
+                self.store.cancel(run_id, now)
                 return None
             self.leases.hold(run_id, claim.fence)
             try:
                 with run_context(run_id, function.id):
-                    return Execution(self.flow, function, claim, session).drive()
+                    return Execution(self, function, claim, session).drive()
             finally:
                 self.leases.release(run_id)
                 if function.control.concurrency:
                     heads += self._next_for_slot(function, claim)
 
     def _slot_limits(self, function_id: str) -> list[int]:
-        function = self.flow.functions.get(function_id)
+        function = self.registry.get(function_id)
         return [c.limit for c in function.control.concurrency] if function else []
 
     def _next_for_slot(self, function: FlowFunction, claim: Claim) -> list[str]:
@@ -165,7 +196,7 @@ class Engine:
         keys = [claim.run["concurrency_key1"], claim.run["concurrency_key2"]]
         limits = [c.limit for c in function.control.concurrency]
         try:
-            return self.flow.store.next_for_slots(function.id, keys, limits, utcnow())
+            return self.store.next_for_slots(function.id, keys, limits, utcnow())
         except Exception:  # the reconciler's slot pass rings them instead
             log.exception("run %s: finding the next run for its slot failed", claim.run["id"])
             return []
@@ -174,7 +205,7 @@ class Engine:
     def _past_deadline(claim: Claim, now: datetime) -> bool:
         start: datetime | None = claim.run["start_deadline"]
         finish: datetime | None = claim.run["finish_deadline"]
-        if start is not None and claim.fence == 1 and start < now:
+        if start is not None and claim.first and start < now:
             return True  # never started, and waited too long to
         return finish is not None and finish < now
 
@@ -194,15 +225,17 @@ class Execution:
     """One pass of one run through its function."""
 
     def __init__(
-        self, flow: Flow, function: FlowFunction, claim: Claim, session: RunSession
+        self, engine: Engine, function: FlowFunction, claim: Claim, session: RunSession
     ) -> None:
-        self.flow = flow
-        self.settings: FlowSettings = flow.settings
+        self.engine = engine
+        self.settings: FlowSettings = engine.settings
+        self.registry = engine.registry
+        self.planner = engine.planner
         # The store and the broker as the run's code reaches them: their failures are
         # infrastructure, never an attempt of the user's code (celeryflow/infra.py).
         self.session = session
-        self.store = guarded(flow.store, "store", flow.settings.lease / 2)
-        self.doorbell = guarded(flow.doorbell, "broker")
+        self.store = guarded(engine.store, "store", engine.settings.lease / 2)
+        self.doorbell = guarded(engine.doorbell, "broker")
         self.function = function
         self.claim = claim
         self.run_id: str = claim.run["id"]
@@ -250,6 +283,11 @@ class Execution:
             if function.is_async
             else Context(step=Steps(self), **context)
         )
+        self.hooks = engine.hooks
+        self._last_kind: str | None = None  # the kind of the step met last: why it parks
+        self._last_step: str | None = None
+        self._ended: RunParked | RunFinished | None = None  # what the hooks are told
+        self._began = time.monotonic()
 
     def _handler_view(self, events: list[Event]) -> tuple[list[Event], Failure | None]:
         """A function's ``on_failure`` handler sees the failed run's event as
@@ -259,7 +297,7 @@ class Execution:
         if first.name != FAILED_EVENT:
             return events, None
         data = first.data
-        failed = self.flow.functions.get(str(data.get("function_id")))
+        failed = self.registry.get(str(data.get("function_id")))
         if failed is None or failed.config.on_failure != self.function.id:
             return events, None
         failure = Failure(
@@ -291,11 +329,60 @@ class Execution:
 
     # -- the function -----------------------------------------------------------------
 
+    def run_info(self) -> RunInfo:
+        return RunInfo(self.function.id, self.run_id, self.run_attempt, self.trigger)
+
     def drive(self) -> datetime | None:
+        if self.hooks:
+            info = vars(self.run_info())
+            first = self.claim.first
+            if not first:
+                self.hooks.emit("run_woken", RunWoken(**info))
+            self.hooks.emit("run_started", RunStarted(**info, first=first))
         try:
-            return self._drive()
+            wake = self._drive()
         except Unavailable as exc:
-            return release_after(self, exc, self._in_flight, self._pending)
+            wake = release_after(self, exc, self._in_flight, self._pending)
+            self._parked("released", wake)
+        if self.hooks and self._ended is not None:
+            name = "run_finished" if isinstance(self._ended, RunFinished) else "run_parked"
+            self.hooks.emit(name, self._ended)
+        return wake
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._began
+
+    def _parked(self, reason: str, wake: datetime | None) -> None:
+        if self._ended is None:
+            step = None if reason in ("lost", "released") else self._last_step
+            self._ended = RunParked(
+                **vars(self.run_info()),
+                reason=reason,
+                step_id=step,
+                wake_at=wake,
+                duration=self._elapsed(),
+            )
+
+    def _finished(self, status: RunStatus, failure: BaseException | None = None) -> None:
+        if self._ended is None:
+            error = str(error_info(failure)["type"]) if failure is not None else None
+            self._ended = RunFinished(
+                **vars(self.run_info()),
+                status=status.value,
+                error=error,
+                duration=self._elapsed(),
+            )
+
+    def _interrupted(self, signal: Interrupt) -> None:
+        """Why the execution left the worker, for the hooks."""
+        if signal.reason.startswith("cancelled"):
+            self._finished(S.CANCELLED)
+        elif signal.reason == "lease lost":
+            self._parked("lost", None)
+        elif signal.reason == S.QUEUED.value:
+            self._parked("retry", signal.wake_at)
+        else:
+            self._parked(self._last_kind or signal.reason, signal.wake_at)
 
     def _drive(self) -> datetime | None:
         try:
@@ -306,6 +393,7 @@ class Execution:
         except Unavailable:
             raise
         except Interrupt as signal:
+            self._interrupted(signal)
             return signal.wake_at
         except NestedStepError as nested:
             self._fail_run(nested)
@@ -346,13 +434,28 @@ class Execution:
         if run["parent_run_id"]:
             parent = (run["parent_run_id"], run["parent_step"], self.branch)
         recorded: list[Recorded] = []
+        sent: list[Event] = []
+        rows: list[dict[str, Any]] = []
         also = None
         # a failed branch fails its parent's step; the parent's failure is the one sent
         if failure is not None and self.trigger.name != FAILED_EVENT and self.branch is None:
 
             def also(conn: Any) -> None:
                 # [:]: a lost connection retries the transaction, and this with it
-                recorded[:] = [self.flow.record_failure_on(conn, self, failure, now)]
+                sent.clear()
+                rows.clear()
+                recorded[:] = [
+                    self.planner.record_failure_on(
+                        conn,
+                        self.run_id,
+                        self.function,
+                        self.ctx.event,
+                        failure,
+                        now,
+                        sent,
+                        rows,
+                    )
+                ]
 
         held, resumed = self.session.finish(
             self.run_id,
@@ -369,11 +472,14 @@ class Execution:
         )
         if not held:
             log.warning("run %s: %s, but it was cancelled or taken over", self.run_id, status)
+            self._parked("lost", None)
             return
+        self._finished(status, failure)
         ring = [parent[0]] if parent and resumed else []
         for r in recorded:
             ring += [*r.created, *r.resumed]
         self.doorbell.ring(ring)
+        self.hooks.announce(sent, rows, [c for r in recorded for c in r.created])
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop
             self.store.cancel_branches(parent[0], parent[1], now)
@@ -409,11 +515,20 @@ class Execution:
             attempt=attempt,
             writes=self.take_pending(),
         ):
+            self._parked("lost", None)
             return None
+        self._parked("retry", wake)
         return wake
 
-    def _park(self, status: RunStatus, wake: datetime, step: StepWrite) -> NoReturn:
-        """Leave the worker until ``wake``, recording the step that parks the run."""
+    def _park(
+        self,
+        status: RunStatus,
+        wake: datetime,
+        step: StepWrite,
+        then: Callable[[], None] | None = None,
+    ) -> NoReturn:
+        """Leave the worker until ``wake``, recording the step that parks the run;
+        ``then`` is called once that is written."""
         if not self.session.move(
             self.run_id,
             self.fence,
@@ -424,6 +539,8 @@ class Execution:
             writes=[*self.take_pending(), step],
         ):
             raise self.lost()
+        if then is not None:
+            then()
         raise Interrupt(status.value, wake)
 
     # -- helpers the steps call ----------------------------------------------------------
@@ -462,6 +579,7 @@ class Execution:
     def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
         row = self.memo.get(key)
         self._unvisited.discard(key)
+        self._last_kind, self._last_step = kind, name
         if row is None:
             self._reached_new = True
             if self.branch is not None and not self.in_branch:
@@ -536,7 +654,22 @@ class Execution:
         self._flush()  # the previous step's result is durable before this one works
         self.ctx.attempt = plan.prior_attempts
         plan.started_at = utcnow()
+        if self.hooks:
+            self.hooks.emit("step_started", StepStarted(**self._step_info(plan)))
         return plan
+
+    def _step_info(self, plan: StepPlan) -> dict[str, Any]:
+        return dict(
+            function_id=self.function.id,
+            run_id=self.run_id,
+            step_id=plan.name,
+            key=plan.key,
+            index=plan.position,
+            attempt=plan.prior_attempts + 1,
+        )
+
+    def _step_seconds(self, plan: StepPlan) -> float:
+        return max(0.0, (utcnow() - plan.started_at).total_seconds())
 
     @contextmanager
     def inside_step(self, plan: StepPlan) -> Iterator[None]:
@@ -555,6 +688,9 @@ class Execution:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
         self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
+        if self.hooks:
+            done = StepFinished(**self._step_info(plan), duration=self._step_seconds(plan))
+            self.hooks.emit("step_finished", done)
         return from_json(text)
 
     def fail_step(
@@ -573,6 +709,14 @@ class Execution:
             values["attempts"] = attempts
             self._pending.append((values, plan.new))
             self._flush()
+            if self.hooks:
+                failed = StepFinished(
+                    **self._step_info(plan),
+                    status="failed",
+                    duration=self._step_seconds(plan),
+                    error=str(error["type"]),
+                )
+                self.hooks.emit("step_finished", failed)
             raise StepError(plan.name, error) from exc
         wake = utcnow() + self._retry_delay(exc, attempts, retry_delay)
         self.log.warning(
@@ -581,7 +725,15 @@ class Execution:
         values = self.step_values(plan, status="retrying", error=to_json(error, "error"))
         values["attempts"] = attempts
         values["ended_at"] = None
-        self._park(S.QUEUED, wake, (values, plan.new))
+        retried = StepRetried(
+            **self._step_info(plan),
+            error=str(error["type"]),
+            wake_at=wake,
+            duration=self._step_seconds(plan),
+        )
+        self._park(
+            S.QUEUED, wake, (values, plan.new), lambda: self.hooks.emit("step_retried", retried)
+        )
 
     def step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -616,7 +768,7 @@ class Execution:
             plan.started_at = row["started_at"]
         else:
             wake = when()
-        if wake <= now or self.flow.engine.sleeps_elapse:
+        if wake <= now or self.engine.sleeps_elapse:
             values = self.step_values(plan, status="completed", wake_at=wake)
             values["attempts"] = 1
             self._pending.append((values, plan.new))

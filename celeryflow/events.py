@@ -15,14 +15,23 @@ from .expressions import ASYNC, Expression, compile_expression
 
 __all__ = [
     "CONTROL_CHARACTERS",
+    "FAILED_EVENT",
+    "INVOKED_EVENT",
     "MAX_DEPTH",
     "MAX_EVENTS",
+    "SCHEDULED_EVENT",
     "Event",
     "EventTrigger",
     "condition_holds",
     "event",
     "prepare_events",
 ]
+
+# The names of the events celeryflow itself sends, in one place: the engine, the
+# planner, cron and the compat layers all read them here.
+FAILED_EVENT = "celeryflow/function.failed"  # a run failed for good (and on_failure)
+INVOKED_EVENT = "celeryflow/function.invoked"  # a run started by step.invoke / flow.start
+SCHEDULED_EVENT = "celeryflow/scheduled.timer"  # a cron slot fired
 
 # Far below Python's recursion limit, which the store, CEL and the worker's replay
 # would otherwise meet on data that JSON accepts.

@@ -5,49 +5,51 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import oncommit, tasks
-from .codec import to_json
 from .durations import Duration, parse_duration, utcnow
 from .engine import Engine
 from .errors import CeleryflowError, ConfigError, describe
-from .events import Event, EventTrigger, condition_holds, prepare_events
+from .events import (
+    INVOKED_EVENT,
+    SCHEDULED_EVENT,
+    Event,
+    EventTrigger,
+    condition_holds,
+    prepare_events,
+)
 from .flowcontrol import (
-    Admission,
     Batch,
     Concurrency,
     Debounce,
-    KeyUnavailable,
     Priority,
     RateLimit,
     Singleton,
     Throttle,
 )
-from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Timeouts
-from .legacy import RunHandle
+from .functions import DEFAULT_RETRIES, CancelOn, FlowFunction, Registry, Timeouts
+from .hooks import Hook, Hooks
+from .legacy import RunHandle, subscriber
+from .outcomes import task_outcome
+from .planning import Planner
 from .runs import Run, RunStatus
-from .schedule import CATCH_UP, SCHEDULED_EVENT, CronTrigger
-from .store import EVENT_DEDUP_WINDOW, PlannedRun, Recorded, Store
+from .schedule import CATCH_UP, CronTrigger
+from .store import EVENT_DEDUP_WINDOW, PlannedRun, Store
 from .store.admin import cancellable_statuses
-
-if TYPE_CHECKING:
-    from .engine import Execution
+from .store.cron import fire_slot
+from .store.database import sqlite_path
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
 log = logging.getLogger("celeryflow.flow")
-MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first runs
 DEFAULT_STORE = "sqlite:///celeryflow.db"
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class FlowSettings(BaseModel):
@@ -114,16 +116,9 @@ class FlowSettings(BaseModel):
         return limit
 
 
-def new_run_id() -> str:
-    """Sortable by creation time, unique without coordination."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
-
-
 def default_broker_for(store_url: str) -> str | None:
     """The embedded broker beside a SQLite store: its own file, because SQLite has
     one writer at a time per file and doorbells should not queue behind steps."""
-    from .store.database import sqlite_path
-
     path = sqlite_path(store_url)
     if path is None or path == ":memory:":
         return None
@@ -138,6 +133,9 @@ class Flow:
     ``sqlite:///celeryflow.db``. If the app has no broker configured and the store
     is SQLite, the app gets the embedded SQLite broker (``celeryflow+sqlite://``)
     beside the store, so a first try needs no service at all.
+
+    ``hooks``: :class:`celeryflow.Hook` instances told as events and runs move (see
+    :mod:`celeryflow.hooks`); more can be added with :meth:`add_hook`.
     """
 
     def __init__(
@@ -146,6 +144,7 @@ class Flow:
         store: str | None = None,
         *,
         auto_migrate: bool | None = None,
+        hooks: Iterable[Hook] = (),
         **settings: Any,
     ) -> None:
         try:
@@ -153,6 +152,7 @@ class Flow:
         except ValidationError as exc:
             raise ConfigError(f"invalid Flow settings: {describe(exc)}") from None
         self.app = app
+        self.hooks = Hooks(hooks)
         url = store or os.environ.get("CELERYFLOW_STORE") or DEFAULT_STORE
         self.store = Store(
             url,
@@ -165,12 +165,23 @@ class Flow:
             broker = default_broker_for(url)
             if broker is not None:
                 tasks.set_default_broker(app, broker)
-        self.functions: dict[str, FlowFunction] = {}
-        # ids of the functions with concurrency limits: their runs claim a slot in a
-        # transaction; kept here, not recomputed on every claim
-        self.limited_functions: list[str] = []
-        self.engine = Engine(self)
+        self.registry = Registry()
+        self.functions = self.registry.functions  # by id
+        self.limited_functions = self.registry.limited
+        self.planner = Planner(self.store, self.settings, self.functions)
         self.doorbell = tasks.install(self)
+        self.engine = Engine(
+            store=self.store,
+            doorbell=self.doorbell,
+            registry=self.registry,
+            settings=self.settings,
+            planner=self.planner,
+            hooks=self.hooks,
+        )
+
+    def add_hook(self, hook: Hook) -> None:
+        """Register ``hook`` after those given so far (see :mod:`celeryflow.hooks`)."""
+        self.hooks.add(hook)
 
     # -- defining functions -------------------------------------------------------------
 
@@ -223,14 +234,7 @@ class Flow:
                 singleton=singleton,
                 params=params,
             )
-            if function.id in self.functions:
-                raise ConfigError(
-                    f"function id {function.id!r} is already registered "
-                    f"(by {self.functions[function.id].fn!r}); ids must be unique"
-                )
-            self.functions[function.id] = function
-            if function.control.concurrency:
-                self.limited_functions.append(function.id)
+            self.registry.add(function)
             return function
 
         return register
@@ -273,19 +277,22 @@ class Flow:
         functions = list(self.functions.values())
         if len(prepared) == 1:
             # the commonest send: recorded in one statement where the store can
-            alone = self.plan_runs(prepared[0], functions, now)
-            plain = all(not p.admission and not p.waits for p in alone)
-            rows = [p.row for p in alone]
-            if plain and self.store.record_event_alone(prepared[0], rows, now):
+            one_event_runs = self.planner.plan_runs(prepared[0], functions, now)
+            plain = all(not p.admission and not p.waits for p in one_event_runs)
+            rows = [p.row for p in one_event_runs]
+            if plain and self.store.record_event_in_one_statement(prepared[0], rows, now):
                 created = [str(row["id"]) for row in rows]
                 names = {row["id"]: row["function_id"] for row in rows}
-                self.doorbell.ring(self._ring_for_slots(created, alone, now), function_id=names)
+                self.doorbell.ring(
+                    self.planner.ring_for_slots(created, one_event_runs, now), function_id=names
+                )
+                self.hooks.announce(prepared, rows, created)
                 return [ev.id for ev in prepared if ev.id is not None]
 
         planned: list[PlannedRun] = []
 
         def plan(ev: Event) -> list[PlannedRun]:
-            runs = self.plan_runs(ev, functions, now)
+            runs = self.planner.plan_runs(ev, functions, now)
             planned.extend(runs)
             return runs
 
@@ -297,38 +304,11 @@ class Flow:
             condition_holds=condition_holds,
         )
         self.doorbell.ring(
-            [*self._ring_for_slots(recorded.created, planned, now), *recorded.resumed],
+            [*self.planner.ring_for_slots(recorded.created, planned, now), *recorded.resumed],
             function_id={p.row["id"]: p.row["function_id"] for p in planned},
         )
+        self.hooks.announce(prepared, [p.row for p in planned], recorded.created)
         return [ev.id for ev in prepared if ev.id is not None]
-
-    def _ring_for_slots(
-        self, created: list[str], planned: list[PlannedRun], now: datetime
-    ) -> list[str]:
-        """The new runs to ring: of a concurrency-limited function, only those first
-        in line for a free slot (1,000 runs under a limit of 4 are 4 messages, not
-        1,000 of which 996 would be refused)."""
-        limited: dict[tuple[str, str | None, str | None], list[int]] = {}
-        waiting_for_slot: list[str] = []
-        new = set(created)
-        planned_ids = {p.row["id"] for p in planned}
-        ring = [i for i in created if i not in planned_ids]  # batches that filled up
-        for p in planned:
-            row = p.row
-            fn = self.functions.get(row["function_id"])
-            if row["id"] not in new:
-                continue  # skipped, or joined a debounced or batched run
-            if fn is None or not fn.control.concurrency or row.get("wake_at") is not None:
-                ring.append(row["id"])
-                continue
-            waiting_for_slot.append(row["id"])
-            group = (fn.id, row["concurrency_key1"], row["concurrency_key2"])
-            limited[group] = [c.limit for c in fn.control.concurrency]
-        if len(limited) > MAX_SLOT_GROUPS:  # many keys: ringing all is cheaper than looking
-            return ring + waiting_for_slot
-        for (function_id, key1, key2), limits in limited.items():
-            ring += self.store.next_for_slots(function_id, [key1, key2], limits, now)
-        return list(dict.fromkeys(ring))
 
     def start(
         self, function: FlowFunction, data: dict[str, Any], *, not_before: datetime | None = None
@@ -336,17 +316,18 @@ class Flow:
         """Start one run of ``function`` with ``data`` as its event's data (the event,
         ``celeryflow/function.invoked``, is recorded and triggers nothing else); its
         flow control applies. ``not_before`` delays the start (countdown, eta)."""
-        from .waiting import INVOKED_EVENT
-
         [ev] = prepare_events([Event(name=INVOKED_EVENT, data=data)])
         now = utcnow()
 
+        rows: list[dict[str, Any]] = []
+
         def plan(e: Event) -> list[PlannedRun]:
-            planned = self.plan_for(function, e, {"event": e.model_dump()}, now)
+            planned = self.planner.plan_for(function, e, {"event": e.model_dump()}, now)
             if not_before is not None and not_before > now:
                 row = planned.row
                 row["wake_at"] = not_before
                 row["due_at"] = not_before + self.settings.redeliver_after
+            rows.append(planned.row)
             return [planned]
 
         recorded = self.store.record_events(
@@ -357,6 +338,7 @@ class Flow:
             condition_holds=condition_holds,
         )
         self.doorbell.ring(recorded.created, function_id=function.id)
+        self.hooks.announce([ev], rows, recorded.created)
         runs = self.store.list_runs(event_id=ev.id, limit=1)
         if not runs:  # it joined a debounced or batched run, which has another event
             raise CeleryflowError(
@@ -379,8 +361,6 @@ class Flow:
         queue. Recorded as runs of a function (id ``task:<task name>``), so dedup,
         flow control, retries and the run history apply; ``options`` are those of
         :meth:`function`."""
-        from .legacy import subscriber
-
         name = getattr(task, "name", None)
         if not isinstance(name, str):
             raise ConfigError(f"subscribe() needs a Celery task, got {task!r}")
@@ -391,8 +371,6 @@ class Flow:
     def resolve_task_step(self, run_id: str, key: str, outcome: dict[str, Any]) -> str:
         """A legacy task invoked as a step ended: resume the run (the callbacks in
         tasks.py call this). Returns "resolved", "early" or "gone"."""
-        from .legacy import task_outcome
-
         output, error = task_outcome(outcome)
         now = utcnow()
         result = self.store.resolve_step(
@@ -407,68 +385,24 @@ class Flow:
             self.doorbell.ring([run_id])
         return result
 
-    def record_events_on(self, conn: Any, prepared: list[Event], now: datetime) -> Recorded:
-        """Record events inside a caller's transaction (``step.send_event``)."""
-        functions = list(self.functions.values())
-        return self.store.record_events_on(
-            conn,
-            prepared,
-            lambda ev: self.plan_runs(ev, functions, now),
-            now,
-            resume_due=now + self.settings.redeliver_after,
-            condition_holds=condition_holds,
-        )
-
-    def record_failure_on(
-        self, conn: Any, execution: Execution, failure: BaseException, now: datetime
-    ) -> Recorded:
-        """Send ``celeryflow/function.failed`` for a run that failed for good: to every
-        function triggered by that name, and to the failed function's ``on_failure``."""
-        from .engine import FAILED_EVENT, error_info
-
-        info = error_info(failure)
-        failed = Event(
-            name=FAILED_EVENT,
-            id=hashlib.sha256(f"failed:{execution.run_id}".encode()).hexdigest()[:32],
-            ts=int(now.timestamp() * 1000),
-            data={
-                "run_id": execution.run_id,
-                "function_id": execution.function.id,
-                "event": execution.ctx.event.model_dump(),
-                "error": {k: v for k, v in info.items() if k != "traceback"},
-            },
-        )
-        functions = list(self.functions.values())
-        handler = self.functions.get(execution.function.config.on_failure or "")
-
-        def plan(ev: Event) -> list[PlannedRun]:
-            planned = self.plan_runs(ev, functions, now)
-            if handler is not None and all(p.row["function_id"] != handler.id for p in planned):
-                planned.append(PlannedRun(self.new_run(handler.id, [ev], now)))
-            return planned
-
-        return self.store.record_events_on(
-            conn,
-            [failed],
-            plan,
-            now,
-            resume_due=now + self.settings.redeliver_after,
-            condition_holds=condition_holds,
-        )
-
     def tick(self, now: datetime | None = None, *, since: datetime | None = None) -> list[str]:
         """Fire the cron slots that are due (each once, whatever the number of workers
         and beats); returns the new run ids. Called by every worker's reconciler thread
         and by the ``celeryflow.tick`` beat entry. ``since``: skip slots at or before
         it (the caller handled them), so a look between slots costs no query."""
-        from .store.cron import fire_slot
-
         now = now or utcnow()
         created: dict[str, str] = {}
+        fired: list[tuple[Event, dict[str, Any]]] = []
+        paused: frozenset[str] | None = None
         for fn in list(self.functions.values()):
             for trigger in fn.crons:
                 slot = trigger.latest_slot(now)
                 if since is not None and slot <= since:
+                    continue
+                if paused is None:
+                    paused = self.store.paused_function_ids()
+                if fn.id in paused:  # its slot is recorded, without a run
+                    fire_slot(self.store, fn.id, slot, now, None, CATCH_UP)
                     continue
                 stamp = slot.isoformat()
                 ev = Event(
@@ -477,93 +411,17 @@ class Flow:
                     ts=int(now.timestamp() * 1000),
                     data={"cron": trigger.expression, "scheduled_at": stamp, "function_id": fn.id},
                 )
-                run = self.new_run(fn.id, [ev], now)
+                run = self.planner.new_run(fn.id, [ev], now)
                 if fire_slot(self.store, fn.id, slot, now, run, CATCH_UP):
                     log.debug("cron: %s fired its %s slot (run %s)", fn.id, stamp, run["id"])
                     created[str(run["id"])] = fn.id
+                    fired.append((ev, run))
         self.doorbell.ring(list(created), function_id=created)
+        self.hooks.announce([e for e, _ in fired], [r for _, r in fired], created)
         return list(created)
 
     def has_crons(self) -> bool:
         return any(fn.crons for fn in self.functions.values())
-
-    def plan_runs(
-        self, ev: Event, functions: list[FlowFunction], now: datetime
-    ) -> list[PlannedRun]:
-        """The runs ``ev`` starts (one per function it triggers), with their waiters."""
-        variables = {"event": ev.model_dump()}
-        return [
-            self.plan_for(fn, ev, variables, now)
-            for fn in functions
-            if fn.wants(ev.name, variables)
-        ]
-
-    def plan_for(
-        self, fn: FlowFunction, ev: Event, variables: dict[str, Any], now: datetime
-    ) -> PlannedRun:
-        """A run of ``fn`` for ``ev``: its deadlines, cancel_on waiters, flow control."""
-        row = self.new_run(fn.id, [ev], now)
-        if row["status"] == RunStatus.SKIPPED.value:  # a concurrency key failed
-            return PlannedRun(row, [], Admission(refused=True))
-        try:
-            admission = fn.control.admission(variables)
-        except KeyUnavailable as exc:
-            exc.refuse(row, now)
-            return PlannedRun(row, [], Admission(refused=True))
-        if fn.control.concurrency:
-            # parked for a slot from birth: the sender rings only the runs first in
-            # line (send()), a released slot the next, the reconciler any it missed
-            row["due_at"] = None
-        timeouts = fn.config.timeouts
-        if timeouts is not None:
-            row["start_deadline"] = now + timeouts.start if timeouts.start else None
-            row["finish_deadline"] = now + timeouts.finish if timeouts.finish else None
-            # the reconciler looks at the run no later than its first deadline
-            due = [d for d in (row["due_at"], row["start_deadline"], row["finish_deadline"]) if d]
-            row["due_at"] = min(due) if due else None
-        waits = [{**w, "run_id": row["id"]} for w in fn.cancel_waits(ev, variables, now)]
-        return PlannedRun(row, waits, admission if admission else None)
-
-    def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
-        """A run row (every column an insert names, so rows batch in one executemany),
-        with its concurrency keys and queue position evaluated from its first event.
-        A concurrency key that cannot be evaluated makes it the run's skipped record."""
-        keys: list[str | None] = [None, None]
-        queue_at = now
-        refused: KeyUnavailable | None = None
-        function = self.functions.get(function_id)
-        if function is not None and (function.control.concurrency or function.control.priority):
-            variables = {"event": evs[0].model_dump()}
-            try:
-                for i, key in enumerate(function.control.concurrency_keys(variables)):
-                    keys[i] = key
-            except KeyUnavailable as exc:
-                refused = exc
-            queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
-        row = {
-            "id": new_run_id(),
-            "function_id": function_id,
-            "event_id": evs[0].id,
-            "events": to_json([e.model_dump() for e in evs], "events"),
-            "status": RunStatus.QUEUED.value,
-            "attempt": 0,
-            "fence": 0,
-            "dispatches": 0,
-            "wake_at": None,
-            "due_at": now + self.settings.redeliver_after,
-            "parent_run_id": None,
-            "parent_step": None,
-            "branch": None,
-            "start_deadline": None,
-            "finish_deadline": None,
-            "concurrency_key1": keys[0],
-            "concurrency_key2": keys[1],
-            "queue_at": queue_at,
-            "created_at": now,
-        }
-        if refused is not None:
-            refused.refuse(row, now)
-        return row
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -609,7 +467,8 @@ class Flow:
         """Start a new run of the same function with the same event(s)."""
         old = self.store.get_run(run_id)
         now = utcnow()
-        row = self.new_run(old.function_id, list(old.events), now)
+        row = self.planner.new_run(old.function_id, list(old.events), now)
         self.store.insert_runs([row])
         self.doorbell.ring([row["id"]], function_id=old.function_id)
+        self.hooks.announce([], [row], [str(row["id"])])
         return str(row["id"])

@@ -25,12 +25,13 @@ from .flowcontrol import (
 )
 from .legacy import IGNORED_OPTIONS, RunHandle, call_arguments, start_time
 from .schedule import CronTrigger
+from .store.waits import match_value
 
 if TYPE_CHECKING:
     from .events import Event
     from .flow import Flow
 
-__all__ = ["CancelOn", "FlowFunction", "FunctionConfig", "Timeouts"]
+__all__ = ["CancelOn", "FlowFunction", "FunctionConfig", "Registry", "Timeouts"]
 
 DEFAULT_RETRIES = 4  # as in Inngest: 4 retries, so 5 attempts per step
 
@@ -206,8 +207,6 @@ class FlowFunction:
         self, ev: Event, variables: dict[str, Any], now: datetime
     ) -> list[dict[str, Any]]:
         """The cancel_on waiters a new run of this function starts with."""
-        from .store.waits import match_value
-
         rows = []
         for i, cancel in enumerate(self.config.cancel_on):
             rows.append(
@@ -257,3 +256,29 @@ class FlowFunction:
 
     def __repr__(self) -> str:
         return f"<FlowFunction {self.id}>"
+
+
+class Registry:
+    """The functions of one Flow, by id. ``limited``: the ids of those with
+    concurrency limits, whose runs take a slot as they are claimed (kept here, not
+    recomputed on every claim)."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, FlowFunction] = {}
+        self.limited: list[str] = []
+
+    def add(self, function: FlowFunction) -> None:
+        if function.id in self.functions:
+            raise ConfigError(
+                f"function id {function.id!r} is already registered "
+                f"(by {self.functions[function.id].fn!r}); ids must be unique"
+            )
+        self.functions[function.id] = function
+        if function.control.concurrency:
+            self.limited.append(function.id)
+
+    def get(self, function_id: str) -> FlowFunction | None:
+        return self.functions.get(function_id)
+
+    def __contains__(self, function_id: object) -> bool:
+        return function_id in self.functions

@@ -124,32 +124,36 @@ def guarded(target: T, what: str, patience: timedelta = timedelta(0)) -> T:
 
 
 def release_after(
-    x: Execution, exc: Unavailable, in_flight: list[StepWrite], pending: list[StepWrite]
+    execution: Execution, exc: Unavailable, in_flight: list[StepWrite], pending: list[StepWrite]
 ) -> datetime | None:
-    """The store or the broker failed under the run ``x`` executes: not the user's
+    """The store or the broker failed under the run ``execution`` executes: not the user's
     failure. The run is queued again for one reconcile interval, attempt unchanged,
     and then resumes from its memo, with the step results whose write failed
     (``in_flight``, and those not yet handed over, ``pending``) written now, so those
     steps do not run again. If the store still does not answer, the lease lapses and
     the reconciler rings the run all the same. Returns when to ring it, or None."""
-    wake = utcnow() + x.settings.reconcile_interval
-    due = x.due_for(wake)
+    wake = utcnow() + execution.settings.reconcile_interval
+    due = execution.due_for(wake)
     unsent = _results(pending)
     try:
         try:
             writes = [*_results(in_flight), *unsent]
-            released = x.session.release(x.run_id, x.fence, wake_at=wake, due_at=due, writes=writes)
+            released = execution.session.release(
+                execution.run_id, execution.fence, wake_at=wake, due_at=due, writes=writes
+            )
         except sa_exc.IntegrityError:  # the write that seemed to fail did land: drop it
-            released = x.session.release(x.run_id, x.fence, wake_at=wake, due_at=due, writes=unsent)
+            released = execution.session.release(
+                execution.run_id, execution.fence, wake_at=wake, due_at=due, writes=unsent
+            )
     except Unavailable as again:
-        x.log.warning(
+        execution.log.warning(
             "%s; releasing the run failed too (%s): it resumes after its lease", exc, again
         )
         return None
     if not released:  # the write that seemed to fail did commit: the run moved on
-        x.log.warning("%s; the run had moved on meanwhile", exc)
+        execution.log.warning("%s; the run had moved on meanwhile", exc)
         return None
-    x.log.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
+    execution.log.warning("%s; no attempt counted, the run resumes at %s", exc, wake)
     return wake
 
 

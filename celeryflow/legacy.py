@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .codec import to_json, to_jsonable
-from .durations import Duration, parse_duration, utcnow
+from .codec import to_jsonable
+from .durations import Duration, parse_datetime, parse_duration, utcnow
 from .errors import (
     CeleryflowError,
     ConfigError,
@@ -28,13 +28,14 @@ from .errors import (
     NonRetriableError,
     SerializationError,
 )
+from .outcomes import recorded_outcome
 from .runs import TERMINAL, Run, RunStatus
 
 if TYPE_CHECKING:
     from .engine import Execution
     from .flow import Flow
 
-__all__ = ["RunFailedError", "RunHandle", "call_arguments", "invoke_task", "task_outcome"]
+__all__ = ["RunFailedError", "RunHandle", "call_arguments", "invoke_task", "subscriber"]
 
 _TASK_IDS = uuid.UUID("6f1d4a2e-8c1b-4f5e-9a7d-2b3c4d5e6f70")
 # apply_async options that only route or shape the Celery message: meaningless for a
@@ -119,8 +120,6 @@ def call_arguments(
 
 
 def start_time(countdown: float | None, eta: datetime | str | None) -> datetime | None:
-    from .durations import parse_datetime
-
     if countdown is not None and eta is not None:
         raise TypeError("give countdown or eta, not both")
     if countdown is not None:
@@ -128,18 +127,8 @@ def start_time(countdown: float | None, eta: datetime | str | None) -> datetime 
     return None if eta is None else parse_datetime(eta, "eta")
 
 
-def task_outcome(outcome: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(output, error) JSON of a legacy task's outcome as the callbacks report it."""
-    if "error" in outcome:
-        return None, json.dumps(outcome["error"])
-    try:
-        return to_json(outcome.get("result"), "the task's return value"), None
-    except SerializationError as exc:
-        return None, json.dumps({"type": "SerializationError", "message": str(exc)})
-
-
 def invoke_task(
-    x: Execution,
+    execution: Execution,
     name: str,
     *,
     task: Any,
@@ -150,8 +139,6 @@ def invoke_task(
     """``ctx.step.invoke(id, task=legacy_task, ...)``: send the task, park the run,
     return the task's return value; its failure (after its own retries) or the
     timeout raises StepError."""
-    from .waiting import recorded_outcome
-
     where = f"step.invoke({name!r})"
     task_name = getattr(task, "name", None)
     if not isinstance(task_name, str) or not callable(getattr(task, "apply_async", None)):
@@ -161,29 +148,31 @@ def invoke_task(
         payload = to_jsonable({"args": list(args), "kwargs": kwargs or {}}, where)
     except (ConfigError, SerializationError) as exc:
         raise NonRetriableError(str(exc)) from None
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "task")
-    row = x.recorded(key, name, "task", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "task")
+    row = execution.recorded(key, name, "task", position)
     if row is not None:
         late = f"task {task_name!r} did not finish in time"
-        return recorded_outcome(x, name, key, row, late)
+        return recorded_outcome(execution, name, key, row, late)
     wake = None if limit is None else utcnow() + limit
-    task_id = str(uuid.uuid5(_TASK_IDS, f"{x.run_id}:{key}"))
-    x.doorbell.send_task(
-        task, payload["args"], payload["kwargs"], task_id=task_id, run_id=x.run_id, key=key
+    task_id = str(uuid.uuid5(_TASK_IDS, f"{execution.run_id}:{key}"))
+    execution.doorbell.send_task(
+        task, payload["args"], payload["kwargs"], task_id=task_id, run_id=execution.run_id, key=key
     )
     output = json.dumps({"task": task_name, "task_id": task_id})
-    waiting = x.step_values(plan, status="waiting", wake_at=wake, output=output, ended_at=None)
-    if not x.session.move(
-        x.run_id,
-        x.fence,
+    waiting = execution.step_values(
+        plan, status="waiting", wake_at=wake, output=output, ended_at=None
+    )
+    if not execution.session.move(
+        execution.run_id,
+        execution.fence,
         status=RunStatus.WAITING,
         wake_at=wake,
         due_at=wake,
-        attempt=x.run_attempt,
-        writes=[*x.take_pending(), (waiting, True)],
+        attempt=execution.run_attempt,
+        writes=[*execution.take_pending(), (waiting, True)],
     ):
-        raise x.lost()
+        raise execution.lost()
     raise Interrupt(RunStatus.WAITING.value, wake)
 
 

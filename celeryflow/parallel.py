@@ -50,68 +50,69 @@ def _checked(name: str, branches: Sequence[Callable[[], Any]], mode: str) -> lis
 
 
 def begin(
-    x: Execution, name: str, branches: Sequence[Callable[[], Any]], mode: str
+    execution: Execution, name: str, branches: Sequence[Callable[[], Any]], mode: str
 ) -> tuple[bool, Any]:
     """(True, result) once the step is settled: the results in order (``all``) or
     the first branch's (``race``). (False, callable) when this run is a branch of
     this very step and must call it. Otherwise parks the run on new branch runs."""
     calls = _checked(name, branches, mode)
-    key, position = x.next_key(name)
-    if x.branch is not None:
-        if x.in_branch:
+    key, position = execution.next_key(name)
+    if execution.branch is not None:
+        if execution.in_branch:
             raise NonRetriableError(
                 f"step.parallel({name!r}) was called inside a parallel branch; "
                 "branches cannot be nested"
             )
-        if key == x.branch_key:
-            if x.branch >= len(calls):
+        if key == execution.branch_key:
+            if execution.branch >= len(calls):
                 raise StepUnexpectedError(
                     f'found step "{name}" when targeting a different step: '
                     f"step.parallel({name!r}) now has {len(calls)} branches and this run "
-                    f"is branch {x.branch}; the code changed under a run in flight"
+                    f"is branch {execution.branch}; the code changed under a run in flight"
                 )
-            x.in_branch = True
-            return False, calls[x.branch]
+            execution.in_branch = True
+            return False, calls[execution.branch]
     kind = "parallel" if mode == "all" else "race"
-    plan = x.new_plan(key, name, position, kind)
-    row = x.recorded(key, name, kind, position)
+    plan = execution.new_plan(key, name, position, kind)
+    row = execution.recorded(key, name, kind, position)
     if row is not None:
         if row["status"] == "completed":
             return True, from_json(row["output"])
         if row["status"] == "failed":
             raise StepError(name, json.loads(row["error"]))
         # still waiting on its branches (a stray wake): park again, start nothing
-        if not x.session.move(
-            x.run_id,
-            x.fence,
+        if not execution.session.move(
+            execution.run_id,
+            execution.fence,
             status=RunStatus.WAITING,
             wake_at=None,
             due_at=None,
-            attempt=x.run_attempt,
-            writes=x.take_pending(),
+            attempt=execution.run_attempt,
+            writes=execution.take_pending(),
         ):
-            raise x.lost()
+            raise execution.lost()
         raise Interrupt(RunStatus.WAITING.value)
     if not calls:
-        done = x.step_values(plan, status="completed", output="[]")
-        x.add_pending((done, True))
+        done = execution.step_values(plan, status="completed", output="[]")
+        execution.add_pending((done, True))
         return True, []
     now = utcnow()
     children = []
     for index in range(len(calls)):
-        child = x.flow.new_run(x.function.id, x.ctx.events, now)
-        child.update(parent_run_id=x.run_id, parent_step=key, branch=index, event_id=None)
+        child = execution.planner.new_run(execution.function.id, execution.ctx.events, now)
+        child.update(parent_run_id=execution.run_id, parent_step=key, branch=index, event_id=None)
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})
-    waiting = x.step_values(plan, status="waiting", output=progress, ended_at=None)
-    if not x.session.invoke(
-        x.run_id,
-        x.fence,
+    waiting = execution.step_values(plan, status="waiting", output=progress, ended_at=None)
+    if not execution.session.invoke(
+        execution.run_id,
+        execution.fence,
         wake_at=None,
-        attempt=x.run_attempt,
-        writes=[*x.take_pending(), (waiting, True)],
+        attempt=execution.run_attempt,
+        writes=[*execution.take_pending(), (waiting, True)],
         children=children,
     ):
-        raise x.lost()
-    x.doorbell.ring([child["id"] for child in children], function_id=x.function.id)
+        raise execution.lost()
+    execution.doorbell.ring([child["id"] for child in children], function_id=execution.function.id)
+    execution.hooks.announce([], children, [str(child["id"]) for child in children])
     raise Interrupt(RunStatus.WAITING.value)

@@ -26,7 +26,11 @@ import functools
 import logging
 import os
 import secrets
+<<<<<<< HEAD
 import sys
+=======
+import socket
+>>>>>>> main
 import threading
 import time
 from collections import defaultdict
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .durations import utcnow
 from .store.database import store_error_line
+from .store.health import beat
 from .store.prune import Pruned, prune, release_lease, renew_lease, take_lease
 
 if TYPE_CHECKING:
@@ -104,9 +109,13 @@ class Reconciler:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.owner = secrets.token_hex(16)  # this reconciler, as holder of the prune lease
+<<<<<<< HEAD
         # When the worker this reconciler runs in began consuming (its task consumer
         # started; None: beat, or not yet): see store/due.py, "Still in line".
         self.consuming_since: datetime | None = None
+=======
+        self.host = f"{socket.gethostname()}:{os.getpid()}"
+>>>>>>> main
 
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""
@@ -127,6 +136,8 @@ class Reconciler:
         if due:
             log.debug("reconciler rang %d run(s)", len(due))
         rang = len(due) + self._slots()
+        # what `celeryflow doctor` reads to tell the reconciler is alive
+        beat(self.flow.store, "reconciler", self.owner, self.host, utcnow())
         self.prune()
         return rang
 

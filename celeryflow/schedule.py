@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
 
-__all__ = ["CATCH_UP", "SCHEDULED_EVENT", "CronTrigger", "cron"]
+__all__ = ["CATCH_UP", "CronTrigger", "cron"]
 
-SCHEDULED_EVENT = "celeryflow/scheduled.timer"
 CATCH_UP = timedelta(minutes=1)
 
 

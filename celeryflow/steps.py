@@ -54,7 +54,7 @@ def _delay(value: Duration | None, step_id: str) -> timedelta | None:
 
 
 def _invoke(
-    x: Execution,
+    execution: Execution,
     step_id: str,
     function: FlowFunction | str | None,
     data: dict[str, Any] | None,
@@ -66,16 +66,18 @@ def _invoke(
     if (function is None) == (task is None):
         raise NonRetriableError(f"step.invoke({step_id!r}): give exactly one of function= or task=")
     if task is not None:
-        return legacy.invoke_task(x, step_id, task=task, args=args, kwargs=kwargs, timeout=timeout)
+        return legacy.invoke_task(
+            execution, step_id, task=task, args=args, kwargs=kwargs, timeout=timeout
+        )
     assert function is not None
-    return waiting.invoke(x, step_id, function=function, data=data, timeout=timeout)
+    return waiting.invoke(execution, step_id, function=function, data=data, timeout=timeout)
 
 
 class Steps:
     """Durable steps for ``def`` functions."""
 
     def __init__(self, execution: Execution) -> None:
-        self._x = execution
+        self._execution = execution
 
     def run(
         self,
@@ -90,25 +92,25 @@ class Steps:
         recorded (JSON) result. ``retries`` and ``retry_delay`` (a fixed delay between
         tries instead of the exponential back-off) override the function's settings."""
         delay = _delay(retry_delay, step_id)
-        plan = self._x.begin_run_step(step_id)
+        plan = self._execution.begin_run_step(step_id)
         if plan.done:
             return plan.value
         try:
-            with self._x.inside_step(plan):
+            with self._execution.inside_step(plan):
                 result = _resolve(fn(*args, **kwargs))
         except Exception as exc:
-            self._x.fail_step(plan, exc, retries, delay)
-        return self._x.complete_step(plan, result, retries)
+            self._execution.fail_step(plan, exc, retries, delay)
+        return self._execution.complete_step(plan, result, retries)
 
     def sleep(self, step_id: str, duration: Duration) -> None:
         """Park the run for ``duration`` ("3 days", "30s", "1h30m", seconds, timedelta)."""
         delta = _checked(parse_duration, duration, f"step.sleep({step_id!r})")
-        self._x.sleep_until(step_id, lambda: utcnow() + delta)
+        self._execution.sleep_until(step_id, lambda: utcnow() + delta)
 
     def sleep_until(self, step_id: str, when: datetime | str) -> None:
         """Park the run until ``when`` (aware or UTC datetime, or ISO-8601 string)."""
         at = _checked(parse_datetime, when, f"step.sleep_until({step_id!r})")
-        self._x.sleep_until(step_id, lambda: at)
+        self._execution.sleep_until(step_id, lambda: at)
 
     def wait_for_event(
         self,
@@ -123,14 +125,20 @@ class Steps:
         """Park the run until a matching ``event`` arrives (returned) or ``timeout``
         passes (None). See :func:`celeryflow.waiting.wait_for_event`."""
         return waiting.wait_for_event(
-            self._x, step_id, event=event, timeout=timeout, match=match, if_=if_, lookback=lookback
+            self._execution,
+            step_id,
+            event=event,
+            timeout=timeout,
+            match=match,
+            if_=if_,
+            lookback=lookback,
         )
 
     def send_event(
         self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
     ) -> list[str]:
         """Send events exactly once for this run; returns their ids."""
-        return waiting.send_event(self._x, step_id, events)
+        return waiting.send_event(self._execution, step_id, events)
 
     def invoke(
         self,
@@ -146,7 +154,7 @@ class Steps:
         """Run another flow function as a child (``function=``, ``data=``), or send a
         legacy Celery task to its queue (``task=``, ``args=``, ``kwargs=``), and
         return its output; the run parks meanwhile. A failure raises StepError."""
-        return _invoke(self._x, step_id, function, data, task, args, kwargs, timeout)
+        return _invoke(self._execution, step_id, function, data, task, args, kwargs, timeout)
 
     def parallel(
         self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"
@@ -154,7 +162,7 @@ class Steps:
         """Run each callable (which calls steps) as a run of its own, on any worker;
         this run parks meanwhile. Returns the results in order (``mode="all"``; the
         first failure raises StepError) or the first branch to end (``"race"``)."""
-        done, value = parallel.begin(self._x, step_id, branches, mode)
+        done, value = parallel.begin(self._execution, step_id, branches, mode)
         if done:
             return value
         try:
@@ -168,7 +176,7 @@ class AsyncSteps:
     """Durable steps for ``async def`` functions: ``await ctx.step.run(...)``."""
 
     def __init__(self, execution: Execution) -> None:
-        self._x = execution
+        self._execution = execution
 
     async def run(
         self,
@@ -180,25 +188,25 @@ class AsyncSteps:
         **kwargs: Any,
     ) -> Any:
         delay = _delay(retry_delay, step_id)
-        plan = self._x.begin_run_step(step_id)
+        plan = self._execution.begin_run_step(step_id)
         if plan.done:
             return plan.value
         try:
-            with self._x.inside_step(plan):
+            with self._execution.inside_step(plan):
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
         except Exception as exc:
-            self._x.fail_step(plan, exc, retries, delay)
-        return self._x.complete_step(plan, result, retries)
+            self._execution.fail_step(plan, exc, retries, delay)
+        return self._execution.complete_step(plan, result, retries)
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
         delta = _checked(parse_duration, duration, f"step.sleep({step_id!r})")
-        self._x.sleep_until(step_id, lambda: utcnow() + delta)
+        self._execution.sleep_until(step_id, lambda: utcnow() + delta)
 
     async def sleep_until(self, step_id: str, when: datetime | str) -> None:
         at = _checked(parse_datetime, when, f"step.sleep_until({step_id!r})")
-        self._x.sleep_until(step_id, lambda: at)
+        self._execution.sleep_until(step_id, lambda: at)
 
     async def wait_for_event(
         self,
@@ -211,13 +219,19 @@ class AsyncSteps:
         lookback: Duration | None = None,
     ) -> Event | None:
         return waiting.wait_for_event(
-            self._x, step_id, event=event, timeout=timeout, match=match, if_=if_, lookback=lookback
+            self._execution,
+            step_id,
+            event=event,
+            timeout=timeout,
+            match=match,
+            if_=if_,
+            lookback=lookback,
         )
 
     async def send_event(
         self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
     ) -> list[str]:
-        return waiting.send_event(self._x, step_id, events)
+        return waiting.send_event(self._execution, step_id, events)
 
     async def invoke(
         self,
@@ -230,12 +244,12 @@ class AsyncSteps:
         kwargs: dict[str, Any] | None = None,
         timeout: Duration | None = None,
     ) -> Any:
-        return _invoke(self._x, step_id, function, data, task, args, kwargs, timeout)
+        return _invoke(self._execution, step_id, function, data, task, args, kwargs, timeout)
 
     async def parallel(
         self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"
     ) -> Any:
-        done, value = parallel.begin(self._x, step_id, branches, mode)
+        done, value = parallel.begin(self._execution, step_id, branches, mode)
         if done:
             return value
         try:

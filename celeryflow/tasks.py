@@ -31,12 +31,12 @@ if TYPE_CHECKING:
     from .flow import Flow
 
 __all__ = [
-    "CRON_TASK",
+    "CRON_TICK_TASK",
+    "RECONCILE_TASK",
     "RECOVERY_SUFFIX",
     "RUN_TASK",
     "TASK_DONE",
     "TASK_FAILED",
-    "TICK_TASK",
     "CeleryDoorbell",
     "all_flows",
     "eager_off",
@@ -50,9 +50,11 @@ __all__ = [
     "wait_for_store",
 ]
 
+# Task names are on the wire: a deployed worker and a new sender must agree on them,
+# so they never change; the Python names say what each task does.
 RUN_TASK = "celeryflow.run"
-TICK_TASK = "celeryflow.reconcile"
-CRON_TASK = "celeryflow.tick"
+RECONCILE_TASK = "celeryflow.reconcile"  # the reconciler's pass (a beat entry)
+CRON_TICK_TASK = "celeryflow.tick"  # fire due cron slots (a beat entry when crons exist)
 TASK_DONE = "celeryflow.task_done"  # link: a legacy task invoked as a step succeeded
 TASK_FAILED = "celeryflow.task_failed"  # link_error: it failed for good
 TASK_RESOLVE = "celeryflow.task_resolve"  # a retry of either, sent as a message
@@ -189,7 +191,7 @@ class _Housekeeping(logging.Filter):
     "Task ... received", "... succeeded") are logged at DEBUG: several a second, they
     would bury everything else in a worker's INFO log."""
 
-    NAMES = frozenset({TICK_TASK, CRON_TASK})
+    NAMES = frozenset({RECONCILE_TASK, CRON_TICK_TASK})
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.INFO or not self._housekeeping(record.args):
@@ -451,16 +453,16 @@ def install(flow: Flow) -> CeleryDoorbell:
             return
         doorbell.resolve_later(run_id, key, outcome, attempt + 1, 0.2)
 
-    @app.task(name=TICK_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=RECONCILE_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def reconcile() -> int:
         return Reconciler(flow).run_once()
 
-    @app.task(name=CRON_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=CRON_TICK_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def tick() -> int:
         return len(flow.tick())
 
     entry = {
-        "task": TICK_TASK,
+        "task": RECONCILE_TASK,
         "schedule": settings.reconcile_interval.total_seconds(),
         "options": {"queue": settings.queue} if settings.queue else {},
     }
@@ -469,12 +471,12 @@ def install(flow: Flow) -> CeleryDoorbell:
         # Added, never replacing the user's own schedule or entries.
         if app.conf.beat_schedule is None:
             app.conf.beat_schedule = {}
-        app.conf.beat_schedule.setdefault(TICK_TASK, entry)
+        app.conf.beat_schedule.setdefault(RECONCILE_TASK, entry)
         if flow.has_crons():  # cron functions are defined by now: the app module ran
             app.conf.beat_schedule.setdefault(
-                CRON_TASK,
+                CRON_TICK_TASK,
                 {
-                    "task": CRON_TASK,
+                    "task": CRON_TICK_TASK,
                     "schedule": settings.tick_interval.total_seconds(),
                     "options": entry["options"],
                 },

@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .flow import Flow
     from .store import Claim, RunSession
 
 __all__ = ["release_unregistered"]
@@ -39,7 +38,9 @@ def _first_time(run_id: str) -> bool:
         return True
 
 
-def release_unregistered(flow: Flow, session: RunSession, claim: Claim, now: datetime) -> None:
+def release_unregistered(
+    session: RunSession, claim: Claim, now: datetime, redeliver_after: timedelta
+) -> None:
     run_id = str(claim.run["id"])
     function_id = str(claim.run["function_id"])
     message = (
@@ -47,9 +48,7 @@ def release_unregistered(flow: Flow, session: RunSession, claim: Claim, now: dat
         "for a worker that has it (to retire such runs: celeryflow -A <app> cancel "
         f"--function {function_id}, or flow.cancel_runs(function_id={function_id!r}))"
     )
-    session.release_unregistered(
-        run_id, claim.fence, message=message, due_at=now + flow.settings.redeliver_after
-    )
+    session.release_unregistered(run_id, claim.fence, message=message, due_at=now + redeliver_after)
     if _first_time(run_id):
         log.error("run %s: %s", run_id, message)
     else:

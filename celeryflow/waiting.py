@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any
 from .codec import from_json
 from .durations import Duration, parse_duration, utcnow
 from .errors import ConfigError, EventError, Interrupt, NonRetriableError, StepError
-from .events import Event, condition_holds, prepare_events
+from .events import INVOKED_EVENT, Event, condition_holds, prepare_events
 from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
+from .outcomes import recorded_outcome
 from .runs import RunStatus
 from .store.waits import extract, find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
     from .engine import Execution
+    from .store import Recorded
 
-INVOKED_EVENT = "celeryflow/function.invoked"  # the event a child run of step.invoke gets
-
-__all__ = ["invoke", "recorded_outcome", "send_event", "wait_for_event"]
+__all__ = ["invoke", "send_event", "wait_for_event"]
 
 
 def _checked(
@@ -44,7 +44,7 @@ def _checked(
 
 
 def wait_for_event(
-    x: Execution,
+    execution: Execution,
     name: str,
     *,
     event: str,
@@ -59,22 +59,26 @@ def wait_for_event(
     ``async`` (the candidate). ``lookback``: also take the newest matching event
     received up to that long before the wait began (Inngest has no such option)."""
     limit, window = _checked(name, timeout, lookback, if_)
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "wait")
-    row = x.recorded(key, name, "wait", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "wait")
+    row = execution.recorded(key, name, "wait", position)
     if row is not None:
         if row["status"] == "completed":
             return _event_or_none(row["output"])
         # Claimed at the timeout: take the waiter, unless an event took it first.
         plan.new = False
         plan.started_at = row["started_at"]
-        timed_out = x.step_values(plan, status="completed", output="null", wake_at=row["wake_at"])
-        holds, won = x.session.resolve_timeout(x.fence, x.take_pending(), (timed_out, False))
+        timed_out = execution.step_values(
+            plan, status="completed", output="null", wake_at=row["wake_at"]
+        )
+        holds, won = execution.session.resolve_timeout(
+            execution.fence, execution.take_pending(), (timed_out, False)
+        )
         if not holds:
-            raise x.lost()
+            raise execution.lost()
         return _event_or_none(won)
 
-    run_event = x.ctx.event.model_dump()
+    run_event = execution.ctx.event.model_dump()
 
     def accepts(candidate: dict[str, Any]) -> bool:
         if match and (
@@ -86,9 +90,9 @@ def wait_for_event(
 
     now = utcnow()
     expires = now + limit
-    waiting = x.step_values(plan, status="waiting", wake_at=expires, ended_at=None)
+    waiting = execution.step_values(plan, status="waiting", wake_at=expires, ended_at=None)
     waiter = {
-        "run_id": x.run_id,
+        "run_id": execution.run_id,
         "key": key,
         "kind": "event",
         "event_name": event,
@@ -105,18 +109,18 @@ def wait_for_event(
         def search(conn: Any) -> dict[str, Any] | None:
             return find_recent_event(conn, event, since, accepts)
 
-    holds, found = x.session.wait(
-        x.run_id,
-        x.fence,
+    holds, found = execution.session.wait(
+        execution.run_id,
+        execution.fence,
         wake_at=expires,
-        attempt=x.run_attempt,
-        writes=x.take_pending(),
+        attempt=execution.run_attempt,
+        writes=execution.take_pending(),
         waiting=(waiting, True),
         waiter=waiter,
         lookback=search,
     )
     if not holds:
-        raise x.lost()
+        raise execution.lost()
     if found is not None:
         return Event.model_validate(found)
     raise Interrupt(RunStatus.WAITING.value, expires)
@@ -128,14 +132,14 @@ def _event_or_none(output: str | None) -> Event | None:
 
 
 def send_event(
-    x: Execution, name: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
+    execution: Execution, name: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
 ) -> list[str]:
     """Send events once for this run: they are recorded with the step in one
     transaction, and events without an id get one derived from the run and step,
     so neither a replay nor a retry sends twice. Returns the event ids."""
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "send")
-    row = x.recorded(key, name, "send", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "send")
+    row = execution.recorded(key, name, "send", position)
     if row is not None and row["status"] == "completed":
         return list(json.loads(row["output"]))
     items = events if isinstance(events, list) else [events]
@@ -143,7 +147,7 @@ def send_event(
     for index, item in enumerate(items):
         data = item.model_dump() if isinstance(item, Event) else dict(item)
         if not data.get("id"):
-            seed = f"{x.run_id}:{key}:{index}".encode()
+            seed = f"{execution.run_id}:{key}:{index}".encode()
             data["id"] = hashlib.sha256(seed).hexdigest()[:32]
         with_ids.append(data)
     try:
@@ -151,42 +155,25 @@ def send_event(
     except EventError as exc:
         raise NonRetriableError(f"step.send_event({name!r}): {exc}") from None
     ids = [str(ev.id) for ev in prepared]
-    done = x.step_values(plan, status="completed", output=json.dumps(ids))
-    recorded = x.session.record_events(
-        x.fence,
-        [*x.take_pending(), (done, plan.new)],
-        lambda conn: x.flow.record_events_on(conn, prepared, utcnow()),
+    done = execution.step_values(plan, status="completed", output=json.dumps(ids))
+    rows: list[dict[str, Any]] = []
+
+    def record(conn: Any) -> Recorded:
+        rows.clear()  # a lost connection retries the transaction, and this with it
+        return execution.planner.record_events_on(conn, prepared, utcnow(), rows)
+
+    recorded = execution.session.record_events(
+        execution.fence, [*execution.take_pending(), (done, plan.new)], record
     )
     if recorded is None:
-        raise x.lost()
-    x.doorbell.ring([*recorded.created, *recorded.resumed])
+        raise execution.lost()
+    execution.doorbell.ring([*recorded.created, *recorded.resumed])
+    execution.hooks.announce(prepared, rows, recorded.created)
     return ids
 
 
-def recorded_outcome(x: Execution, name: str, key: str, row: Any, late: str) -> Any:
-    """The outcome of a recorded step that waits on something else (a child run, a
-    legacy task): its output, or StepError. Claimed while still waiting means its
-    timeout passed: fail the step, unless the outcome came first."""
-    if row["status"] == "completed":
-        return from_json(row["output"])
-    if row["status"] == "failed":
-        raise StepError(name, json.loads(row["error"]))
-    error = {"type": "TimeoutError", "message": late}
-    holds, won = x.session.fail_timed_out(
-        x.fence, x.take_pending(), x.run_id, key, json.dumps(error)
-    )
-    if not holds:
-        raise x.lost()
-    if won is None:
-        raise StepError(name, error)
-    step = next(s for s in x.store.get_run(x.run_id).steps if s.id == key)
-    if step.status == "failed":
-        raise StepError(name, step.error or {})
-    return step.output
-
-
 def invoke(
-    x: Execution,
+    execution: Execution,
     name: str,
     *,
     function: FlowFunction | str,
@@ -198,39 +185,40 @@ def invoke(
     The child's run records this run as its parent."""
     target = function.id if isinstance(function, FlowFunction) else str(function)
     where = f"step.invoke({name!r})"
-    if target not in x.flow.functions:
+    if target not in execution.registry:
         raise NonRetriableError(f"{where}: no function {target!r} is registered")
     try:
         limit = None if timeout is None else parse_duration(timeout, f"{where} timeout")
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
-    key, position = x.next_key(name)
-    plan = x.new_plan(key, name, position, "invoke")
-    row = x.recorded(key, name, "invoke", position)
+    key, position = execution.next_key(name)
+    plan = execution.new_plan(key, name, position, "invoke")
+    row = execution.recorded(key, name, "invoke", position)
     if row is not None:
-        return recorded_outcome(x, name, key, row, f"{target!r} did not finish in time")
+        return recorded_outcome(execution, name, key, row, f"{target!r} did not finish in time")
     now = utcnow()
     wake = None if limit is None else now + limit
-    seed = f"{x.run_id}:{key}".encode()
+    seed = f"{execution.run_id}:{key}".encode()
     child_event = Event(
         name=INVOKED_EVENT,
         id=hashlib.sha256(seed).hexdigest()[:32],
         data=data or {},
         ts=int(now.timestamp() * 1000),
     )
-    child = x.flow.new_run(target, [child_event], now)
+    child = execution.planner.new_run(target, [child_event], now)
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
         raise StepError(name, json.loads(child["error"]))
-    child.update(parent_run_id=x.run_id, parent_step=key)
-    waiting = x.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
-    if not x.session.invoke(
-        x.run_id,
-        x.fence,
+    child.update(parent_run_id=execution.run_id, parent_step=key)
+    waiting = execution.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
+    if not execution.session.invoke(
+        execution.run_id,
+        execution.fence,
         wake_at=wake,
-        attempt=x.run_attempt,
-        writes=[*x.take_pending(), (waiting, True)],
+        attempt=execution.run_attempt,
+        writes=[*execution.take_pending(), (waiting, True)],
         children=[child],
     ):
-        raise x.lost()
-    x.doorbell.ring([child["id"]], function_id=child["function_id"])
+        raise execution.lost()
+    execution.doorbell.ring([child["id"]], function_id=child["function_id"])
+    execution.hooks.announce([], [child], [str(child["id"])])
     raise Interrupt(RunStatus.WAITING.value, wake)

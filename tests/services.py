@@ -258,7 +258,7 @@ def fresh_sqlite_url(tmp_path: Path) -> str:
 
 
 def embedded_broker_url(tmp_path: Path) -> str:
-    """URL of celeryflow's SQLite-backed kombu transport (celeryflow/store/kombu_sqlite.py)."""
+    """URL of celeryflow's SQLite-backed kombu transport (celeryflow/transport/kombu_sqlite.py)."""
     return f"celeryflow+sqlite:///{tmp_path / 'broker.db'}"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "MIGRATION.md", "docs/DESIGN.md", "celeryflow/store/TRANSPORT.md"]
+DOCS = ["README.md", "MIGRATION.md", "docs/DESIGN.md", "celeryflow/transport/TRANSPORT.md"]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 INSTALL = re.compile(r"pip install\b([^#;&|\n]*)")  # the arguments, up to a comment or `&&`
 

@@ -476,7 +476,7 @@ def test_one_sql_transaction_per_step_in_the_steady_state(stack: Stack) -> None:
     wrote: set[int] = set()
 
     def on_execute(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
-        # WITH: PostgreSQL's one-statement writes (celeryflow/store/single.py)
+        # WITH: PostgreSQL's one-statement writes (celeryflow/store/one_statement.py)
         if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
             wrote.add(id(conn))
 

@@ -6,6 +6,8 @@ library imports its edges (cli, testing, ingest, compat). Imports under
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,7 +89,7 @@ def test_imports_follow_the_dependency_plan(path: Path) -> None:
     if mine < len(LAYERS):
         above = {i for i in imports if layer_of(i) > mine}
         assert not above, f"{name} (layer {mine + 1}) imports from above: {sorted(above)}"
-    if top(name) == "store" and name != "celeryflow.store.kombu_sqlite":
+    if top(name) == "store":
         above = {i for i in imports if layer_of(i) == len(LAYERS)}
         assert not above, f"{name} (store/) imports from above the store: {sorted(above)}"
     if top(name) not in EDGES and name != "celeryflow":
@@ -102,3 +104,18 @@ def test_the_import_scanner_sees_relative_and_skips_type_checking() -> None:
     assert "celeryflow.flow" not in found  # only under TYPE_CHECKING
     waits = runtime_imports(PACKAGE / "store" / "waits.py")
     assert "celeryflow.runs" in waits and "celeryflow.store.tables" in waits
+
+
+def test_the_import_linter_contracts_hold() -> None:
+    """pyproject.toml's [tool.importlinter]: the whole layer order of the plan, and no
+    import circle in any package (compat/ and store/ included)."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    assert lint.exists(), "lint-imports is missing: install the dev extra (import-linter)"
+    result = subprocess.run(
+        [str(lint), "--no-cache", str(PACKAGE.parent / "pyproject.toml")],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -27,7 +27,7 @@ from services import Stack
 
 from celeryflow import Event, Flow, RunStatus, event
 from celeryflow.durations import utcnow
-from celeryflow.flow import new_run_id
+from celeryflow.planning import new_run_id
 from celeryflow.store import Store
 from celeryflow.store.tables import runs
 from celeryflow.testing import wait_for, wait_for_run, worker

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from celeryflow.durations import utcnow
 from celeryflow.errors import ConfigError, RunNotFound
 from celeryflow.events import Event
-from celeryflow.flow import new_run_id
+from celeryflow.planning import new_run_id
 from celeryflow.runs import RunStatus
 from celeryflow.store import PlannedRun, Store
 from celeryflow.store.migrate import VERSION_TABLE

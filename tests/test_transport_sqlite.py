@@ -1,4 +1,4 @@
-"""The embedded SQLite broker (celeryflow.store.kombu_sqlite) under real Celery workers.
+"""The embedded SQLite broker (celeryflow.transport.kombu_sqlite) under real Celery workers.
 
 Workers are ``python -m celery -A transport_app worker`` subprocesses on a temp broker
 file; tasks record each execution in another SQLite file that the test reads. Worker
@@ -25,7 +25,7 @@ import kombu
 import pytest
 from celery import Celery
 
-from celeryflow.store import kombu_sqlite
+from celeryflow.transport import kombu_sqlite
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,7 +232,7 @@ def test_consumer_judged_dead_while_alive_rejoins_and_keeps_its_message(tmp_path
 
 def test_concurrent_first_open_of_a_fresh_file(tmp_path: Path) -> None:
     code = (
-        "import sys, kombu, celeryflow.store.kombu_sqlite\n"
+        "import sys, kombu, celeryflow.transport.kombu_sqlite\n"
         "with kombu.Connection(sys.argv[1]) as c:\n"
         "    c.SimpleQueue('q').put({'pid': 1})\n"
     )

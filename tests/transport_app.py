@@ -16,7 +16,7 @@ import time
 
 from celery import Celery
 
-import celeryflow.store.kombu_sqlite  # noqa: F401  (registers celeryflow+sqlite://)
+import celeryflow.transport.kombu_sqlite  # noqa: F401  (registers celeryflow+sqlite://)
 
 app = Celery("transport_app", broker=os.environ["TRANSPORT_BROKER"])
 app.conf.update(

@@ -135,10 +135,6 @@ class FlowControl:
             if source is not None:
                 self._compiled[name] = compile_expression(source, f"{where} {name}")
 
-    @property
-    def limits_concurrency(self) -> bool:
-        return bool(self.concurrency)
-
     def key(self, name: str, variables: dict[str, Any]) -> str:
         """The value of the key expression ``name`` for an event ("" without one);
         raises KeyUnavailable when it cannot be evaluated."""

@@ -1,27 +1,33 @@
 """Operating a store, as opposed to running on it: checking and migrating its schema,
-finding a run by an id prefix, cancelling every run of a function."""
+finding a run by an id prefix, cancelling every run of a function, pausing and
+resuming a function."""
 
 from __future__ import annotations
 
 import fcntl
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..errors import ConfigError, RunNotFound
 from ..runs import RunStatus, sources_of
 from .database import create_store_engine, display_url, sqlite_path
-from .tables import runs
+from .tables import paused_functions, runs
 from .waits import cancel_run
 
-__all__ = ["CANCELLABLE", "StoreAdmin", "cancellable_statuses"]
+__all__ = ["CANCELLABLE", "PAUSED_TTL", "StoreAdmin", "cancellable_statuses"]
 
 # The states a run can be cancelled from (the rest have ended).
 CANCELLABLE = tuple(sources_of(RunStatus.CANCELLED))
 CANCEL_CHUNK = 200  # runs cancelled per transaction
+# How long a process trusts the paused set it read: every send plans runs with it, so
+# it is read at most once per this interval (a pause takes effect everywhere within
+# it; in the pausing process at once).
+PAUSED_TTL = 1.0
 
 
 def cancellable_statuses(
@@ -55,11 +61,15 @@ class StoreAdmin:
         auto_migrate: bool
         _engine: sa.Engine | None
         connect_timeout: timedelta | None
+        _paused: tuple[float, frozenset[str]] | None
 
         @property
         def engine(self) -> sa.Engine: ...
         def _read(self) -> AbstractContextManager[sa.Connection]: ...
         def _write(self) -> AbstractContextManager[sa.Connection]: ...
+        def insert_if_new(
+            self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]
+        ) -> bool: ...
 
     # -- schema -----------------------------------------------------------------------
 
@@ -179,3 +189,39 @@ class StoreAdmin:
             if len(ids) < CANCEL_CHUNK:
                 return cancelled
             after = str(ids[-1])
+
+    # -- pausing functions --------------------------------------------------------------
+
+    def pause_function(self, function_id: str, now: datetime) -> bool:
+        """Pause ``function_id``: events and cron slots start no run of it until
+        :meth:`resume_function` (runs already started go on). False if it was paused."""
+        row = {"function_id": function_id, "paused_at": now}
+        with self._write() as conn:
+            new = self.insert_if_new(conn, paused_functions, row)
+        self._paused = None
+        return new
+
+    def resume_function(self, function_id: str) -> bool:
+        """Undo :meth:`pause_function`; False if it was not paused."""
+        with self._write() as conn:
+            gone = conn.execute(
+                paused_functions.delete().where(paused_functions.c.function_id == function_id)
+            ).rowcount
+        self._paused = None
+        return bool(gone)
+
+    def paused_functions(self) -> dict[str, datetime]:
+        """The paused functions and when each was paused (read now, not cached)."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(paused_functions)).all()
+        found = {str(row.function_id): row.paused_at for row in rows}
+        self._paused = (time.monotonic(), frozenset(found))
+        return found
+
+    def paused_function_ids(self) -> frozenset[str]:
+        """The ids of the paused functions, as read at most ``PAUSED_TTL`` ago (run
+        planning asks on every send)."""
+        cached = self._paused
+        if cached is not None and time.monotonic() - cached[0] < PAUSED_TTL:
+            return cached[1]
+        return frozenset(self.paused_functions())

@@ -20,12 +20,13 @@ def fire_slot(
     function_id: str,
     slot: datetime,
     now: datetime,
-    run: dict[str, Any],
+    run: dict[str, Any] | None,
     catch_up: timedelta,
 ) -> bool:
     """Create ``run`` for ``slot`` unless that slot fired already (by any beat). A
-    function with no tick yet records an old slot without firing it. True if the run
-    was created."""
+    function with no tick yet records an old slot without firing it; so does a
+    paused function (``run`` None), so resuming it does not fire the slots it
+    missed. True if the run was created."""
     with store.write_lock(), store.engine.begin() as conn:
         if slot < now - catch_up:
             seen = conn.execute(
@@ -37,8 +38,11 @@ def fire_slot(
                 baseline = {"scheduled_at": slot, "run_id": None, "fired_at": now}
                 store.insert_if_new(conn, cron_ticks, {"function_id": function_id, **baseline})
                 return False
-        tick = {"function_id": function_id, "scheduled_at": slot, "run_id": run["id"]}
+        run_id = run["id"] if run is not None else None
+        tick = {"function_id": function_id, "scheduled_at": slot, "run_id": run_id}
         if not store.insert_if_new(conn, cron_ticks, {**tick, "fired_at": now}):
+            return False
+        if run is None:
             return False
         conn.execute(runs.insert(), [run])
         return True

@@ -38,6 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..runs import RunStatus
+from .session import never_started
 from .tables import runs
 from .waits import cancel_run
 
@@ -67,7 +68,7 @@ def redeliver_interval(redeliver_after: timedelta, rung: int) -> timedelta:
 def _past_deadline(row: Any, now: datetime) -> bool:
     """Timeouts(start=, finish=): never started by its start deadline, or not ended
     by its finish deadline."""
-    if row.start_deadline is not None and row.started_at is None and row.start_deadline < now:
+    if row.start_deadline is not None and never_started(row) and row.start_deadline < now:
         return True
     return row.finish_deadline is not None and row.finish_deadline < now
 
@@ -76,7 +77,7 @@ def _next_deadline(row: Any, now: datetime) -> datetime | None:
     pending = [
         d
         for d in (
-            row.start_deadline if row.started_at is None else None,
+            row.start_deadline if never_started(row) else None,
             row.finish_deadline,
         )
         if d is not None and d >= now
@@ -88,11 +89,21 @@ def _lease_held(row: Any, now: datetime) -> bool:
     return row.lease_expires_at is not None and bool(row.lease_expires_at > now)
 
 
+<<<<<<< HEAD
 def _in_line_since_creation(row: Any) -> bool:
     # Queued since it was created, so the doorbell sent then is in line in the broker
     # (a retry or a slot wait puts a run back with a wake time or a start). A ring
     # since then does not matter: that doorbell is behind the first one.
     return bool(row.status == S.QUEUED.value and row.started_at is None and row.wake_at is None)
+=======
+def _rung_at_creation_only(row: Any) -> bool:
+    return bool(
+        row.status == S.QUEUED.value
+        and never_started(row)
+        and row.wake_at is None
+        and row.dispatches == 0
+    )
+>>>>>>> main
 
 
 class _Line:

@@ -23,14 +23,21 @@ from sqlalchemy.dialects import postgresql
 from ..codec import to_json
 from ..runs import RunStatus, sources_of
 from .flowkeys import take_slot
-from .single import finish_alone, finish_alone_params
+from .one_statement import finish_statement, finish_statement_params
 from .tables import runs, steps, waits
 from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 
 if TYPE_CHECKING:
     from .store import Recorded, Store
 
-__all__ = ["UNREGISTERED", "Claim", "RunSession", "SessionStatements", "StepWrite"]
+__all__ = [
+    "UNREGISTERED",
+    "Claim",
+    "RunSession",
+    "SessionStatements",
+    "StepWrite",
+    "never_started",
+]
 
 S = RunStatus
 # A step row to write, and whether it is new (INSERT) or recorded already (UPDATE).
@@ -62,6 +69,20 @@ class Claim:
     fence: int
     steps: dict[str, sa.RowMapping]
     parent_steps: dict[str, sa.RowMapping] = field(default_factory=dict)
+
+    @property
+    def first(self) -> bool:
+        """The run :func:`never_started` before this claim. The claim that sets
+        ``started_at`` bumps the fence from 0 to 1 (a slot's undone claim hands both
+        back; a cancel ends the run), so the first claim is the one holding fence 1."""
+        return self.fence == 1
+
+
+def never_started(run: Any) -> bool:
+    """The one definition of "never started" (``Timeouts(start=)``, the line of runs
+    still in the broker): no claim has set its ``started_at``. Of a claim, it is
+    :attr:`Claim.first`."""
+    return run.started_at is None
 
 
 # A run released by a worker that lacks its function carries this note in `error`
@@ -128,7 +149,7 @@ class SessionStatements:
         asynchronous_commit = sa.select(
             sa.func.set_config("synchronous_commit", "off", sa.true())
         ).scalar_subquery()
-        self.claim_alone = claim.where(
+        self.claim_in_one_statement = claim.where(
             runs.c.function_id != sa.all_(P("limited", type_=postgresql.ARRAY(sa.String))),
             asynchronous_commit.is_not(None),
         ).returning(*_CLAIM_COLUMNS)
@@ -211,7 +232,7 @@ class SessionStatements:
                     lease_expires_at=None,
                 )
             )
-        self.finish_alone = {t: finish_alone(u) for t, u in self.finish.items()}
+        self.finish_statement = {t: finish_statement(u) for t, u in self.finish.items()}
 
 
 class RunSession:
@@ -243,7 +264,7 @@ class RunSession:
         the functions that have concurrency limits."""
         params = {"rid": run_id, "owner": owner, "now": now, "lease_until": lease_until}
         if self.sql.single_statement_writes:
-            claim = self._claim_alone(params, limited)
+            claim = self._claim_in_one_statement(params, limited)
             if claim is not None or not limited:
                 return claim
         with self.store.write_lock(), self.conn.begin():
@@ -267,7 +288,7 @@ class RunSession:
                 self._park_for_slot(row, fence)
                 return None
             claim = Claim(run=row, fence=fence, steps={})
-            if fence > 1:  # the first claim ever: no step can have been recorded
+            if fence > 1:  # not Claim.first: steps may have been recorded
                 rows = self.conn.execute(self.sql.load_steps, params).mappings()
                 claim.steps = {r["key"]: r for r in rows}
             if row["branch"] is not None:
@@ -287,10 +308,14 @@ class RunSession:
         finally:
             self.conn.execution_options(isolation_level=self.conn.default_isolation_level)
 
-    def _claim_alone(self, params: dict[str, Any], limited: Collection[str]) -> Claim | None:
+    def _claim_in_one_statement(
+        self, params: dict[str, Any], limited: Collection[str]
+    ) -> Claim | None:
         with self._autocommit():
             row = (
-                self.conn.execute(self.sql.claim_alone, {**params, "limited": list(limited)})
+                self.conn.execute(
+                    self.sql.claim_in_one_statement, {**params, "limited": list(limited)}
+                )
                 .mappings()
                 .first()
             )
@@ -300,7 +325,7 @@ class RunSession:
             # bumps it and the next write is refused), so they need not be read in
             # the claim's own transaction.
             claim = Claim(run=row, fence=int(row["fence"]), steps={})
-            if claim.fence > 1:
+            if not claim.first:
                 rows = self.conn.execute(self.sql.load_steps, params).mappings()
                 claim.steps = {r["key"]: r for r in rows}
             if row["branch"] is not None:
@@ -321,7 +346,7 @@ class RunSession:
             "wake_at": None,
             "fence": runs.c.fence - 1,
         }
-        if fence == 1:
+        if fence == 1:  # Claim.first: it never started after all
             values["started_at"] = None
             deadlines.append(row["start_deadline"])
         pending = [d for d in deadlines if d is not None]
@@ -470,7 +495,7 @@ class RunSession:
             # the commonest end: the last step's result and the run's end, one statement
             with self._autocommit():
                 result = self.conn.execute(
-                    self.sql.finish_alone[status], finish_alone_params(params, writes[0][0])
+                    self.sql.finish_statement[status], finish_statement_params(params, writes[0][0])
                 )
                 return result.first() is not None, False
 

@@ -27,8 +27,13 @@ from .admin import StoreAdmin
 from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .due import DueRun, take_due
 from .flowkeys import admit, slot_heads, slot_waiting_keys
+from .one_statement import (
+    MAX_RUNS_IN_ONE_STATEMENT,
+    event_insert,
+    event_statement,
+    event_statement_params,
+)
 from .session import Claim, RunSession, SessionStatements
-from .single import MAX_RUNS_ALONE, event_alone, event_alone_params, event_insert
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
 
@@ -89,9 +94,10 @@ class Store(StoreAdmin):
         self._insert_event: Any = None
         self._insert_field: Any = None
         self._insert_flow_key: Any = None
-        self._event_alone: dict[int, Any] = {}
+        self._event_statements: dict[int, Any] = {}
         # an event id seen within this window starts nothing new (Flow's dedup_window)
         self.dedup_window = EVENT_DEDUP_WINDOW
+        self._paused: tuple[float, frozenset[str]] | None = None  # see paused_function_ids
 
     # -- setup ------------------------------------------------------------------------
 
@@ -191,13 +197,15 @@ class Store(StoreAdmin):
                 condition_holds=condition_holds or (lambda *_: False),
             )
 
-    def record_event_alone(self, event: Event, rows: list[dict[str, Any]], now: datetime) -> bool:
+    def record_event_in_one_statement(
+        self, event: Event, rows: list[dict[str, Any]], now: datetime
+    ) -> bool:
         """Record ``event`` and its plain runs (no flow control, no waiters) if its id
         is new and no run waits for its name: one statement on PostgreSQL, two on
-        SQLite (store/single.py). False when it wrote nothing: :meth:`record_events`
+        SQLite (store/one_statement.py). False when it wrote nothing: :meth:`record_events`
         must decide."""
         dialect = self.engine.dialect.name
-        if dialect not in ("postgresql", "sqlite") or len(rows) > MAX_RUNS_ALONE:
+        if dialect not in ("postgresql", "sqlite") or len(rows) > MAX_RUNS_IN_ONE_STATEMENT:
             return False
         values = {
             "id": event.id,
@@ -207,22 +215,22 @@ class Store(StoreAdmin):
             "received_at": now,
         }
         if dialect == "sqlite":
-            statement = self._event_alone.get(-1)
+            statement = self._event_statements.get(-1)
             if statement is None:
-                statement = self._event_alone[-1] = event_insert("sqlite")
+                statement = self._event_statements[-1] = event_insert("sqlite")
             with self._write() as conn:
-                if conn.execute(statement, event_alone_params(values, [])).first() is None:
+                if conn.execute(statement, event_statement_params(values, [])).first() is None:
                     return False
                 if rows:
                     conn.execute(runs.insert(), rows)
                 return True
-        statement = self._event_alone.get(len(rows))
+        statement = self._event_statements.get(len(rows))
         if statement is None:
-            statement = self._event_alone[len(rows)] = event_alone(len(rows))
+            statement = self._event_statements[len(rows)] = event_statement(len(rows))
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             with conn.begin():  # no BEGIN is sent: only SQLAlchemy's bookkeeping
-                result = conn.execute(statement, event_alone_params(values, rows))
+                result = conn.execute(statement, event_statement_params(values, rows))
                 return bool(result.scalar() == 1)
 
     def record_events_on(
@@ -560,6 +568,3 @@ class Store(StoreAdmin):
                 for s in (step_rows or [])
             ],
         )
-
-    def is_terminal(self, status: str) -> bool:
-        return RunStatus(status) in TERMINAL

@@ -1,5 +1,6 @@
 """The store's schema (SQLAlchemy Core). Alembic migrations must produce exactly this;
-tests/test_store_schema.py checks it on every database."""
+tests/test_store.py (test_migrations_produce_exactly_the_models_schema)
+checks it on every database."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["cron_ticks", "events", "flow_keys", "metadata", "runs", "steps", "wait_fields", "waits"]
+__all__ = [
+    "cron_ticks",
+    "events",
+    "flow_keys",
+    "heartbeats",
+    "metadata",
+    "paused_functions",
+    "runs",
+    "steps",
+    "wait_fields",
+    "waits",
+]
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -119,6 +131,8 @@ runs = sa.Table(
     sa.Index("ix_cf_runs_event_id", "event_id"),
     sa.Index("ix_cf_runs_function_created", "function_id", "created_at"),
     sa.Index("ix_cf_runs_status_created", "status", "created_at"),
+    # the operators' run list, newest first, keyset-paged on (created_at, id)
+    sa.Index("ix_cf_runs_created", "created_at", "id"),
     sa.Index(
         "ix_cf_runs_parent", "parent_run_id", "parent_step", **partial("parent_run_id IS NOT NULL")
     ),
@@ -207,4 +221,25 @@ cron_ticks = sa.Table(
     sa.Column("scheduled_at", UTCDateTime, primary_key=True),
     sa.Column("run_id", Key(36), nullable=True),
     sa.Column("fired_at", UTCDateTime, nullable=False),
+)
+
+
+# Functions an operator paused (``celeryflow pause``): events and cron slots start no
+# run of them until they are resumed; runs already started go on.
+paused_functions = sa.Table(
+    "cf_paused_functions",
+    metadata,
+    sa.Column("function_id", Key(255), primary_key=True),
+    sa.Column("paused_at", UTCDateTime, nullable=False),
+)
+
+# Liveness of the background loops, for ``celeryflow doctor``: each reconciler
+# (one per worker process, and beat's) stamps its row at every pass.
+heartbeats = sa.Table(
+    "cf_heartbeats",
+    metadata,
+    sa.Column("kind", Key(32), primary_key=True),  # "reconciler"
+    sa.Column("owner", Key(64), primary_key=True),  # the reconciler's token
+    sa.Column("host", sa.String(255), nullable=False),  # hostname:pid
+    sa.Column("seen_at", UTCDateTime, nullable=False),
 )

@@ -12,10 +12,8 @@ from typing import Any, TypeAlias, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ... import events as core_events
-from ...engine import FAILED_EVENT
 from ...errors import ConfigError, EventError, describe
-from ...schedule import SCHEDULED_EVENT
-from ...waiting import INVOKED_EVENT
+from ...events import FAILED_EVENT, INVOKED_EVENT, SCHEDULED_EVENT
 from ._errors import PREFIX
 
 __all__ = [

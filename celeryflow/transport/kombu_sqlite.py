@@ -4,7 +4,7 @@
 kombu's ``sqla+sqlite://`` it acknowledges for real (a fetched row is reserved, ``ack``
 deletes it), gives back what a dead worker held (a heartbeat row per process), polls
 every 0.1 s, and keeps fanout bindings in the file so remote control works across
-processes. Design notes and knobs: ``celeryflow/store/TRANSPORT.md``.
+processes. Design notes and knobs: ``celeryflow/transport/TRANSPORT.md``.
 """
 
 from __future__ import annotations

@@ -25,16 +25,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .tables import events, runs, steps, wait_fields
 
 __all__ = [
-    "MAX_RUNS_ALONE",
-    "event_alone",
-    "event_alone_params",
+    "MAX_RUNS_IN_ONE_STATEMENT",
     "event_insert",
-    "finish_alone",
-    "finish_alone_params",
+    "event_statement",
+    "event_statement_params",
+    "finish_statement",
+    "finish_statement_params",
 ]
 
 # an event starting more runs than this is recorded by the general path
-MAX_RUNS_ALONE = 4
+MAX_RUNS_IN_ONE_STATEMENT = 4
 EVENT_COLUMNS = ("id", "name", "data", "ts", "received_at")
 RUN_COLUMNS = tuple(c.name for c in runs.c)
 STEP_COLUMNS = tuple(c.name for c in steps.c)
@@ -55,7 +55,7 @@ def event_insert(dialect: str) -> sa.Insert:
     )
 
 
-def event_alone(run_count: int) -> sa.Select[Any]:
+def event_statement(run_count: int) -> sa.Select[Any]:
     """PostgreSQL: :func:`event_insert` and, if it inserted, the ``run_count`` runs;
     the statement returns 1 if it wrote, 0 if it wrote nothing."""
     inserted = event_insert("postgresql").cte("ev")
@@ -72,14 +72,14 @@ def event_alone(run_count: int) -> sa.Select[Any]:
     return statement.add_cte(new_runs)
 
 
-def event_alone_params(event: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def event_statement_params(event: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     params = {f"e_{n}": event[n] for n in EVENT_COLUMNS}
     for i, row in enumerate(rows):
         params.update({f"r{i}_{n}": row.get(n) for n in RUN_COLUMNS})
     return params
 
 
-def finish_alone(finish: sa.Update) -> sa.Insert:
+def finish_statement(finish: sa.Update) -> sa.Insert:
     """``finish`` (the run's fenced UPDATE to its end) and the INSERT of one new step,
     which takes its run id from the UPDATE's RETURNING: the step is written exactly
     when the run's end is, and a cancel or takeover committed meanwhile (seen by the
@@ -93,6 +93,6 @@ def finish_alone(finish: sa.Update) -> sa.Insert:
     return steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key)
 
 
-def finish_alone_params(finish: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+def finish_statement_params(finish: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
     """The finish's own parameters (rid, p_fence, ...) and the step row's."""
     return {**finish, **{f"s_{n}": step.get(n) for n in STEP_COLUMNS if n != "run_id"}}

@@ -1,0 +1,265 @@
+"""Hooks: code of the user's (or a plugin's) called as events and runs move, in the
+manner of dramatiq's middleware. Subclass :class:`Hook`, override what you need, and
+register it: ``Flow(app, hooks=[MyHook()])`` or ``flow.add_hook(MyHook())``.
+
+Each method gets one small frozen dataclass. The rules every method shares:
+
+* **Synchronous, after the commit.** A hook runs in the thread that made the change,
+  after the store committed it (never inside a store transaction), so what it is
+  told has happened. ``step_finished`` of a completed step is the one exception: the
+  step's result rides in the run's next write (DESIGN section 4), so the hook runs
+  when the step's code returned, just before that write.
+* **Never breaks a run.** A hook that raises is logged (``celeryflow.hooks``, with
+  the traceback) and the next hook is called; the run goes on as if nothing happened.
+  A slow hook is slow for the run: hand heavy work to a thread or a queue.
+* **Where it runs.** ``event_received`` and ``run_queued`` run in the process that
+  recorded the event or the run (the sender, or the worker child whose run sent an
+  event, invoked a function or failed). Every ``run_*`` hook after that and every
+  ``step_*`` hook run in the worker child executing the run, so a plugin sees
+  ``run_started`` and its end (``run_parked`` or ``run_finished``), and
+  ``step_started`` and its end (``step_finished`` or ``step_retried``), as pairs in
+  one process and one thread. Register hooks where the functions are defined (the
+  app module), so senders and workers both have them.
+
+Each execution of a run is ``run_woken`` (only if it executed before), then
+``run_started``, then exactly one of ``run_parked`` (it left the worker and will come
+back) or ``run_finished`` (it ended). ``RunInfo.event`` is the run's first event as
+stored: a tracing plugin can carry its context in the event's data from ``send`` to
+every execution.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import ConfigError
+from .events import Event
+
+__all__ = [
+    "EventReceived",
+    "Hook",
+    "Hooks",
+    "RunFinished",
+    "RunInfo",
+    "RunParked",
+    "RunQueued",
+    "RunStarted",
+    "RunWoken",
+    "StepFinished",
+    "StepInfo",
+    "StepRetried",
+    "StepStarted",
+]
+
+log = logging.getLogger("celeryflow.hooks")
+
+
+@dataclass(frozen=True)
+class EventReceived:
+    """An event was recorded (``flow.send``, ``step.send_event``, ingest). An event
+    whose id was seen within ``dedup_window`` is reported too (it starts nothing)."""
+
+    event: Event
+
+
+@dataclass(frozen=True)
+class RunQueued:
+    """A run was created. ``wake_at``: it starts no earlier (throttle, ``not_before``);
+    ``parent_run_id``: the run that invoked it, or whose ``step.parallel`` branch it is."""
+
+    function_id: str
+    run_id: str
+    event_id: str | None
+    wake_at: datetime | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every hook about one execution of a run is told. ``attempt`` is the
+    function body's (0 on the first try); ``event`` the run's first event."""
+
+    function_id: str
+    run_id: str
+    attempt: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class RunWoken(RunInfo):
+    """A run that executed before is claimed again: after a park (its sleep ended, its
+    event or child arrived, its wait timed out, its retry back-off passed) or after
+    its executor was lost. ``run_started`` follows at once."""
+
+
+@dataclass(frozen=True)
+class RunStarted(RunInfo):
+    """An executor claimed the run and is about to call the function (replaying the
+    recorded steps first). ``first``: the run's first execution."""
+
+    first: bool = True
+
+
+@dataclass(frozen=True)
+class RunParked(RunInfo):
+    """The execution ended without ending the run. ``reason``: ``sleep``, ``wait``
+    (an event), ``invoke`` (a function), ``task`` (a legacy task), ``parallel``,
+    ``retry`` (a retry back-off of a step or of the body), ``lost`` (its lease was
+    taken over) or ``released`` (the store or broker failed under it, or it was
+    handed back for a concurrency slot). ``step_id`` is the parking step;
+    ``wake_at`` when it is woken at the latest (None: by what it waits for alone);
+    ``duration``: seconds this execution took."""
+
+    reason: str = "sleep"
+    step_id: str | None = None
+    wake_at: datetime | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunFinished(RunInfo):
+    """The run ended: ``status`` is ``completed``, ``failed``, ``cancelled`` (found
+    cancelled, or past its ``Timeouts``) or ``skipped``; ``error`` the failure's
+    exception type name; ``duration`` seconds of this last execution."""
+
+    status: str = "completed"
+    error: str | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One ``step.run`` call. ``step_id`` is the id passed, ``key`` its memo key
+    (``id:N`` for the N-th repeat), ``index`` its position in the execution,
+    ``attempt`` this attempt (1 on the first)."""
+
+    function_id: str
+    run_id: str
+    step_id: str
+    key: str
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class StepStarted(StepInfo):
+    """The step's code is about to run (a memoized step fires nothing)."""
+
+
+@dataclass(frozen=True)
+class StepFinished(StepInfo):
+    """The step's code ended: ``status`` is ``completed``, or ``failed`` for good
+    (its error is raised into the function as ``StepError``)."""
+
+    status: str = "completed"
+    duration: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRetried(StepInfo):
+    """The attempt failed and the step will be tried again at ``wake_at`` (the run
+    parks ``queued`` until then: ``run_parked`` follows with reason ``retry``)."""
+
+    error: str = ""
+    wake_at: datetime | None = None
+    duration: float = 0.0
+
+
+class Hook:
+    """Override any of these; each default does nothing. Every method returns None
+    and may not change what it is given (see the module docstring for the rules)."""
+
+    def event_received(self, info: EventReceived) -> None:
+        """Sender process, after the event's transaction committed."""
+
+    def run_queued(self, info: RunQueued) -> None:
+        """The process that created the run, after its transaction committed."""
+
+    def run_woken(self, info: RunWoken) -> None:
+        """Worker child, after the claim of a run that executed before."""
+
+    def run_started(self, info: RunStarted) -> None:
+        """Worker child, after the claim, before the function is called."""
+
+    def run_parked(self, info: RunParked) -> None:
+        """Worker child, after the park (or release) was written."""
+
+    def run_finished(self, info: RunFinished) -> None:
+        """Worker child, after the run's end was written."""
+
+    def step_started(self, info: StepStarted) -> None:
+        """Worker child, after the previous step's result was written."""
+
+    def step_finished(self, info: StepFinished) -> None:
+        """Worker child; a completed step's result is written with the next write."""
+
+    def step_retried(self, info: StepRetried) -> None:
+        """Worker child, after the failed attempt and the park were written."""
+
+
+class Hooks:
+    """The hooks of one Flow, called in registration order; a raising hook is
+    logged and skipped."""
+
+    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
+        self._hooks: list[Hook] = []
+        for hook in hooks:
+            self.add(hook)
+
+    def add(self, hook: Hook) -> None:
+        if not isinstance(hook, Hook):
+            raise ConfigError(f"a hook must be an instance of celeryflow.Hook, got {hook!r}")
+        self._hooks.append(hook)
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+    def announce(
+        self, events: Iterable[Event], rows: Iterable[dict[str, Any]], created: Iterable[str]
+    ) -> None:
+        """After events and runs were recorded: ``event_received`` for each event,
+        then ``run_queued`` for each run created (``run_finished`` with ``skipped``
+        for one that flow control recorded skipped). ``rows`` are the planned run
+        rows, as the store left them."""
+        if not self._hooks:
+            return
+        events = list(events)
+        for ev in events:
+            self.emit("event_received", EventReceived(ev))
+        by_id = {ev.id: ev for ev in events}
+        planned = {str(row["id"]): row for row in rows}
+        for run_id in dict.fromkeys(created):
+            row = planned.get(run_id)
+            if row is None:
+                continue  # a batch that filled up: queued when its first event came
+            if row.get("status") == "skipped":
+                trigger = by_id.get(row["event_id"])
+                if trigger is not None:
+                    info = RunInfo(row["function_id"], run_id, 0, trigger)
+                    self.emit("run_finished", RunFinished(**vars(info), status="skipped"))
+                continue
+            self.emit(
+                "run_queued",
+                RunQueued(
+                    function_id=row["function_id"],
+                    run_id=run_id,
+                    event_id=row.get("event_id"),
+                    wake_at=row.get("wake_at"),
+                    parent_run_id=row.get("parent_run_id"),
+                ),
+            )
+
+    def emit(self, method: str, info: Any) -> None:
+        for hook in self._hooks:
+            try:
+                getattr(hook, method)(info)
+            except Exception:
+                log.exception("hook %r raised in %s; ignored", hook, method)
