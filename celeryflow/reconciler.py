@@ -26,11 +26,8 @@ import functools
 import logging
 import os
 import secrets
-<<<<<<< HEAD
-import sys
-=======
 import socket
->>>>>>> main
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -109,13 +106,10 @@ class Reconciler:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.owner = secrets.token_hex(16)  # this reconciler, as holder of the prune lease
-<<<<<<< HEAD
+        self.host = f"{socket.gethostname()}:{os.getpid()}"
         # When the worker this reconciler runs in began consuming (its task consumer
         # started; None: beat, or not yet): see store/due.py, "Still in line".
         self.consuming_since: datetime | None = None
-=======
-        self.host = f"{socket.gethostname()}:{os.getpid()}"
->>>>>>> main
 
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""

@@ -89,21 +89,11 @@ def _lease_held(row: Any, now: datetime) -> bool:
     return row.lease_expires_at is not None and bool(row.lease_expires_at > now)
 
 
-<<<<<<< HEAD
 def _in_line_since_creation(row: Any) -> bool:
     # Queued since it was created, so the doorbell sent then is in line in the broker
     # (a retry or a slot wait puts a run back with a wake time or a start). A ring
     # since then does not matter: that doorbell is behind the first one.
-    return bool(row.status == S.QUEUED.value and row.started_at is None and row.wake_at is None)
-=======
-def _rung_at_creation_only(row: Any) -> bool:
-    return bool(
-        row.status == S.QUEUED.value
-        and never_started(row)
-        and row.wake_at is None
-        and row.dispatches == 0
-    )
->>>>>>> main
+    return bool(row.status == S.QUEUED.value and never_started(row) and row.wake_at is None)
 
 
 class _Line:
