@@ -3,6 +3,8 @@
     python bench/faults.py                 # everything, 300 runs per scenario
     python bench/faults.py --runs 100      # fewer runs
     python bench/faults.py -k embedded     # a pytest -k selection
+    python bench/faults.py --results r.jsonl        # keep each scenario's line there
+    python bench/faults.py --table r.jsonl          # the table of such a file, no run
 
 It runs ``pytest tests/faults`` with ``CF_FAULTS_FULL=1`` (the long scenarios, which
 the normal test run deselects) and prints one table: per scenario and stack, the runs
@@ -62,9 +64,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=300, help="runs per scenario (300)")
     parser.add_argument("-k", default=None, help="a pytest -k expression")
+    parser.add_argument("--results", default=None, help="append each scenario's JSON here")
+    parser.add_argument("--table", default=None, help="print the table of a results file")
     args = parser.parse_args()
+    if args.table:
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines()]
+        print(table(rows))
+        return 0
     with tempfile.TemporaryDirectory(prefix="cf-faults-") as tmp:
-        results = Path(tmp) / "results.jsonl"
+        results = Path(args.results).resolve() if args.results else Path(tmp) / "results.jsonl"
         env = {
             **os.environ,
             "CF_FAULTS_FULL": "1",

@@ -22,15 +22,17 @@ at most ``PRUNE_BUDGET`` seconds per pass, so ringing is never held up for long.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .durations import utcnow
 from .hooks import Reconciled
@@ -49,12 +51,66 @@ PRUNE_BUDGET = 2.0  # seconds of pruning per pass; work left over continues next
 # behind may still look at the slot before it
 CRON_MARGIN = timedelta(minutes=1)
 
+# The prefork pool forks its children from the worker's main process, where the
+# reconciler thread runs: at start, and again whenever a child is replaced
+# (--max-tasks-per-child, a child killed, a time limit). The thread itself lives in
+# the main process only (a fork copies no thread, and nothing starts one in a pool
+# child), but a child forked in the middle of a pass inherits the locks the pass held,
+# taken by a thread the child does not have. Each library resets its own after a fork
+# (SQLAlchemy's pool: store/database.py; the embedded broker's: kombu_sqlite.py,
+# which makes a fork wait for its SQLite calls; Celery's and kombu's connection and
+# producer pools; logging), except one: ``cached_property`` (functools' on Python <
+# 3.12, and kombu's on every version) guards every read with one lock per property,
+# shared by all instances, and kombu reads connections, channels and producers
+# through it on each publish. A child forked while the pass published would hang at
+# its first publish. So the child gets fresh locks for them. (A fork that waited for
+# the pass instead deadlocked: the embedded broker's fork handler runs first and
+# holds the lock the pass needs to finish.)
+_LIBRARIES = ("kombu", "celery", "amqp", "billiard", "vine", "redis", "celeryflow")
+_properties: dict[str, list[functools.cached_property[Any]]] = {}  # by module, once
+_threads_running = 0  # reconciler threads started in this process, not yet stopped
+
+
+def _cached_properties() -> list[functools.cached_property[Any]]:
+    """The cached properties of the classes of the libraries a pass goes through.
+    Each module is looked at once (the thread does it in the parent before each pass,
+    so a child only resets)."""
+    for name, module in list(sys.modules.items()):
+        if name in _properties or module is None:
+            continue
+        found: list[functools.cached_property[Any]] = []
+        if name.partition(".")[0] in _LIBRARIES:
+            for value in list(vars(module).values()):
+                # type(), not isinstance(): celery's lazy proxies would import on a look
+                if not issubclass(type(value), type) or value.__module__ != name:
+                    continue
+                found += [
+                    attribute
+                    for attribute in vars(value).values()
+                    if isinstance(attribute, functools.cached_property)
+                    and getattr(attribute, "lock", None) is not None
+                ]
+        _properties[name] = found
+    return [p for found in _properties.values() for p in found]
+
+
+def _reset_property_locks() -> None:
+    if _threads_running:  # the parent had a reconciler thread: it may have held one
+        for attribute in _cached_properties():
+            attribute.lock = type(attribute.lock)()  # type: ignore[attr-defined]
+
+
+os.register_at_fork(after_in_child=_reset_property_locks)
+
 
 class Reconciler:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.owner = secrets.token_hex(16)  # this reconciler, as holder of the prune lease
         self.host = f"{socket.gethostname()}:{os.getpid()}"
+        # When the worker this reconciler runs in began consuming (its task consumer
+        # started; None: beat, or not yet): see store/due.py, "Still in line".
+        self.consuming_since: datetime | None = None
 
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""
@@ -63,6 +119,7 @@ class Reconciler:
             utcnow(),
             lookahead=settings.reconcile_interval * 2,
             redeliver_after=settings.redeliver_after,
+            consuming_since=self.consuming_since,
         )
         by_kind: dict[tuple[datetime | None, bool], list[str]] = defaultdict(list)
         names: dict[str, str] = {}
@@ -184,6 +241,14 @@ class ReconcilerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        global _threads_running
+        _threads_running += 1
+        try:
+            self._loop()
+        finally:
+            _threads_running -= 1
+
+    def _loop(self) -> None:
         # A store error is one line per distinct error, and the loop backs off while it
         # lasts (up to 60 s between tries); any other error keeps its traceback.
         backoff, last = 0.0, None
@@ -209,6 +274,7 @@ class ReconcilerThread(threading.Thread):
         return until_pass if cron is None else min(until_pass, cron)
 
     def _due_work(self) -> None:
+        _cached_properties()  # modules imported since the last pass, if any
         now = utcnow()
         if self.cron.seconds_left(now) == 0.0:
             self.cron.fire(now)

@@ -525,6 +525,7 @@ def install(flow: Flow) -> CeleryDoorbell:
 
             def start(self, worker: Any) -> None:
                 self.thread = ReconcilerThread(flow)
+                reconcilers[worker.hostname] = self.thread.reconciler
                 self.thread.start()
 
             def stop(self, worker: Any) -> None:
@@ -535,6 +536,21 @@ def install(flow: Flow) -> CeleryDoorbell:
             terminate = stop
 
         app.steps["worker"].add(ReconcilerStep)
+        reconcilers: dict[str, Reconciler] = {}
+
+        class ConsumingStep(bootsteps.StartStopStep):  # type: ignore[misc]
+            """Tells the worker's reconciler when the task consumer started (again,
+            after a broker reconnect): the backlog queued before that is in line for
+            this worker, not lost, even if nothing is claimed yet."""
+
+            requires = ("celery.worker.consumer.tasks:Tasks",)
+
+            def start(self, consumer: Any) -> None:
+                reconciler = reconcilers.get(consumer.hostname)
+                if reconciler is not None:
+                    reconciler.consuming_since = utcnow()
+
+        app.steps["consumer"].add(ConsumingStep)
     return doorbell
 
 

@@ -1,14 +1,16 @@
-"""Network helpers for tests of unreachable stores: a closed port, and a server that
-accepts connections and never answers (a database that hangs)."""
+"""Network helpers for tests of unreachable stores: a closed port, a server that
+accepts connections and never answers (a database that hangs), and a proxy that turns
+into one (a database that stops answering on connections it already has)."""
 
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
 from collections.abc import Iterator
 
-__all__ = ["ClosingServer", "closed_port", "silent_server"]
+__all__ = ["BlackHoleProxy", "ClosingServer", "closed_port", "silent_server"]
 
 
 def closed_port() -> int:
@@ -83,3 +85,98 @@ class ClosingServer:
         self._stop.set()
         self._thread.join(timeout=5)
         self._server.close()
+
+
+class BlackHoleProxy:
+    """A TCP proxy to ``127.0.0.1:target``. ``black_hole()`` makes it a server that
+    accepts connections and never answers: nothing is forwarded any more, in either
+    direction, on old or new connections. ``heal()`` forwards *new* connections again;
+    the connections caught in the hole stay silent for good, as after a lost NAT entry
+    or a database fail-over behind a stale address."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = closed_port()
+        self._holed = False
+        self._lock = threading.Lock()
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self._dead: set[socket.socket] = set()
+        self._selector = selectors.DefaultSelector()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="black-hole-proxy", daemon=True)
+
+    def __enter__(self) -> BlackHoleProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopped = True
+        self._thread.join(5)
+        for sock in [*self._pairs, *self._dead, self._listener]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def black_hole(self) -> None:
+        with self._lock:
+            self._holed = True
+            for sock in list(self._pairs):
+                self._selector.unregister(sock)
+                self._dead.add(sock)
+            self._pairs.clear()
+
+    def heal(self) -> None:
+        with self._lock:
+            self._holed = False
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        if self._holed:
+            self._dead.add(client)  # accepted, never answered
+            return
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+        except OSError:
+            client.close()
+            return
+        for sock in (client, server):
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ)
+        self._pairs[client] = server
+        self._pairs[server] = client
+
+    def _forward(self, sock: socket.socket) -> None:
+        peer = self._pairs.get(sock)
+        if peer is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            try:
+                peer.setblocking(True)
+                peer.sendall(data)
+                peer.setblocking(False)
+                return
+            except OSError:
+                pass
+        for end in (sock, peer):
+            self._pairs.pop(end, None)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(end)
+            end.close()
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            for key, _ in self._selector.select(timeout=0.2):
+                with self._lock:
+                    sock = key.fileobj
+                    if sock is self._listener:
+                        self._accept()
+                    elif sock in self._pairs:
+                        self._forward(sock)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """Connect and statement timeouts: a database that accepts connections and never
-answers, or a statement stuck behind a lock, fails within the timeout with
-StoreUnavailable naming the store and the timeout, instead of hanging."""
+answers, one that stops answering on a connection already open, or a statement stuck
+behind a lock, fails within the timeout with StoreUnavailable naming the store and the
+timeout, instead of hanging."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 from celery import Celery
-from netkit import silent_server
+from netkit import BlackHoleProxy, silent_server
 from services import embedded_broker_url
 
 from celeryflow import ConfigError, Event, Flow, StoreUnavailable
@@ -103,3 +104,54 @@ def test_mariadb_statement_timeout(mariadb_store_url: str, tmp_path: Path) -> No
     assert 1 <= took < 10
     assert "did not answer within the statement_timeout (1s)" in str(caught.value)
     assert flow.list_runs() == []
+
+
+def _through(url: str, port: int) -> str:
+    return sa.make_url(url).set(host="127.0.0.1", port=port).render_as_string(False)
+
+
+@pytest.mark.parametrize("db", ["postgres", "mariadb"])
+def test_a_database_that_stops_answering_open_connections_fails_within_the_timeouts(
+    db: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The server accepts and acknowledges, but answers nothing: PostgreSQL's own
+    statement_timeout never fires. A statement on an open connection fails after the
+    statement timeout (plus a margin), a pooled connection idle for a while after the
+    connect timeout (its ping) plus a new connect; both say which timeout, and once the
+    database answers again the store works at once, with no restart."""
+    url = request.getfixturevalue(f"{db}_store_url")
+    target = sa.make_url(url).port or {"postgres": 5432, "mariadb": 3306}[db]
+    with BlackHoleProxy(target) as proxy:
+        flow = Flow(
+            Celery("hole", broker=embedded_broker_url(tmp_path)),
+            store=_through(url, proxy.port),
+            auto_migrate=True,
+            connect_timeout="2s",
+            statement_timeout="1s",
+        )
+        assert flow.list_runs() == []
+        engine = flow.store.engine
+        with engine.connect() as conn, engine.connect() as idle:
+            idle.close()  # back to the pool: it is idle through what follows
+            proxy.black_hole()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                conn.exec_driver_sql("SELECT 1")
+            took = time.monotonic() - started
+        assert 1 <= took < 6, took
+        message = str(caught.value)
+        assert "\n" not in message
+        assert "did not answer within the statement_timeout (1s)" in message, message
+
+        # the pooled connection, idle past the ping threshold, is caught in the hole too
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            flow.send(Event(name="t/hole"))
+        took = time.monotonic() - started
+        assert took < 2 + 2 + 4, took  # ping within connect_timeout, then a new connect
+        assert "within the connect_timeout (2s)" in str(caught.value), str(caught.value)
+
+        proxy.heal()
+        assert len(flow.send(Event(name="t/hole"))) == 1  # the event id: stored
+        assert flow.list_runs() == []
+        flow.store.engine.dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from ..errors import ConfigError, StoreUnavailable
+from .silence import bounded_connection_class, client_bound, limited
 
 __all__ = [
     "SQLiteWriteLock",
@@ -36,8 +38,22 @@ _SUPPORTED = "sqlite:///path.db, postgresql+psycopg://user@host/db or mysql+pymy
 _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
+class _SQLiteConnection(sqlite3.Connection):
+    """sqlite3's connection, weak-referenceable (for the set below)."""
+
+
+# SQLite handles open in this process, and those a fork left here: the parent's,
+# referenced for good so that the child never closes them. Closing one would run
+# SQLite's close-time checkpoint and lock release from a process that does not own
+# its locks (and POSIX locks drop per process), behind the parent's back.
+_sqlite_open: weakref.WeakSet[_SQLiteConnection] = weakref.WeakSet()
+_inherited: list[_SQLiteConnection] = []
+
+
 def _dispose_after_fork() -> None:
     # Prefork children must not share the parent's sockets or SQLite handles.
+    _inherited.extend(_sqlite_open)
+    _sqlite_open.clear()
     for engine in list(_engines):
         engine.dispose(close=False)
 
@@ -123,9 +139,10 @@ def create_store_engine(
     statement_timeout: timedelta | None = None,
 ) -> sa.Engine:
     """The engine for ``url``. ``connect_timeout`` bounds opening a connection,
-    ``statement_timeout`` one statement (PostgreSQL: the server cancels it;
-    MySQL/MariaDB: the client stops reading after it; SQLite waits for a lock on its
-    own busy timeout); ``None`` is no limit."""
+    ``statement_timeout`` one statement (PostgreSQL: the server cancels it, and the
+    client closes a connection whose server stays silent a little longer, see
+    ``silence.py``; MySQL/MariaDB: the client stops reading after it; SQLite: the
+    busy timeout, how long a writer waits for the lock); ``None`` is no limit."""
     parsed = sa.make_url(url)
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {"future": True}
@@ -133,7 +150,11 @@ def create_store_engine(
     statement = _seconds(statement_timeout)
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
-        connect_args = {"timeout": 60, "check_same_thread": False}
+        connect_args = {
+            "timeout": _sqlite_busy(statement),
+            "check_same_thread": False,
+            "factory": _SQLiteConnection,
+        }
     elif backend in ("mysql", "mariadb"):
         # READ COMMITTED avoids gap locks between workers claiming different runs.
         kwargs["isolation_level"] = "READ COMMITTED"
@@ -160,10 +181,12 @@ def create_store_engine(
     engine = sa.create_engine(parsed, **kwargs)
     if backend in ("mysql", "mariadb") and parsed.get_driver_name() == "pymysql":
         _pymysql_timeouts(engine, statement)
+    if backend == "postgresql" and parsed.get_driver_name() == "psycopg":
+        _psycopg_bound(engine, client_bound(statement))
     if backend == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, _sqlite_busy(statement))
     else:
-        _ping_when_idle(engine)
+        _ping_when_idle(engine, connect)
         _report_unavailable(engine, connect_timeout, statement_timeout)
     _engines.add(engine)
     return engine
@@ -176,6 +199,26 @@ def _pymysql_timeouts(engine: sa.Engine, statement: float | None) -> None:
         # the one MySQL and MariaDB share for every kind of statement
         dbapi_connection._read_timeout = statement
         dbapi_connection._write_timeout = statement
+
+
+def _psycopg_bound(engine: sa.Engine, bound: float | None) -> None:
+    dbapi = engine.dialect.loaded_dbapi
+    connection_class = bounded_connection_class(dbapi.Connection, dbapi.OperationalError)
+
+    @event.listens_for(engine, "do_connect")
+    def _on_do_connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        connection = connection_class.connect(*cargs, **cparams)
+        connection.cf_bound = bound
+        return connection
+
+
+# SQLite's busy timeout without a statement_timeout: how long a writer waits for
+# another process's write lock before "database is locked".
+SQLITE_BUSY_DEFAULT = 60.0
+
+
+def _sqlite_busy(statement: float | None) -> float:
+    return statement if statement else SQLITE_BUSY_DEFAULT
 
 
 def _duration_text(value: timedelta | None) -> str:
@@ -245,7 +288,7 @@ def store_error_line(exc: BaseException) -> str | None:
 PING_AFTER_IDLE = 1.0
 
 
-def _ping_when_idle(engine: sa.Engine) -> None:
+def _ping_when_idle(engine: sa.Engine, connect: float | None) -> None:
     """SQLAlchemy's ``pool_pre_ping``, but only for connections idle over a second.
 
     A ping is a round trip, and on a busy worker it was one in three of a run's: a
@@ -253,6 +296,8 @@ def _ping_when_idle(engine: sa.Engine) -> None:
     server restart or a dropped idle connection is still noticed before use; a
     connection lost in the very second it was last used fails that one statement,
     which SQLAlchemy then replaces (and the run's message or the reconciler retries).
+    A live server answers a ping at once: it waits no longer than ``connect_timeout``
+    (PostgreSQL), so a silent server costs a caller that much, not the statement bound.
     """
 
     @event.listens_for(engine, "checkin")
@@ -265,7 +310,8 @@ def _ping_when_idle(engine: sa.Engine) -> None:
         if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE:
             return
         try:
-            alive = engine.dialect.do_ping(dbapi_connection)
+            with limited(dbapi_connection, connect):
+                alive = engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
             if not engine.dialect.is_disconnect(exc, dbapi_connection, None):
                 raise
@@ -275,9 +321,10 @@ def _ping_when_idle(engine: sa.Engine) -> None:
             raise sa.exc.DisconnectionError("the store connection is gone")
 
 
-def _configure_sqlite(engine: sa.Engine) -> None:
+def _configure_sqlite(engine: sa.Engine, busy: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_open.add(dbapi_connection)
         # Take transaction control from pysqlite so writes can BEGIN IMMEDIATE:
         # a deferred BEGIN that later upgrades to a write lock can fail with
         # "database is locked" at once instead of waiting for the busy timeout.
@@ -287,7 +334,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         # WAL + NORMAL: a commit survives a crashed process (kill -9), only an OS
         # crash or power loss may lose the newest commits. Documented in README.
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={math.ceil(busy * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -303,6 +350,33 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             driver.execute("BEGIN IMMEDIATE")
 
 
+# A fork waits while a thread of this process is inside a SQLite write transaction:
+# SQLite's own lock bookkeeping is per process, so a child born in the middle of one
+# (a prefork pool replacing a child while the reconciler thread writes) believes its
+# process holds the write lock, and every write of its own waits for the busy timeout
+# and fails ("database is locked"). No store write publishes (commit first, then
+# ring), so this never waits on the embedded broker's own fork lock, nor it on this.
+_write_guard = threading.RLock()
+
+
+def _before_fork() -> None:
+    _write_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _write_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _write_guard
+    _write_guard = threading.RLock()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
+
+
 class SQLiteWriteLock:
     """Queues SQLite writers on a kernel file lock before BEGIN IMMEDIATE.
 
@@ -310,7 +384,7 @@ class SQLiteWriteLock:
     next to a 0.1 ms transaction: under contention from several worker processes most
     of the time went to sleeping. flock() wakes the next writer as soon as the lock
     is released. Each thread has its own descriptor, because flock excludes per open
-    file, not per process.
+    file, not per process. A fork waits for the transaction in progress (above).
     """
 
     def __init__(self, database_path: str) -> None:
@@ -326,9 +400,10 @@ class SQLiteWriteLock:
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        fd = self._fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        with _write_guard:
+            fd = self._fd()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)

@@ -1,21 +1,27 @@
 """The reconciler's due pass: which overdue runs to ring, and when to look again.
 
+A run is rung when its ``due_at`` has passed. The look-ahead (twice the reconcile
+interval) only lets a sleeper whose wake time comes before the next pass be rung now
+with an ETA; any other run it reaches early is left alone until it is due (a queued
+run is due ``redeliver_after`` after its doorbell, not that minus the look-ahead).
 Three kinds of overdue run, three rules:
 
 * **Recovered** — ``running`` with a lapsed lease: its executor died. Rung by the
-  first pass after the lease's end (not before: the look-ahead is for sleepers, and a
-  ring that finds the lease held is dropped), flagged ``recovered`` so the doorbell
+  first pass after the lease's end (not before: a ring that finds the lease held is
+  dropped), flagged ``recovered`` so the doorbell
   puts it on the recovery queue, ahead of the backlog (README "How it works"). Rung
   again a ``redeliver_after`` later, it goes to the flow's queue: a recovery queue
   that no worker consumes delays a recovery, never loses it.
-* **Still in line** — queued, never started, rung only when it was created, while
-  the workers are busy with runs created before it (the newest run ever claimed is
-  not newer than it, and a run executes now or that newest one started within
-  ``redeliver_after``). Broker queues are FIFO, so its
-  doorbell is still ahead of them in the queue: ringing again would only add a
-  duplicate to the backlog. Not rung; looked at again after ``redeliver_after``. Once
-  it has waited ``REDELIVER_BACKOFF_CAP`` x ``redeliver_after`` it is rung anyway, which
-  bounds the delay of a doorbell really lost while the queue is busy.
+* **Still in line** — queued since it was created, never started, while the workers
+  are busy with runs created before it (the newest run ever claimed is not newer than
+  it, and a run executes now, or that newest one started within ``redeliver_after``,
+  or the worker whose reconciler this is began consuming within ``redeliver_after``).
+  Broker queues are FIFO, so the doorbell sent at its creation is still ahead of them
+  in the queue: ringing again would only add a duplicate to the backlog. Not rung;
+  looked at again after ``redeliver_after``. This holds for a run rung before too (a
+  pass that ran before any worker claimed anything): its first doorbell is still in
+  line. Once it has waited ``REDELIVER_BACKOFF_CAP`` x ``redeliver_after`` it is rung
+  anyway, which bounds the delay of a doorbell really lost while the queue is busy.
 * **Anything else due** (a lost doorbell, a wake-up) — rung; the next look is
   ``redeliver_after`` x 2^(times rung), capped at ``REDELIVER_BACKOFF_CAP`` x, so a run
   that a slow broker holds for long is not rung every ``redeliver_after`` either.
@@ -83,21 +89,20 @@ def _lease_held(row: Any, now: datetime) -> bool:
     return row.lease_expires_at is not None and bool(row.lease_expires_at > now)
 
 
-def _rung_at_creation_only(row: Any) -> bool:
-    return bool(
-        row.status == S.QUEUED.value
-        and never_started(row)
-        and row.wake_at is None
-        and row.dispatches == 0
-    )
+def _in_line_since_creation(row: Any) -> bool:
+    # Queued since it was created, so the doorbell sent then is in line in the broker
+    # (a retry or a slot wait puts a run back with a wake time or a start). A ring
+    # since then does not matter: that doorbell is behind the first one.
+    return bool(row.status == S.QUEUED.value and never_started(row) and row.wake_at is None)
 
 
 class _Line:
     """Where the workers are in the line of never-started runs, read once a pass and
     only if some due run needs it."""
 
-    def __init__(self, conn: sa.Connection) -> None:
+    def __init__(self, conn: sa.Connection, consuming_since: datetime | None) -> None:
         self.conn = conn
+        self.consuming_since = consuming_since
         self._read = False
         self.newest_claimed: datetime | None = None
         self.busy = False
@@ -105,8 +110,13 @@ class _Line:
     def _look(self, now: datetime, redeliver_after: timedelta) -> None:
         """The creation time of the newest run ever claimed, and whether the workers
         are moving: a run executes now, or one of the newest claimed started recently
-        (all of the newest: a send() of many events creates them at one instant).
+        (all of the newest: a send() of many events creates them at one instant), or
+        this reconciler's own worker began consuming recently (it reaches the backlog
+        that was there before it, and nothing may be claimed yet: a pass that came
+        first used to take that for "no worker is up" and ring the whole backlog).
         Each lookup is one step down the ``(status, created_at)`` index."""
+        since = self.consuming_since
+        self.busy = since is not None and since >= now - redeliver_after
         newest = [
             sa.select(runs.c.created_at)
             .where(runs.c.status == status)
@@ -128,11 +138,13 @@ class _Line:
                 runs.c.created_at == self.newest_claimed,
             )
         ).scalar()
-        self.busy = running or (started is not None and started >= now - redeliver_after)
+        self.busy = (
+            self.busy or running or (started is not None and started >= now - redeliver_after)
+        )
 
     def holds(self, row: Any, now: datetime, redeliver_after: timedelta) -> bool:
         """Whether ``row``'s doorbell is presumably still in the broker queue."""
-        if not _rung_at_creation_only(row):
+        if not _in_line_since_creation(row):
             return False
         if now - row.created_at >= redeliver_after * REDELIVER_BACKOFF_CAP:
             return False
@@ -153,11 +165,13 @@ def take_due(
     limit: int,
     skip_locked: bool,
     cancelled: list[str] | None = None,
+    consuming_since: datetime | None = None,
 ) -> list[DueRun]:
     """Runs whose next move is due (or, for sleepers, due within ``lookahead``), in
     ``conn``'s transaction: each gets its next due time (so other reconcilers skip
     it meanwhile), and ``dispatches`` counts the rings. Runs past their Timeouts are
-    cancelled here (their ids appended to ``cancelled``)."""
+    cancelled here (their ids appended to ``cancelled``). ``consuming_since``: when the
+    worker this reconciler runs in began consuming the flow's queues (None: beat)."""
     horizon = now + lookahead
     query = (
         sa.select(
@@ -165,6 +179,7 @@ def take_due(
             runs.c.function_id,
             runs.c.status,
             runs.c.wake_at,
+            runs.c.due_at,
             runs.c.dispatches,
             runs.c.lease_expires_at,
             runs.c.created_at,
@@ -178,7 +193,7 @@ def take_due(
     )
     if skip_locked:
         query = query.with_for_update(skip_locked=True)
-    line = _Line(conn)
+    line = _Line(conn, consuming_since)
     due: list[DueRun] = []
     updates: list[dict[str, Any]] = []
     expired: list[str] = []
@@ -199,6 +214,8 @@ def take_due(
             # taken by the look-ahead while its executor may still renew: a ring now
             # would find the lease held, so the next pass looks again
             next_due, rung = row.lease_expires_at, 0
+        elif row.due_at > now:
+            continue  # reached by the look-ahead only: not due yet, left as it is
         elif row.status == S.RUNNING.value:
             # The recovery queue first; still not resumed a redeliver_after later (no
             # worker consumes that queue: a -Q or routing mistake), the flow's queue.

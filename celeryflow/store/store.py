@@ -449,7 +449,13 @@ class Store(StoreAdmin):
     # -- reconciling ------------------------------------------------------------------
 
     def take_due(
-        self, now: datetime, lookahead: timedelta, redeliver_after: timedelta, limit: int = 500
+        self,
+        now: datetime,
+        lookahead: timedelta,
+        redeliver_after: timedelta,
+        limit: int = 500,
+        *,
+        consuming_since: datetime | None = None,
     ) -> list[DueRun]:
         """Runs whose next move is due (or, for sleepers, due within ``lookahead``);
         the rules are in ``due.py``."""
@@ -463,6 +469,7 @@ class Store(StoreAdmin):
                 limit=limit,
                 skip_locked=not self.is_sqlite,
                 cancelled=expired,
+                consuming_since=consuming_since,
             )
         if expired:  # cancelled by their Timeouts: what they started goes too
             self.cancel_descendants(expired, now)

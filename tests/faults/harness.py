@@ -136,6 +136,7 @@ class Scenario:
         lease: str = "5s",
         reconcile: str = "1s",
         worker_store: str | None = None,
+        timeout: str | None = None,
     ) -> None:
         self.name = name
         self.stack = stack
@@ -154,10 +155,12 @@ class Scenario:
             "CF_FAULTS_STEP_SECONDS": str(step_seconds),
             "CF_FAULTS_LEASE": lease,
             "CF_FAULTS_RECONCILE": reconcile,
+            "CF_FAULTS_STATEMENT_TIMEOUT": timeout or "",
         }
         self.app, self.flow = build(
-            broker, store, self.queue, str(self.ledger), lease=lease, reconcile=reconcile
-        )
+            broker, store, self.queue, str(self.ledger), lease=lease, reconcile=reconcile,
+            timeout=timeout,
+        )  # fmt: skip
         self.workers: list[Worker] = []
         self.faults: list[float] = []
         self.report = Report(name, stack, runs)

@@ -5,7 +5,8 @@ Built from environment variables by a worker (``celery -A five_app worker``), or
 :func:`build` in the test process: ``CF_FAULTS_BROKER``, ``CF_FAULTS_STORE``,
 ``CF_FAULTS_QUEUE``, ``CF_FAULTS_LEDGER`` (a file opened with O_APPEND: one line per
 body start, ``<run_id> <step> <unix time> <pid>``), ``CF_FAULTS_STEP_SECONDS`` (how
-long a body works), ``CF_FAULTS_LEASE`` and ``CF_FAULTS_RECONCILE``.
+long a body works), ``CF_FAULTS_LEASE``, ``CF_FAULTS_RECONCILE`` and ``CF_FAULTS_STATEMENT_TIMEOUT``
+(also the connect timeout; Flow's defaults when unset).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def build(
     step_seconds: float = 0.05,
     lease: str = "5s",
     reconcile: str = "1s",
+    timeout: str | None = None,
 ) -> tuple[Celery, Flow]:
     app = Celery(f"cf-faults-{queue}", broker=broker)
     app.conf.update(
@@ -56,7 +58,10 @@ def build(
         # with it beyond the ones it executes (they are safe anyway: the store rings).
         worker_prefetch_multiplier=1,
     )
-    flow = Flow(app, store=store, auto_migrate=True, lease=lease, reconcile_interval=reconcile)
+    timeouts = {"connect_timeout": timeout, "statement_timeout": timeout} if timeout else {}
+    flow = Flow(
+        app, store=store, auto_migrate=True, lease=lease, reconcile_interval=reconcile, **timeouts
+    )
 
     def body(run_id: str, step: str) -> str:
         _append(ledger, f"{run_id} {step} {time.time():.6f} {os.getpid()}\n")
@@ -87,4 +92,5 @@ if "CF_FAULTS_BROKER" in os.environ:
         step_seconds=float(os.environ.get("CF_FAULTS_STEP_SECONDS", "0.05")),
         lease=os.environ.get("CF_FAULTS_LEASE", "5s"),
         reconcile=os.environ.get("CF_FAULTS_RECONCILE", "1s"),
+        timeout=os.environ.get("CF_FAULTS_STATEMENT_TIMEOUT") or None,
     )
