@@ -137,7 +137,10 @@ def test_the_cli_against_a_real_worker(
         [greet_row] = [line for line in listed if line.startswith("ops-greet ")]
         assert "since" in greet_row
         [yearly_row] = [line for line in listed if line.startswith("ops-yearly ")]
-        assert "cron '0 0 1 1 *'" in yearly_row and "concurrency(limit=2)" in yearly_row
+        assert (
+            "cron '0 0 1 1 *'" in yearly_row
+            and "concurrency(limit=2, scope=function)" in yearly_row
+        )
         idle = app_ok("send", "ops/greet", "--data", '{"name": "bob"}')
         assert "started no run" in idle
         assert app_ok("resume", "ops-greet").strip() == "resumed ops-greet"
@@ -242,7 +245,7 @@ def test_pause_without_the_app_and_functions_json(ops: tuple[Flow, str]) -> None
     by_id = {f["id"]: f for f in listed["functions"]}
     assert by_id["ops-wait"]["paused_at"] and by_id["ops-greet"]["paused_at"] is None
     assert len(by_id["ops-yearly"]["next_slots"]) == 3
-    assert by_id["ops-yearly"]["flow_control"] == {"concurrency": "(limit=2)"}
+    assert by_id["ops-yearly"]["flow_control"] == {"concurrency": "(limit=2, scope=function)"}
     assert invoke("--store", store, "resume", "ops-wait").stdout == "resumed ops-wait\n"
     assert invoke("--store", store, "resume", "ops-wait").stdout == "ops-wait was not paused\n"
 

@@ -30,7 +30,11 @@ CONTROLS = (
 
 def _trigger(trigger: EventTrigger | CronTrigger) -> str:
     if isinstance(trigger, CronTrigger):
-        return f"cron {trigger.expression!r}" + (f" {trigger.tz}" if trigger.tz else "")
+        return (
+            f"cron {trigger.expression!r}"
+            + (f" {trigger.tz}" if trigger.tz else "")
+            + (f" jitter {_value(trigger.jitter)}" if trigger.jitter else "")
+        )
     return trigger.name + (f" if {trigger.if_}" if trigger.if_ else "")
 
 
