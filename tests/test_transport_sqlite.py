@@ -329,7 +329,7 @@ def test_sigkill_holder_gives_back_prefetched_and_eta(env: Env) -> None:
     assert {r["worker"] for r in runs} == {"rescuer"}
     for run in runs:
         if run["key"].startswith("eta"):
-            assert eta - 0.05 < run["started"] < eta + 0.5, run
+            assert eta - 0.05 < run["started"] < eta + 2.0, run
         else:
             assert run["started"] - killed_at < options["heartbeat_timeout"] + 2, run
     wait_for(lambda: not env.broker_rows("SELECT 1 FROM cf_broker_message"), 5, "acks")

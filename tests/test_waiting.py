@@ -59,7 +59,9 @@ def test_timeout_returns_none(stack: Stack) -> None:
     assert run.status == RunStatus.COMPLETED and run.output == {"got": None}
     assert run.ended_at is not None and run.steps[0].wake_at is not None
     assert 1.0 <= (run.ended_at - run.created_at).total_seconds() < 3.0
-    assert (run.ended_at - run.steps[0].wake_at).total_seconds() < 1.0  # woken on time
+    # Woken by its own timer, not by a later reconciler pass; the margin is for a
+    # loaded machine.
+    assert (run.ended_at - run.steps[0].wake_at).total_seconds() < 2.5
 
 
 def test_one_event_resumes_many_runs_once_each_and_if_conditions(stack: Stack) -> None:
