@@ -41,15 +41,16 @@ def apps_env(**extra: str) -> dict[str, str]:
 @contextmanager
 def worker_process(
     command: list[str], env: dict[str, str], cwd: Path, log: Path, *, tail: int = 4000
-) -> Iterator[Path]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` (a ``celery worker``) with its output in ``log``; it gets SIGTERM
-    at the end, and a failing block prints the log's last ``tail`` characters."""
+    at the end, and a failing block prints the log's last ``tail`` characters. Yields
+    the process (for a test that signals it or reads its pid)."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield log
+        yield proc
     except BaseException:
-        print(f"--- {log.name} ---\n{log.read_text()[-tail:]}")
+        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-tail:]}")
         raise
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from flowkit import apps_env
+from flowkit import apps_env, worker_process
 from kombu import Connection as KombuConnection
 from services import Stack
 
@@ -53,37 +52,27 @@ def test_max_tasks_per_child_1_one_reconciler_per_node_none_in_children(
         "-c", "2", "--max-tasks-per-child", "1", "-n", "forks@%h", "--loglevel", "INFO",
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=apps_env(**env), stdout=out, stderr=subprocess.STDOUT)
     try:
-        flow.send([Event(name="t/forked", data={"n": n}) for n in range(RUNS)])
-        wait_for(
-            lambda: len(flow.list_runs(status="completed", limit=RUNS + 1)) == RUNS,
-            timeout=600,  # a deadline, not a timing: a fork per task, on a loaded machine
-            interval=0.2,
-            what=f"{RUNS} runs to complete with a new child after every task",
-        )
-        # The main process's threads, by name: SIGUSR1 makes celery log every
-        # thread's name and stack (its "cry" handler).
-        before = log.read_text(errors="replace")
-        proc.send_signal(signal.SIGUSR1)
-        wait_for(
-            lambda: "LOCAL VARIABLES" in log.read_text(errors="replace")[len(before) :],
-            timeout=30,
-            what="the worker's thread dump",
-        )
-        time.sleep(0.5)  # the dump is written in one go; let it finish
-        dump = log.read_text(errors="replace")[len(before) :]
-    except BaseException:
-        print(f"--- worker log ---\n{log.read_text(errors='replace')[-6000:]}")
-        raise
+        with worker_process(command, apps_env(**env), Path.cwd(), log, tail=6000) as proc:
+            flow.send([Event(name="t/forked", data={"n": n}) for n in range(RUNS)])
+            wait_for(
+                lambda: len(flow.list_runs(status="completed", limit=RUNS + 1)) == RUNS,
+                timeout=600,  # a deadline, not a timing: a fork per task, on a loaded machine
+                interval=0.2,
+                what=f"{RUNS} runs to complete with a new child after every task",
+            )
+            # The main process's threads, by name: SIGUSR1 makes celery log every
+            # thread's name and stack (its "cry" handler).
+            before = log.read_text(errors="replace")
+            proc.send_signal(signal.SIGUSR1)
+            wait_for(
+                lambda: "LOCAL VARIABLES" in log.read_text(errors="replace")[len(before) :],
+                timeout=30,
+                what="the worker's thread dump",
+            )
+            time.sleep(0.5)  # the dump is written in one go; let it finish
+            dump = log.read_text(errors="replace")[len(before) :]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         sys.modules.pop("forks_app", None)
     bodies = [line.split() for line in journal.read_text().splitlines()]
     assert len(bodies) >= 2 * RUNS
