@@ -58,7 +58,7 @@ from .leases import LeaseKeeper
 from .logs import RunLogger, run_context
 from .logs import install as install_log_context
 from .planning import Planner
-from .runs import RunStatus
+from .runs import RunStatus, StepKind, StepStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .store import Claim, Recorded, RunSession, StepWrite
 from .unregistered import release_unregistered
@@ -73,7 +73,7 @@ __all__ = ["Engine", "Execution"]
 # Step kinds one call may replace with another under a recorded id: a legacy task
 # invoked as a step ("task") that a deploy turns into a function invoke ("invoke"),
 # or back. Both park for an outcome recorded on the step, which either call returns.
-INTERCHANGEABLE_KINDS = frozenset({"invoke", "task"})
+INTERCHANGEABLE_KINDS = frozenset({StepKind.INVOKE.value, StepKind.TASK.value})
 SLOT_HANDOVERS = 16  # runs executed in a row by one task message, handing a slot on
 
 log = logging.getLogger("celeryflow.engine")
@@ -85,7 +85,7 @@ class StepPlan:
     key: str
     name: str
     position: int
-    kind: str
+    kind: StepKind
     prior_attempts: int = 0
     new: bool = True
     done: bool = False
@@ -257,7 +257,9 @@ class Execution:
         # Replaying until the function reaches a step no earlier execution reached
         # (or has passed every recorded one): ctx.logger is quiet meanwhile.
         self._unvisited = set(self.memo)
-        self._retrying = frozenset(k for k, row in self.memo.items() if row["status"] == "retrying")
+        self._retrying = frozenset(
+            k for k, row in self.memo.items() if row["status"] == StepStatus.RETRYING
+        )
         self._reached_new = False
         self.log = logging.getLogger("celeryflow.run")
         self._seen: dict[str, int] = {}
@@ -333,7 +335,7 @@ class Execution:
 
     def _resume_attempt(self) -> int:
         for row in self.memo.values():
-            if row["status"] == "retrying":
+            if row["status"] == StepStatus.RETRYING:
                 return int(row["attempts"])
         return int(self.claim.run["attempt"])
 
@@ -589,7 +591,7 @@ class Execution:
     def store_cancel(self) -> None:
         self.store.cancel(self.run_id, utcnow())
 
-    def new_plan(self, key: str, name: str, position: int, kind: str) -> StepPlan:
+    def new_plan(self, key: str, name: str, position: int, kind: StepKind) -> StepPlan:
         self._check_deadline()
         self._flush()  # the previous step's result is durable before this one works
         return StepPlan(key=key, name=name, position=position, kind=kind)
@@ -606,7 +608,8 @@ class Execution:
         self._position += 1
         return (name if count == 0 else f"{name}:{count}"), position
 
-    def recorded(self, key: str, name: str, kind: str, position: int) -> Any:
+    def recorded(self, key: str, name: str, step_kind: StepKind, position: int) -> Any:
+        kind = step_kind.value  # compared with the stored row and shown in messages
         row = self.memo.get(key)
         self._unvisited.discard(key)
         self._last_kind, self._last_step = kind, name
@@ -669,14 +672,14 @@ class Execution:
 
     def begin_run_step(self, name: str) -> StepPlan:
         key, position = self.next_key(name)
-        plan = StepPlan(key=key, name=name, position=position, kind="run")
-        row = self.recorded(key, name, "run", position)
+        plan = StepPlan(key=key, name=name, position=position, kind=StepKind.RUN)
+        row = self.recorded(key, name, StepKind.RUN, position)
         if row is not None:
-            if row["status"] == "completed":
+            if row["status"] == StepStatus.COMPLETED:
                 plan.done = True
                 plan.value = from_json(row["output"])
                 return plan
-            if row["status"] == "failed":
+            if row["status"] == StepStatus.FAILED:
                 raise StepError(name, from_json(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
@@ -716,7 +719,9 @@ class Execution:
             text = to_json(result, f"step {plan.name!r} result")
         except SerializationError as exc:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
-        self._pending.append((self.step_values(plan, status="completed", output=text), plan.new))
+        self._pending.append(
+            (self.step_values(plan, status=StepStatus.COMPLETED, output=text), plan.new)
+        )
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
         if self.hooks:
             done = StepFinished(**self._step_info(plan), duration=self._step_seconds(plan))
@@ -735,14 +740,14 @@ class Execution:
         limit = self.function.config.retries if retries is None else retries
         error = error_info(exc)
         if isinstance(exc, NonRetriableError) or attempts > limit:
-            values = self.step_values(plan, status="failed", error=to_json(error, "error"))
+            values = self.step_values(plan, status=StepStatus.FAILED, error=to_json(error, "error"))
             values["attempts"] = attempts
             self._pending.append((values, plan.new))
             self._flush()
             if self.hooks:
                 failed = StepFinished(
                     **self._step_info(plan),
-                    status="failed",
+                    status=StepStatus.FAILED,
                     duration=self._step_seconds(plan),
                     error=str(error["type"]),
                 )
@@ -752,7 +757,7 @@ class Execution:
         self.log.warning(
             "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
         )
-        values = self.step_values(plan, status="retrying", error=to_json(error, "error"))
+        values = self.step_values(plan, status=StepStatus.RETRYING, error=to_json(error, "error"))
         values["attempts"] = attempts
         values["ended_at"] = None
         retried = StepRetried(
@@ -765,14 +770,14 @@ class Execution:
             S.QUEUED, wake, (values, plan.new), lambda: self.hooks.emit("step_retried", retried)
         )
 
-    def step_values(self, plan: StepPlan, *, status: str, **extra: Any) -> dict[str, Any]:
+    def step_values(self, plan: StepPlan, *, status: StepStatus, **extra: Any) -> dict[str, Any]:
         values: dict[str, Any] = {
             "run_id": self.run_id,
             "key": plan.key,
             "name": plan.name,
             "position": plan.position,
-            "kind": plan.kind,
-            "status": status,
+            "kind": plan.kind.value,
+            "status": status.value,
             "output": None,
             "error": None,
             "attempts": plan.prior_attempts + 1,
@@ -787,11 +792,13 @@ class Execution:
 
     def sleep_until(self, name: str, when: Callable[[], datetime]) -> None:
         key, position = self.next_key(name)
-        plan = StepPlan(key=key, name=name, position=position, kind="sleep", prior_attempts=0)
-        row = self.recorded(key, name, "sleep", position)
+        plan = StepPlan(
+            key=key, name=name, position=position, kind=StepKind.SLEEP, prior_attempts=0
+        )
+        row = self.recorded(key, name, StepKind.SLEEP, position)
         now = utcnow()
         if row is not None:
-            if row["status"] == "completed":
+            if row["status"] == StepStatus.COMPLETED:
                 return
             wake = row["wake_at"]
             plan.new = False
@@ -799,10 +806,10 @@ class Execution:
         else:
             wake = when()
         if wake <= now or self.engine.sleeps_elapse:
-            values = self.step_values(plan, status="completed", wake_at=wake)
+            values = self.step_values(plan, status=StepStatus.COMPLETED, wake_at=wake)
             values["attempts"] = 1
             self._pending.append((values, plan.new))
             return
-        values = self.step_values(plan, status="sleeping", wake_at=wake, ended_at=None)
+        values = self.step_values(plan, status=StepStatus.SLEEPING, wake_at=wake, ended_at=None)
         values["attempts"] = 1
         self._park(S.SLEEPING, wake, (values, plan.new))

@@ -29,7 +29,7 @@ from .errors import (
     SerializationError,
 )
 from .outcomes import recorded_outcome
-from .runs import TERMINAL, Run, RunStatus
+from .runs import TERMINAL, Run, RunStatus, StepKind, StepStatus
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -149,8 +149,8 @@ def invoke_task(
     except (ConfigError, SerializationError) as exc:
         raise NonRetriableError(str(exc)) from None
     key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, "task")
-    row = execution.recorded(key, name, "task", position)
+    plan = execution.new_plan(key, name, position, StepKind.TASK)
+    row = execution.recorded(key, name, StepKind.TASK, position)
     if row is not None:
         late = f"task {task_name!r} did not finish in time"
         return recorded_outcome(execution, name, key, row, late)
@@ -161,7 +161,7 @@ def invoke_task(
     )
     output = json.dumps({"task": task_name, "task_id": task_id})
     waiting = execution.step_values(
-        plan, status="waiting", wake_at=wake, output=output, ended_at=None
+        plan, status=StepStatus.WAITING, wake_at=wake, output=output, ended_at=None
     )
     if not execution.session.move(
         execution.run_id,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import from_json, to_json
 from .errors import SerializationError, StepError
+from .runs import StepStatus
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -30,9 +31,9 @@ def recorded_outcome(execution: Execution, name: str, key: str, row: Any, late: 
     """The outcome of a recorded step that waits on something else (a child run, a
     legacy task): its output, or StepError. Claimed while still waiting means its
     timeout passed: fail the step, unless the outcome came first."""
-    if row["status"] == "completed":
+    if row["status"] == StepStatus.COMPLETED:
         return from_json(row["output"])
-    if row["status"] == "failed":
+    if row["status"] == StepStatus.FAILED:
         raise StepError(name, json.loads(row["error"]))
     error = {"type": "TimeoutError", "message": late}
     holds, won = execution.session.fail_timed_out(
@@ -43,6 +44,6 @@ def recorded_outcome(execution: Execution, name: str, key: str, row: Any, late: 
     if won is None:
         raise StepError(name, error)
     step = next(s for s in execution.store.get_run(execution.run_id).steps if s.id == key)
-    if step.status == "failed":
+    if step.status == StepStatus.FAILED:
         raise StepError(name, step.error or {})
     return step.output

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .codec import from_json
 from .durations import utcnow
 from .errors import Interrupt, NonRetriableError, StepError
-from .runs import RunStatus
+from .runs import RunStatus, StepKind, StepStatus
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -72,13 +72,13 @@ def begin(
                 return True, (None if mode == "race" else [None] * len(calls))
             execution.in_branch = True
             return False, calls[execution.branch]
-    kind = "parallel" if mode == "all" else "race"
+    kind = StepKind.PARALLEL if mode == "all" else StepKind.RACE
     plan = execution.new_plan(key, name, position, kind)
     row = execution.recorded(key, name, kind, position)
     if row is not None:
-        if row["status"] == "completed":
+        if row["status"] == StepStatus.COMPLETED:
             return True, from_json(row["output"])
-        if row["status"] == "failed":
+        if row["status"] == StepStatus.FAILED:
             raise StepError(name, json.loads(row["error"]))
         # still waiting on its branches (a stray wake): park again, start nothing
         if not execution.session.move(
@@ -93,7 +93,7 @@ def begin(
             raise execution.lost()
         raise Interrupt(RunStatus.WAITING.value)
     if not calls:
-        done = execution.step_values(plan, status="completed", output="[]")
+        done = execution.step_values(plan, status=StepStatus.COMPLETED, output="[]")
         execution.add_pending((done, True))
         return True, []
     now = utcnow()
@@ -103,7 +103,7 @@ def begin(
         child.update(parent_run_id=execution.run_id, parent_step=key, branch=index, event_id=None)
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})
-    waiting = execution.step_values(plan, status="waiting", output=progress, ended_at=None)
+    waiting = execution.step_values(plan, status=StepStatus.WAITING, output=progress, ended_at=None)
     if not execution.session.invoke(
         execution.run_id,
         execution.fence,

@@ -10,7 +10,16 @@ from pydantic import BaseModel
 
 from .events import Event
 
-__all__ = ["TERMINAL", "TRANSITIONS", "Run", "RunStatus", "StepRecord", "sources_of"]
+__all__ = [
+    "TERMINAL",
+    "TRANSITIONS",
+    "Run",
+    "RunStatus",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "sources_of",
+]
 
 
 class RunStatus(str, Enum):
@@ -22,6 +31,35 @@ class RunStatus(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # flow control decided not to start it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepStatus(str, Enum):
+    """A step row's status; the str values are what the database and the wire hold."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRYING = "retrying"  # failed, will run again on the next attempt
+    SLEEPING = "sleeping"  # parked until wake_at
+    WAITING = "waiting"  # parked until an event, a child run, a task or its branches
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepKind(str, Enum):
+    """What a step row records; the str values are what the database and the wire hold."""
+
+    RUN = "run"
+    SLEEP = "sleep"
+    WAIT = "wait"
+    SEND = "send"
+    INVOKE = "invoke"
+    TASK = "task"
+    PARALLEL = "parallel"
+    RACE = "race"
 
     def __str__(self) -> str:
         return self.value

@@ -19,7 +19,7 @@ from .events import INVOKED_EVENT, Event, condition_holds, prepare_events
 from .expressions import ASYNC, compile_expression
 from .functions import FlowFunction
 from .outcomes import recorded_outcome
-from .runs import RunStatus
+from .runs import RunStatus, StepKind, StepStatus
 from .store.waits import extract, find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
@@ -60,16 +60,16 @@ def wait_for_event(
     received up to that long before the wait began (Inngest has no such option)."""
     limit, window = _checked(name, timeout, lookback, if_)
     key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, "wait")
-    row = execution.recorded(key, name, "wait", position)
+    plan = execution.new_plan(key, name, position, StepKind.WAIT)
+    row = execution.recorded(key, name, StepKind.WAIT, position)
     if row is not None:
-        if row["status"] == "completed":
+        if row["status"] == StepStatus.COMPLETED:
             return _event_or_none(row["output"])
         # Claimed at the timeout: take the waiter, unless an event took it first.
         plan.new = False
         plan.started_at = row["started_at"]
         timed_out = execution.step_values(
-            plan, status="completed", output="null", wake_at=row["wake_at"]
+            plan, status=StepStatus.COMPLETED, output="null", wake_at=row["wake_at"]
         )
         holds, won = execution.session.resolve_timeout(
             execution.fence, execution.take_pending(), (timed_out, False)
@@ -90,7 +90,7 @@ def wait_for_event(
 
     now = utcnow()
     expires = now + limit
-    waiting = execution.step_values(plan, status="waiting", wake_at=expires, ended_at=None)
+    waiting = execution.step_values(plan, status=StepStatus.WAITING, wake_at=expires, ended_at=None)
     waiter = {
         "run_id": execution.run_id,
         "key": key,
@@ -138,9 +138,9 @@ def send_event(
     transaction, and events without an id get one derived from the run and step,
     so neither a replay nor a retry sends twice. Returns the event ids."""
     key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, "send")
-    row = execution.recorded(key, name, "send", position)
-    if row is not None and row["status"] == "completed":
+    plan = execution.new_plan(key, name, position, StepKind.SEND)
+    row = execution.recorded(key, name, StepKind.SEND, position)
+    if row is not None and row["status"] == StepStatus.COMPLETED:
         return list(json.loads(row["output"]))
     items = events if isinstance(events, list) else [events]
     with_ids: list[Event | dict[str, Any]] = []
@@ -155,7 +155,7 @@ def send_event(
     except EventError as exc:
         raise NonRetriableError(f"step.send_event({name!r}): {exc}") from None
     ids = [str(ev.id) for ev in prepared]
-    done = execution.step_values(plan, status="completed", output=json.dumps(ids))
+    done = execution.step_values(plan, status=StepStatus.COMPLETED, output=json.dumps(ids))
     rows: list[dict[str, Any]] = []
 
     def record(conn: Any) -> Recorded:
@@ -192,8 +192,8 @@ def invoke(
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
     key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, "invoke")
-    row = execution.recorded(key, name, "invoke", position)
+    plan = execution.new_plan(key, name, position, StepKind.INVOKE)
+    row = execution.recorded(key, name, StepKind.INVOKE, position)
     if row is not None:
         return recorded_outcome(execution, name, key, row, f"{target!r} did not finish in time")
     now = utcnow()
@@ -209,7 +209,7 @@ def invoke(
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
         raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=execution.run_id, parent_step=key)
-    waiting = execution.step_values(plan, status="waiting", wake_at=wake, ended_at=None)
+    waiting = execution.step_values(plan, status=StepStatus.WAITING, wake_at=wake, ended_at=None)
     if not execution.session.invoke(
         execution.run_id,
         execution.fence,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..runs import StepKind
 from ..store.views import RunDetail, StepRow
 
 __all__ = ["Bar", "Waterfall", "waterfall"]
@@ -43,9 +44,9 @@ class Waterfall:
 def _css(step: StepRow) -> str:
     if step.status in ("failed", "retrying"):
         return step.status
-    if step.kind == "sleep":
+    if step.kind == StepKind.SLEEP:
         return "sleep"
-    if step.kind == "wait":
+    if step.kind == StepKind.WAIT:
         return "wait"
     return "run" if step.ended_at is not None else "open"
 
@@ -66,7 +67,7 @@ def waterfall(detail: RunDetail, now: datetime) -> Waterfall:
         x = max(0.0, (began - start).total_seconds() / span * 100)
         width = max(MIN_WIDTH, (ends[step.key] - began).total_seconds() / span * 100)
         seconds = (step.ended_at - began).total_seconds() if step.ended_at else None
-        until = step.wake_at if step.kind in ("sleep", "wait") else None
+        until = step.wake_at if step.kind in (StepKind.SLEEP, StepKind.WAIT) else None
         bars.append(
             Bar(step, round(x, 3), round(min(width, 100 - x), 3), _css(step), until, seconds)
         )

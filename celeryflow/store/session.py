@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from ..codec import to_json
-from ..runs import RunStatus, sources_of
+from ..runs import RunStatus, StepStatus, sources_of
 from .flowkeys import take_slot
 from .one_statement import finish_statement, finish_statement_params
 from .tables import runs, steps, waits
@@ -607,7 +607,10 @@ class RunSession:
                     event = lookback(self.conn)
                     if event is not None:
                         values = dict(
-                            waiting[0], status="completed", wake_at=None, ended_at=datetime_now()
+                            waiting[0],
+                            status=StepStatus.COMPLETED.value,
+                            wake_at=None,
+                            ended_at=datetime_now(),
                         )
                         values["output"] = to_json(event, "event")
                         self._write_steps(fence, [(values, waiting[1])])

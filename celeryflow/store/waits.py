@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..codec import canonical, from_json, to_json
-from ..runs import RunStatus, sources_of
+from ..runs import RunStatus, StepKind, StepStatus, sources_of
 from .tables import events, runs, steps, wait_fields, waits
 
 __all__ = [
@@ -178,8 +178,10 @@ def _resume(
 ) -> None:
     conn.execute(
         steps.update()
-        .where(steps.c.run_id == run_id, steps.c.key == key, steps.c.status == "waiting")
-        .values(status="completed", output=to_json(event, "event"), ended_at=now)
+        .where(
+            steps.c.run_id == run_id, steps.c.key == key, steps.c.status == StepStatus.WAITING.value
+        )
+        .values(status=StepStatus.COMPLETED.value, output=to_json(event, "event"), ended_at=now)
     )
     moved = conn.execute(
         runs.update()
@@ -288,10 +290,10 @@ def resolve_parent(
         .where(
             steps.c.run_id == parent_run_id,
             steps.c.key == parent_step,
-            steps.c.status == "waiting",
+            steps.c.status == StepStatus.WAITING.value,
         )
         .values(
-            status="failed" if error is not None else "completed",
+            status=StepStatus.FAILED.value if error is not None else StepStatus.COMPLETED.value,
             output=output,
             error=error,
             ended_at=now,
@@ -329,13 +331,13 @@ def _settle_branch(
         .where(steps.c.run_id == parent_run_id, steps.c.key == parent_step)
         .with_for_update()
     ).first()
-    if row is None or row.status != "waiting":
+    if row is None or row.status != StepStatus.WAITING.value:
         return None
     if error is not None:
         failure = json.loads(error)
         failure["branch"] = branch  # the message stays the user's error's own
         return None, json.dumps(failure)
-    if row.kind == "race":
+    if row.kind == StepKind.RACE.value:
         return output or "null", None
     progress = from_json(row.output)
     progress["results"][str(branch)] = from_json(output)
@@ -357,8 +359,10 @@ def resolve_timed_out_step(
     Returns None if the timeout won, else the step's status ("completed"/"failed")."""
     done = conn.execute(
         steps.update()
-        .where(steps.c.run_id == run_id, steps.c.key == key, steps.c.status == "waiting")
-        .values(status="failed", error=error, ended_at=now)
+        .where(
+            steps.c.run_id == run_id, steps.c.key == key, steps.c.status == StepStatus.WAITING.value
+        )
+        .values(status=StepStatus.FAILED.value, error=error, ended_at=now)
     ).rowcount
     if done == 1:
         return None
