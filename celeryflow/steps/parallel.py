@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .codec import from_json
-from .durations import utcnow
-from .errors import Interrupt, NonRetriableError, StepError
-from .runs import RunStatus, StepKind, StepStatus
+from ..codec import from_json
+from ..durations import utcnow
+from ..errors import Interrupt, NonRetriableError, StepError
+from ..runs import RunStatus, StepKind, StepStatus
 
 if TYPE_CHECKING:
-    from .engine import Execution
+    from ..engine import Execution
 
 __all__ = ["MODES", "begin"]
 

@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import legacy, parallel, waiting
-from .durations import Duration, parse_datetime, parse_duration, utcnow
-from .errors import BranchFinished, ConfigError, NonRetriableError
-from .events import Event
-from .logs import RunLogger
+from ..durations import Duration, parse_datetime, parse_duration, utcnow
+from ..errors import BranchFinished, ConfigError, NonRetriableError
+from ..events import Event
+from ..logs import RunLogger
+from .invoke import invoke_function
+from .parallel import begin as begin_parallel
+from .send import send_event
+from .task import invoke_task
+from .wait import wait_for_event
 
 if TYPE_CHECKING:
-    from .engine import Execution
-    from .functions import FlowFunction
+    from ..engine import Execution
+    from ..functions import FlowFunction
 
 __all__ = ["AsyncContext", "AsyncSteps", "BaseContext", "Context", "Failure", "Steps"]
 
@@ -66,11 +70,9 @@ def _invoke(
     if (function is None) == (task is None):
         raise NonRetriableError(f"step.invoke({step_id!r}): give exactly one of function= or task=")
     if task is not None:
-        return legacy.invoke_task(
-            execution, step_id, task=task, args=args, kwargs=kwargs, timeout=timeout
-        )
+        return invoke_task(execution, step_id, task=task, args=args, kwargs=kwargs, timeout=timeout)
     assert function is not None
-    return waiting.invoke(execution, step_id, function=function, data=data, timeout=timeout)
+    return invoke_function(execution, step_id, function=function, data=data, timeout=timeout)
 
 
 class Steps:
@@ -123,8 +125,8 @@ class Steps:
         lookback: Duration | None = None,
     ) -> Event | None:
         """Park the run until a matching ``event`` arrives (returned) or ``timeout``
-        passes (None). See :func:`celeryflow.waiting.wait_for_event`."""
-        return waiting.wait_for_event(
+        passes (None). See :func:`celeryflow.steps.wait.wait_for_event`."""
+        return wait_for_event(
             self._execution,
             step_id,
             event=event,
@@ -138,7 +140,7 @@ class Steps:
         self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
     ) -> list[str]:
         """Send events exactly once for this run; returns their ids."""
-        return waiting.send_event(self._execution, step_id, events)
+        return send_event(self._execution, step_id, events)
 
     def invoke(
         self,
@@ -162,7 +164,7 @@ class Steps:
         """Run each callable (which calls steps) as a run of its own, on any worker;
         this run parks meanwhile. Returns the results in order (``mode="all"``; the
         first failure raises StepError) or the first branch to end (``"race"``)."""
-        done, value = parallel.begin(self._execution, step_id, branches, mode)
+        done, value = begin_parallel(self._execution, step_id, branches, mode)
         if done:
             return value
         try:
@@ -218,7 +220,7 @@ class AsyncSteps:
         if_: str | None = None,
         lookback: Duration | None = None,
     ) -> Event | None:
-        return waiting.wait_for_event(
+        return wait_for_event(
             self._execution,
             step_id,
             event=event,
@@ -231,7 +233,7 @@ class AsyncSteps:
     async def send_event(
         self, step_id: str, events: Event | dict[str, Any] | list[Event | dict[str, Any]]
     ) -> list[str]:
-        return waiting.send_event(self._execution, step_id, events)
+        return send_event(self._execution, step_id, events)
 
     async def invoke(
         self,
@@ -249,7 +251,7 @@ class AsyncSteps:
     async def parallel(
         self, step_id: str, branches: Sequence[Callable[[], Any]], *, mode: str = "all"
     ) -> Any:
-        done, value = parallel.begin(self._execution, step_id, branches, mode)
+        done, value = begin_parallel(self._execution, step_id, branches, mode)
         if done:
             return value
         try:
