@@ -516,9 +516,6 @@ class Execution:
             # the step is settled: branches still out (a lost race, a failure) stop
             self.store.cancel_branches(parent[0], parent[1], now)
 
-    def add_pending(self, write: StepWrite) -> None:
-        self._pending.append(write)
-
     def take_pending(self) -> list[StepWrite]:
         pending, self._pending = self._pending, []
         self._in_flight = pending
@@ -552,28 +549,146 @@ class Execution:
         self._parked("retry", wake)
         return wake
 
-    def _park(
+    # -- the step protocol: every step kind reaches the run through these -----------
+
+    def begin(
+        self,
+        name: str,
+        kind: StepKind,
+        *,
+        at: tuple[str, int] | None = None,
+        settle: bool = True,
+    ) -> tuple[StepPlan, Any]:
+        """A step's start: its key and position (``at``: taken already), its plan, and
+        its recorded row (None the first time it is met). ``settle`` first checks the
+        run's deadline and writes the previous step's result; ``run`` does that only
+        for new work, ``sleep`` never."""
+        key, position = self.next_key(name) if at is None else at
+        if settle:
+            self.settle()
+        plan = StepPlan(key=key, name=name, position=position, kind=kind)
+        return plan, self.recorded(key, name, kind, position)
+
+    def settle(self) -> None:
+        """Before a step does new work: the run's deadline holds, and the previous
+        step's result is durable."""
+        self._check_deadline()
+        self._flush()
+
+    def complete(self, plan: StepPlan, **values: Any) -> None:
+        """Record ``plan`` completed; the row rides in the execution's next write."""
+        self._pending.append(
+            (self.step_values(plan, status=StepStatus.COMPLETED, **values), plan.new)
+        )
+
+    def complete_sending(self, plan: StepPlan, events: list[Event], output: str) -> None:
+        """Record ``plan`` completed with the ``events`` it sends (and the runs they
+        start or resume) in one transaction, so a replay never sends twice."""
+        done = self.step_values(plan, status=StepStatus.COMPLETED, output=output)
+        rows: list[dict[str, Any]] = []
+
+        def record(conn: Any) -> Recorded:
+            rows.clear()  # a lost connection retries the transaction, and this with it
+            return self.planner.record_events_on(conn, events, utcnow(), rows)
+
+        recorded = self.session.record_events(
+            self.fence, [*self.take_pending(), (done, plan.new)], record
+        )
+        if recorded is None:
+            raise self.lost()
+        self.doorbell.ring([*recorded.created, *recorded.resumed])
+        self.hooks.announce(events, rows, recorded.created)
+
+    def time_out_wait(self, timed_out: StepWrite) -> str | None:
+        """A wait claimed at its timeout: take its waiter and record ``timed_out``,
+        unless an event took it first (that event's JSON is returned)."""
+        holds, won = self.session.resolve_timeout(self.fence, self.take_pending(), timed_out)
+        if not holds:
+            raise self.lost()
+        return won
+
+    def time_out_outcome(self, key: str, error: str) -> str | None:
+        """A step parked on a child run or a task, claimed at its timeout: fail it
+        with ``error``, unless the outcome came first (its status is returned)."""
+        holds, won = self.session.fail_timed_out(
+            self.fence, self.take_pending(), self.run_id, key, error
+        )
+        if not holds:
+            raise self.lost()
+        return won
+
+    def park(
         self,
         status: RunStatus,
-        wake: datetime,
-        step: StepWrite,
+        wake: datetime | None,
+        step: StepWrite | None = None,
+        *,
+        due_at_wake: bool = False,
         then: Callable[[], None] | None = None,
     ) -> NoReturn:
-        """Leave the worker until ``wake``, recording the step that parks the run;
-        ``then`` is called once that is written."""
+        """Leave the worker in ``status`` until ``wake`` (None: until something else
+        resumes the run: a child run, a task's callback, the last branch), recording
+        the step that parks the run; ``then`` is called once that is written. The
+        reconciler looks at ``due_for(wake)``, or at ``wake`` itself (``due_at_wake``)."""
+        due = wake if due_at_wake or wake is None else self.due_for(wake)
         if not self.session.move(
             self.run_id,
             self.fence,
             status=status,
             wake_at=wake,
-            due_at=self.due_for(wake),
-            attempt=int(self.claim.run["attempt"]),
-            writes=[*self.take_pending(), step],
+            due_at=due,
+            attempt=self.run_attempt,
+            writes=[*self.take_pending(), *([step] if step is not None else [])],
         ):
             raise self.lost()
         if then is not None:
             then()
         raise Interrupt(status.value, wake)
+
+    def park_on_runs(
+        self, wake: datetime | None, step: StepWrite, children: list[dict[str, Any]]
+    ) -> NoReturn:
+        """Park waiting until the ``children`` (created in the same transaction, all
+        of one function) end, or ``wake`` (a timeout)."""
+        if not self.session.invoke(
+            self.run_id,
+            self.fence,
+            wake_at=wake,
+            attempt=self.run_attempt,
+            writes=[*self.take_pending(), step],
+            children=children,
+        ):
+            raise self.lost()
+        ids = [str(child["id"]) for child in children]
+        self.doorbell.ring(ids, function_id=children[0]["function_id"])
+        self.hooks.announce([], children, ids)
+        raise Interrupt(S.WAITING.value, wake)
+
+    def park_on_event(
+        self,
+        wake: datetime,
+        step: StepWrite,
+        waiter: dict[str, Any],
+        lookback: Callable[[Any], dict[str, Any] | None] | None,
+    ) -> dict[str, Any]:
+        """Park waiting until an event the ``waiter`` matches, or ``wake`` (its
+        timeout). Returns the event the ``lookback`` found instead (the step is then
+        recorded completed and the run goes on)."""
+        holds, found = self.session.wait(
+            self.run_id,
+            self.fence,
+            wake_at=wake,
+            attempt=self.run_attempt,
+            writes=self.take_pending(),
+            waiting=step,
+            waiter=waiter,
+            lookback=lookback,
+        )
+        if not holds:
+            raise self.lost()
+        if found is None:
+            raise Interrupt(S.WAITING.value, wake)
+        return found
 
     # -- helpers the steps call ----------------------------------------------------------
 
@@ -590,11 +705,6 @@ class Execution:
 
     def store_cancel(self) -> None:
         self.store.cancel(self.run_id, utcnow())
-
-    def new_plan(self, key: str, name: str, position: int, kind: StepKind) -> StepPlan:
-        self._check_deadline()
-        self._flush()  # the previous step's result is durable before this one works
-        return StepPlan(key=key, name=name, position=position, kind=kind)
 
     def next_key(self, name: str) -> tuple[str, int]:
         if not isinstance(name, str) or not name:
@@ -671,9 +781,7 @@ class Execution:
     # -- step.run ---------------------------------------------------------------------
 
     def begin_run_step(self, name: str) -> StepPlan:
-        key, position = self.next_key(name)
-        plan = StepPlan(key=key, name=name, position=position, kind=StepKind.RUN)
-        row = self.recorded(key, name, StepKind.RUN, position)
+        plan, row = self.begin(name, StepKind.RUN, settle=False)
         if row is not None:
             if row["status"] == StepStatus.COMPLETED:
                 plan.done = True
@@ -683,8 +791,7 @@ class Execution:
                 raise StepError(name, from_json(row["error"]))
             plan.prior_attempts = int(row["attempts"])
             plan.new = False
-        self._check_deadline()
-        self._flush()  # the previous step's result is durable before this one works
+        self.settle()
         self.ctx.attempt = plan.prior_attempts
         plan.started_at = utcnow()
         if self.hooks:
@@ -719,9 +826,7 @@ class Execution:
             text = to_json(result, f"step {plan.name!r} result")
         except SerializationError as exc:
             self.fail_step(plan, NonRetriableError(str(exc)), retries)
-        self._pending.append(
-            (self.step_values(plan, status=StepStatus.COMPLETED, output=text), plan.new)
-        )
+        self.complete(plan, output=text)
         self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
         if self.hooks:
             done = StepFinished(**self._step_info(plan), duration=self._step_seconds(plan))
@@ -766,8 +871,11 @@ class Execution:
             wake_at=wake,
             duration=self._step_seconds(plan),
         )
-        self._park(
-            S.QUEUED, wake, (values, plan.new), lambda: self.hooks.emit("step_retried", retried)
+        self.park(
+            S.QUEUED,
+            wake,
+            (values, plan.new),
+            then=lambda: self.hooks.emit("step_retried", retried),
         )
 
     def step_values(self, plan: StepPlan, *, status: StepStatus, **extra: Any) -> dict[str, Any]:
@@ -791,11 +899,7 @@ class Execution:
     # -- step.sleep -------------------------------------------------------------------
 
     def sleep_until(self, name: str, when: Callable[[], datetime]) -> None:
-        key, position = self.next_key(name)
-        plan = StepPlan(
-            key=key, name=name, position=position, kind=StepKind.SLEEP, prior_attempts=0
-        )
-        row = self.recorded(key, name, StepKind.SLEEP, position)
+        plan, row = self.begin(name, StepKind.SLEEP, settle=False)
         now = utcnow()
         if row is not None:
             if row["status"] == StepStatus.COMPLETED:
@@ -806,10 +910,7 @@ class Execution:
         else:
             wake = when()
         if wake <= now or self.engine.sleeps_elapse:
-            values = self.step_values(plan, status=StepStatus.COMPLETED, wake_at=wake)
-            values["attempts"] = 1
-            self._pending.append((values, plan.new))
+            self.complete(plan, wake_at=wake)
             return
         values = self.step_values(plan, status=StepStatus.SLEEPING, wake_at=wake, ended_at=None)
-        values["attempts"] = 1
-        self._park(S.SLEEPING, wake, (values, plan.new))
+        self.park(S.SLEEPING, wake, (values, plan.new))

@@ -36,11 +36,7 @@ def recorded_outcome(execution: Execution, name: str, key: str, row: Any, late: 
     if row["status"] == StepStatus.FAILED:
         raise StepError(name, json.loads(row["error"]))
     error = {"type": "TimeoutError", "message": late}
-    holds, won = execution.session.fail_timed_out(
-        execution.fence, execution.take_pending(), execution.run_id, key, json.dumps(error)
-    )
-    if not holds:
-        raise execution.lost()
+    won = execution.time_out_outcome(key, json.dumps(error))
     if won is None:
         raise StepError(name, error)
     step = next(s for s in execution.store.get_run(execution.run_id).steps if s.id == key)

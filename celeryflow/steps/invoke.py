@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..durations import Duration, parse_duration, utcnow
-from ..errors import ConfigError, Interrupt, NonRetriableError, StepError
+from ..errors import ConfigError, NonRetriableError, StepError
 from ..events import INVOKED_EVENT, Event
 from ..functions import FlowFunction
 from ..outcomes import recorded_outcome
@@ -39,9 +39,8 @@ def invoke_function(
         limit = None if timeout is None else parse_duration(timeout, f"{where} timeout")
     except ConfigError as exc:
         raise NonRetriableError(str(exc)) from None
-    key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, StepKind.INVOKE)
-    row = execution.recorded(key, name, StepKind.INVOKE, position)
+    plan, row = execution.begin(name, StepKind.INVOKE)
+    key = plan.key
     if row is not None:
         return recorded_outcome(execution, name, key, row, f"{target!r} did not finish in time")
     now = utcnow()
@@ -58,15 +57,4 @@ def invoke_function(
         raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=execution.run_id, parent_step=key)
     waiting = execution.step_values(plan, status=StepStatus.WAITING, wake_at=wake, ended_at=None)
-    if not execution.session.invoke(
-        execution.run_id,
-        execution.fence,
-        wake_at=wake,
-        attempt=execution.run_attempt,
-        writes=[*execution.take_pending(), (waiting, True)],
-        children=[child],
-    ):
-        raise execution.lost()
-    execution.doorbell.ring([child["id"]], function_id=child["function_id"])
-    execution.hooks.announce([], [child], [str(child["id"])])
-    raise Interrupt(RunStatus.WAITING.value, wake)
+    execution.park_on_runs(wake, (waiting, True), [child])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import from_json
 from ..durations import utcnow
-from ..errors import Interrupt, NonRetriableError, StepError
+from ..errors import NonRetriableError, StepError
 from ..runs import RunStatus, StepKind, StepStatus
 
 if TYPE_CHECKING:
@@ -73,28 +73,16 @@ def begin(
             execution.in_branch = True
             return False, calls[execution.branch]
     kind = StepKind.PARALLEL if mode == "all" else StepKind.RACE
-    plan = execution.new_plan(key, name, position, kind)
-    row = execution.recorded(key, name, kind, position)
+    plan, row = execution.begin(name, kind, at=(key, position))
     if row is not None:
         if row["status"] == StepStatus.COMPLETED:
             return True, from_json(row["output"])
         if row["status"] == StepStatus.FAILED:
             raise StepError(name, json.loads(row["error"]))
         # still waiting on its branches (a stray wake): park again, start nothing
-        if not execution.session.move(
-            execution.run_id,
-            execution.fence,
-            status=RunStatus.WAITING,
-            wake_at=None,
-            due_at=None,
-            attempt=execution.run_attempt,
-            writes=execution.take_pending(),
-        ):
-            raise execution.lost()
-        raise Interrupt(RunStatus.WAITING.value)
+        execution.park(RunStatus.WAITING, None)
     if not calls:
-        done = execution.step_values(plan, status=StepStatus.COMPLETED, output="[]")
-        execution.add_pending((done, True))
+        execution.complete(plan, output="[]")
         return True, []
     now = utcnow()
     children = []
@@ -104,15 +92,4 @@ def begin(
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})
     waiting = execution.step_values(plan, status=StepStatus.WAITING, output=progress, ended_at=None)
-    if not execution.session.invoke(
-        execution.run_id,
-        execution.fence,
-        wake_at=None,
-        attempt=execution.run_attempt,
-        writes=[*execution.take_pending(), (waiting, True)],
-        children=children,
-    ):
-        raise execution.lost()
-    execution.doorbell.ring([child["id"] for child in children], function_id=execution.function.id)
-    execution.hooks.announce([], children, [str(child["id"]) for child in children])
-    raise Interrupt(RunStatus.WAITING.value)
+    execution.park_on_runs(None, (waiting, True), children)

@@ -6,14 +6,12 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..durations import utcnow
 from ..errors import EventError, NonRetriableError
 from ..events import Event, prepare_events
 from ..runs import StepKind, StepStatus
 
 if TYPE_CHECKING:
     from ..engine import Execution
-    from ..store import Recorded
 
 __all__ = ["send_event"]
 
@@ -24,9 +22,8 @@ def send_event(
     """Send events once for this run: they are recorded with the step in one
     transaction, and events without an id get one derived from the run and step,
     so neither a replay nor a retry sends twice. Returns the event ids."""
-    key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, StepKind.SEND)
-    row = execution.recorded(key, name, StepKind.SEND, position)
+    plan, row = execution.begin(name, StepKind.SEND)
+    key = plan.key
     if row is not None and row["status"] == StepStatus.COMPLETED:
         return list(json.loads(row["output"]))
     items = events if isinstance(events, list) else [events]
@@ -42,18 +39,5 @@ def send_event(
     except EventError as exc:
         raise NonRetriableError(f"step.send_event({name!r}): {exc}") from None
     ids = [str(ev.id) for ev in prepared]
-    done = execution.step_values(plan, status=StepStatus.COMPLETED, output=json.dumps(ids))
-    rows: list[dict[str, Any]] = []
-
-    def record(conn: Any) -> Recorded:
-        rows.clear()  # a lost connection retries the transaction, and this with it
-        return execution.planner.record_events_on(conn, prepared, utcnow(), rows)
-
-    recorded = execution.session.record_events(
-        execution.fence, [*execution.take_pending(), (done, plan.new)], record
-    )
-    if recorded is None:
-        raise execution.lost()
-    execution.doorbell.ring([*recorded.created, *recorded.resumed])
-    execution.hooks.announce(prepared, rows, recorded.created)
+    execution.complete_sending(plan, prepared, json.dumps(ids))
     return ids

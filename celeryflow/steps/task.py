@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import to_jsonable
 from ..durations import Duration, parse_duration, utcnow
-from ..errors import ConfigError, Interrupt, NonRetriableError, SerializationError
+from ..errors import ConfigError, NonRetriableError, SerializationError
 from ..outcomes import recorded_outcome
 from ..runs import RunStatus, StepKind, StepStatus
 
@@ -50,9 +50,8 @@ def invoke_task(
         payload = to_jsonable({"args": list(args), "kwargs": kwargs or {}}, where)
     except (ConfigError, SerializationError) as exc:
         raise NonRetriableError(str(exc)) from None
-    key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, StepKind.TASK)
-    row = execution.recorded(key, name, StepKind.TASK, position)
+    plan, row = execution.begin(name, StepKind.TASK)
+    key = plan.key
     if row is not None:
         late = f"task {task_name!r} did not finish in time"
         return recorded_outcome(execution, name, key, row, late)
@@ -65,14 +64,4 @@ def invoke_task(
     waiting = execution.step_values(
         plan, status=StepStatus.WAITING, wake_at=wake, output=output, ended_at=None
     )
-    if not execution.session.move(
-        execution.run_id,
-        execution.fence,
-        status=RunStatus.WAITING,
-        wake_at=wake,
-        due_at=wake,
-        attempt=execution.run_attempt,
-        writes=[*execution.take_pending(), (waiting, True)],
-    ):
-        raise execution.lost()
-    raise Interrupt(RunStatus.WAITING.value, wake)
+    execution.park(RunStatus.WAITING, wake, (waiting, True), due_at_wake=True)

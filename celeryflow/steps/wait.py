@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import from_json
 from ..durations import Duration, parse_duration, utcnow
-from ..errors import ConfigError, Interrupt, NonRetriableError
+from ..errors import ConfigError, NonRetriableError
 from ..events import Event, condition_holds
 from ..expressions import ASYNC, compile_expression
-from ..runs import RunStatus, StepKind, StepStatus
+from ..runs import StepKind, StepStatus
 from ..store.waits import extract, find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
@@ -49,9 +49,8 @@ def wait_for_event(
     ``async`` (the candidate). ``lookback``: also take the newest matching event
     received up to that long before the wait began (Inngest has no such option)."""
     limit, window = _checked(name, timeout, lookback, if_)
-    key, position = execution.next_key(name)
-    plan = execution.new_plan(key, name, position, StepKind.WAIT)
-    row = execution.recorded(key, name, StepKind.WAIT, position)
+    plan, row = execution.begin(name, StepKind.WAIT)
+    key = plan.key
     if row is not None:
         if row["status"] == StepStatus.COMPLETED:
             return _event_or_none(row["output"])
@@ -61,12 +60,7 @@ def wait_for_event(
         timed_out = execution.step_values(
             plan, status=StepStatus.COMPLETED, output="null", wake_at=row["wake_at"]
         )
-        holds, won = execution.session.resolve_timeout(
-            execution.fence, execution.take_pending(), (timed_out, False)
-        )
-        if not holds:
-            raise execution.lost()
-        return _event_or_none(won)
+        return _event_or_none(execution.time_out_wait((timed_out, False)))
 
     run_event = execution.ctx.event.model_dump()
 
@@ -99,21 +93,8 @@ def wait_for_event(
         def search(conn: Any) -> dict[str, Any] | None:
             return find_recent_event(conn, event, since, accepts)
 
-    holds, found = execution.session.wait(
-        execution.run_id,
-        execution.fence,
-        wake_at=expires,
-        attempt=execution.run_attempt,
-        writes=execution.take_pending(),
-        waiting=(waiting, True),
-        waiter=waiter,
-        lookback=search,
-    )
-    if not holds:
-        raise execution.lost()
-    if found is not None:
-        return Event.model_validate(found)
-    raise Interrupt(RunStatus.WAITING.value, expires)
+    found = execution.park_on_event(expires, (waiting, True), waiter, search)
+    return Event.model_validate(found)
 
 
 def _event_or_none(output: str | None) -> Event | None:
