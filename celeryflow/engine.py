@@ -48,9 +48,6 @@ from .hooks import (
     RunParked,
     RunStarted,
     RunWoken,
-    StepFinished,
-    StepRetried,
-    StepStarted,
     carried_context,
 )
 from .infra import guarded, release_after
@@ -533,7 +530,7 @@ class Execution:
         if attempt > self.function.config.retries:
             self._fail_run(exc)
             return None
-        wake = utcnow() + self._retry_delay(exc, attempt)
+        wake = utcnow() + self.retry_delay(exc, attempt)
         self.log.warning("function raised %r; retry %d at %s", exc, attempt, wake)
         if not self.session.move(
             self.run_id,
@@ -568,6 +565,11 @@ class Execution:
             self.settle()
         plan = StepPlan(key=key, name=name, position=position, kind=kind)
         return plan, self.recorded(key, name, kind, position)
+
+    def record_now(self, write: StepWrite) -> None:
+        """Write ``write`` (with any pending result) before going on."""
+        self._pending.append(write)
+        self._flush()
 
     def settle(self) -> None:
         """Before a step does new work: the run's deadline holds, and the previous
@@ -690,6 +692,17 @@ class Execution:
             raise Interrupt(S.WAITING.value, wake)
         return found
 
+    @contextmanager
+    def inside_step(self, plan: StepPlan) -> Iterator[None]:
+        """While a step's code runs: a step called inside it is refused."""
+        self._in_step = plan.name
+        try:
+            yield
+        finally:
+            self._in_step = None
+        if self._nested is not None:
+            raise self._nested  # the step's code caught it even as a BaseException
+
     # -- helpers the steps call ----------------------------------------------------------
 
     @property
@@ -760,7 +773,7 @@ class Execution:
             due = wake
         return min(due, finish) if finish is not None else due
 
-    def _retry_delay(
+    def retry_delay(
         self, exc: BaseException, attempt: int, fixed: timedelta | None = None
     ) -> timedelta:
         """RetryAfterError's delay; else the step's or the function's fixed
@@ -777,106 +790,6 @@ class Execution:
         ceiling = self.settings.retry_max.total_seconds()
         delay = min(ceiling, base * 2 ** (attempt - 1))
         return timedelta(seconds=delay * random.uniform(0.5, 1.0))
-
-    # -- step.run ---------------------------------------------------------------------
-
-    def begin_run_step(self, name: str) -> StepPlan:
-        plan, row = self.begin(name, StepKind.RUN, settle=False)
-        if row is not None:
-            if row["status"] == StepStatus.COMPLETED:
-                plan.done = True
-                plan.value = from_json(row["output"])
-                return plan
-            if row["status"] == StepStatus.FAILED:
-                raise StepError(name, from_json(row["error"]))
-            plan.prior_attempts = int(row["attempts"])
-            plan.new = False
-        self.settle()
-        self.ctx.attempt = plan.prior_attempts
-        plan.started_at = utcnow()
-        if self.hooks:
-            self.hooks.emit("step_started", StepStarted(**self._step_info(plan)))
-        return plan
-
-    def _step_info(self, plan: StepPlan) -> dict[str, Any]:
-        return dict(
-            function_id=self.function.id,
-            run_id=self.run_id,
-            step_id=plan.name,
-            key=plan.key,
-            index=plan.position,
-            attempt=plan.prior_attempts + 1,
-        )
-
-    def _step_seconds(self, plan: StepPlan) -> float:
-        return max(0.0, (utcnow() - plan.started_at).total_seconds())
-
-    @contextmanager
-    def inside_step(self, plan: StepPlan) -> Iterator[None]:
-        self._in_step = plan.name
-        try:
-            yield
-        finally:
-            self._in_step = None
-        if self._nested is not None:
-            raise self._nested  # the step's code caught it even as a BaseException
-
-    def complete_step(self, plan: StepPlan, result: Any, retries: int | None) -> Any:
-        try:
-            text = to_json(result, f"step {plan.name!r} result")
-        except SerializationError as exc:
-            self.fail_step(plan, NonRetriableError(str(exc)), retries)
-        self.complete(plan, output=text)
-        self.ctx.attempt = self.run_attempt  # the body's attempt again, after the step's
-        if self.hooks:
-            done = StepFinished(**self._step_info(plan), duration=self._step_seconds(plan))
-            self.hooks.emit("step_finished", done)
-        return from_json(text)
-
-    def fail_step(
-        self,
-        plan: StepPlan,
-        exc: Exception,
-        retries: int | None,
-        retry_delay: timedelta | None = None,
-    ) -> NoReturn:
-        """Record a failed attempt; raises StepError (for good) or Interrupt (retry)."""
-        attempts = plan.prior_attempts + 1
-        limit = self.function.config.retries if retries is None else retries
-        error = error_info(exc)
-        if isinstance(exc, NonRetriableError) or attempts > limit:
-            values = self.step_values(plan, status=StepStatus.FAILED, error=to_json(error, "error"))
-            values["attempts"] = attempts
-            self._pending.append((values, plan.new))
-            self._flush()
-            if self.hooks:
-                failed = StepFinished(
-                    **self._step_info(plan),
-                    status=StepStatus.FAILED,
-                    duration=self._step_seconds(plan),
-                    error=str(error["type"]),
-                )
-                self.hooks.emit("step_finished", failed)
-            raise StepError(plan.name, error) from exc
-        wake = utcnow() + self._retry_delay(exc, attempts, retry_delay)
-        self.log.warning(
-            "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
-        )
-        values = self.step_values(plan, status=StepStatus.RETRYING, error=to_json(error, "error"))
-        values["attempts"] = attempts
-        values["ended_at"] = None
-        retried = StepRetried(
-            **self._step_info(plan),
-            error=str(error["type"]),
-            wake_at=wake,
-            duration=self._step_seconds(plan),
-        )
-        self.park(
-            S.QUEUED,
-            wake,
-            (values, plan.new),
-            then=lambda: self.hooks.emit("step_retried", retried),
-        )
 
     def step_values(self, plan: StepPlan, *, status: StepStatus, **extra: Any) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -895,22 +808,3 @@ class Execution:
         }
         values.update(extra)
         return values
-
-    # -- step.sleep -------------------------------------------------------------------
-
-    def sleep_until(self, name: str, when: Callable[[], datetime]) -> None:
-        plan, row = self.begin(name, StepKind.SLEEP, settle=False)
-        now = utcnow()
-        if row is not None:
-            if row["status"] == StepStatus.COMPLETED:
-                return
-            wake = row["wake_at"]
-            plan.new = False
-            plan.started_at = row["started_at"]
-        else:
-            wake = when()
-        if wake <= now or self.engine.sleeps_elapse:
-            self.complete(plan, wake_at=wake)
-            return
-        values = self.step_values(plan, status=StepStatus.SLEEPING, wake_at=wake, ended_at=None)
-        self.park(S.SLEEPING, wake, (values, plan.new))

@@ -17,9 +17,11 @@ from ..durations import Duration, parse_datetime, parse_duration, utcnow
 from ..errors import BranchFinished, ConfigError, NonRetriableError
 from ..events import Event
 from ..logs import RunLogger
+from . import run
 from .invoke import invoke_function
 from .parallel import begin as begin_parallel
 from .send import send_event
+from .sleep import sleep_until
 from .task import invoke_task
 from .wait import wait_for_event
 
@@ -94,25 +96,25 @@ class Steps:
         recorded (JSON) result. ``retries`` and ``retry_delay`` (a fixed delay between
         tries instead of the exponential back-off) override the function's settings."""
         delay = _delay(retry_delay, step_id)
-        plan = self._execution.begin_run_step(step_id)
+        plan = run.begin(self._execution, step_id)
         if plan.done:
             return plan.value
         try:
             with self._execution.inside_step(plan):
                 result = _resolve(fn(*args, **kwargs))
         except Exception as exc:
-            self._execution.fail_step(plan, exc, retries, delay)
-        return self._execution.complete_step(plan, result, retries)
+            run.fail(self._execution, plan, exc, retries, delay)
+        return run.complete(self._execution, plan, result, retries)
 
     def sleep(self, step_id: str, duration: Duration) -> None:
         """Park the run for ``duration`` ("3 days", "30s", "1h30m", seconds, timedelta)."""
         delta = _checked(parse_duration, duration, f"step.sleep({step_id!r})")
-        self._execution.sleep_until(step_id, lambda: utcnow() + delta)
+        sleep_until(self._execution, step_id, lambda: utcnow() + delta)
 
     def sleep_until(self, step_id: str, when: datetime | str) -> None:
         """Park the run until ``when`` (aware or UTC datetime, or ISO-8601 string)."""
         at = _checked(parse_datetime, when, f"step.sleep_until({step_id!r})")
-        self._execution.sleep_until(step_id, lambda: at)
+        sleep_until(self._execution, step_id, lambda: at)
 
     def wait_for_event(
         self,
@@ -190,7 +192,7 @@ class AsyncSteps:
         **kwargs: Any,
     ) -> Any:
         delay = _delay(retry_delay, step_id)
-        plan = self._execution.begin_run_step(step_id)
+        plan = run.begin(self._execution, step_id)
         if plan.done:
             return plan.value
         try:
@@ -199,16 +201,16 @@ class AsyncSteps:
                 if inspect.isawaitable(result):
                     result = await result
         except Exception as exc:
-            self._execution.fail_step(plan, exc, retries, delay)
-        return self._execution.complete_step(plan, result, retries)
+            run.fail(self._execution, plan, exc, retries, delay)
+        return run.complete(self._execution, plan, result, retries)
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
         delta = _checked(parse_duration, duration, f"step.sleep({step_id!r})")
-        self._execution.sleep_until(step_id, lambda: utcnow() + delta)
+        sleep_until(self._execution, step_id, lambda: utcnow() + delta)
 
     async def sleep_until(self, step_id: str, when: datetime | str) -> None:
         at = _checked(parse_datetime, when, f"step.sleep_until({step_id!r})")
-        self._execution.sleep_until(step_id, lambda: at)
+        sleep_until(self._execution, step_id, lambda: at)
 
     async def wait_for_event(
         self,
