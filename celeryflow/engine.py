@@ -57,7 +57,8 @@ from .logs import install as install_log_context
 from .planning import Planner
 from .runs import RunStatus, StepKind, StepStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
-from .store import Claim, Recorded, RunSession, StepWrite
+from .store import Claim, Recorded, RunSession
+from .store.rows import StepRow, StepWrite, WaiterRow, step_row
 from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
@@ -577,16 +578,18 @@ class Execution:
         self._check_deadline()
         self._flush()
 
-    def complete(self, plan: StepPlan, **values: Any) -> None:
+    def complete(
+        self, plan: StepPlan, *, output: str | None = None, wake_at: datetime | None = None
+    ) -> None:
         """Record ``plan`` completed; the row rides in the execution's next write."""
         self._pending.append(
-            (self.step_values(plan, status=StepStatus.COMPLETED, **values), plan.new)
+            (self.step_row(plan, StepStatus.COMPLETED, output=output, wake_at=wake_at), plan.new)
         )
 
     def complete_sending(self, plan: StepPlan, events: list[Event], output: str) -> None:
         """Record ``plan`` completed with the ``events`` it sends (and the runs they
         start or resume) in one transaction, so a replay never sends twice."""
-        done = self.step_values(plan, status=StepStatus.COMPLETED, output=output)
+        done = self.step_row(plan, StepStatus.COMPLETED, output=output)
         rows: list[dict[str, Any]] = []
 
         def record(conn: Any) -> Recorded:
@@ -670,7 +673,7 @@ class Execution:
         self,
         wake: datetime,
         step: StepWrite,
-        waiter: dict[str, Any],
+        waiter: WaiterRow,
         lookback: Callable[[Any], dict[str, Any] | None] | None,
     ) -> dict[str, Any]:
         """Park waiting until an event the ``waiter`` matches, or ``wake`` (its
@@ -791,20 +794,30 @@ class Execution:
         delay = min(ceiling, base * 2 ** (attempt - 1))
         return timedelta(seconds=delay * random.uniform(0.5, 1.0))
 
-    def step_values(self, plan: StepPlan, *, status: StepStatus, **extra: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            "run_id": self.run_id,
-            "key": plan.key,
-            "name": plan.name,
-            "position": plan.position,
-            "kind": plan.kind.value,
-            "status": status.value,
-            "output": None,
-            "error": None,
-            "attempts": plan.prior_attempts + 1,
-            "wake_at": None,
-            "started_at": plan.started_at,
-            "ended_at": utcnow(),
-        }
-        values.update(extra)
-        return values
+    def step_row(
+        self,
+        plan: StepPlan,
+        status: StepStatus,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        wake_at: datetime | None = None,
+        attempts: int | None = None,
+        ended: bool = True,
+    ) -> StepRow:
+        """``plan``'s row in ``status``; ``ended=False`` for a step not yet over (it
+        parks the run, or will be retried)."""
+        return step_row(
+            run_id=self.run_id,
+            key=plan.key,
+            name=plan.name,
+            position=plan.position,
+            kind=plan.kind,
+            status=status,
+            output=output,
+            error=error,
+            attempts=plan.prior_attempts + 1 if attempts is None else attempts,
+            wake_at=wake_at,
+            started_at=plan.started_at,
+            ended_at=utcnow() if ended else None,
+        )

@@ -25,6 +25,7 @@ from .flowcontrol import (
 )
 from .legacy import IGNORED_OPTIONS, RunHandle, call_arguments, start_time
 from .schedule import CronTrigger
+from .store.rows import WaiterRow, waiter_row
 from .store.waits import match_value
 
 if TYPE_CHECKING:
@@ -203,26 +204,24 @@ class FlowFunction:
                 return True
         return False
 
-    def cancel_waits(
-        self, ev: Event, variables: dict[str, Any], now: datetime
-    ) -> list[dict[str, Any]]:
+    def cancel_waits(self, ev: Event, variables: dict[str, Any], now: datetime) -> list[WaiterRow]:
         """The cancel_on waiters a new run of this function starts with."""
         rows = []
         for i, cancel in enumerate(self.config.cancel_on):
             rows.append(
-                {
-                    "run_id": None,  # filled in by the caller, who knows the run id
-                    "key": f"cancel:{i}",
-                    "kind": "cancel",
-                    "event_name": cancel.event,
-                    "match_field": cancel.match,
-                    "match_value": (
+                waiter_row(
+                    run_id=None,  # filled in by the caller, who knows the run id
+                    key=f"cancel:{i}",
+                    kind="cancel",
+                    event_name=cancel.event,
+                    match_field=cancel.match,
+                    match_value=(
                         match_value(variables["event"], cancel.match) if cancel.match else None
                     ),
-                    "condition": cancel.if_,
-                    "expires_at": now + cancel.timeout if cancel.timeout else None,
-                    "created_at": now,
-                }
+                    condition=cancel.if_,
+                    expires_at=now + cancel.timeout if cancel.timeout else None,
+                    created_at=now,
+                )
             )
         return rows
 

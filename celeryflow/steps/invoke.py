@@ -56,5 +56,5 @@ def invoke_function(
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
         raise StepError(name, json.loads(child["error"]))
     child.update(parent_run_id=execution.run_id, parent_step=key)
-    waiting = execution.step_values(plan, status=StepStatus.WAITING, wake_at=wake, ended_at=None)
+    waiting = execution.step_row(plan, StepStatus.WAITING, wake_at=wake, ended=False)
     execution.park_on_runs(wake, (waiting, True), [child])

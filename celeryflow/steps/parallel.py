@@ -91,5 +91,5 @@ def begin(
         child.update(parent_run_id=execution.run_id, parent_step=key, branch=index, event_id=None)
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})
-    waiting = execution.step_values(plan, status=StepStatus.WAITING, output=progress, ended_at=None)
+    waiting = execution.step_row(plan, StepStatus.WAITING, output=progress, ended=False)
     execution.park_on_runs(None, (waiting, True), children)

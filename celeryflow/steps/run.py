@@ -77,10 +77,9 @@ def fail(
     limit = execution.function.config.retries if retries is None else retries
     error = error_info(exc)
     if isinstance(exc, NonRetriableError) or attempts > limit:
-        values = execution.step_values(
-            plan, status=StepStatus.FAILED, error=to_json(error, "error")
+        values = execution.step_row(
+            plan, StepStatus.FAILED, error=to_json(error, "error"), attempts=attempts
         )
-        values["attempts"] = attempts
         execution.record_now((values, plan.new))
         if execution.hooks:
             failed = StepFinished(
@@ -95,9 +94,9 @@ def fail(
     execution.log.warning(
         "step %r attempt %d failed: %r; retry at %s", plan.name, attempts, exc, wake
     )
-    values = execution.step_values(plan, status=StepStatus.RETRYING, error=to_json(error, "error"))
-    values["attempts"] = attempts
-    values["ended_at"] = None
+    values = execution.step_row(
+        plan, StepStatus.RETRYING, error=to_json(error, "error"), attempts=attempts, ended=False
+    )
     retried = StepRetried(
         **_step_info(execution, plan),
         error=str(error["type"]),

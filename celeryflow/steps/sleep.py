@@ -29,5 +29,5 @@ def sleep_until(execution: Execution, name: str, when: Callable[[], datetime]) -
     if wake <= now or execution.engine.sleeps_elapse:
         execution.complete(plan, wake_at=wake)
         return
-    values = execution.step_values(plan, status=StepStatus.SLEEPING, wake_at=wake, ended_at=None)
+    values = execution.step_row(plan, StepStatus.SLEEPING, wake_at=wake, ended=False)
     execution.park(RunStatus.SLEEPING, wake, (values, plan.new))

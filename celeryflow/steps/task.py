@@ -61,7 +61,5 @@ def invoke_task(
         task, payload["args"], payload["kwargs"], task_id=task_id, run_id=execution.run_id, key=key
     )
     output = json.dumps({"task": task_name, "task_id": task_id})
-    waiting = execution.step_values(
-        plan, status=StepStatus.WAITING, wake_at=wake, output=output, ended_at=None
-    )
+    waiting = execution.step_row(plan, StepStatus.WAITING, wake_at=wake, output=output, ended=False)
     execution.park(RunStatus.WAITING, wake, (waiting, True), due_at_wake=True)

@@ -11,6 +11,7 @@ from ..errors import ConfigError, NonRetriableError
 from ..events import Event, condition_holds
 from ..expressions import ASYNC, compile_expression
 from ..runs import StepKind, StepStatus
+from ..store.rows import waiter_row
 from ..store.waits import extract, find_recent_event, full_match_value, match_value
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ def wait_for_event(
         # Claimed at the timeout: take the waiter, unless an event took it first.
         plan.new = False
         plan.started_at = row["started_at"]
-        timed_out = execution.step_values(
-            plan, status=StepStatus.COMPLETED, output="null", wake_at=row["wake_at"]
+        timed_out = execution.step_row(
+            plan, StepStatus.COMPLETED, output="null", wake_at=row["wake_at"]
         )
         return _event_or_none(execution.time_out_wait((timed_out, False)))
 
@@ -74,18 +75,18 @@ def wait_for_event(
 
     now = utcnow()
     expires = now + limit
-    waiting = execution.step_values(plan, status=StepStatus.WAITING, wake_at=expires, ended_at=None)
-    waiter = {
-        "run_id": execution.run_id,
-        "key": key,
-        "kind": "event",
-        "event_name": event,
-        "match_field": match,
-        "match_value": match_value(run_event, match) if match else None,
-        "condition": if_,
-        "expires_at": expires,
-        "created_at": now,
-    }
+    waiting = execution.step_row(plan, StepStatus.WAITING, wake_at=expires, ended=False)
+    waiter = waiter_row(
+        run_id=execution.run_id,
+        key=key,
+        kind="event",
+        event_name=event,
+        match_field=match,
+        match_value=match_value(run_event, match) if match else None,
+        condition=if_,
+        expires_at=expires,
+        created_at=now,
+    )
     search = None
     if window is not None:
         since = now - window

@@ -17,6 +17,7 @@ runs' INSERT in one transaction, instead of three statements and a waiter lookup
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,6 +94,6 @@ def finish_statement(finish: sa.Update) -> sa.Insert:
     return steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key)
 
 
-def finish_statement_params(finish: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+def finish_statement_params(finish: dict[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
     """The finish's own parameters (rid, p_fence, ...) and the step row's."""
     return {**finish, **{f"s_{n}": step.get(n) for n in STEP_COLUMNS if n != "run_id"}}

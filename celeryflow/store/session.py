@@ -11,7 +11,7 @@ park, or the finish), so a run of N steps costs N write transactions plus its cl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +24,7 @@ from ..codec import to_json
 from ..runs import RunStatus, StepStatus, sources_of
 from .flowkeys import take_slot
 from .one_statement import finish_statement, finish_statement_params
+from .rows import StepWrite, WaiterRow
 from .tables import runs, steps, waits
 from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
 
@@ -40,8 +41,6 @@ __all__ = [
 ]
 
 S = RunStatus
-# A step row to write, and whether it is new (INSERT) or recorded already (UPDATE).
-StepWrite = tuple[dict[str, Any], bool]
 _CLAIM_COLUMNS = (
     runs.c.id,
     runs.c.function_id,
@@ -355,7 +354,7 @@ class RunSession:
         values["due_at"] = min(pending) if pending else None
         self.conn.execute(runs.update().where(runs.c.id == row["id"]).values(**values))
 
-    def _write_step(self, fence: int, values: dict[str, Any], new: bool) -> bool:
+    def _write_step(self, fence: int, values: Mapping[str, Any], new: bool) -> bool:
         if new:
             params = {c.name: values.get(c.name) for c in steps.c}
             params["fence"] = fence
@@ -581,7 +580,7 @@ class RunSession:
         attempt: int,
         writes: Sequence[StepWrite],
         waiting: StepWrite,
-        waiter: dict[str, Any],
+        waiter: WaiterRow,
         lookback: Callable[[sa.Connection], dict[str, Any] | None] | None = None,
     ) -> tuple[bool, dict[str, Any] | None]:
         """Park the run until an event (``waiter``) or ``wake_at`` (its timeout).
@@ -606,12 +605,10 @@ class RunSession:
                     lock_wait_field(self.conn, self.store.insert_wait_field(), waiter)
                     event = lookback(self.conn)
                     if event is not None:
-                        values = dict(
-                            waiting[0],
-                            status=StepStatus.COMPLETED.value,
-                            wake_at=None,
-                            ended_at=datetime_now(),
-                        )
+                        values = waiting[0].copy()
+                        values["status"] = StepStatus.COMPLETED.value
+                        values["wake_at"] = None
+                        values["ended_at"] = datetime_now()
                         values["output"] = to_json(event, "event")
                         self._write_steps(fence, [(values, waiting[1])])
                         return True, event

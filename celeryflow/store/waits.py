@@ -9,7 +9,7 @@ and a timeout racing for the same wait resolve it exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -73,7 +73,7 @@ class Resumed:
     cancelled: list[str] = field(default_factory=list)
 
 
-def register_wait(conn: sa.Connection, insert_ignore: Any, values: dict[str, Any]) -> None:
+def register_wait(conn: sa.Connection, insert_ignore: Any, values: Mapping[str, Any]) -> None:
     conn.execute(waits.insert(), values)
     conn.execute(
         insert_ignore,
@@ -81,7 +81,7 @@ def register_wait(conn: sa.Connection, insert_ignore: Any, values: dict[str, Any
     )
 
 
-def lock_wait_field(conn: sa.Connection, insert_ignore: Any, values: dict[str, Any]) -> None:
+def lock_wait_field(conn: sa.Connection, insert_ignore: Any, values: Mapping[str, Any]) -> None:
     """Take the (event name, field) row for update: a sender of that event reads it
     for share, so this transaction and the sender's are ordered."""
     key = {"event_name": values["event_name"], "match_field": values["match_field"] or NO_FIELD}

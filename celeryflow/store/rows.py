@@ -1,0 +1,107 @@
+"""The rows the engine and its step kinds hand to the store, typed: a step row
+(:class:`StepRow`, written as a :data:`StepWrite`) and a waiter row
+(:class:`WaiterRow`: a ``wait_for_event`` or a ``cancel_on``). They are built here,
+by :func:`step_row` and :func:`waiter_row`, so every column an insert names is
+present (rows batch in one executemany) and enum values reach SQL as their strings.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypedDict
+
+from ..runs import StepKind, StepStatus
+
+__all__ = ["StepRow", "StepWrite", "WaiterRow", "step_row", "waiter_row"]
+
+
+class StepRow(TypedDict):
+    """A ``cf_steps`` row as the engine writes it."""
+
+    run_id: str
+    key: str
+    name: str
+    position: int
+    kind: str  # a StepKind value
+    status: str  # a StepStatus value
+    output: str | None
+    error: str | None
+    attempts: int
+    wake_at: datetime | None
+    started_at: datetime
+    ended_at: datetime | None
+
+
+# A step row to write, and whether it is new (INSERT) or recorded already (UPDATE).
+StepWrite = tuple[StepRow, bool]
+
+
+class WaiterRow(TypedDict):
+    """A ``cf_waits`` row: a run waiting for an event (``kind`` "event") or to be
+    cancelled by one (``kind`` "cancel")."""
+
+    run_id: str | None  # a cancel_on waiter's is filled in once its run has an id
+    key: str
+    kind: str
+    event_name: str
+    match_field: str | None
+    match_value: str | None
+    condition: str | None
+    expires_at: datetime | None
+    created_at: datetime
+
+
+def step_row(
+    *,
+    run_id: str,
+    key: str,
+    name: str,
+    position: int,
+    kind: StepKind,
+    status: StepStatus,
+    attempts: int,
+    started_at: datetime,
+    ended_at: datetime | None,
+    output: str | None = None,
+    error: str | None = None,
+    wake_at: datetime | None = None,
+) -> StepRow:
+    return StepRow(
+        run_id=run_id,
+        key=key,
+        name=name,
+        position=position,
+        kind=kind.value,
+        status=status.value,
+        output=output,
+        error=error,
+        attempts=attempts,
+        wake_at=wake_at,
+        started_at=started_at,
+        ended_at=ended_at,
+    )
+
+
+def waiter_row(
+    *,
+    run_id: str | None,
+    key: str,
+    kind: str,
+    event_name: str,
+    match_field: str | None,
+    match_value: str | None,
+    condition: str | None,
+    expires_at: datetime | None,
+    created_at: datetime,
+) -> WaiterRow:
+    return WaiterRow(
+        run_id=run_id,
+        key=key,
+        kind=kind,
+        event_name=event_name,
+        match_field=match_field,
+        match_value=match_value,
+        condition=condition,
+        expires_at=expires_at,
+        created_at=created_at,
+    )
