@@ -57,8 +57,8 @@ from .logs import install as install_log_context
 from .planning import Planner
 from .runs import RunStatus, StepKind, StepStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
-from .store import Claim, Recorded, RunSession
-from .store.rows import StepRow, StepWrite, WaiterRow, step_row
+from .store import Claim, RunSession
+from .store.rows import Lookback, StepRow, StepWrite, WaiterRow, step_row
 from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
@@ -463,30 +463,12 @@ class Execution:
         parent = None
         if run["parent_run_id"]:
             parent = (run["parent_run_id"], run["parent_step"], self.branch)
-        recorded: list[Recorded] = []
-        sent: list[Event] = []
-        rows: list[dict[str, Any]] = []
-        also = None
+        sending = None
         # a failed branch fails its parent's step; the parent's failure is the one sent
         if failure is not None and self.trigger.name != FAILED_EVENT and self.branch is None:
-
-            def also(conn: Any) -> None:
-                # [:]: a lost connection retries the transaction, and this with it
-                sent.clear()
-                rows.clear()
-                recorded[:] = [
-                    self.planner.record_failure_on(
-                        conn,
-                        self.run_id,
-                        self.function,
-                        self.ctx.event,
-                        failure,
-                        now,
-                        sent,
-                        rows,
-                    )
-                ]
-
+            sending = self.planner.failure_sending(
+                self.run_id, self.function, self.ctx.event, failure, now
+            )
         held, resumed = self.session.finish(
             self.run_id,
             self.fence,
@@ -498,7 +480,7 @@ class Execution:
             clear_waits=bool(self.function.config.cancel_on),
             parent=parent,
             resume_due=now + self.settings.redeliver_after,
-            also=also,
+            sending=sending,
         )
         if not held:
             log.warning("run %s: %s, but it was cancelled or taken over", self.run_id, status)
@@ -506,10 +488,12 @@ class Execution:
             return
         self._finished(status, failure)
         ring = [parent[0]] if parent and resumed else []
-        for r in recorded:
-            ring += [*r.created, *r.resumed]
+        recorded = sending.recorded if sending is not None else None
+        if recorded is not None:
+            ring += [*recorded.created, *recorded.resumed]
         self.doorbell.ring(ring)
-        self.hooks.announce(sent, rows, [c for r in recorded for c in r.created])
+        if sending is not None and recorded is not None:
+            self.hooks.announce(sending.events, recorded.planned, recorded.created)
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop
             self.store.cancel_branches(parent[0], parent[1], now)
@@ -590,19 +574,14 @@ class Execution:
         """Record ``plan`` completed with the ``events`` it sends (and the runs they
         start or resume) in one transaction, so a replay never sends twice."""
         done = self.step_row(plan, StepStatus.COMPLETED, output=output)
-        rows: list[dict[str, Any]] = []
-
-        def record(conn: Any) -> Recorded:
-            rows.clear()  # a lost connection retries the transaction, and this with it
-            return self.planner.record_events_on(conn, events, utcnow(), rows)
-
+        sending = self.planner.sending(events, utcnow())
         recorded = self.session.record_events(
-            self.fence, [*self.take_pending(), (done, plan.new)], record
+            self.fence, [*self.take_pending(), (done, plan.new)], sending
         )
         if recorded is None:
             raise self.lost()
         self.doorbell.ring([*recorded.created, *recorded.resumed])
-        self.hooks.announce(events, rows, recorded.created)
+        self.hooks.announce(events, recorded.planned, recorded.created)
 
     def time_out_wait(self, timed_out: StepWrite) -> str | None:
         """A wait claimed at its timeout: take its waiter and record ``timed_out``,
@@ -674,7 +653,7 @@ class Execution:
         wake: datetime,
         step: StepWrite,
         waiter: WaiterRow,
-        lookback: Callable[[Any], dict[str, Any] | None] | None,
+        lookback: Lookback | None,
     ) -> dict[str, Any]:
         """Park waiting until an event the ``waiter`` matches, or ``wake`` (its
         timeout). Returns the event the ``lookback`` found instead (the step is then

@@ -1,6 +1,7 @@
 """Events to runs: which functions an event starts, each run's row (deadlines, keys,
-queue position, cancel_on waiters, flow control), and the recording of events inside
-a caller's transaction. Used by the face (``Flow.send``) and by runs themselves
+queue position, cancel_on waiters, flow control), and the events a run sends (a
+``Sending``, which the store records with the run's own write: the engine never holds
+a transaction). Used by the face (``Flow.send``) and by runs themselves
 (``step.send_event``, ``celeryflow/function.failed``, invoke and parallel children)."""
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import to_json
 from .errors import error_info
-from .events import FAILED_EVENT, Event, condition_holds
+from .events import FAILED_EVENT, Event
 from .flowcontrol import Admission, KeyUnavailable
 from .functions import FlowFunction
 from .runs import RunStatus
-from .store import PlannedRun, Recorded, Store
+from .store import PlannedRun, Store
+from .store.rows import Sending
 
 if TYPE_CHECKING:
     from .flow import FlowSettings
@@ -77,43 +79,29 @@ class Planner:
             ring += self.store.next_for_slots(function_id, [key1, key2], limits, now)
         return list(dict.fromkeys(ring))
 
-    def record_events_on(
-        self, conn: Any, prepared: list[Event], now: datetime, rows: list[dict[str, Any]]
-    ) -> Recorded:
-        """Record events inside a caller's transaction (``step.send_event``); the
-        planned run rows are added to ``rows`` (for :meth:`Hooks.announce` after the
-        commit)."""
+    def sending(self, prepared: list[Event], now: datetime) -> Sending:
+        """Events a run's ``step.send_event`` sends, for the store to record with the
+        step: the runs of every function they trigger."""
         functions = list(self.functions.values())
-
-        def plan(ev: Event) -> list[PlannedRun]:
-            planned = self.plan_runs(ev, functions, now)
-            rows.extend(p.row for p in planned)
-            return planned
-
-        return self.store.record_events_on(
-            conn,
+        return Sending(
             prepared,
-            plan,
+            lambda ev: self.plan_runs(ev, functions, now),
             now,
-            resume_due=now + self.settings.redeliver_after,
-            condition_holds=condition_holds,
+            now + self.settings.redeliver_after,
         )
 
-    def record_failure_on(
+    def failure_sending(
         self,
-        conn: Any,
         run_id: str,
         function: FlowFunction,
         event: Event,
         failure: BaseException,
         now: datetime,
-        sent: list[Event],
-        rows: list[dict[str, Any]],
-    ) -> Recorded:
-        """Send ``celeryflow/function.failed`` for run ``run_id`` of ``function`` that
-        failed for good (``event``: what its code saw as ``ctx.event``): to every
-        function triggered by that name, and to the failed function's ``on_failure``.
-        The event is added to ``sent`` and the planned run rows to ``rows``."""
+    ) -> Sending:
+        """``celeryflow/function.failed`` for run ``run_id`` of ``function`` that failed
+        for good (``event``: what its code saw as ``ctx.event``), for the store to
+        record with the run's end: to every function triggered by that name, and to
+        the failed function's ``on_failure``."""
         info = error_info(failure)
         failed = Event(
             name=FAILED_EVENT,
@@ -133,18 +121,9 @@ class Planner:
             planned = self.plan_runs(ev, functions, now)
             if handler is not None and all(p.row["function_id"] != handler.id for p in planned):
                 planned.append(PlannedRun(self.new_run(handler.id, [ev], now)))
-            rows.extend(p.row for p in planned)
             return planned
 
-        sent.append(failed)
-        return self.store.record_events_on(
-            conn,
-            [failed],
-            plan,
-            now,
-            resume_due=now + self.settings.redeliver_after,
-            condition_holds=condition_holds,
-        )
+        return Sending([failed], plan, now, now + self.settings.redeliver_after)
 
     def plan_runs(
         self, ev: Event, functions: list[FlowFunction], now: datetime

@@ -11,8 +11,8 @@ from ..errors import ConfigError, NonRetriableError
 from ..events import Event, condition_holds
 from ..expressions import ASYNC, compile_expression
 from ..runs import StepKind, StepStatus
-from ..store.rows import waiter_row
-from ..store.waits import extract, find_recent_event, full_match_value, match_value
+from ..store.rows import Lookback, waiter_row
+from ..store.waits import extract, full_match_value, match_value
 
 if TYPE_CHECKING:
     from ..engine import Execution
@@ -87,13 +87,7 @@ def wait_for_event(
         expires_at=expires,
         created_at=now,
     )
-    search = None
-    if window is not None:
-        since = now - window
-
-        def search(conn: Any) -> dict[str, Any] | None:
-            return find_recent_event(conn, event, since, accepts)
-
+    search = None if window is None else Lookback(event, now - window, accepts)
     found = execution.park_on_event(expires, (waiting, True), waiter, search)
     return Event.model_validate(found)
 

@@ -7,12 +7,18 @@ present (rows batch in one executemany) and enum values reach SQL as their strin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
+from ..events import Event
 from ..runs import StepKind, StepStatus
 
-__all__ = ["StepRow", "StepWrite", "WaiterRow", "step_row", "waiter_row"]
+if TYPE_CHECKING:
+    from .store import PlannedRun, Recorded
+
+__all__ = ["Lookback", "Sending", "StepRow", "StepWrite", "WaiterRow", "step_row", "waiter_row"]
 
 
 class StepRow(TypedDict):
@@ -49,6 +55,32 @@ class WaiterRow(TypedDict):
     condition: str | None
     expires_at: datetime | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Lookback:
+    """A wait's ``lookback``: the newest ``event_name`` event received since ``since``
+    that ``accepts`` (the wait's match and condition) takes, searched by the store in
+    the wait's own transaction."""
+
+    event_name: str
+    since: datetime
+    accepts: Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class Sending:
+    """Events a run sends (``step.send_event``, ``celeryflow/function.failed``), handed
+    to the store with the write that sends them: it records them in that write's
+    transaction and, for each it records as new, the runs ``plan`` returns for it.
+    ``plan`` is the planner's (no transaction handle: the store holds that). Once the
+    write commits, ``recorded`` says what recording them did."""
+
+    events: list[Event]
+    plan: Callable[[Event], list[PlannedRun]]
+    now: datetime
+    resume_due: datetime
+    recorded: Recorded | None = None
 
 
 def step_row(

@@ -21,12 +21,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from ..codec import to_json
+from ..events import condition_holds
 from ..runs import RunStatus, StepStatus, sources_of
 from .flowkeys import take_slot
 from .one_statement import finish_statement, finish_statement_params
-from .rows import StepWrite, WaiterRow
+from .rows import Lookback, Sending, StepWrite, WaiterRow
 from .tables import runs, steps, waits
-from .waits import lock_wait_field, register_wait, resolve_parent, resolve_timed_out_step
+from .waits import (
+    find_recent_event,
+    lock_wait_field,
+    register_wait,
+    resolve_parent,
+    resolve_timed_out_step,
+)
 
 if TYPE_CHECKING:
     from .store import Recorded, Store
@@ -471,12 +478,13 @@ class RunSession:
         clear_waits: bool = False,
         parent: tuple[str, str, int | None] | None = None,
         resume_due: datetime | None = None,
-        also: Callable[[sa.Connection], None] | None = None,
+        sending: Sending | None = None,
     ) -> tuple[bool, bool]:
         """End the run in ``status`` with the steps not yet written. ``clear_waits``
         drops its cancel_on waiters; ``parent`` (run id, step key, branch) is the
-        invoke or parallel step this run's outcome resolves; ``also`` runs in the same transaction.
-        Returns (still held the run, the parent was resumed)."""
+        invoke or parallel step this run's outcome resolves; ``sending`` (events the
+        run sends) is recorded in the same transaction. Returns (still held the run,
+        the parent was resumed)."""
         params = {
             "rid": run_id,
             "p_fence": fence,
@@ -491,7 +499,7 @@ class RunSession:
             and writes[0][1]
             and not clear_waits
             and parent is None
-            and also is None
+            and sending is None
         ):
             # the commonest end: the last step's result and the run's end, one statement
             with self._autocommit():
@@ -516,8 +524,8 @@ class RunSession:
                         resume_due=resume_due or now,
                     )
                 )
-            if also is not None:
-                also(conn)
+            if sending is not None:
+                self._send(conn, sending)
 
         held = self._fenced(fence, writes, self.sql.finish[status], params, after)
         return held, bool(resumed and resumed[0])
@@ -581,7 +589,7 @@ class RunSession:
         writes: Sequence[StepWrite],
         waiting: StepWrite,
         waiter: WaiterRow,
-        lookback: Callable[[sa.Connection], dict[str, Any] | None] | None = None,
+        lookback: Lookback | None = None,
     ) -> tuple[bool, dict[str, Any] | None]:
         """Park the run until an event (``waiter``) or ``wake_at`` (its timeout).
 
@@ -603,7 +611,9 @@ class RunSession:
                 self._write_steps(fence, writes)
                 if lookback is not None:
                     lock_wait_field(self.conn, self.store.insert_wait_field(), waiter)
-                    event = lookback(self.conn)
+                    event = find_recent_event(
+                        self.conn, lookback.event_name, lookback.since, lookback.accepts
+                    )
                     if event is not None:
                         values = waiting[0].copy()
                         values["status"] = StepStatus.COMPLETED.value
@@ -649,17 +659,24 @@ class RunSession:
         return holds, (won_by_event[0] if won_by_event else None)
 
     def record_events(
-        self,
-        fence: int,
-        writes: Sequence[StepWrite],
-        record: Callable[[sa.Connection], Recorded],
+        self, fence: int, writes: Sequence[StepWrite], sending: Sending
     ) -> Recorded | None:
         """``step.send_event``: its events and its step in one fenced transaction, so
         a replay never sends twice. None if this executor no longer holds the run."""
-        out: list[Recorded] = []
-        if not self._fenced(fence, writes, also=lambda conn: out.append(record(conn))):
+        if not self._fenced(fence, writes, also=lambda conn: self._send(conn, sending)):
             return None
-        return out[0]
+        return sending.recorded
+
+    def _send(self, conn: sa.Connection, sending: Sending) -> None:
+        # each try of the transaction (a lost connection retries it) records anew
+        sending.recorded = self.store.record_events_on(
+            conn,
+            sending.events,
+            sending.plan,
+            sending.now,
+            resume_due=sending.resume_due,
+            condition_holds=condition_holds,
+        )
 
     def peek(self, run_id: str) -> sa.RowMapping | None:
         return self.store.peek(run_id)  # a read: no write lock, no held transaction

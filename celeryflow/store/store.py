@@ -59,6 +59,7 @@ class Recorded:
     created: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    planned: list[dict[str, Any]] = field(default_factory=list)  # every run row planned
 
 
 class Store(StoreAdmin):
@@ -297,7 +298,9 @@ class Store(StoreAdmin):
                 )
             if not fresh:
                 continue
-            for p in plan_runs(ev):
+            runs_planned = plan_runs(ev)
+            recorded.planned.extend(p.row for p in runs_planned)
+            for p in runs_planned:
                 if not p.admission:
                     planned.append(p)
                     continue
