@@ -43,12 +43,14 @@ from .events import FAILED_EVENT, Event
 from .functions import FlowFunction, Registry
 from .hooks import (
     Hooks,
+    MemoLoaded,
     RunFinished,
     RunInfo,
     RunParked,
     RunStarted,
     RunWoken,
     StepFinished,
+    StepOutputs,
     StepRetried,
     StepStarted,
     carried_context,
@@ -358,6 +360,7 @@ class Execution:
             if not first:
                 self.hooks.emit("run_woken", RunWoken(**info))
             self.hooks.emit("run_started", RunStarted(**info, first=first))
+            self.hooks.emit("memo_loaded", MemoLoaded(**info, outputs=StepOutputs(self.memo)))
         try:
             wake = self._drive()
         except Unavailable as exc:
