@@ -38,9 +38,13 @@ PARALLEL_STEP_ID = "group.parallel"  # celeryflow's parallel step needs an id; t
 
 
 class ParallelMode(enum.Enum):
-    """Accepted for compatibility. In the SDK both modes return every result and
-    differ only in how the server schedules requests, so both run as celeryflow's
-    ``mode="all"`` (celeryflow's own ``"race"`` means something else)."""
+    """Both modes return every result, as in the SDK. They differ in scheduling: on
+    Inngest, ``WAIT`` (the default) advances the branches in lockstep (no branch's
+    second step before every branch's first has ended) and ``RACE`` lets each branch
+    go on at once. Here each branch is a run of its own, so both run as ``RACE`` does
+    (celeryflow's ``mode="all"``; its own ``"race"`` means "first result wins").
+    Lockstep would need the branches to wait on one another, which independent runs
+    do not (docs/conformance.md, parallel_mode_default)."""
 
     RACE = "race"
     WAIT = "wait"
