@@ -512,6 +512,9 @@ class Execution:
         for r in recorded:
             ring += [*r.created, *r.resumed]
         self.doorbell.ring(ring)
+        for r in recorded:  # the failure event cancelled runs (cancel_on): theirs go too
+            if r.cancelled:
+                self.store.cancel_descendants(r.cancelled, now)
         self.hooks.announce(sent, rows, [c for r in recorded for c in r.created])
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop
