@@ -379,6 +379,59 @@ def test_encryption_middleware_end_to_end(flow: Flow) -> None:
     assert seen["secret-received"] == [{"note": "hi"}]
 
 
+# -- errors: transform_output is told of a raise (how Sentry middleware reports) ----------
+
+
+class Reported(Exception):
+    pass
+
+
+class SentryLike(inngest.MiddlewareSync):
+    """The shape of the SDK's experimental SentryMiddleware: tags from
+    transform_input, errors from transform_output, the client's logger."""
+
+    def __init__(self, client: inngest.Inngest, raw_request: object) -> None:
+        super().__init__(client, raw_request)
+        client.logger.info("sentry-like middleware made")  # a logger even if none given
+
+    def transform_input(
+        self,
+        ctx: inngest.Context | inngest.ContextSync,
+        function: inngest.Function[Any],
+        steps: inngest.StepMemos,
+    ) -> None:
+        saw("errors", ("tags", function.local_id, ctx.event.name, ctx.run_id != ""))
+
+    def transform_output(self, result: inngest.TransformOutputResult) -> None:
+        if result.error is not None:
+            step = None if result.step is None else result.step.id
+            saw("errors", ("error", step, type(result.error).__name__, result.has_output()))
+            if isinstance(result.error, inngest.StepError):
+                result.error = Reported(f"reported: {result.error.message}")
+
+
+@function("errors", middleware=[SentryLike])
+def errors(ctx: inngest.ContextSync) -> None:
+    def boom() -> None:
+        raise ValueError("step broke")
+
+    ctx.step.run("boom", boom)
+
+
+def test_transform_output_is_told_of_errors_and_may_replace_them(flow: Flow) -> None:
+    run = wait_for_run(flow, event_id=send("mw/errors"), timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    # the step's error, then the function's (the StepError it raised), replaced
+    assert run.error["type"] == "Reported"
+    assert run.error["message"] == "reported: step broke"
+    assert seen["errors"] == [
+        ("tags", "errors", "mw/errors", True),
+        ("error", "boom", "ValueError", False),
+        ("error", None, "StepError", False),
+    ]
+
+
 def test_middleware_that_is_not_callable_is_refused() -> None:
     with pytest.raises(ValueError, match="middleware must be a list"):
         inngest.Inngest(app_id="x", middleware=["not a class"])

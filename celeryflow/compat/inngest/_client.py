@@ -237,6 +237,13 @@ def _wrap(
                     output = await async_handler(sdk_ctx)
                     if mw.begins(False):
                         await mw.call("before_execution")
+                except Exception as exc:
+                    await mw.quietly("after_execution")
+                    error = await mw.error_result_async(exc, None)
+                    await mw.quietly("before_response")
+                    if error is not exc:
+                        raise error from exc
+                    raise
                 except BaseException:
                     await mw.quietly("after_execution")
                     await mw.quietly("before_response")
@@ -264,6 +271,13 @@ def _wrap(
                 output = sync_handler(sdk_ctx)
                 if mw.begins(False):
                     mw.call_sync("before_execution")
+            except Exception as exc:
+                mw.quietly_sync("after_execution")
+                error = mw.error_result(exc, None)
+                mw.quietly_sync("before_response")
+                if error is not exc:
+                    raise error from exc
+                raise
             except BaseException:
                 mw.quietly_sync("after_execution")
                 mw.quietly_sync("before_response")
@@ -327,7 +341,7 @@ class Inngest:
         self.env = env
         self.is_production = bool(is_production)
         # None: runs log through celeryflow's run logger (which carries the run id)
-        self.logger: logging.Logger | logging.LoggerAdapter[Any] | None = logger
+        self.own_logger: logging.Logger | logging.LoggerAdapter[Any] | None = logger
         self._flow: Flow | None = None
 
     # -- functions --------------------------------------------------------------------
@@ -416,8 +430,16 @@ class Inngest:
             _watched.add(flow)
             flow.add_hook(MEMO_HOOK)
 
+    @property
+    def logger(self) -> logging.Logger | logging.LoggerAdapter[Any]:
+        """The client's logger, as the SDK's (middleware calls ``client.logger``):
+        the one given, else celeryflow's run logger."""
+        return (
+            self.own_logger if self.own_logger is not None else logging.getLogger("celeryflow.run")
+        )
+
     def set_logger(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-        self.logger = logger
+        self.own_logger = logger
 
     # -- events -----------------------------------------------------------------------
 

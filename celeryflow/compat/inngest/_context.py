@@ -32,7 +32,7 @@ class _Base:
         # the client's logger (its own methods called, no adapter in between), quiet
         # while settled steps replay, as the SDK's; records carry the run through
         # celeryflow's log record factory
-        user = ctx.logger.logger if client.logger is None else client.logger
+        user = ctx.logger.logger if client.own_logger is None else client.own_logger
         self.logger: RunLogger = ctx.logger.wrap(user, until_settled=True)
 
     @property

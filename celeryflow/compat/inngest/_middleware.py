@@ -9,10 +9,10 @@ keep the SDK's meaning within it, and its order (client middleware first; the
 
     transform_input(ctx, function, steps)   # the execution begins; steps: replayed outputs
     before_execution()                      # the replay is over: new code runs (once)
-      transform_output(result)              # each new step.run result, before it is stored
+      transform_output(result)              # each new step.run result (or error), before stored
       before_send_events(events) / after_send_events(result)   # each new send
     after_execution()                       # the function returned, raised or parked
-    transform_output(result)                # the function's output (on return only)
+    transform_output(result)                # the function's output, or its error
     before_response()                       # last: the engine writes the outcome next
 
 A step's own call returns what the step returned; ``transform_output`` changes what
@@ -293,6 +293,27 @@ class MiddlewareManager:
         result = TransformOutputResult(error=None, output=output, step=step)
         await self.call("transform_output", result)
         return result.output
+
+    def error_result(self, exc: Exception, step: TransformOutputStepInfo | None) -> Exception:
+        """``transform_output`` of a raise (the SDK calls it with ``error`` set, which
+        is how Sentry middleware reports); returns the error to raise. A hook
+        that fails here is logged: the original error stands."""
+        result = TransformOutputResult(error=exc, output=EMPTY, step=step)
+        try:
+            self.call_sync("transform_output", result)
+        except Exception:
+            log.exception("middleware transform_output raised on an error; ignored")
+        return result.error if isinstance(result.error, Exception) else exc
+
+    async def error_result_async(
+        self, exc: Exception, step: TransformOutputStepInfo | None
+    ) -> Exception:
+        result = TransformOutputResult(error=exc, output=EMPTY, step=step)
+        try:
+            await self.call("transform_output", result)
+        except Exception:
+            log.exception("middleware transform_output raised on an error; ignored")
+        return result.error if isinstance(result.error, Exception) else exc
 
 
 def step_info(step_id: str, op: Opcode, opts: dict[str, object] | None = None) -> Any:

@@ -148,11 +148,23 @@ def _mw_checked_sync(
     info = step_info(step_id, Opcode.STEP_RUN)
 
     async def later(awaitable: Any) -> Any:
-        result = stored(await awaitable)
-        return _transformed(await mw.output_result_async(result, info), step_id)
+        try:
+            result = await awaitable
+        except Exception as exc:
+            error = await mw.error_result_async(exc, info)
+            if error is not exc:
+                raise error from exc
+            raise
+        return _transformed(await mw.output_result_async(stored(result), info), step_id)
 
     def checked(*args: Any) -> Any:
-        result = handler(*args)
+        try:
+            result = handler(*args)
+        except Exception as exc:
+            error = mw.error_result(exc, info)
+            if error is not exc:
+                raise error from exc
+            raise
         if inspect.isawaitable(result):
             return later(result)  # celeryflow runs it to completion
         return _transformed(mw.output_result(stored(result), info), step_id)
@@ -172,9 +184,15 @@ def _mw_checked_async(
     info = step_info(step_id, Opcode.STEP_RUN)
 
     async def checked(*args: Any) -> Any:
-        result = handler(*args)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            error = await mw.error_result_async(exc, info)
+            if error is not exc:
+                raise error from exc
+            raise
         return _transformed(await mw.output_result_async(stored(result), info), step_id)
 
     return checked
