@@ -342,6 +342,25 @@ def secret(ctx: inngest.ContextSync) -> dict[str, Any]:
     return {"token": token, "child": child}
 
 
+@function("secret-async", via=secret_client)
+async def secret_async(ctx: inngest.Context) -> dict[str, Any]:
+    async def tokenize() -> dict[str, Any]:
+        return {"token": "tok-async"}
+
+    token = await ctx.step.run("tokenize", tokenize)
+    await ctx.step.sleep("nap", 200)
+    saw("secret-async", token)
+    return token
+
+
+def test_sync_encryption_middleware_in_an_async_function(flow: Flow) -> None:
+    run = wait_for_run(flow, event_id=send("mw/secret-async", via=secret_client), timeout=60)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert seen["secret-async"] == [{"token": "tok-async"}]  # replayed, decrypted
+    assert decrypt(run.output) == {"token": "tok-async"} and run.output[MARK] is True
+    assert run.steps[0].output[MARK] is True
+
+
 def test_encryption_middleware_end_to_end(flow: Flow) -> None:
     event_id = send("mw/secret", {FIELD: {"number": "4242"}, "plain": 1}, via=secret_client)
     run = wait_for_run(flow, event_id=event_id, timeout=60)
