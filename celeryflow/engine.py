@@ -43,11 +43,13 @@ from .events import FAILED_EVENT, Event
 from .functions import FlowFunction, Registry
 from .hooks import (
     Hooks,
+    MemoLoaded,
     RunFinished,
     RunInfo,
     RunParked,
     RunStarted,
     RunWoken,
+    StepOutputs,
     carried_context,
 )
 from .infra import guarded, release_after
@@ -358,6 +360,7 @@ class Execution:
             if not first:
                 self.hooks.emit("run_woken", RunWoken(**info))
             self.hooks.emit("run_started", RunStarted(**info, first=first))
+            self.hooks.emit("memo_loaded", MemoLoaded(**info, outputs=StepOutputs(self.memo)))
         try:
             wake = self._drive()
         except Unavailable as exc:
@@ -492,6 +495,9 @@ class Execution:
         if recorded is not None:
             ring += [*recorded.created, *recorded.resumed]
         self.doorbell.ring(ring)
+        if recorded is not None and recorded.cancelled:
+            # the failure event cancelled runs (cancel_on): theirs go too
+            self.store.cancel_descendants(recorded.cancelled, now)
         if sending is not None and recorded is not None:
             self.hooks.announce(sending.events, recorded.planned, recorded.created)
         if parent and resumed and self.branch is not None:
@@ -581,6 +587,10 @@ class Execution:
         if recorded is None:
             raise self.lost()
         self.doorbell.ring([*recorded.created, *recorded.resumed])
+        if recorded.cancelled:
+            # runs whose cancel_on these events matched: what they started goes too, as
+            # after Flow.send (flow.cancel's default), once their cancel has committed
+            self.store.cancel_descendants(recorded.cancelled, utcnow())
         self.hooks.announce(events, recorded.planned, recorded.created)
 
     def time_out_wait(self, timed_out: StepWrite) -> str | None:
