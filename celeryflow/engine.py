@@ -241,7 +241,7 @@ class Execution:
         self.claim = claim
         self.run_id: str = claim.run["id"]
         self.fence = claim.fence
-        # A step.parallel branch (DESIGN: parallel.py) replays its parent's memo up
+        # A step.parallel branch (steps/parallel.py) replays its parent's memo up
         # to the parallel step, then records its own steps on its own run.
         self.branch: int | None = claim.run["branch"]
         self.branch_key: str | None = claim.run["parent_step"] if self.branch is not None else None
