@@ -13,7 +13,8 @@ from ..hooks import StepFinished, StepRetried, StepStarted
 from ..runs import RunStatus, StepKind, StepStatus
 
 if TYPE_CHECKING:
-    from ..engine import Execution, StepPlan
+    from ..engine import Execution
+    from .protocol import StepPlan
 
 __all__ = ["begin", "complete", "fail"]
 
