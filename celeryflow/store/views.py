@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from ..codec import from_json
 from ..errors import ConfigError, RunNotFound
 from ..runs import RunStatus
+from .stats import FunctionStats, function_stats
 from .tables import events, runs, steps, waits
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ __all__ = [
 
 Cursor = tuple[datetime, str]  # (created_at, id) of the last row of a page
 MAX_PAGE = 1000
-STATS_SAMPLE = 10_000
 
 
 @dataclass(frozen=True)
@@ -232,31 +232,6 @@ class EventRow:
             "ts": self.ts,
             "received_at": _iso(self.received_at),
             "runs": [r.as_json() for r in self.runs],
-        }
-
-
-@dataclass(frozen=True)
-class FunctionStats:
-    function_id: str
-    counts: dict[str, int]  # runs created in the window, by status
-    failure_rate: float | None  # failed / (completed + failed); None if none ended
-    p50: timedelta | None  # durations of the newest ended runs (at most the sample)
-    p95: timedelta | None
-    sampled: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "function_id": self.function_id,
-            "counts": self.counts,
-            "total": self.total,
-            "failure_rate": self.failure_rate,
-            "p50_s": self.p50.total_seconds() if self.p50 is not None else None,
-            "p95_s": self.p95.total_seconds() if self.p95 is not None else None,
-            "sampled": self.sampled,
         }
 
 
@@ -521,79 +496,6 @@ def recent_events(
         )
         for e in found
     ]
-
-
-def _percentile(sorted_values: list[timedelta], q: float) -> timedelta | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def function_stats(
-    store: Store,
-    *,
-    since: datetime,
-    until: datetime | None = None,
-    function_id: str | None = None,
-    sample: int = STATS_SAMPLE,
-) -> list[FunctionStats]:
-    """Per function, the runs created in [since, until): counts by status, failure
-    rate, and p50/p95 of the durations of (at most ``sample``) newest ended ones."""
-    window = [runs.c.created_at >= since]
-    if until is not None:
-        window.append(runs.c.created_at < until)
-    of_function = [runs.c.function_id == function_id] if function_id is not None else []
-    counting = (
-        sa.select(runs.c.function_id, runs.c.status, sa.func.count())
-        .where(*window, *of_function)
-        .group_by(runs.c.function_id, runs.c.status)
-    )
-    ended = [RunStatus.COMPLETED.value, RunStatus.FAILED.value]
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    durations: dict[str, list[timedelta]] = {}
-    with store.engine.connect() as conn:
-        for fid, status, count in conn.execute(counting):
-            counts[str(fid)][str(status)] = int(count)
-        # one round trip for every function: the newest `sample` ended runs of each
-        # (ROW_NUMBER: PostgreSQL, SQLite >= 3.25 and MariaDB >= 10.2 all have it)
-        newest = sa.func.row_number().over(
-            partition_by=runs.c.function_id, order_by=runs.c.created_at.desc()
-        )
-        ranked = (
-            sa.select(
-                runs.c.function_id,
-                runs.c.created_at,
-                runs.c.started_at,
-                runs.c.ended_at,
-                newest.label("n"),
-            )
-            .where(*window, *of_function, runs.c.status.in_(ended))
-            .subquery()
-        )
-        timing = sa.select(ranked).where(ranked.c.n <= sample)
-        collected: dict[str, list[timedelta]] = defaultdict(list)
-        for row in conn.execute(timing):
-            if row.ended_at is not None:
-                started = row.started_at or row.created_at
-                collected[str(row.function_id)].append(row.ended_at - started)
-        durations = {fid: sorted(values) for fid, values in collected.items()}
-    result = []
-    for fid in sorted(counts):
-        by_status = counts[fid]
-        done = by_status.get("completed", 0) + by_status.get("failed", 0)
-        taken = durations.get(fid, [])
-        result.append(
-            FunctionStats(
-                function_id=fid,
-                counts=dict(sorted(by_status.items())),
-                failure_rate=by_status.get("failed", 0) / done if done else None,
-                p50=_percentile(taken, 0.5),
-                p95=_percentile(taken, 0.95),
-                sampled=len(taken),
-            )
-        )
-    return result
 
 
 def waiting_runs(
