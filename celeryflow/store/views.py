@@ -14,11 +14,8 @@ Every query is bounded and walks an index, so it stays fast at a million runs:
   (``(run_id, key)``), its children on ``ix_cf_runs_parent``.
 * :func:`recent_events`: ``ix_cf_events_received`` (``ix_cf_events_name_received`` by
   name), then the runs of the page's events on ``ix_cf_runs_event_id``.
-* :func:`function_stats`: counts over a window, a range of ``ix_cf_runs_created``
-  (of ``ix_cf_runs_function_created`` for one function), and the durations of the
-  newest ``sample`` ended runs per function in one more pass over that range; its
-  cost grows with the runs in the window (figures at a million runs in
-  bench/RESULTS.md, bench/views.py), so a dashboard asks for hours, not months.
+* :func:`function_stats` (``store/stats.py``): counts by function and status over a
+  window, from ``ix_cf_runs_created`` alone; p50/p95 from the newest ended runs.
 * :func:`waiting_runs`: waiting runs on ``ix_cf_runs_status_created``, their
   waiters by primary key.
 """
@@ -201,6 +198,12 @@ class RunDetail:
     steps: list[StepRow]
     children: list[RunRow]
     waits: list[WaitRow]  # all of the run's waiters, cancel_on included
+    steps_total: int = -1  # every step of the run; -1: as many as ``steps``
+
+    @property
+    def steps_hidden(self) -> int:
+        """How many earlier steps ``steps`` leaves out (``step_limit``)."""
+        return max(0, self.steps_total - len(self.steps))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -390,8 +393,12 @@ def _wait_row(row: sa.RowMapping, function_id: str | None = None) -> WaitRow:
     )
 
 
-def run_detail(store: Store, run_id: str) -> RunDetail:
-    """One run with its steps, waiters and child runs; RunNotFound if none."""
+def run_detail(store: Store, run_id: str, *, step_limit: int | None = None) -> RunDetail:
+    """One run with its steps, waiters and child runs; RunNotFound if none. With
+    ``step_limit``, only the newest that many steps (by position) and their child
+    runs, and ``steps_total`` counts all of them: a page of a run with thousands of
+    steps stays quick (the primary key's range of the run is counted, the newest
+    rows sorted out of it by the database)."""
     with store.engine.connect() as conn:
         head = (
             conn.execute(
@@ -410,23 +417,35 @@ def run_detail(store: Store, run_id: str) -> RunDetail:
         )
         if head is None:
             raise RunNotFound(f"no run with id {run_id!r}")
-        step_rows = list(
-            conn.execute(
-                steps.select().where(steps.c.run_id == run_id).order_by(steps.c.position)
-            ).mappings()
-        )
+        query = steps.select().where(steps.c.run_id == run_id)
+        total = -1
+        if step_limit is None:
+            step_rows = list(conn.execute(query.order_by(steps.c.position)).mappings())
+        else:
+            newest = query.order_by(steps.c.position.desc()).limit(max(1, step_limit))
+            step_rows = list(conn.execute(newest).mappings())[::-1]
+            total = len(step_rows)
+            if total >= step_limit:
+                count = sa.select(sa.func.count()).where(steps.c.run_id == run_id)
+                total = int(conn.execute(count).scalar_one())
         wait_rows = [
             _wait_row(w, head["function_id"])
             for w in conn.execute(waits.select().where(waits.c.run_id == run_id)).mappings()
         ]
-        children = list(
-            conn.execute(
-                _run_select()
-                .add_columns(runs.c.parent_step, runs.c.branch)
-                .where(runs.c.parent_run_id == run_id)
-                .order_by(runs.c.created_at, runs.c.branch)
-            ).mappings()
+        of_children = (
+            _run_select()
+            .add_columns(runs.c.parent_step, runs.c.branch)
+            .where(runs.c.parent_run_id == run_id)
         )
+        if step_limit is not None:  # the newest, as for the steps
+            newest_children = of_children.order_by(
+                runs.c.created_at.desc(), runs.c.branch.desc()
+            ).limit(max(1, step_limit))
+            children = list(conn.execute(newest_children).mappings())[::-1]
+        else:
+            children = list(
+                conn.execute(of_children.order_by(runs.c.created_at, runs.c.branch)).mappings()
+            )
     by_step: dict[str, list[str]] = defaultdict(list)
     for child in children:
         by_step[str(child["parent_step"])].append(str(child["id"]))
@@ -459,6 +478,7 @@ def run_detail(store: Store, run_id: str) -> RunDetail:
         steps=step_list,
         children=[_run_row(c) for c in children],
         waits=wait_rows,
+        steps_total=total if total >= 0 else len(step_list),
     )
 
 
