@@ -65,6 +65,7 @@ from typing import Any
 from .codec import from_json, to_json
 from .errors import ConfigError
 from .events import Event
+from .runs import StepStatus
 
 __all__ = [
     "EventReceived",
@@ -152,7 +153,7 @@ class StepOutputs(MutableMapping[str, Any]):
 
     def _settled(self, key: str) -> dict[str, Any]:
         row = self._memo.get(key)
-        if row is None or row["status"] != "completed" or row["output"] is None:
+        if row is None or row["status"] != StepStatus.COMPLETED or row["output"] is None:
             raise KeyError(key)
         return row
 
@@ -169,7 +170,9 @@ class StepOutputs(MutableMapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         memo = self._memo
-        return iter([k for k in memo if memo[k]["status"] == "completed" and memo[k]["output"]])
+        return iter(
+            [k for k in memo if memo[k]["status"] == StepStatus.COMPLETED and memo[k]["output"]]
+        )
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -31,6 +31,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .durations import utcnow
 from .errors import Unavailable
+from .runs import StepKind, StepStatus
 
 if TYPE_CHECKING:
     from .engine import Execution
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BROKER_ERRORS", "guarded", "is_disconnect", "is_infrastructure", "release_after"]
 
-RESULTS = ("completed", "failed")  # step rows that settle a step
+RESULTS = (StepStatus.COMPLETED.value, StepStatus.FAILED.value)  # rows that settle a step
 
 log = logging.getLogger("celeryflow.engine")
 T = TypeVar("T")
@@ -164,4 +165,8 @@ def _results(writes: list[StepWrite]) -> list[StepWrite]:
     """The plain step results among ``writes``: rows that need nothing else written
     with them (a sleep's or a wait's parking row needs its run's move or its waiter,
     a send_event's row its events), so they can be written on their own."""
-    return [w for w in writes if w[0]["kind"] in ("run", "sleep") and w[0]["status"] in RESULTS]
+    return [
+        w
+        for w in writes
+        if w[0]["kind"] in (StepKind.RUN.value, StepKind.SLEEP.value) and w[0]["status"] in RESULTS
+    ]

@@ -22,7 +22,7 @@ from ..codec import from_json, to_json
 from ..errors import RunNotFound
 from ..events import Event
 from ..flowcontrol import Admission
-from ..runs import TERMINAL, Run, RunStatus, StepRecord
+from ..runs import TERMINAL, Run, RunStatus, StepRecord, StepStatus
 from .admin import StoreAdmin
 from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .due import DueRun, take_due
@@ -418,7 +418,7 @@ class Store(StoreAdmin):
             status = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar()
         if status is None or RunStatus(status) in TERMINAL:
             return "gone"
-        if recorded is None or recorded == "waiting":
+        if recorded is None or recorded == StepStatus.WAITING.value:
             # not recorded yet, or recorded by a commit that landed between the two
             # statements above: try again shortly
             return "early"
