@@ -82,7 +82,7 @@ class Pruned:
 @contextmanager
 def _transaction(store: Store) -> Iterator[sa.Connection]:
     with store.write_lock(), store.engine.connect() as conn:
-        if conn.dialect.name in ("mysql", "mariadb"):
+        if store.capabilities.read_committed_batches:
             # no gap locks on the ranges scanned, and each statement sees the newest
             # commits (as on PostgreSQL), so a re-check after locking is a real one
             conn.execution_options(isolation_level="READ COMMITTED")
@@ -217,7 +217,7 @@ def _lock(
     conn: sa.Connection, table: sa.Table, keys: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
     """The rows of ``keys`` nobody else holds, now locked by this transaction."""
-    if not keys or conn.dialect.name == "sqlite":  # SQLite: one writer, already us
+    if not keys:
         return list(keys)
     pk = list(table.primary_key.columns)
     query = sa.select(*pk).where(sa.tuple_(*pk).in_(keys)).with_for_update(skip_locked=True)
@@ -258,7 +258,8 @@ def _keyed_batch(
         if order_by is not None:
             query = query.order_by(order_by)
         found = [tuple(row) for row in conn.execute(query)]
-        keys = _lock(conn, table, found) if lock else found
+        # SQLite, without SKIP LOCKED, has one writer: already us
+        keys = _lock(conn, table, found) if lock and store.capabilities.skip_locked else found
         if not keys:
             return len(found), 0
         deleted = conn.execute(table.delete().where(sa.tuple_(*pk).in_(keys), *where)).rowcount
