@@ -19,6 +19,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,67 @@ def redis_client(db: int) -> Any:
     import redis
 
     return redis.Redis.from_url(redis_url(db), socket_timeout=30)
+
+
+# --------------------------------------------------------------------------------------
+# The worker subprocess
+# --------------------------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: dict[str, str],
+    queue: str,
+    pool: str = "prefork",
+    module: str = "apps",
+    concurrency: int = 2,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m celery -A <module> worker -c <concurrency> --pool <pool>`` on
+    ``queue`` (the module is looked up in bench/)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        module,
+        "worker",
+        "-c",
+        str(concurrency),
+        "--pool",
+        pool,
+        "-Q",
+        queue,
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    full_env = {**os.environ, **env, "CF_BENCH_QUEUE": queue}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+    )
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        cmd, cwd=HERE, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc
+    except BaseException:
+        log.seek(0)
+        tail = log.read().decode(errors="replace")[-4000:]
+        print(f"--- worker output (last 4000 chars) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        log.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group: it and its children
+            proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------------

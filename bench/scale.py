@@ -57,6 +57,7 @@ import engine  # noqa: E402
 from common import (  # noqa: E402
     Row,
     Table,
+    celery_worker,
     fmt_rate,
     fmt_time,
     fresh_postgres,
@@ -313,7 +314,7 @@ def part_ceiling(broker: str, workers: list[int], runs_n: int, long_runs: int) -
             env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": broker, "CF_BENCH_STORE": url}
             counter = engine.RunCounter(url)
             queue = f"cf-scale-{os.getpid()}-ceiling-{n}"
-            with engine.celery_worker(env, queue, concurrency=n):
+            with celery_worker(env, queue, concurrency=n):
                 started = time.time()
                 flow.send([Event(name=apps.ONE_STEP_EVENT, data={"w": 1})])
                 counter.wait_for(1, started, 120)  # the worker is up
