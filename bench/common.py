@@ -159,9 +159,12 @@ def celery_worker(
     pool: str = "prefork",
     module: str = "apps",
     concurrency: int = 2,
+    name: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m celery -A <module> worker -c <concurrency> --pool <pool>`` on
-    ``queue`` (the module is looked up in bench/)."""
+    ``queue`` (the module is looked up in bench/), with ``env`` added to its
+    environment; ``name``: its node name (``-n``), for several on one queue. Every
+    benchmark's worker subprocess is this one. Its output is printed if the block fails."""
     cmd = [
         sys.executable,
         "-m",
@@ -181,6 +184,8 @@ def celery_worker(
         "--without-mingle",
         "--without-heartbeat",
     ]
+    if name is not None:
+        cmd += ["-n", f"{name}-{queue}@%h"]
     full_env = {**os.environ, **env, "CF_BENCH_QUEUE": queue}
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
@@ -194,7 +199,7 @@ def celery_worker(
     except BaseException:
         log.seek(0)
         tail = log.read().decode(errors="replace")[-4000:]
-        print(f"--- worker output (last 4000 chars) ---\n{tail}", file=sys.stderr)
+        print(f"--- worker {name or ''} output (last 4000 chars) ---\n{tail}", file=sys.stderr)
         raise
     finally:
         log.close()
