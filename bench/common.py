@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 # The private Redis server is shared with the test-suite's helpers, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from redis_server import DATABASES, RedisServer
+from redis_server import DbLender, RedisServer
 
 PG_BASE = os.environ.get("CF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("CF_BENCH_REDIS_URL")
@@ -86,7 +86,8 @@ def fresh_store(kind: str) -> Iterator[str]:
 
 
 _private_redis: RedisServer | None = None
-_free_redis_dbs = list(range(1, DATABASES))
+# db 0 is the base URL's; the benchmarks borrow the others (the tests' protocol)
+_redis_dbs = DbLender(lambda db: redis_url(db), first=1)
 
 
 def redis_owned() -> bool:
@@ -111,15 +112,8 @@ def fresh_redis_db() -> Iterator[int]:
         yield int(urlsplit(_redis_base()).path.strip("/") or 0)
         return
     _redis_base()
-    db = _free_redis_dbs.pop(0)
-    client = redis_client(db)
-    client.flushdb()
-    try:
+    with _redis_dbs.lend() as db:
         yield db
-    finally:
-        client.flushdb()
-        client.close()
-        _free_redis_dbs.append(db)
 
 
 def reset_redis_db(db: int, *keys: str) -> None:
