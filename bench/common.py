@@ -27,14 +27,21 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import sqlalchemy as sa
+
 # The private Redis server is shared with the test-suite's helpers, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from redis_server import DbLender, RedisServer
+
+from celeryflow.runs import RunStatus
+from celeryflow.store.database import create_store_engine
+from celeryflow.store.tables import runs as runs_table
 
 PG_BASE = os.environ.get("CF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("CF_BENCH_REDIS_URL")
@@ -208,6 +215,39 @@ def celery_worker(
 # --------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------
+
+
+class RunCounter:
+    """Completed runs of one round, and the latest ended_at, read from the store.
+
+    A poll counts only the runs created since the round began, through the
+    (status, created_at) index, and the latest ended_at is read once, when all have
+    completed: a poll that scanned every completed run of every round would take CPU
+    from the system it measures (the plain side's poll is one Redis GET).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_store_engine(url)
+        since = sa.bindparam("since", type_=runs_table.c.created_at.type)
+        done = sa.and_(
+            runs_table.c.status == RunStatus.COMPLETED.value, runs_table.c.created_at >= since
+        )
+        self.count = sa.select(sa.func.count()).where(done)
+        self.last = sa.select(sa.func.max(runs_table.c.ended_at)).where(done)
+
+    def wait_for(self, total: int, since: float, timeout: float) -> float:
+        """Wait until ``total`` runs created since ``since`` (a time.time()) have
+        completed; returns the last one's ended_at."""
+        params = {"since": datetime.fromtimestamp(since, timezone.utc)}
+
+        def probe() -> bool:
+            with self.engine.connect() as conn:
+                return int(conn.execute(self.count, params).scalar_one()) >= total
+
+        wait_until(probe, timeout, 0.02, f"{total} completed runs")
+        with self.engine.connect() as conn:
+            last: datetime = conn.execute(self.last, params).scalar_one()
+        return last.timestamp()
 
 
 def median(values: Sequence[float]) -> float:
