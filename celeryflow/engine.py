@@ -43,12 +43,14 @@ from .events import FAILED_EVENT, Event
 from .functions import FlowFunction, Registry
 from .hooks import (
     Hooks,
+    MemoLoaded,
     RunFinished,
     RunInfo,
     RunParked,
     RunStarted,
     RunWoken,
     StepFinished,
+    StepOutputs,
     StepRetried,
     StepStarted,
     carried_context,
@@ -358,6 +360,7 @@ class Execution:
             if not first:
                 self.hooks.emit("run_woken", RunWoken(**info))
             self.hooks.emit("run_started", RunStarted(**info, first=first))
+            self.hooks.emit("memo_loaded", MemoLoaded(**info, outputs=StepOutputs(self.memo)))
         try:
             wake = self._drive()
         except Unavailable as exc:
@@ -509,6 +512,9 @@ class Execution:
         for r in recorded:
             ring += [*r.created, *r.resumed]
         self.doorbell.ring(ring)
+        for r in recorded:  # the failure event cancelled runs (cancel_on): theirs go too
+            if r.cancelled:
+                self.store.cancel_descendants(r.cancelled, now)
         self.hooks.announce(sent, rows, [c for r in recorded for c in r.created])
         if parent and resumed and self.branch is not None:
             # the step is settled: branches still out (a lost race, a failure) stop

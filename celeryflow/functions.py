@@ -46,7 +46,10 @@ DEFAULT_RETRIES = 4  # as in Inngest: 4 retries, so 5 attempts per step
 
 class CancelOn(BaseModel):
     """Cancel a run when ``event`` arrives whose ``match`` field equals the run's
-    event's (and ``if_``, CEL over ``event`` and ``async``, holds), within ``timeout``."""
+    event's (and ``if_``, CEL over ``event`` and ``async``, holds), within ``timeout``.
+    What the run started goes with it (its invoke children, its parallel branches,
+    theirs in turn), as with ``flow.cancel``, whether the event came from
+    ``flow.send``, a run's ``step.send_event`` or a run's failure."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

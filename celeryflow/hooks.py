@@ -22,8 +22,8 @@ Each method gets one small frozen dataclass. The rules every method shares:
   app module), so senders and workers both have them.
 
 Each execution of a run is ``run_woken`` (only if it executed before), then
-``run_started``, then exactly one of ``run_parked`` (it left the worker and will come
-back) or ``run_finished`` (it ended).
+``run_started``, then ``memo_loaded``, then exactly one of ``run_parked`` (it left the
+worker and will come back) or ``run_finished`` (it ended).
 
 **Carrying context.** :meth:`Hook.carry` is the one method that returns something:
 called where a run is created (the sender's ``flow.send``, or the parent run's
@@ -32,6 +32,13 @@ returns are stored with the run and given back to every execution as
 ``RunInfo.context``: how a tracing plugin carries the sender's trace into the run
 and its children (``celeryflow.tracing``).
 
+**Changing the replayed outputs.** :meth:`Hook.memo_loaded` is the one method whose
+argument may be changed: ``info.outputs`` maps each completed step of the run to its
+recorded output, and what a hook puts there (before the function reaches that step)
+is what the replay returns; the store is not changed. It is how a decrypting plugin
+(the Inngest facade's middleware) shows a run the plain values of steps it stored
+encrypted.
+
 ``reconciled`` runs in the process of the reconciler (a worker's main process, or
 beat) after each pass, with what it rang.
 """
@@ -39,12 +46,12 @@ beat) after each pass, with what it rang.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .codec import from_json
+from .codec import from_json, to_json
 from .errors import ConfigError
 from .events import Event
 
@@ -52,6 +59,7 @@ __all__ = [
     "EventReceived",
     "Hook",
     "Hooks",
+    "MemoLoaded",
     "Reconciled",
     "RunFinished",
     "RunInfo",
@@ -61,6 +69,7 @@ __all__ = [
     "RunWoken",
     "StepFinished",
     "StepInfo",
+    "StepOutputs",
     "StepRetried",
     "StepStarted",
     "carried_context",
@@ -119,6 +128,49 @@ class RunStarted(RunInfo):
     recorded steps first). ``first``: the run's first execution."""
 
     first: bool = True
+
+
+class StepOutputs(MutableMapping[str, Any]):
+    """The recorded outputs of a run's completed steps, by step key (``id``, or
+    ``id:N`` for a repeat), over the execution's memo: a value set here is what the
+    replay of that step returns in this execution (it must be JSON, as a step's
+    result is). The store keeps what was recorded."""
+
+    def __init__(self, memo: dict[str, dict[str, Any]]) -> None:
+        self._memo = memo
+
+    def _settled(self, key: str) -> dict[str, Any]:
+        row = self._memo.get(key)
+        if row is None or row["status"] != "completed" or row["output"] is None:
+            raise KeyError(key)
+        return row
+
+    def __getitem__(self, key: str) -> Any:
+        return from_json(self._settled(key)["output"])
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        row = self._settled(key)
+        # a copy: the row may be shared with the claim, which stays as read
+        self._memo[key] = {**row, "output": to_json(value, f"step {key!r} output")}
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("a recorded step cannot be removed from the replay")
+
+    def __iter__(self) -> Iterator[str]:
+        memo = self._memo
+        return iter([k for k in memo if memo[k]["status"] == "completed" and memo[k]["output"]])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+@dataclass(frozen=True)
+class MemoLoaded(RunInfo):
+    """The steps this execution replays were loaded: ``outputs`` (mutable, see
+    :class:`StepOutputs`), a parallel branch's including its parent's steps before
+    the parallel step."""
+
+    outputs: StepOutputs = field(default_factory=lambda: StepOutputs({}))
 
 
 @dataclass(frozen=True)
@@ -221,6 +273,11 @@ class Hook:
 
     def run_started(self, info: RunStarted) -> None:
         """Worker child, after the claim, before the function is called."""
+
+    def memo_loaded(self, info: MemoLoaded) -> None:
+        """Worker child, after ``run_started``, before the function is called; may
+        change ``info.outputs`` (see "Changing the replayed outputs" above) until the
+        function replays each step."""
 
     def run_parked(self, info: RunParked) -> None:
         """Worker child, after the park (or release) was written."""

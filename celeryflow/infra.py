@@ -112,6 +112,9 @@ class _Guard:
                     if wait:
                         pause = min(pause * 2, 1.0)
 
+        # found in the instance from now on: no __getattr__ and no new wrapper per
+        # call (a store method runs once per step)
+        self.__dict__[name] = call
         return call
 
 

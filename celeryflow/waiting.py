@@ -168,6 +168,10 @@ def send_event(
     if recorded is None:
         raise execution.lost()
     execution.doorbell.ring([*recorded.created, *recorded.resumed])
+    if recorded.cancelled:
+        # runs whose cancel_on these events matched: what they started goes too, as
+        # after Flow.send (flow.cancel's default), once their cancel has committed
+        execution.store.cancel_descendants(recorded.cancelled, utcnow())
     execution.hooks.announce(prepared, rows, recorded.created)
     return ids
 

@@ -253,11 +253,7 @@ def test_async_function_with_context(flow: Flow) -> None:
 
 
 def test_unsupported_parts_fail_with_an_error_naming_them(flow: Flow) -> None:
-    class Tracing(inngest.MiddlewareSync):
-        pass
-
     cases: list[tuple[str, Any]] = [
-        ("Inngest(middleware=...)", lambda: inngest.Inngest(app_id="x", middleware=[Tracing])),
         (
             "Batch(if_exp=...)",
             lambda: client.create_function(

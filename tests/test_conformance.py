@@ -22,6 +22,7 @@ from celeryflow import CancelOn, ConfigError, Event, EventError, Flow, RunStatus
 from celeryflow.compat import inngest
 from celeryflow.compat.inngest import celery as inngest_celery
 from celeryflow.compat.inngest import experimental
+from celeryflow.events import FAILED_EVENT
 from celeryflow.testing import wait_for, wait_for_run, worker
 
 client = inngest.Inngest(app_id="conformance")
@@ -271,6 +272,37 @@ def core_functions(flow: Flow) -> None:
             calls.append(lambda: ctx.step.run("c", lambda: 3))
         return ctx.step.parallel("fan", calls)  # no step after it
 
+    # item 4: a cancel_on cancel cascades to what the run started, whoever sent it
+    @flow.function(id="core-cascade-child", trigger=event("conf/never"))
+    def core_cascade_child(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("long", "60s")
+
+    @flow.function(
+        id="core-cascade",
+        trigger=event("conf/cascade"),
+        cancel_on=[
+            CancelOn(event="conf/cascade-stop", match="data.key"),
+            CancelOn(event=FAILED_EVENT, if_="async.data.event.data.key == event.data.key"),
+        ],
+    )
+    def core_cascade(ctx):  # type: ignore[no-untyped-def]
+        return ctx.step.parallel(
+            "fan",
+            [
+                lambda: ctx.step.sleep("long", "60s"),
+                lambda: ctx.step.invoke("kid", function="core-cascade-child"),
+            ],
+        )
+
+    @flow.function(id="core-cascade-sender", trigger=event("conf/cascade-sender"))
+    def core_cascade_sender(ctx):  # type: ignore[no-untyped-def]
+        key = ctx.event.data["key"]
+        ctx.step.send_event("stop", {"name": "conf/cascade-stop", "data": {"key": key}})
+
+    @flow.function(id="core-cascade-failer", trigger=event("conf/cascade-failer"), retries=0)
+    def core_cascade_failer(ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError("failing, so that function.failed is sent")
+
     @flow.function(id="core-parallel-run-id", trigger=event("conf/core-parallel-run-id"))
     def core_parallel_run_id(ctx):  # type: ignore[no-untyped-def]
         ids = ctx.step.parallel(
@@ -360,6 +392,34 @@ def test_match_still_pairs_equal_values(flow: Flow) -> None:
     flow.send(Event(name="conf/approved", data={"order_id": 7, "ok": True}))
     run = wait_for_run(flow, run.id, timeout=60)
     assert run.output == {"order_id": 7, "ok": True}
+
+
+@pytest.mark.parametrize("sender", ["conf/cascade-sender", "conf/cascade-failer"])
+def test_a_cancel_on_cancel_from_inside_a_run_cascades_to_children(flow: Flow, sender: str) -> None:
+    """A run's step.send_event (or its failure event) that matches another run's
+    cancel_on cancels that run and what it started (its parallel branches, the
+    child a branch invoked), as Flow.send's and flow.cancel do."""
+    key = sender.rsplit("-", 1)[-1]
+    [event_id] = flow.send(Event(name="conf/cascade", data={"key": key}))
+    parent = wait_for_run(flow, event_id=event_id, status=RunStatus.WAITING, timeout=60)
+
+    def started() -> list[Any]:
+        kids = [r for r in flow.list_runs(function_id="core-cascade") if r.branch is not None]
+        mine = [r for r in kids if r.parent_run_id == parent.id]
+        grandkids = [
+            r
+            for r in flow.list_runs(function_id="core-cascade-child")
+            if r.parent_run_id in {k.id for k in mine}
+        ]
+        parked = [r for r in [*mine, *grandkids] if r.status != RunStatus.QUEUED]
+        return parked if len(mine) == 2 and len(grandkids) == 1 and len(parked) == 3 else []
+
+    descendants = wait_for(started, timeout=60, what="branches and the invoked child parked")
+    flow.send(Event(name=sender, data={"key": key}))
+
+    assert wait_for_run(flow, parent.id, timeout=60).status == RunStatus.CANCELLED
+    for run in descendants:
+        assert wait_for_run(flow, run.id, timeout=60).status == RunStatus.CANCELLED, run
 
 
 def test_cancel_on_match_ignores_an_event_lacking_the_field(flow: Flow) -> None:

@@ -1,13 +1,14 @@
-"""The general paths on PostgreSQL, with the store's fast paths off.
+"""The general paths, with the store's fast paths off.
 
 On PostgreSQL the commonest writes (a claim, a lone step write, the usual finish, the
 usual send) take one-statement fast paths (celeryflow/store/one_statement.py), so the
-rest of the suite never exercises the general path there. ``CELERYFLOW_STORE_FAST_PATHS=0``
+rest of the suite never exercises the general path there; on SQLite the usual send
+and new step rows take fast paths too. ``CELERYFLOW_STORE_FAST_PATHS=0``
 (celeryflow/store/capabilities.py) turns them off; here the PostgreSQL tests that go
-through the fast paths run again with it off, in a pytest subprocess whose workers
-inherit it. Chosen files, not the whole suite twice: the store's claims, fences and
-dedup, the engine's steps, retries, sleeps and cancels, waiting and sending events,
-and flow control (about a minute and a half).
+through the fast paths (and the store's own tests on SQLite) run again with it off, in
+a pytest subprocess whose workers inherit it. Chosen files, not the whole suite twice:
+the store's claims, fences and dedup, the engine's steps, retries, sleeps and cancels,
+waiting and sending events, and flow control (about a minute and a half).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from celeryflow.store.capabilities import FAST_PATHS_ENV, EventPath
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# the PostgreSQL tests run again with the fast paths off (the fan-out sends 1,000
-# events from a step: the general path already)
+# the PostgreSQL tests (and the store's on SQLite) run again with the fast paths off
+# (the fan-out sends 1,000 events from a step: the general path already)
 RERUN = ["tests/test_store.py", "tests/test_engine.py", "tests/test_waiting.py"]
-RERUN += ["tests/test_flowcontrol.py", "-k", "postgres and not fan_out"]
+RERUN += ["tests/test_flowcontrol.py", "-k", "(postgres or sqlite) and not fan_out"]
 
 
 def _run_row() -> dict[str, object]:
@@ -127,6 +128,8 @@ def test_the_switch_turns_the_fast_paths_off(
     assert len(_one_statement_writes(sent)) == 3, sent  # send, claim, finish
     assert not any(s == "BEGIN" or s.startswith("SET LOCAL") for s in sent), sent
 
+    assert Store(sqlite_store_url).capabilities.driver_step_writes
+
     monkeypatch.setenv(FAST_PATHS_ENV, "0")
     general = Store(postgres_store_url, auto_migrate=True)
     assert not general.capabilities.one_statement_writes
@@ -135,7 +138,8 @@ def test_the_switch_turns_the_fast_paths_off(
     sent = _send_claim_step_finish(general)
     assert _one_statement_writes(sent) == [], sent
     assert "SET LOCAL synchronous_commit TO OFF" in sent
-    assert Store(sqlite_store_url).capabilities.event_path is EventPath.GENERAL
+    on_sqlite = Store(sqlite_store_url).capabilities
+    assert on_sqlite.event_path is EventPath.GENERAL and not on_sqlite.driver_step_writes
 
 
 def test_the_postgresql_tests_pass_on_the_general_paths() -> None:

@@ -15,6 +15,7 @@ from services import Stack
 from celeryflow import ConfigError, Event, Flow, Hook, NonRetriableError, RunStatus, event
 from celeryflow.hooks import (
     EventReceived,
+    MemoLoaded,
     RunFinished,
     RunParked,
     RunQueued,
@@ -294,6 +295,46 @@ def test_a_raising_hook_breaks_no_run(stack: Stack, caplog: pytest.LogCaptureFix
     assert recorder.names(run.id)[-1] == "run_finished:completed"
     assert raising.calls == len(recorder.calls)
     assert any("hook bug in run_started" in (r.exc_text or "") for r in caplog.records)
+
+
+class Rot(Hook):
+    """Changes what the replay returns (as a decrypting plugin does): each string
+    output reversed, and notes what it was given."""
+
+    def __init__(self) -> None:
+        self.loaded: list[dict[str, Any]] = []
+
+    def memo_loaded(self, info: MemoLoaded) -> None:
+        self.loaded.append(dict(info.outputs))
+        for key, value in list(info.outputs.items()):
+            if isinstance(value, str):
+                info.outputs[key] = value[::-1]
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_memo_loaded_changes_what_the_replay_returns_not_the_store(stack: Stack) -> None:
+    rot = Rot()
+    flow = make_flow(stack, hooks=[rot])
+    seen: list[Any] = []
+
+    @flow.function(id="rot", trigger=event("hooks/rot"))
+    def rotted(ctx):  # type: ignore[no-untyped-def]
+        seen.append(ctx.step.run("word", lambda: "stressed"))
+        ctx.step.run("number", lambda: 7)
+        ctx.step.sleep("nap", "100ms")
+        return ctx.step.run("echo", lambda: seen[-1])
+
+    with worker(flow):
+        [event_id] = flow.send(Event(name="hooks/rot"))
+        run = wait_for_run(flow, event_id=event_id, timeout=20)
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    # the first execution ran the step; the second replayed it through the hook
+    assert seen == ["stressed", "desserts"]
+    assert run.output == "desserts"
+    # the hook was given the completed steps' outputs (the sleep had not ended)
+    assert rot.loaded == [{}, {"word": "stressed", "number": 7}]
+    assert {s.id: s.output for s in run.steps}["word"] == "stressed"
 
 
 def test_a_hook_must_be_a_hook(tmp_path: Any) -> None:

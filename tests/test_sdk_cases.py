@@ -308,6 +308,58 @@ async def parallel_groups(ctx: inngest.Context) -> Any:
     return list(out)
 
 
+def _race_steps(order: list[str]) -> dict[str, Any]:
+    def slow(label: str) -> Any:
+        def run() -> None:
+            time.sleep(0.5)
+            with lock:
+                order.append(label)
+
+        return run
+
+    def fast(label: str) -> Any:
+        def run() -> None:
+            with lock:
+                order.append(label)
+
+        return run
+
+    return {"a.1": fast("a.1"), "a.2": fast("a.2"), "b.1": slow("b.1"), "b.2": slow("b.2")}
+
+
+race_order: dict[str, list[str]] = {"sync": [], "async": []}
+
+
+@case("parallel-race")
+def parallel_race(ctx: inngest.ContextSync) -> Any:
+    steps = _race_steps(race_order["sync"])
+
+    def fast_group() -> list[Any]:
+        return [ctx.step.run("a.1", steps["a.1"]), ctx.step.run("a.2", steps["a.2"])]
+
+    def slow_group() -> list[Any]:
+        return [ctx.step.run("b.1", steps["b.1"]), ctx.step.run("b.2", steps["b.2"])]
+
+    out = ctx.group.parallel((fast_group, slow_group), parallel_mode=inngest.ParallelMode.RACE)
+    return list(out)
+
+
+@case("parallel-race-async")
+async def parallel_race_async(ctx: inngest.Context) -> Any:
+    steps = _race_steps(race_order["async"])
+
+    async def fast_group() -> list[Any]:
+        return [await ctx.step.run("a.1", steps["a.1"]), await ctx.step.run("a.2", steps["a.2"])]
+
+    async def slow_group() -> list[Any]:
+        return [await ctx.step.run("b.1", steps["b.1"]), await ctx.step.run("b.2", steps["b.2"])]
+
+    out = await ctx.group.parallel(
+        (fast_group, slow_group), parallel_mode=inngest.ParallelMode.RACE
+    )
+    return list(out)
+
+
 # -- flow control, cancel, sleep, wait -------------------------------------------------------
 
 
@@ -524,6 +576,16 @@ def test_parallel_steps_with_invoke_and_send_event(flow: Flow) -> None:
     assert (done, one, two) == ("done", 1, 2) and len(ids) == 1
     assert (counts["par:1a"], counts["par:1b"], counts["par:after"]) == (1, 1, 1)
     assert run.output == ["done", 1, 2, ids]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_parallel_mode_race_each_branch_goes_on_at_once(flow: Flow, mode: str) -> None:
+    """parallel_mode_race: the fast branch's second step does not wait for the slow
+    branch's first, and every branch's result comes back (the SDK's count of HTTP
+    requests has no counterpart)."""
+    run = completed(flow, "parallel-race" if mode == "sync" else "parallel-race-async")
+    assert run.output == [[None, None], [None, None]]
+    assert race_order[mode] == ["a.1", "a.2", "b.1", "b.2"]
 
 
 def test_parallel_group_of_sequential_steps(flow: Flow) -> None:

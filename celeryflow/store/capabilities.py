@@ -1,11 +1,12 @@
 """What the store's database can do, decided once per store: the one place in store/
 that reads the dialect. Everything else asks a :class:`Capabilities` which path to take.
 
-The *fast paths* are shortcuts for the commonest writes (store/one_statement.py): on
-PostgreSQL a claim, a lone step write, the usual finish and the usual send are each
-one statement in autocommit; on SQLite the usual send is two statements in one
-transaction. Each has a general path (a short transaction) that decides the same way,
-and MySQL/MariaDB take only that one.
+The *fast paths* are shortcuts for the commonest writes: on PostgreSQL a claim, a
+lone step write, the usual finish and the usual send are each one statement in
+autocommit (store/one_statement.py); on SQLite the usual send is two statements in
+one transaction, and new step rows go on the driver's cursor (store/prepared.py).
+Each has a general path (a short transaction through SQLAlchemy) that decides the
+same way, and MySQL/MariaDB take only that one.
 
 ``CELERYFLOW_STORE_FAST_PATHS=0`` in the environment turns the fast paths off on every
 database: a test and diagnostic switch, not a setting to run with (the general path
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,6 +50,7 @@ class Capabilities:
     """One database's differences, as the store's code needs them."""
 
     name: str
+    dialect: sa.Dialect = field(repr=False, compare=False)
     insert_returning: bool
     update_returning: bool
     # SELECT ... FOR UPDATE SKIP LOCKED (SQLite has one writer: it is already us)
@@ -60,6 +62,8 @@ class Capabilities:
     # PostgreSQL fast paths: the claim, a lone step write and the usual finish are one
     # statement each in autocommit
     one_statement_writes: bool
+    # SQLite fast path: new step rows on the driver's cursor (store/prepared.py)
+    driver_step_writes: bool
     event_path: EventPath
 
     @classmethod
@@ -75,12 +79,14 @@ class Capabilities:
             event_path = EventPath.INSERT_THEN_RUNS
         return cls(
             name=name,
+            dialect=dialect,
             insert_returning=bool(dialect.insert_returning),
             update_returning=bool(dialect.update_returning),
             skip_locked=name != "sqlite",
             read_committed_batches=name in ("mysql", "mariadb"),
             async_claim=postgres,
             one_statement_writes=fast and postgres,
+            driver_step_writes=fast and name == "sqlite",
             event_path=event_path,
         )
 

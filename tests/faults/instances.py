@@ -247,7 +247,10 @@ class MariaDBInstance(Instance):
     def __init__(self, root: Path | None = None) -> None:
         super().__init__(root)
         self.data = self.root / "data"
-        self.socket = self.root / "mysqld.sock"
+        # A unix socket path is limited to 107 bytes, which pytest's temp dirs under
+        # xdist (.../popen-gw1/test_.../) exceed: the socket gets a short dir of its own.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="cfm-", dir="/tmp"))
+        self.socket = self.socket_dir / "mysqld.sock"
         with open(self.log, "ab") as out:
             subprocess.run(
                 ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--user=root",
@@ -273,6 +276,10 @@ class MariaDBInstance(Instance):
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def url(self, database: str) -> str:
         return f"mysql+pymysql://root@127.0.0.1:{self.port}/{database}?charset=utf8mb4"

@@ -58,6 +58,7 @@ from ._errors import (
     StepUnexpectedError,
 )
 from ._events import JSON, Event
+from ._middleware import Opcode, Output, TransformOutputStepInfo
 from ._steps import ParallelMode, Step, StepSync
 
 __all__ = [
@@ -76,6 +77,8 @@ __all__ = [
     "NonRetriableError",
     "NotServedError",
     "NotSupportedError",
+    "Opcode",
+    "Output",
     "OutputUnserializableError",
     "ParallelMode",
     "Priority",
@@ -95,6 +98,7 @@ __all__ = [
     "Throttle",
     "Timeouts",
     "TransformOutputResult",
+    "TransformOutputStepInfo",
     "TriggerCron",
     "TriggerEvent",
     "celery",

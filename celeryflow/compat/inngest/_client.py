@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from ... import events as core_events
 from ...errors import ConfigError, EventError, describe
@@ -37,8 +37,17 @@ from ._config import (
     TriggerEvent,
 )
 from ._context import Context, ContextSync
-from ._errors import PREFIX, NotServedError, SendEventsError, not_supported
-from ._events import Event, to_core_event
+from ._errors import PREFIX, NotServedError, SendEventsError
+from ._events import Event, SendEventsResult, to_core_event
+from ._middleware import (
+    MEMO_HOOK,
+    Middleware,
+    MiddlewareManager,
+    MiddlewareSync,
+    StepMemos,
+    TransformOutputResult,
+    UninitializedMiddleware,
+)
 from ._serializers import (
     EMPTY,
     PydanticSerializer,
@@ -68,32 +77,11 @@ T = TypeVar("T")
 Handler = Callable[[ContextSync], Any] | Callable[[Context], Awaitable[Any]]
 
 
-class Middleware:
-    """Importable so middleware classes still define; passing one is not supported."""
-
-
-class MiddlewareSync(Middleware):
-    """Importable so middleware classes still define; passing one is not supported."""
-
-
-class TransformOutputResult:
-    """Importable for middleware signatures; middleware is not supported."""
-
-
 class Streaming(enum.Enum):
     """Accepted by ``serve(streaming=...)`` and unused: there is no HTTP response."""
 
     DISABLE = "disable"
     FORCE = "force"
-
-
-class StepMemos:
-    """Importable for signatures only: memoized steps live in celeryflow's store."""
-
-
-class SendEventsResult(BaseModel):
-    error: str | None = None
-    ids: list[str] = Field(default_factory=list)
 
 
 def _listed(value: Any) -> list[Any]:
@@ -130,8 +118,10 @@ class Function(Generic[T]):
         retries: int | None,
         options: dict[str, Any],
         output_type: object = EMPTY,
+        middleware: list[UninitializedMiddleware] | None = None,
     ) -> None:
         self._client = client
+        self._middleware = _middleware_list(middleware, f"create_function(fn_id={fn_id!r})")
         self._fn_id = fn_id
         self._name = name or fn_id
         self._handler = handler
@@ -172,17 +162,19 @@ class Function(Generic[T]):
         if served is not None:
             return served
         failure_id = self.on_failure_fn_id
+        if client.middleware or self._middleware:
+            client.watch_memos(flow)
         function = flow.function(
             id=self.id,
             trigger=self._triggers,
             retries=self._retries,
             on_failure=failure_id,
             **self._options,
-        )(_wrap(self._handler, client, self.output_type))
+        )(_wrap(self._handler, self, client, self.output_type))
         if self._on_failure is not None and failure_id is not None:
             # the SDK gives the failure handler no retries, and serializes its output
             # as `object` (it is never invoked, so never read back)
-            flow.function(id=failure_id, retries=0)(_wrap(self._on_failure, client, object))
+            flow.function(id=failure_id, retries=0)(_wrap(self._on_failure, self, client, object))
         self._served[flow] = function
         return function
 
@@ -190,26 +182,76 @@ class Function(Generic[T]):
         return f"<inngest.Function {self.id}>"
 
 
-def _json_output(output: Any, client: Inngest, output_type: object) -> Any:
+def _json_output(
+    output: Any, client: Inngest, output_type: object, mw: MiddlewareManager | None = None
+) -> Any:
     output = serialize(client.serializer, output, output_type)
+    if mw is not None:
+        output = mw.output_result(output, None)
     error = unserializable(output, None)
     if error is not None:
         raise error
     return output
 
 
+async def _json_output_async(
+    output: Any, client: Inngest, output_type: object, mw: MiddlewareManager
+) -> Any:
+    output = serialize(client.serializer, output, output_type)
+    output = await mw.output_result_async(output, None)
+    error = unserializable(output, None)
+    if error is not None:
+        raise error
+    return output
+
+
+def _manager(client: Inngest, function: Function[Any]) -> MiddlewareManager | None:
+    """This execution's middleware (client's first, then the function's), or None."""
+    factories = [*client.middleware, *function._middleware]
+    if not factories:
+        return None
+    manager = MiddlewareManager(client, factories)
+    manager.outputs = MEMO_HOOK.take()
+    return manager
+
+
 def _wrap(
-    handler: Handler, client: Inngest, output_type: object
+    handler: Handler, function: Function[Any], client: Inngest, output_type: object
 ) -> Callable[[BaseContext[Any]], Any]:
-    """The celeryflow function: builds the SDK's context around celeryflow's."""
+    """The celeryflow function: builds the SDK's context around celeryflow's, and
+    calls the middleware around the handler (see _middleware.py)."""
     if inspect.iscoroutinefunction(handler):
         async_handler = cast(Callable[[Context], Awaitable[Any]], handler)
 
         @functools.wraps(handler)
         async def run_async(ctx: BaseContext[Any]) -> Any:
-            sdk_ctx = Context(ctx, client)
+            mw = _manager(client, function)
+            sdk_ctx = Context(ctx, client, mw)
             with experimental.bound(sdk_ctx.step):
-                return _json_output(await async_handler(sdk_ctx), client, output_type)
+                if mw is None:
+                    return _json_output(await async_handler(sdk_ctx), client, output_type)
+                await mw.call("transform_input", sdk_ctx, function, StepMemos(mw.outputs))
+                if mw.begins(ctx.logger.replaying):
+                    await mw.call("before_execution")
+                try:
+                    output = await async_handler(sdk_ctx)
+                    if mw.begins(False):
+                        await mw.call("before_execution")
+                except Exception as exc:
+                    await mw.quietly("after_execution")
+                    error = await mw.error_result_async(exc, None)
+                    await mw.quietly("before_response")
+                    if error is not exc:
+                        raise error from exc
+                    raise
+                except BaseException:
+                    await mw.quietly("after_execution")
+                    await mw.quietly("before_response")
+                    raise
+                await mw.call("after_execution")
+                output = await _json_output_async(output, client, output_type, mw)
+                await mw.call("before_response")
+                return output
 
         return run_async
 
@@ -217,11 +259,48 @@ def _wrap(
 
     @functools.wraps(handler)
     def run_sync(ctx: BaseContext[Any]) -> Any:
-        sdk_ctx = ContextSync(ctx, client)
+        mw = _manager(client, function)
+        sdk_ctx = ContextSync(ctx, client, mw)
         with experimental.bound(sdk_ctx.step):
-            return _json_output(sync_handler(sdk_ctx), client, output_type)
+            if mw is None:
+                return _json_output(sync_handler(sdk_ctx), client, output_type)
+            mw.call_sync("transform_input", sdk_ctx, function, StepMemos(mw.outputs))
+            if mw.begins(ctx.logger.replaying):
+                mw.call_sync("before_execution")
+            try:
+                output = sync_handler(sdk_ctx)
+                if mw.begins(False):
+                    mw.call_sync("before_execution")
+            except Exception as exc:
+                mw.quietly_sync("after_execution")
+                error = mw.error_result(exc, None)
+                mw.quietly_sync("before_response")
+                if error is not exc:
+                    raise error from exc
+                raise
+            except BaseException:
+                mw.quietly_sync("after_execution")
+                mw.quietly_sync("before_response")
+                raise
+            mw.call_sync("after_execution")
+            output = _json_output(output, client, output_type, mw)
+            mw.call_sync("before_response")
+            return output
 
     return run_sync
+
+
+def _middleware_list(middleware: Any, where: str) -> list[UninitializedMiddleware]:
+    """The SDK's middleware list: classes (or factories) called with
+    ``(client, raw_request)``."""
+    items = list(middleware or [])
+    for item in items:
+        if not callable(item):
+            raise ConfigError(
+                f"{PREFIX}: {where}: middleware must be a list of inngest.Middleware or "
+                f"inngest.MiddlewareSync classes (or factories), got {item!r}"
+            )
+    return items
 
 
 class Inngest:
@@ -246,8 +325,9 @@ class Inngest:
     ) -> None:
         if not isinstance(app_id, str) or not app_id:
             raise ConfigError(f"{PREFIX}: Inngest(app_id=...) must be a non-empty string")
-        if middleware:
-            raise not_supported("Inngest(middleware=...)")
+        self.middleware: list[UninitializedMiddleware] = _middleware_list(
+            middleware, "Inngest(middleware=...)"
+        )
         if serializer is not None and not all(
             callable(getattr(serializer, m, None)) for m in ("serialize", "deserialize")
         ):
@@ -261,7 +341,7 @@ class Inngest:
         self.env = env
         self.is_production = bool(is_production)
         # None: runs log through celeryflow's run logger (which carries the run id)
-        self.logger: logging.Logger | logging.LoggerAdapter[Any] | None = logger
+        self.own_logger: logging.Logger | logging.LoggerAdapter[Any] | None = logger
         self._flow: Flow | None = None
 
     # -- functions --------------------------------------------------------------------
@@ -290,8 +370,7 @@ class Inngest:
         """As the SDK's: options are translated (and checked) here, registered on a
         Flow by ``serve()``. ``name`` is accepted and unused; ``output_type`` is the
         type the client's serializer writes and reads the output as."""
-        if middleware:
-            raise not_supported(f"create_function(fn_id={fn_id!r}, middleware=...)")
+        middleware = _middleware_list(middleware, f"create_function(fn_id={fn_id!r})")
         triggers = []
         for t in _listed(trigger):
             if not isinstance(t, TriggerEvent | TriggerCron):
@@ -333,21 +412,42 @@ class Inngest:
                 retries=retries,
                 options=options,
                 output_type=output_type,
+                middleware=middleware,
             )
 
         return decorator
 
-    def add_middleware(self, middleware: Any) -> None:
-        raise not_supported("Inngest.add_middleware")
+    def add_middleware(self, middleware: UninitializedMiddleware) -> None:
+        """Add client middleware (it applies to every function, before theirs)."""
+        self.middleware += _middleware_list([middleware], "Inngest.add_middleware")
+        if self._flow is not None:
+            self.watch_memos(self._flow)
+
+    def watch_memos(self, flow: Flow) -> None:
+        """Middleware needs each execution's replayed outputs (``transform_input``'s
+        ``steps``): the flow hands them over through a hook."""
+        if flow not in _watched:
+            _watched.add(flow)
+            flow.add_hook(MEMO_HOOK)
+
+    @property
+    def logger(self) -> logging.Logger | logging.LoggerAdapter[Any]:
+        """The client's logger, as the SDK's (middleware calls ``client.logger``):
+        the one given, else celeryflow's run logger."""
+        return (
+            self.own_logger if self.own_logger is not None else logging.getLogger("celeryflow.run")
+        )
 
     def set_logger(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-        self.logger = logger
+        self.own_logger = logger
 
     # -- events -----------------------------------------------------------------------
 
     def bind(self, flow: Flow) -> None:
         """Send to ``flow`` from now on (``serve()`` calls this; the latest wins)."""
         self._flow = flow
+        if self.middleware:
+            self.watch_memos(flow)
 
     @property
     def flow(self) -> Flow:
@@ -364,10 +464,18 @@ class Inngest:
 
         An invalid event raises SendEventsError after the events before it are sent
         (``err.ids``); it and the rest are not, as Inngest's event API does. (Core's
-        ``Flow.send`` writes nothing of a call with an invalid event.)"""
+        ``Flow.send`` writes nothing of a call with an invalid event.) The client's
+        middleware sees them (``before_send_events`` may change them) unless
+        ``skip_middleware``."""
         flow = self.flow
-        valid, error = _valid_prefix(events)
+        items = events if isinstance(events, list) else [events]
+        mw = None if skip_middleware or not self.middleware else self._send_manager()
+        if mw is not None:
+            mw.call_sync("before_send_events", items)
+        valid, error = _valid_prefix(items)
         ids = flow.send([*valid]) if valid else []
+        if mw is not None:
+            mw.call_sync("after_send_events", SendEventsResult(error=error, ids=ids))
         if error is not None:
             raise SendEventsError(error, ids)
         return ids
@@ -376,7 +484,25 @@ class Inngest:
         self, events: Event | list[Event], *, skip_middleware: bool = False
     ) -> list[str]:
         """As ``send_sync``, off the event loop (the store is written synchronously)."""
-        return await asyncio.to_thread(self.send_sync, events)
+        items = events if isinstance(events, list) else [events]
+        mw = None if skip_middleware or not self.middleware else self._send_manager()
+        if mw is not None:
+            await mw.call("before_send_events", items)
+        try:
+            ids = await asyncio.to_thread(self.send_sync, items, skip_middleware=True)
+        except SendEventsError as exc:
+            if mw is not None:
+                await mw.call("after_send_events", SendEventsResult(error=str(exc), ids=exc.ids))
+            raise
+        if mw is not None:
+            await mw.call("after_send_events", SendEventsResult(ids=ids))
+        return ids
+
+    def _send_manager(self) -> MiddlewareManager:
+        return MiddlewareManager(self, self.middleware)
+
+
+_watched: weakref.WeakSet[Flow] = weakref.WeakSet()
 
 
 def _valid_prefix(events: Event | list[Event]) -> tuple[list[core_events.Event], str | None]:

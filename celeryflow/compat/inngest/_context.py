@@ -12,12 +12,15 @@ from ._steps import Group, GroupSync, Step, StepSync
 
 if TYPE_CHECKING:
     from ._client import Inngest
+    from ._middleware import MiddlewareManager
 
 __all__ = ["Context", "ContextSync"]
 
 
 class _Base:
-    def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
+    def __init__(
+        self, ctx: BaseContext[Any], client: Inngest, mw: MiddlewareManager | None = None
+    ) -> None:
         self._ctx = ctx
         # an on_failure handler sees inngest/function.failed, as in the SDK
         events = [ctx.failure.event] if ctx.failure is not None else ctx.events
@@ -29,7 +32,7 @@ class _Base:
         # the client's logger (its own methods called, no adapter in between), quiet
         # while settled steps replay, as the SDK's; records carry the run through
         # celeryflow's log record factory
-        user = ctx.logger.logger if client.logger is None else client.logger
+        user = ctx.logger.logger if client.own_logger is None else client.own_logger
         self.logger: RunLogger = ctx.logger.wrap(user, until_settled=True)
 
     @property
@@ -42,20 +45,24 @@ class _Base:
 class ContextSync(_Base):
     """The context of a ``def`` function: ``ctx.step`` methods return values."""
 
-    def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
-        super().__init__(ctx, client)
+    def __init__(
+        self, ctx: BaseContext[Any], client: Inngest, mw: MiddlewareManager | None = None
+    ) -> None:
+        super().__init__(ctx, client, mw)
         if not isinstance(ctx.step, Steps):
             raise TypeError("ContextSync needs the steps of a def function")
-        self.step = StepSync(ctx.step, client)
-        self.group = GroupSync(ctx.step)
+        self.step = StepSync(ctx.step, client, mw, ctx.logger)
+        self.group = GroupSync(ctx.step, self.step)
 
 
 class Context(_Base):
     """The context of an ``async def`` function: ``await ctx.step.run(...)``."""
 
-    def __init__(self, ctx: BaseContext[Any], client: Inngest) -> None:
-        super().__init__(ctx, client)
+    def __init__(
+        self, ctx: BaseContext[Any], client: Inngest, mw: MiddlewareManager | None = None
+    ) -> None:
+        super().__init__(ctx, client, mw)
         if not isinstance(ctx.step, AsyncSteps):
             raise TypeError("Context needs the steps of an async def function")
-        self.step = Step(ctx.step, client)
-        self.group = Group(ctx.step)
+        self.step = Step(ctx.step, client, mw, ctx.logger)
+        self.group = Group(ctx.step, self.step)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ... import events as core_events
 from ...errors import ConfigError, EventError, describe
@@ -20,6 +20,7 @@ __all__ = [
     "JSON",
     "Event",
     "SDKModel",
+    "SendEventsResult",
     "core_name",
     "milliseconds",
     "optional_milliseconds",
@@ -151,3 +152,10 @@ def split_condition(if_exp: str | None) -> tuple[str | None, str | None]:
     if found and {found[1], found[3]} == {"event", "async"} and found[2] == found[4]:
         return found[2], if_exp
     return None, if_exp
+
+
+class SendEventsResult(BaseModel):
+    """What ``after_send_events`` is given: the ids sent, and the error if any."""
+
+    error: str | None = None
+    ids: list[str] = Field(default_factory=list)

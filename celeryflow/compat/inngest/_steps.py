@@ -14,9 +14,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, EventError, NonRetriableError
+from ...logs import RunLogger
 from ...steps import AsyncSteps, Steps
 from ._errors import invoke_errors, not_supported, sdk_errors
-from ._events import Event, core_name, milliseconds, split_condition, to_core_event, to_sdk_event
+from ._events import (
+    Event,
+    SendEventsResult,
+    core_name,
+    milliseconds,
+    split_condition,
+    to_core_event,
+    to_sdk_event,
+)
+from ._middleware import MiddlewareManager, Opcode, plain, step_info
 from ._serializers import EMPTY, Serializer, deserialize, serialize, unserializable
 
 if TYPE_CHECKING:
@@ -28,9 +38,13 @@ PARALLEL_STEP_ID = "group.parallel"  # celeryflow's parallel step needs an id; t
 
 
 class ParallelMode(enum.Enum):
-    """Accepted for compatibility. In the SDK both modes return every result and
-    differ only in how the server schedules requests, so both run as celeryflow's
-    ``mode="all"`` (celeryflow's own ``"race"`` means something else)."""
+    """Both modes return every result, as in the SDK. They differ in scheduling: on
+    Inngest, ``WAIT`` (the default) advances the branches in lockstep (no branch's
+    second step before every branch's first has ended) and ``RACE`` lets each branch
+    go on at once. Here each branch is a run of its own, so both run as ``RACE`` does
+    (celeryflow's ``mode="all"``; its own ``"race"`` means "first result wins").
+    Lockstep would need the branches to wait on one another, which independent runs
+    do not (docs/conformance.md, parallel_mode_default)."""
 
     RACE = "race"
     WAIT = "wait"
@@ -99,6 +113,101 @@ def _json_checked(
     return checked
 
 
+def _stored_by(
+    step_id: str, serializer: Serializer | None, output_type: object, fresh: list[Any]
+) -> Callable[[Any], Any]:
+    def stored(result: Any) -> Any:
+        result = serialize(serializer, result, output_type)
+        error = unserializable(result, step_id)
+        if error is not None:
+            raise error
+        fresh.append(result)
+        return result
+
+    return stored
+
+
+def _transformed(result: Any, step_id: str) -> Any:
+    error = unserializable(result, step_id)
+    if error is not None:
+        raise error
+    return result
+
+
+def _mw_checked_sync(
+    step_id: str,
+    handler: Callable[..., Any],
+    serializer: Serializer | None,
+    output_type: object,
+    mw: MiddlewareManager,
+    fresh: list[Any],
+) -> Callable[..., Any]:
+    """As _json_checked, then the result through ``transform_output`` (what is
+    stored); ``fresh`` gets the step's own result (what this call returns)."""
+    stored = _stored_by(step_id, serializer, output_type, fresh)
+    info = step_info(step_id, Opcode.STEP_RUN)
+
+    async def later(awaitable: Any) -> Any:
+        try:
+            result = await awaitable
+        except Exception as exc:
+            error = await mw.error_result_async(exc, info)
+            if error is not exc:
+                raise error from exc
+            raise
+        return _transformed(await mw.output_result_async(stored(result), info), step_id)
+
+    def checked(*args: Any) -> Any:
+        try:
+            result = handler(*args)
+        except Exception as exc:
+            error = mw.error_result(exc, info)
+            if error is not exc:
+                raise error from exc
+            raise
+        if inspect.isawaitable(result):
+            return later(result)  # celeryflow runs it to completion
+        return _transformed(mw.output_result(stored(result), info), step_id)
+
+    return checked
+
+
+def _mw_checked_async(
+    step_id: str,
+    handler: Callable[..., Any],
+    serializer: Serializer | None,
+    output_type: object,
+    mw: MiddlewareManager,
+    fresh: list[Any],
+) -> Callable[..., Any]:
+    stored = _stored_by(step_id, serializer, output_type, fresh)
+    info = step_info(step_id, Opcode.STEP_RUN)
+
+    async def checked(*args: Any) -> Any:
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            error = await mw.error_result_async(exc, info)
+            if error is not exc:
+                raise error from exc
+            raise
+        return _transformed(await mw.output_result_async(stored(result), info), step_id)
+
+    return checked
+
+
+def _invoke_opts(function_id: str, data: dict[str, Any] | None) -> dict[str, object]:
+    return {"function_id": function_id, "payload": {"data": dict(data or {})}}
+
+
+def _invoke_data(opts: dict[str, object], data: dict[str, Any] | None) -> dict[str, Any] | None:
+    payload = opts.get("payload")
+    changed = payload.get("data") if isinstance(payload, dict) else None
+    return changed if isinstance(changed, dict) else data
+
+
 class AI:
     """``step.ai``: Inngest's AI gateway has no celeryflow counterpart."""
 
@@ -109,10 +218,31 @@ class AI:
 class StepSync:
     """``ctx.step`` of a ``def`` function (``inngest.ContextSync``)."""
 
-    def __init__(self, steps: Steps, client: Inngest) -> None:
+    def __init__(
+        self,
+        steps: Steps,
+        client: Inngest,
+        mw: MiddlewareManager | None = None,
+        logger: RunLogger | None = None,
+    ) -> None:
         self._steps = steps
         self._client = client
+        self._mw = mw
+        self._logger = logger
         self.ai = AI()
+
+    def _begin(self) -> None:
+        """``before_execution`` once the replay is over (checked around each step)."""
+        mw = self._mw
+        if mw is not None and self._logger is not None and mw.begins(self._logger.replaying):
+            mw.call_sync("before_execution")
+
+    def enter(self, step_id: str) -> str | None:
+        """Every step call passes here first: the step's key, with middleware."""
+        if self._mw is None:
+            return None
+        self._begin()
+        return self._mw.key(step_id)
 
     def run(
         self,
@@ -124,17 +254,29 @@ class StepSync:
         """Run ``handler(*handler_args)`` once and memoize its (JSON) result. With an
         ``output_type``, the result goes through the client's serializer both ways."""
         serializer = self._client.serializer
-        checked = _json_checked(step_id, handler, serializer, output_type)
+        self.enter(step_id)
+        fresh: list[Any] = []
+        if self._mw is None:
+            checked = _json_checked(step_id, handler, serializer, output_type)
+        else:
+            checked = _mw_checked_sync(step_id, handler, serializer, output_type, self._mw, fresh)
         with sdk_errors():
             result = self._steps.run(step_id, checked, *handler_args)
+        if fresh:
+            result = plain(fresh[0], f"step {step_id!r} result")
+        self._begin()
         return deserialize(serializer, result, output_type)
 
     def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Sleep ``duration``: MILLISECONDS if an int, or a timedelta."""
+        self.enter(step_id)
         self._steps.sleep(step_id, _duration(duration, f"step.sleep({step_id!r})"))
+        self._begin()
 
     def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        self.enter(step_id)
         self._steps.sleep_until(step_id, _until(until, step_id))
+        self._begin()
 
     def wait_for_event(
         self,
@@ -147,6 +289,7 @@ class StepSync:
         """The first matching event after the wait began, or None at the ``timeout``
         (MILLISECONDS if an int). ``if_exp`` sees ``event`` (this run's) and ``async``."""
         match, if_ = split_condition(if_exp)
+        self.enter(step_id)
         found = self._steps.wait_for_event(
             step_id,
             event=core_name(event),
@@ -154,6 +297,7 @@ class StepSync:
             match=match,
             if_=if_,
         )
+        self._begin()
         return None if found is None else to_sdk_event(found)
 
     def invoke(
@@ -168,8 +312,10 @@ class StepSync:
         """Run ``function`` as a child with ``data`` and return its output (a failure
         or the ``timeout``, MILLISECONDS if an int, raises StepError)."""
         limit = _invoke_args(step_id, v, timeout)
+        data = self._invoke_payload(step_id, function.id, data)
         with invoke_errors():
             output = self._steps.invoke(step_id, function=function.id, data=data, timeout=limit)
+        self._begin()
         # the invoked function's output_type, as the SDK reads it
         return deserialize(self._client.serializer, output, function.output_type)
 
@@ -186,21 +332,70 @@ class StepSync:
         """As ``invoke``, by the function's id within ``app_id`` (default: this app)."""
         limit = _invoke_args(step_id, v, timeout)
         target = f"{app_id or self._client.app_id}-{function_id}"
+        data = self._invoke_payload(step_id, target, data)
         with invoke_errors():
-            return self._steps.invoke(step_id, function=target, data=data, timeout=limit)
+            output = self._steps.invoke(step_id, function=target, data=data, timeout=limit)
+        self._begin()
+        return output
+
+    def _invoke_payload(
+        self, step_id: str, target: str, data: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """A new invoke's data, as ``transform_output`` (op INVOKE) leaves its opts."""
+        key = self.enter(step_id)
+        mw = self._mw
+        if mw is None or key is None or mw.replays(key):
+            return data
+        opts = _invoke_opts(target, data)
+        mw.output_result(EMPTY, step_info(step_id, Opcode.INVOKE, opts))
+        return _invoke_data(opts, data)
 
     def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
         """Send events exactly once for this run; returns their ids."""
-        return self._steps.send_event(step_id, _events(step_id, events))
+        key = self.enter(step_id)
+        mw = self._mw
+        if mw is None or key is None or mw.replays(key):
+            ids = self._steps.send_event(step_id, _events(step_id, events))
+            self._begin()
+            return ids
+        items = events if isinstance(events, list) else [events]
+        mw.call_sync("before_send_events", items)
+        try:
+            ids = self._steps.send_event(step_id, _events(step_id, items))
+        except Exception as exc:
+            mw.call_sync("after_send_events", SendEventsResult(error=str(exc)))
+            raise
+        mw.call_sync("after_send_events", SendEventsResult(ids=ids))
+        self._begin()
+        return ids
 
 
 class Step:
     """``ctx.step`` of an ``async def`` function (``inngest.Context``)."""
 
-    def __init__(self, steps: AsyncSteps, client: Inngest) -> None:
+    def __init__(
+        self,
+        steps: AsyncSteps,
+        client: Inngest,
+        mw: MiddlewareManager | None = None,
+        logger: RunLogger | None = None,
+    ) -> None:
         self._steps = steps
         self._client = client
+        self._mw = mw
+        self._logger = logger
         self.ai = AI()
+
+    async def _begin(self) -> None:
+        mw = self._mw
+        if mw is not None and self._logger is not None and mw.begins(self._logger.replaying):
+            await mw.call("before_execution")
+
+    async def enter(self, step_id: str) -> str | None:
+        if self._mw is None:
+            return None
+        await self._begin()
+        return self._mw.key(step_id)
 
     async def run(
         self,
@@ -210,16 +405,28 @@ class Step:
         output_type: object = EMPTY,
     ) -> Any:
         serializer = self._client.serializer
-        checked = _json_checked(step_id, handler, serializer, output_type)
+        await self.enter(step_id)
+        fresh: list[Any] = []
+        if self._mw is None:
+            checked = _json_checked(step_id, handler, serializer, output_type)
+        else:
+            checked = _mw_checked_async(step_id, handler, serializer, output_type, self._mw, fresh)
         with sdk_errors():
             result = await self._steps.run(step_id, checked, *handler_args)
+        if fresh:
+            result = plain(fresh[0], f"step {step_id!r} result")
+        await self._begin()
         return deserialize(serializer, result, output_type)
 
     async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+        await self.enter(step_id)
         await self._steps.sleep(step_id, _duration(duration, f"step.sleep({step_id!r})"))
+        await self._begin()
 
     async def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        await self.enter(step_id)
         await self._steps.sleep_until(step_id, _until(until, step_id))
+        await self._begin()
 
     async def wait_for_event(
         self,
@@ -230,6 +437,7 @@ class Step:
         timeout: int | datetime.timedelta,
     ) -> Event | None:
         match, if_ = split_condition(if_exp)
+        await self.enter(step_id)
         found = await self._steps.wait_for_event(
             step_id,
             event=core_name(event),
@@ -237,6 +445,7 @@ class Step:
             match=match,
             if_=if_,
         )
+        await self._begin()
         return None if found is None else to_sdk_event(found)
 
     async def invoke(
@@ -249,10 +458,12 @@ class Step:
         v: str | None = None,
     ) -> Any:
         limit = _invoke_args(step_id, v, timeout)
+        data = await self._invoke_payload(step_id, function.id, data)
         with invoke_errors():
             output = await self._steps.invoke(
                 step_id, function=function.id, data=data, timeout=limit
             )
+        await self._begin()
         return deserialize(self._client.serializer, output, function.output_type)
 
     async def invoke_by_id(
@@ -267,11 +478,40 @@ class Step:
     ) -> Any:
         limit = _invoke_args(step_id, v, timeout)
         target = f"{app_id or self._client.app_id}-{function_id}"
+        data = await self._invoke_payload(step_id, target, data)
         with invoke_errors():
-            return await self._steps.invoke(step_id, function=target, data=data, timeout=limit)
+            output = await self._steps.invoke(step_id, function=target, data=data, timeout=limit)
+        await self._begin()
+        return output
+
+    async def _invoke_payload(
+        self, step_id: str, target: str, data: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        key = await self.enter(step_id)
+        mw = self._mw
+        if mw is None or key is None or mw.replays(key):
+            return data
+        opts = _invoke_opts(target, data)
+        await mw.output_result_async(EMPTY, step_info(step_id, Opcode.INVOKE, opts))
+        return _invoke_data(opts, data)
 
     async def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
-        return await self._steps.send_event(step_id, _events(step_id, events))
+        key = await self.enter(step_id)
+        mw = self._mw
+        if mw is None or key is None or mw.replays(key):
+            ids = await self._steps.send_event(step_id, _events(step_id, events))
+            await self._begin()
+            return ids
+        items = events if isinstance(events, list) else [events]
+        await mw.call("before_send_events", items)
+        try:
+            ids = await self._steps.send_event(step_id, _events(step_id, items))
+        except Exception as exc:
+            await mw.call("after_send_events", SendEventsResult(error=str(exc)))
+            raise
+        await mw.call("after_send_events", SendEventsResult(ids=ids))
+        await self._begin()
+        return ids
 
 
 def _mode(parallel_mode: ParallelMode) -> str:
@@ -283,8 +523,9 @@ def _mode(parallel_mode: ParallelMode) -> str:
 class GroupSync:
     """``ctx.group`` of a ``def`` function."""
 
-    def __init__(self, steps: Steps) -> None:
+    def __init__(self, steps: Steps, step: StepSync | None = None) -> None:
         self._steps = steps
+        self._step = step
 
     def parallel(
         self,
@@ -293,6 +534,8 @@ class GroupSync:
     ) -> tuple[Any, ...]:
         """Run each callable (typically ``lambda: ctx.step.run(...)``) as a branch of
         its own, on any worker; returns their results as a tuple, in order."""
+        if self._step is not None:
+            self._step.enter(PARALLEL_STEP_ID)
         with sdk_errors():
             results = self._steps.parallel(
                 PARALLEL_STEP_ID, tuple(callables), mode=_mode(parallel_mode)
@@ -303,14 +546,17 @@ class GroupSync:
 class Group:
     """``ctx.group`` of an ``async def`` function."""
 
-    def __init__(self, steps: AsyncSteps) -> None:
+    def __init__(self, steps: AsyncSteps, step: Step | None = None) -> None:
         self._steps = steps
+        self._step = step
 
     async def parallel(
         self,
         callables: Sequence[Callable[[], Awaitable[Any]]],
         parallel_mode: ParallelMode = ParallelMode.WAIT,
     ) -> tuple[Any, ...]:
+        if self._step is not None:
+            await self._step.enter(PARALLEL_STEP_ID)
         with sdk_errors():
             results = await self._steps.parallel(
                 PARALLEL_STEP_ID, tuple(callables), mode=_mode(parallel_mode)

@@ -1,0 +1,95 @@
+"""The hottest write of the engine, a step row on SQLite, sent on the driver's cursor.
+
+A 100-step run writes 100 step rows, each in its own transaction (DESIGN principle 2:
+a step's result is durable before the next step works). On SQLite the database's own
+work for one such transaction is about 10 µs here; SQLAlchemy's execute path (the
+compiled-cache lookup, parameter processing, events, the result object) and its
+transaction object cost several times that. :class:`DriverStatement` compiles a
+statement once, through SQLAlchemy (the SQL and the types' bind processing stay
+SQLAlchemy's), and :func:`driver_transaction` runs it on the DBAPI connection under
+``BEGIN IMMEDIATE`` ... ``COMMIT``, which is what SQLAlchemy sends there anyway.
+
+Measured (bench/engine.py, part steps): a 100-step run on SQLite 11.3 ms through
+SQLAlchemy, 5.7 ms this way; on PostgreSQL the same change gained under the noise
+(the server's commit dominates there), so PostgreSQL keeps SQLAlchemy's path.
+
+What SQLAlchemy's path gives and this one does not: its error classification (a
+disconnect, a timeout, the store's ``handle_error`` hook) and its ``*_execute``
+events. So a driver error never leaves this module: the transaction is rolled back
+and :class:`DriverRefused` tells the caller to make the same write through
+SQLAlchemy, which either succeeds or raises the error classified as everywhere
+else. Instrumentation that listens to SQLAlchemy's cursor events does not see
+these step writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql.compiler import SQLCompiler
+
+__all__ = ["DriverRefused", "DriverStatement", "driver_transaction"]
+
+
+class DriverRefused(Exception):
+    """The driver raised; nothing was written. Make the write through SQLAlchemy."""
+
+
+class DriverStatement:
+    """``statement`` compiled once for ``dialect`` (a positional paramstyle, as
+    SQLite's ``qmark``), executed on a DBAPI cursor with its parameters processed as
+    SQLAlchemy would process them."""
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        if compiled.positiontup is None:
+            raise ValueError(f"{dialect.name}: a positional paramstyle is needed")
+        self.sql = str(compiled)
+        binds = {bind.key: bind for bind in compiled.binds.values()}
+        self._order: list[tuple[str, Callable[[Any], Any] | None]] = []
+        for name in compiled.positiontup:
+            kind = binds[name].type
+            self._order.append((name, kind.dialect_impl(dialect).bind_processor(dialect)))
+
+    def parameters(self, values: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, process in self._order:
+            value = values.get(name)
+            out.append(value if process is None or value is None else process(value))
+        return out
+
+    def execute(self, cursor: Any, values: Mapping[str, Any]) -> int:
+        """The statement's rowcount."""
+        cursor.execute(self.sql, self.parameters(values))
+        return int(cursor.rowcount)
+
+
+@contextmanager
+def driver_transaction(conn: sa.Connection) -> Iterator[Any]:
+    """A write transaction on ``conn``'s DBAPI connection, yielding its cursor:
+    committed on leaving, rolled back (and :class:`DriverRefused` raised) if the
+    driver raised. ``conn`` must not be inside a SQLAlchemy transaction."""
+    driver: Any = conn.connection.dbapi_connection
+    errors = conn.dialect.loaded_dbapi.Error
+    try:
+        cursor = driver.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+    except errors as exc:
+        raise DriverRefused(str(exc)) from exc
+    try:
+        yield cursor
+        cursor.execute("COMMIT")
+    except errors as exc:
+        if driver.in_transaction:
+            driver.rollback()
+        raise DriverRefused(str(exc)) from exc
+    except BaseException:
+        if driver.in_transaction:
+            driver.rollback()
+        raise
+    finally:
+        cursor.close()
