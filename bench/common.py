@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import secrets
 import shutil
 import signal
 import statistics
@@ -35,8 +34,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 
-# The private Redis server is shared with the test-suite's helpers, not copied.
+# The private Redis server and fresh databases are the test-suite's helpers, not copies.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from databases import fresh_postgres_database
 from redis_server import DbLender, RedisServer
 
 from celeryflow.runs import RunStatus
@@ -62,15 +62,9 @@ def fresh_postgres() -> Iterator[tuple[str, str]]:
     """A new PostgreSQL database ``cf_bench_<hex>``, dropped after.
 
     Yields ``(sqlalchemy_url, libpq_url)``."""
-    name = f"cf_bench_{secrets.token_hex(6)}"
-    with _pg_admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_postgres_database(f"{PG_BASE}/postgres", "cf_bench") as name:
         base = PG_BASE.replace("postgresql://", "postgresql+psycopg://", 1)
         yield f"{base}/{name}", f"{PG_BASE}/{name}"
-    finally:
-        with _pg_admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from databases import fresh_postgres_database
 from redis_server import DATABASES, DbLender, RedisServer, RedisServerError
 
 # --------------------------------------------------------------------------------------
@@ -275,23 +276,10 @@ def fresh_postgres_url() -> Iterator[str]:
     left open, e.g. an engine's pool, so a forgotten ``engine.dispose()`` cannot block it.
     """
     require("postgres")
-    import psycopg
-
     svc = SERVICES["postgres"]
-    name = _database_name()
-
-    def admin() -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host=svc.host, port=svc.port, user=POSTGRES_USER, dbname="postgres", autocommit=True
-        )
-
-    with admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
+    admin = f"host={svc.host} port={svc.port} user={POSTGRES_USER} dbname=postgres"
+    with fresh_postgres_database(admin, "cf_test") as name:
         yield postgres_url(name)
-    finally:
-        with admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
