@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from celeryflow.durations import utcnow
 from celeryflow.events import Event
 from celeryflow.flowcontrol import ADMISSION_CONTROLS, OPTIONS, FlowControl, RateLimit
+from celeryflow.flowcontrol.controls import Keep
 from celeryflow.functions import FLOW_CONTROL_OPTIONS, FunctionConfig
 from celeryflow.planning import new_run_id
 from celeryflow.runs import RunStatus
@@ -22,6 +23,7 @@ def test_every_control_is_an_option_of_function_config() -> None:
     assert set(FLOW_CONTROL_OPTIONS) == set(OPTIONS)
     scopes = [control.scope for control in ADMISSION_CONTROLS]
     assert len(set(scopes)) == len(scopes)  # each keeps rows of its own
+    assert all(isinstance(control.keeps, Keep) for control in ADMISSION_CONTROLS)  # prune reads it
     config = FunctionConfig(
         id="f", triggers=[], throttle={"limit": 1, "period": 60}, idempotency="event.data.k"
     )

@@ -2,7 +2,8 @@
 
 Each control is one object: the function's setting (a model of config.py, or the
 idempotency expression), its key expression, the rows it keeps in ``cf_flow_keys``
-(its ``scope``), and :meth:`Control.admit`, its decision for one planned run. The
+(its ``scope``, and how long one matters: :class:`Keep`, which retention reads), and
+:meth:`Control.admit`, its decision for one planned run. The
 store's ``flowkeys.admit`` asks them in :data:`ADMISSION_CONTROLS` order, in the
 transaction that records the event, through a :class:`Ledger` (the store's locked
 rows: this package writes no SQL). Adding a control is a class here, registered in
@@ -15,6 +16,7 @@ run's queue position, not when the event is recorded (plan.py, store/flowkeys.py
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ __all__ = [
     "Control",
     "DebounceControl",
     "IdempotencyControl",
+    "Keep",
     "Ledger",
     "RateLimitControl",
     "SingletonControl",
@@ -93,11 +96,21 @@ def skip(row: dict[str, Any], now: datetime, reason: str, message: str) -> Admit
     return Admitted(row)
 
 
+class Keep(enum.Enum):
+    """How long a control's ``cf_flow_keys`` row decides anything: past that, retention
+    may delete it (store/prune.py)."""
+
+    UNTIL = "until"  # until its time (``until``) has passed
+    RUN_UNFINISHED = "run unfinished"  # while the run it names has not ended
+    RUN_OPEN = "run open"  # while the run it names still takes events (never claimed)
+
+
 class Control(Generic[SettingT]):
     """One control of one function, deciding at the event."""
 
     option: ClassVar[str]  # its FunctionConfig option (a keyword of Flow.function)
     scope: ClassVar[str]  # its rows in cf_flow_keys
+    keeps: ClassVar[Keep]  # how long such a row matters
 
     def __init__(self, setting: SettingT) -> None:
         self.setting = setting
@@ -125,6 +138,7 @@ class RateLimitControl(Control[RateLimit]):
 
     option = "rate_limit"
     scope = "rate_limit"
+    keeps = Keep.UNTIL
 
     def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
         limit, now = self.setting, ledger.now
@@ -142,6 +156,7 @@ class IdempotencyControl(Control[str]):
 
     option = "idempotency"
     scope = "idempotency"
+    keeps = Keep.UNTIL
 
     @property
     def label(self) -> str:
@@ -165,6 +180,7 @@ class SingletonControl(Control[Singleton]):
 
     option = "singleton"
     scope = "singleton"
+    keeps = Keep.RUN_UNFINISHED
 
     def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
         now = ledger.now
@@ -183,6 +199,7 @@ class DebounceControl(Control[Debounce]):
 
     option = "debounce"
     scope = "debounce"
+    keeps = Keep.RUN_OPEN
 
     def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
         debounce, now = self.setting, ledger.now
@@ -203,6 +220,7 @@ class BatchControl(Control[Batch]):
 
     option = "batch_events"
     scope = "batch"
+    keeps = Keep.RUN_OPEN
 
     def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
         batch, now = self.setting, ledger.now
@@ -225,6 +243,7 @@ class ThrottleControl(Control[Throttle]):
 
     option = "throttle"
     scope = "throttle"
+    keeps = Keep.UNTIL
 
     def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
         throttle, now = self.setting, ledger.now

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..flowcontrol.controls import ADMISSION_CONTROLS, Keep
 from ..runs import TERMINAL, RunStatus
 from .tables import cron_ticks, events, flow_keys, runs, steps, waits
 
@@ -52,8 +53,6 @@ __all__ = ["BATCH", "LEASE", "Pruned", "prune", "release_lease", "renew_lease", 
 BATCH = 500
 ENDED = sorted(s.value for s in TERMINAL)
 LEASE = {"function_id": "celeryflow", "scope": "lease", "key": "prune"}
-# flow-control scopes whose row only matters until its time ("until") has passed
-TIMED_SCOPES = ("rate_limit", "throttle", "idempotency")
 KINDS = ("runs", "steps", "waits", "events", "flow_keys", "cron_ticks")
 
 Progress = Callable[[str, int], None]
@@ -180,10 +179,13 @@ def _flow_keys_expired(now: datetime) -> sa.ColumnElement[bool]:
             holder.c.status.not_in(ENDED),
         )
 
+    def scopes(keep: Keep) -> list[str]:
+        return [control.scope for control in ADMISSION_CONTROLS if control.keeps is keep]
+
     return sa.or_(
-        sa.and_(fk.scope.in_(TIMED_SCOPES), sa.or_(fk.until.is_(None), fk.until < now)),
-        sa.and_(fk.scope == "singleton", ~live_holder),
-        sa.and_(fk.scope.in_(("debounce", "batch")), ~open_holder),
+        sa.and_(fk.scope.in_(scopes(Keep.UNTIL)), sa.or_(fk.until.is_(None), fk.until < now)),
+        sa.and_(fk.scope.in_(scopes(Keep.RUN_UNFINISHED)), ~live_holder),
+        sa.and_(fk.scope.in_(scopes(Keep.RUN_OPEN)), ~open_holder),
         sa.and_(fk.scope == "concurrency1", slot_unused(holder.c.concurrency_key1)),
         sa.and_(fk.scope == "concurrency2", slot_unused(holder.c.concurrency_key2)),
     )
