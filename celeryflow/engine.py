@@ -398,7 +398,11 @@ class Execution:
     def _interrupted(self, signal: Interrupt) -> None:
         """Why the execution left the worker, for the hooks."""
         if signal.reason.startswith("cancelled"):
-            self._finished(S.CANCELLED)
+            # the cancel's mark: whoever clears it tells the hooks (hooks.py)
+            if self.store.report_cancelled(self.run_id):
+                self._finished(S.CANCELLED)
+            else:
+                self._parked("lost", None)
         elif signal.reason == "lease lost":
             self._parked("lost", None)
         elif signal.reason == S.QUEUED.value:

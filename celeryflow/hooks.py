@@ -25,6 +25,17 @@ Each execution of a run is ``run_woken`` (only if it executed before), then
 ``run_started``, then ``memo_loaded``, then exactly one of ``run_parked`` (it left the
 worker and will come back) or ``run_finished`` (it ended).
 
+**Every run ends in ``run_finished`` exactly once**, wherever it was cancelled from
+(``flow.cancel``, the CLI, the dashboard, ``cancel_on``, a ``Timeouts`` expiry, a
+cancelled parent). The process that cancels does not tell the hooks: a CLI or a
+dashboard is not where the metrics are scraped. The cancel leaves a mark on the run
+(its ``due_at``) and whoever clears the mark tells them: the executor that finds its
+run cancelled (it tells ``run_finished`` as before), else the reconciler (a worker's
+main process, or beat), at its next pass for a run cancelled while parked, after the
+lease for a run whose executor went silent. A run cancelled while its execution is
+ending may get ``run_parked`` (``lost``) from that execution and ``run_finished``
+from the reconciler. ``RunFinished.executed`` is False when no execution ended there.
+
 **Carrying context.** :meth:`Hook.carry` is the one method that returns something:
 called where a run is created (the sender's ``flow.send``, or the parent run's
 execution for an invoke or a parallel branch), before it is recorded. The strings it
@@ -193,11 +204,14 @@ class RunParked(RunInfo):
 class RunFinished(RunInfo):
     """The run ended: ``status`` is ``completed``, ``failed``, ``cancelled`` (found
     cancelled, or past its ``Timeouts``) or ``skipped``; ``error`` the failure's
-    exception type name; ``duration`` seconds of this last execution."""
+    exception type name; ``duration`` seconds of this last execution. ``executed``
+    is False when no execution ends here: a run skipped by flow control, or
+    cancelled while parked (told by the reconciler, see "Where it runs")."""
 
     status: str = "completed"
     error: str | None = None
     duration: float = 0.0
+    executed: bool = True
 
 
 @dataclass(frozen=True)
@@ -248,6 +262,13 @@ class Reconciled:
     rung: int = 0
     recovered: int = 0
     slots: int = 0
+
+
+def _first_event(row: dict[str, Any]) -> Event | None:
+    recorded = from_json(row["events"]) if row.get("events") else None
+    if not isinstance(recorded, list) or not recorded:
+        return None
+    return Event.model_validate(recorded[0])
 
 
 def carried_context(stored: str | None) -> dict[str, str]:
@@ -329,7 +350,10 @@ class Hooks:
         """After events and runs were recorded: ``event_received`` for each event,
         then ``run_queued`` for each run created (``run_finished`` with ``skipped``
         for one that flow control recorded skipped). ``rows`` are the planned run
-        rows, as the store left them."""
+        rows, as the store left them. So a skip is told in the process that
+        recorded the event: the sender's ``flow.send``, the worker child whose run
+        called ``step.send_event`` (or failed, for ``on_failure``), the reconciler's
+        process for a cron slot."""
         if not self._hooks:
             return
         events = list(events)
@@ -337,12 +361,17 @@ class Hooks:
             self.emit("event_received", EventReceived(ev))
         by_id = {ev.id: ev for ev in events}
         planned = {str(row["id"]): row for row in rows}
-        for run_id in dict.fromkeys(created):
+        # a run flow control skipped (rate limit, idempotency, singleton) is recorded
+        # but not "created" (nothing rings it): its row says so
+        skipped = [i for i, row in planned.items() if row.get("status") == "skipped"]
+        for run_id in dict.fromkeys([*created, *skipped]):
             row = planned.get(run_id)
             if row is None:
                 continue  # a batch that filled up: queued when its first event came
             if row.get("status") == "skipped":
-                trigger = by_id.get(row["event_id"])
+                # an invoked child or a replay has no event among ``events``: its
+                # trigger is the one recorded with it
+                trigger = by_id.get(row.get("event_id") or "") or _first_event(row)
                 if trigger is not None:
                     info = RunInfo(
                         row["function_id"],
@@ -353,7 +382,8 @@ class Hooks:
                         parent_run_id=row.get("parent_run_id"),
                         created_at=row.get("created_at"),
                     )
-                    self.emit("run_finished", RunFinished(**vars(info), status="skipped"))
+                    finished = RunFinished(**vars(info), status="skipped", executed=False)
+                    self.emit("run_finished", finished)
                 continue
             self.emit(
                 "run_queued",
@@ -365,6 +395,24 @@ class Hooks:
                     parent_run_id=row.get("parent_run_id"),
                 ),
             )
+
+    def cancelled(self, rows: Iterable[dict[str, Any]]) -> None:
+        """``run_finished`` (``cancelled``, not executed) for runs whose cancel no
+        executor saw: ``rows`` as :meth:`Store.take_due` gives them."""
+        for row in rows:
+            trigger = _first_event(row)
+            if trigger is None:
+                continue
+            info = RunInfo(
+                str(row["function_id"]),
+                str(row["id"]),
+                int(row["attempt"] or 0),
+                trigger,
+                context=carried_context(row.get("context")),
+                parent_run_id=row.get("parent_run_id"),
+                created_at=row.get("created_at"),
+            )
+            self.emit("run_finished", RunFinished(**vars(info), status="cancelled", executed=False))
 
     def carry(self) -> dict[str, str]:
         """What every hook's :meth:`Hook.carry` returns, merged (a later hook wins a

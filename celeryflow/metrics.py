@@ -149,7 +149,7 @@ class PrometheusHook(Hook):
 
     def run_finished(self, info: RunFinished) -> None:
         RUNS_FINISHED.labels(info.function_id, info.status).inc()
-        if info.status != RunStatus.SKIPPED.value:
+        if info.executed:
             EXECUTION_SECONDS.labels(info.function_id).observe(info.duration)
 
     def step_finished(self, info: StepFinished) -> None:

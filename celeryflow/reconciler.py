@@ -115,12 +115,15 @@ class Reconciler:
     def run_once(self) -> int:
         """One pass; returns how many doorbells it rang."""
         settings = self.flow.settings
+        ended: list[dict[str, Any]] = []
         due = self.flow.store.take_due(
             utcnow(),
             lookahead=settings.reconcile_interval * 2,
             redeliver_after=settings.redeliver_after,
             consuming_since=self.consuming_since,
+            ended=ended,
         )
+        self.flow.hooks.cancelled(ended)  # no executor saw these cancels (hooks.py)
         by_kind: dict[tuple[datetime | None, bool], list[str]] = defaultdict(list)
         names: dict[str, str] = {}
         for run in due:

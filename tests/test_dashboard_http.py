@@ -25,8 +25,10 @@ from services import Stack
 from celeryflow import Event, Flow, event
 from celeryflow.dashboard import Auth, Dashboard, Request, check_bind
 from celeryflow.dashboard.asgi import dashboard_app
+from celeryflow.dashboard.pages import RUN_STEPS_SHOWN
 from celeryflow.errors import ConfigError
 from celeryflow.runs import RunStatus
+from celeryflow.store.views import run_detail
 from celeryflow.testing import wait_for_run, worker
 
 pytestmark = pytest.mark.parametrize("stack", ["embedded"], indirect=True)
@@ -275,3 +277,27 @@ def test_the_core_escapes_and_needs_a_flow_for_sending(flow: Flow) -> None:
     assert sent.status == 400 and b"needs the Celery app" in sent.body
     missing = dashboard.handle(Request("GET", "/runs/<script>"))
     assert missing.status == 404 and b"<script>" not in missing.body
+
+
+def test_a_run_with_many_steps_shows_its_newest(stack: Stack) -> None:
+    """A run's page reads and renders at most RUN_STEPS_SHOWN steps, the newest, and
+    says how many it leaves out (issue 15: a page of thousands of steps took 260 ms)."""
+    many = make_flow(stack)
+    total = RUN_STEPS_SHOWN + 30
+
+    @many.function(id="long", trigger=event("http/long"))
+    def long_fn(ctx: Any) -> int:
+        for n in range(total):
+            ctx.step.run(f"s{n:03d}", lambda n=n: n)
+        return total
+
+    with worker(many):
+        [sent] = many.send(Event(name="http/long"))
+        run = wait_for_run(many, event_id=sent, timeout=120)
+    assert run.status == RunStatus.COMPLETED and len(run.steps) == total
+    page = Dashboard(many, auth=Auth()).handle(Request("GET", f"/runs/{run.id}")).body.decode()
+    shown = re.findall(r'data-step="(s\d+)"', page)
+    assert shown == [f"s{n:03d}" for n in range(30, total)]
+    assert f"The newest {RUN_STEPS_SHOWN} of {total} steps; 30 earlier" in page
+    detail = run_detail(many.store, run.id)  # the CLI's view: every step
+    assert len(detail.steps) == total and detail.steps_hidden == 0

@@ -134,3 +134,84 @@ def test_a_prefork_worker_exposes_the_runs_metrics(
     # main process's reconciler), and added up by the scrape
     pids = {name.rsplit("_", 1)[-1] for name in os.listdir(multiproc) if name.endswith(".db")}
     assert len(pids) >= 2, sorted(os.listdir(multiproc))
+
+
+@pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
+def test_every_end_is_counted_once_where_the_metrics_are_scraped(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs cancelled while parked (by flow.cancel in this process, by a Timeouts
+    expiry), cancelled while running, and runs skipped by flow control in a worker
+    (step.send_event to an idempotent function) are each counted once, by the worker:
+    the cancelling process tells no hook (hooks.py, "Every run ends in run_finished
+    exactly once")."""
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    port = free_port()
+    env = {
+        "CF_BROKER": stack.broker_url,
+        "CF_QUEUE": stack.queue,
+        "CF_STORE": stack.store_url,
+        "CF_MARKERS": str(markers),
+        "CF_METRICS_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+    }
+    for key, val in env.items():
+        monkeypatch.setenv(key, val)
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("metrics_app", None)
+    flow: Flow = importlib.import_module("metrics_app").flow
+    flow.list_runs()
+    command = [sys.executable, "-m", "celery", "-A", "metrics_app", "worker"]
+    command += ["--pool", "prefork", "-c", "2", "--loglevel", "INFO"]
+    command += ["--without-mingle", "--without-gossip", "-n", "ends@%h"]
+    log = tmp_path / "worker.log"
+
+    def counted(function: str, status: str) -> float:
+        return value(scrape(port), FINISHED, function=function, status=status)
+
+    try:
+        with worker_process(command, apps_env(**env), tmp_path, log, tail=6000):
+            wait_for(lambda: " ready." in log.read_text(), timeout=60, what="worker ready")
+            [dozing] = flow.send(Event(name="metrics/dozer"))
+            [bounded] = flow.send(Event(name="metrics/bounded"))
+            flow.send(Event(name="metrics/busy"))
+            [fanned] = flow.send(Event(name="metrics/fanout"))
+            dozer = wait_for_run(flow, event_id=dozing, status=RunStatus.SLEEPING, timeout=60)
+            assert flow.cancel(dozer.id)
+            wait_for(lambda: (markers / "busy.started").exists(), timeout=60, what="busy runs")
+            busy_run = flow.list_runs(function_id="busy")[0]
+            assert flow.cancel(busy_run.id)
+            (markers / "busy").touch()  # its next write finds the run cancelled
+            assert wait_for_run(flow, event_id=bounded, timeout=60).status == RunStatus.CANCELLED
+            assert wait_for_run(flow, event_id=fanned, timeout=60).status == RunStatus.COMPLETED
+            wait_for(
+                lambda: (
+                    counted("dozer", "cancelled") == 1
+                    and counted("bounded", "cancelled") == 1
+                    and counted("busy", "cancelled") == 1
+                    and counted("once", "skipped") == 2
+                ),
+                timeout=30,
+                what="every end counted",
+            )
+            # a few more reconciler passes (1 s apart) count nothing twice
+            passes = value(scrape(port), "celeryflow_reconciler_passes_total")
+            wait_for(
+                lambda: value(scrape(port), "celeryflow_reconciler_passes_total") >= passes + 3,
+                timeout=30,
+                what="three more passes",
+            )
+            samples = scrape(port)
+    finally:
+        sys.modules.pop("metrics_app", None)
+    assert value(samples, FINISHED, function="dozer", status="cancelled") == 1
+    assert value(samples, FINISHED, function="bounded", status="cancelled") == 1
+    assert value(samples, FINISHED, function="busy", status="cancelled") == 1
+    assert value(samples, FINISHED, function="once", status="skipped") == 2
+    assert value(samples, FINISHED, function="once", status="completed") == 1
+    # a run cancelled while parked ran no execution to time
+    execution = "celeryflow_execution_duration_seconds_count"
+    assert value(samples, execution, function="dozer") == 1  # its one park, no end

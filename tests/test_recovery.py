@@ -366,3 +366,35 @@ def test_a_recovery_queue_nobody_consumes_delays_recovery_but_does_not_lose_it(
         assert replies, "the worker did not answer cancel_consumer"
         run = wait_for_run(flow, event_id=event_id, timeout=60)
     assert run.status == RunStatus.COMPLETED
+
+
+def test_a_cancelled_runs_end_is_told_once_by_whoever_clears_its_mark(store_url: str) -> None:
+    """cancel_run leaves due_at as an "end not told" mark (hooks.py): due at once for
+    a parked run, at the lease's end for a running one (MariaDB evaluates SET left to
+    right, so this also checks the mark reads the run's old status and lease)."""
+    store = Store(store_url, auto_migrate=True)
+    now = utcnow()
+    parked = run_row("sleeping", fence=1, wake_at=now + timedelta(hours=1))
+    parked["due_at"] = now + timedelta(hours=1)
+    running = run_row("running", age=60)  # its lease ends in 10 s
+    taken_by_executor = run_row("running", age=60)
+    store.insert_runs([parked, running, taken_by_executor])
+    for row in (parked, running, taken_by_executor):
+        assert store.cancel(row["id"], now)
+    # the executor of one running run finds it cancelled and tells the hooks first
+    assert store.report_cancelled(taken_by_executor["id"])
+    assert not store.report_cancelled(taken_by_executor["id"])
+
+    ended: list[dict[str, Any]] = []
+    assert store.take_due(utcnow(), LOOKAHEAD, REDELIVER, ended=ended) == []
+    assert [r["id"] for r in ended] == [parked["id"]]  # the running one: after its lease
+    assert ended[0]["function_id"] == "f" and ended[0]["events"]
+    assert not store.report_cancelled(parked["id"])  # told: nobody tells it again
+
+    later: list[dict[str, Any]] = []
+    after_lease = utcnow() + timedelta(seconds=11)
+    assert store.take_due(after_lease, LOOKAHEAD, REDELIVER, ended=later) == []
+    assert [r["id"] for r in later] == [running["id"]]
+    again: list[dict[str, Any]] = []
+    store.take_due(after_lease, LOOKAHEAD, REDELIVER, ended=again)
+    assert again == []

@@ -85,6 +85,10 @@ def test_views_show_runs_steps_events_stats_and_waiters(stack: Stack) -> None:
     stats = {s.function_id: s for s in v.function_stats(store, since=utcnow() - timedelta(hours=1))}
     assert stats["v-fail"].counts == {"failed": 1} and stats["v-fail"].failure_rate == 1.0
     assert stats["v-ok"].failure_rate == 0.0 and stats["v-ok"].p95 is not None
+    # the database computes each duration (stats.py): the run's end minus its start
+    took = by_id[ok_run.id].duration
+    assert took is not None and stats["v-ok"].p50 is not None
+    assert abs((stats["v-ok"].p50 - took).total_seconds()) < 0.002, (stats["v-ok"].p50, took)
     assert stats["v-wait"].failure_rate is None and stats["v-wait"].sampled == 0
 
     [parked] = v.waiting_runs(store)

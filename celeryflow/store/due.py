@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from ..runs import RunStatus
 from .session import never_started
 from .tables import runs
-from .waits import cancel_run
+from .waits import cancel_run, report_cancelled
 
 __all__ = ["REDELIVER_BACKOFF_CAP", "DueRun", "redeliver_interval", "take_due"]
 
@@ -166,12 +166,16 @@ def take_due(
     skip_locked: bool,
     cancelled: list[str] | None = None,
     consuming_since: datetime | None = None,
+    ended: list[str] | None = None,
 ) -> list[DueRun]:
     """Runs whose next move is due (or, for sleepers, due within ``lookahead``), in
     ``conn``'s transaction: each gets its next due time (so other reconcilers skip
     it meanwhile), and ``dispatches`` counts the rings. Runs past their Timeouts are
     cancelled here (their ids appended to ``cancelled``). ``consuming_since``: when the
-    worker this reconciler runs in began consuming the flow's queues (None: beat)."""
+    worker this reconciler runs in began consuming the flow's queues (None: beat).
+    ``ended`` gets the cancelled runs whose end no one told the hooks yet
+    (``cancel_run``), this pass's Timeouts included: the caller tells them."""
+    told: list[str] = []
     horizon = now + lookahead
     query = (
         sa.select(
@@ -198,6 +202,11 @@ def take_due(
     updates: list[dict[str, Any]] = []
     expired: list[str] = []
     for row in conn.execute(query).all():
+        if row.status == S.CANCELLED.value:
+            if row.due_at <= now:  # cancelled, its end not told yet (cancel_run)
+                told.append(row.id)
+                updates.append({"rid": row.id, "next_due": None, "rung": 0})
+            continue
         if _past_deadline(row, now):
             expired.append(row.id)
             continue
@@ -247,4 +256,7 @@ def take_due(
     for run_id in expired:  # Timeouts: a parked run is cancelled here, on time
         if cancel_run(conn, run_id, now) and cancelled is not None:
             cancelled.append(run_id)
+    told += report_cancelled(conn, expired)
+    if ended is not None:
+        ended += told
     return due

@@ -35,7 +35,7 @@ from .one_statement import (
 )
 from .session import Claim, RunSession, SessionStatements
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
-from .waits import cancel_run, register_wait, resolve_parent, wake_waiters
+from .waits import cancel_run, register_wait, report_cancelled, resolve_parent, wake_waiters
 
 __all__ = ["EVENT_DEDUP_WINDOW", "DueRun", "PlannedRun", "Recorded", "Store"]
 
@@ -470,10 +470,13 @@ class Store(StoreAdmin):
         limit: int = 500,
         *,
         consuming_since: datetime | None = None,
+        ended: list[dict[str, Any]] | None = None,
     ) -> list[DueRun]:
         """Runs whose next move is due (or, for sleepers, due within ``lookahead``);
-        the rules are in ``due.py``."""
+        the rules are in ``due.py``. ``ended`` gets the rows of the cancelled runs
+        whose end this pass must tell the hooks (``cancel_run``, DESIGN 9)."""
         expired: list[str] = []
+        told: list[str] = []
         with self._write() as conn:
             due = take_due(
                 conn,
@@ -484,10 +487,33 @@ class Store(StoreAdmin):
                 skip_locked=self.capabilities.skip_locked,
                 cancelled=expired,
                 consuming_since=consuming_since,
+                ended=told,
             )
+            if told and ended is not None:
+                ended += self._hook_rows(conn, told)
         if expired:  # cancelled by their Timeouts: what they started goes too
             self.cancel_descendants(expired, now)
         return due
+
+    @staticmethod
+    def _hook_rows(conn: sa.Connection, run_ids: list[str]) -> list[dict[str, Any]]:
+        query = sa.select(
+            runs.c.id,
+            runs.c.function_id,
+            runs.c.attempt,
+            runs.c.events,
+            runs.c.context,
+            runs.c.parent_run_id,
+            runs.c.created_at,
+        ).where(runs.c.id.in_(run_ids))
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+    def report_cancelled(self, run_id: str) -> bool:
+        """True if the caller is the one to tell the hooks that this cancelled run
+        ended (see ``cancel_run``); False if someone did already, or it is not
+        cancelled."""
+        with self._write() as conn:
+            return bool(report_cancelled(conn, [run_id]))
 
     def woken(self, now: datetime, limit: int = 500) -> list[str]:
         """Parked runs whose wake time has come (a retry back-off, a sleep, a wait's

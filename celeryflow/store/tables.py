@@ -133,8 +133,9 @@ runs = sa.Table(
     sa.Index("ix_cf_runs_event_id", "event_id"),
     sa.Index("ix_cf_runs_function_created", "function_id", "created_at"),
     sa.Index("ix_cf_runs_status_created", "status", "created_at"),
-    # the operators' run list, newest first, keyset-paged on (created_at, id)
-    sa.Index("ix_cf_runs_created", "created_at", "id"),
+    # the operators' run list, newest first, keyset-paged on (created_at, id); the
+    # functions page counts a window by (function_id, status) from it alone (0009)
+    sa.Index("ix_cf_runs_created", "created_at", "id", "function_id", "status"),
     sa.Index(
         "ix_cf_runs_parent", "parent_run_id", "parent_step", **partial("parent_run_id IS NOT NULL")
     ),

@@ -14,11 +14,8 @@ Every query is bounded and walks an index, so it stays fast at a million runs:
   (``(run_id, key)``), its children on ``ix_cf_runs_parent``.
 * :func:`recent_events`: ``ix_cf_events_received`` (``ix_cf_events_name_received`` by
   name), then the runs of the page's events on ``ix_cf_runs_event_id``.
-* :func:`function_stats`: counts over a window, a range of ``ix_cf_runs_created``
-  (of ``ix_cf_runs_function_created`` for one function), and the durations of the
-  newest ``sample`` ended runs per function in one more pass over that range; its
-  cost grows with the runs in the window (figures at a million runs in
-  bench/RESULTS.md, bench/views.py), so a dashboard asks for hours, not months.
+* :func:`function_stats` (``store/stats.py``): counts by function and status over a
+  window, from ``ix_cf_runs_created`` alone; p50/p95 from the newest ended runs.
 * :func:`waiting_runs`: waiting runs on ``ix_cf_runs_status_created``, their
   waiters by primary key.
 """
@@ -37,6 +34,7 @@ import sqlalchemy as sa
 from ..codec import from_json
 from ..errors import ConfigError, RunNotFound
 from ..runs import RunStatus
+from .stats import FunctionStats, function_stats
 from .tables import events, runs, steps, waits
 
 if TYPE_CHECKING:
@@ -66,7 +64,6 @@ __all__ = [
 
 Cursor = tuple[datetime, str]  # (created_at, id) of the last row of a page
 MAX_PAGE = 1000
-STATS_SAMPLE = 10_000
 
 
 @dataclass(frozen=True)
@@ -201,6 +198,12 @@ class RunDetail:
     steps: list[StepRow]
     children: list[RunRow]
     waits: list[WaitRow]  # all of the run's waiters, cancel_on included
+    steps_total: int = -1  # every step of the run; -1: as many as ``steps``
+
+    @property
+    def steps_hidden(self) -> int:
+        """How many earlier steps ``steps`` leaves out (``step_limit``)."""
+        return max(0, self.steps_total - len(self.steps))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -232,31 +235,6 @@ class EventRow:
             "ts": self.ts,
             "received_at": _iso(self.received_at),
             "runs": [r.as_json() for r in self.runs],
-        }
-
-
-@dataclass(frozen=True)
-class FunctionStats:
-    function_id: str
-    counts: dict[str, int]  # runs created in the window, by status
-    failure_rate: float | None  # failed / (completed + failed); None if none ended
-    p50: timedelta | None  # durations of the newest ended runs (at most the sample)
-    p95: timedelta | None
-    sampled: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "function_id": self.function_id,
-            "counts": self.counts,
-            "total": self.total,
-            "failure_rate": self.failure_rate,
-            "p50_s": self.p50.total_seconds() if self.p50 is not None else None,
-            "p95_s": self.p95.total_seconds() if self.p95 is not None else None,
-            "sampled": self.sampled,
         }
 
 
@@ -415,8 +393,12 @@ def _wait_row(row: sa.RowMapping, function_id: str | None = None) -> WaitRow:
     )
 
 
-def run_detail(store: Store, run_id: str) -> RunDetail:
-    """One run with its steps, waiters and child runs; RunNotFound if none."""
+def run_detail(store: Store, run_id: str, *, step_limit: int | None = None) -> RunDetail:
+    """One run with its steps, waiters and child runs; RunNotFound if none. With
+    ``step_limit``, only the newest that many steps (by position) and their child
+    runs, and ``steps_total`` counts all of them: a page of a run with thousands of
+    steps stays quick (the primary key's range of the run is counted, the newest
+    rows sorted out of it by the database)."""
     with store.engine.connect() as conn:
         head = (
             conn.execute(
@@ -435,23 +417,35 @@ def run_detail(store: Store, run_id: str) -> RunDetail:
         )
         if head is None:
             raise RunNotFound(f"no run with id {run_id!r}")
-        step_rows = list(
-            conn.execute(
-                steps.select().where(steps.c.run_id == run_id).order_by(steps.c.position)
-            ).mappings()
-        )
+        query = steps.select().where(steps.c.run_id == run_id)
+        total = -1
+        if step_limit is None:
+            step_rows = list(conn.execute(query.order_by(steps.c.position)).mappings())
+        else:
+            newest = query.order_by(steps.c.position.desc()).limit(max(1, step_limit))
+            step_rows = list(conn.execute(newest).mappings())[::-1]
+            total = len(step_rows)
+            if total >= step_limit:
+                count = sa.select(sa.func.count()).where(steps.c.run_id == run_id)
+                total = int(conn.execute(count).scalar_one())
         wait_rows = [
             _wait_row(w, head["function_id"])
             for w in conn.execute(waits.select().where(waits.c.run_id == run_id)).mappings()
         ]
-        children = list(
-            conn.execute(
-                _run_select()
-                .add_columns(runs.c.parent_step, runs.c.branch)
-                .where(runs.c.parent_run_id == run_id)
-                .order_by(runs.c.created_at, runs.c.branch)
-            ).mappings()
+        of_children = (
+            _run_select()
+            .add_columns(runs.c.parent_step, runs.c.branch)
+            .where(runs.c.parent_run_id == run_id)
         )
+        if step_limit is not None:  # the newest, as for the steps
+            newest_children = of_children.order_by(
+                runs.c.created_at.desc(), runs.c.branch.desc()
+            ).limit(max(1, step_limit))
+            children = list(conn.execute(newest_children).mappings())[::-1]
+        else:
+            children = list(
+                conn.execute(of_children.order_by(runs.c.created_at, runs.c.branch)).mappings()
+            )
     by_step: dict[str, list[str]] = defaultdict(list)
     for child in children:
         by_step[str(child["parent_step"])].append(str(child["id"]))
@@ -484,6 +478,7 @@ def run_detail(store: Store, run_id: str) -> RunDetail:
         steps=step_list,
         children=[_run_row(c) for c in children],
         waits=wait_rows,
+        steps_total=total if total >= 0 else len(step_list),
     )
 
 
@@ -521,79 +516,6 @@ def recent_events(
         )
         for e in found
     ]
-
-
-def _percentile(sorted_values: list[timedelta], q: float) -> timedelta | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def function_stats(
-    store: Store,
-    *,
-    since: datetime,
-    until: datetime | None = None,
-    function_id: str | None = None,
-    sample: int = STATS_SAMPLE,
-) -> list[FunctionStats]:
-    """Per function, the runs created in [since, until): counts by status, failure
-    rate, and p50/p95 of the durations of (at most ``sample``) newest ended ones."""
-    window = [runs.c.created_at >= since]
-    if until is not None:
-        window.append(runs.c.created_at < until)
-    of_function = [runs.c.function_id == function_id] if function_id is not None else []
-    counting = (
-        sa.select(runs.c.function_id, runs.c.status, sa.func.count())
-        .where(*window, *of_function)
-        .group_by(runs.c.function_id, runs.c.status)
-    )
-    ended = [RunStatus.COMPLETED.value, RunStatus.FAILED.value]
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    durations: dict[str, list[timedelta]] = {}
-    with store.engine.connect() as conn:
-        for fid, status, count in conn.execute(counting):
-            counts[str(fid)][str(status)] = int(count)
-        # one round trip for every function: the newest `sample` ended runs of each
-        # (ROW_NUMBER: PostgreSQL, SQLite >= 3.25 and MariaDB >= 10.2 all have it)
-        newest = sa.func.row_number().over(
-            partition_by=runs.c.function_id, order_by=runs.c.created_at.desc()
-        )
-        ranked = (
-            sa.select(
-                runs.c.function_id,
-                runs.c.created_at,
-                runs.c.started_at,
-                runs.c.ended_at,
-                newest.label("n"),
-            )
-            .where(*window, *of_function, runs.c.status.in_(ended))
-            .subquery()
-        )
-        timing = sa.select(ranked).where(ranked.c.n <= sample)
-        collected: dict[str, list[timedelta]] = defaultdict(list)
-        for row in conn.execute(timing):
-            if row.ended_at is not None:
-                started = row.started_at or row.created_at
-                collected[str(row.function_id)].append(row.ended_at - started)
-        durations = {fid: sorted(values) for fid, values in collected.items()}
-    result = []
-    for fid in sorted(counts):
-        by_status = counts[fid]
-        done = by_status.get("completed", 0) + by_status.get("failed", 0)
-        taken = durations.get(fid, [])
-        result.append(
-            FunctionStats(
-                function_id=fid,
-                counts=dict(sorted(by_status.items())),
-                failure_rate=by_status.get("failed", 0) / done if done else None,
-                p50=_percentile(taken, 0.5),
-                p95=_percentile(taken, 0.95),
-                sampled=len(taken),
-            )
-        )
-    return result
 
 
 def waiting_runs(

@@ -30,6 +30,7 @@ __all__ = [
     "lock_wait_field",
     "match_value",
     "register_wait",
+    "report_cancelled",
     "resolve_parent",
     "resolve_timed_out_step",
     "wake_waiters",
@@ -202,18 +203,29 @@ def _cancel(conn: sa.Connection, run_id: str, now: datetime, resumed: Resumed) -
 def cancel_run(conn: sa.Connection, run_id: str, now: datetime) -> bool:
     """Cancel a run that has not ended, in the caller's transaction. Bumping the fence
     stops a running executor at its next write; a parent waiting on this run (invoke)
-    gets a failed step and is queued (the reconciler rings it at its next pass)."""
+    gets a failed step and is queued (the reconciler rings it at its next pass).
+
+    ``due_at`` stays set: it marks the end as not yet told to the hooks
+    (``run_finished``). Whoever clears it tells them, once (:func:`report_cancelled`):
+    the executor that finds the run cancelled, or else the reconciler when it is due,
+    at once for a parked run, after the lease for a running one (DESIGN 9)."""
+    report_at = sa.case(
+        (runs.c.status == S.RUNNING.value, sa.func.coalesce(runs.c.lease_expires_at, now)),
+        else_=sa.literal(now, runs.c.due_at.type),
+    )
     done = conn.execute(
         runs.update()
         .where(runs.c.id == run_id, runs.c.status.in_(sources_of(S.CANCELLED)))
-        .values(
-            status=S.CANCELLED.value,
-            fence=runs.c.fence + 1,
-            ended_at=now,
-            due_at=None,
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
+        # due_at first: MariaDB evaluates SET left to right, and it reads the old
+        # status and lease (PostgreSQL and SQLite always read the old row)
+        .ordered_values(
+            (runs.c.due_at, report_at),
+            (runs.c.status, S.CANCELLED.value),
+            (runs.c.fence, runs.c.fence + 1),
+            (runs.c.ended_at, now),
+            (runs.c.wake_at, None),
+            (runs.c.lease_owner, None),
+            (runs.c.lease_expires_at, None),
         )
     ).rowcount
     if done != 1:
@@ -236,6 +248,25 @@ def cancel_run(conn: sa.Connection, run_id: str, now: datetime) -> bool:
             resume_due=now,
         )
     return True
+
+
+def report_cancelled(conn: sa.Connection, run_ids: list[str]) -> list[str]:
+    """Which of these cancelled runs' ends the caller now tells the hooks: those whose
+    ``due_at`` it clears (a row lock serializes rivals, so one of them wins)."""
+    won = []
+    for run_id in run_ids:
+        cleared = conn.execute(
+            runs.update()
+            .where(
+                runs.c.id == run_id,
+                runs.c.status == S.CANCELLED.value,
+                runs.c.due_at.is_not(None),
+            )
+            .values(due_at=None)
+        ).rowcount
+        if cleared == 1:
+            won.append(run_id)
+    return won
 
 
 def find_recent_event(

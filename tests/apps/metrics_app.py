@@ -5,12 +5,13 @@ Env: CF_BROKER, CF_QUEUE, CF_STORE, CF_MARKERS, CF_METRICS_PORT, PROMETHEUS_MULT
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
 
-from celeryflow import Flow, NonRetriableError, event
+from celeryflow import Flow, NonRetriableError, Timeouts, event
 from celeryflow.metrics import PrometheusHook, start_http_server
 
 app = Celery("metrics_app", broker=os.environ["CF_BROKER"])
@@ -56,3 +57,40 @@ def doomed(ctx):  # type: ignore[no-untyped-def]
 @flow.function(id="napper", trigger=event("metrics/napper"))
 def napper(ctx):  # type: ignore[no-untyped-def]
     ctx.step.sleep("nap", "1h")
+
+
+# tests/test_metrics.py, ends no execution sees: cancelled while parked (by the test
+# process, by Timeouts), while running, and flow-control skips decided in a worker.
+@flow.function(id="dozer", trigger=event("metrics/dozer"))
+def dozer(ctx):  # type: ignore[no-untyped-def]
+    ctx.step.sleep("nap", "1h")
+
+
+@flow.function(id="bounded", trigger=event("metrics/bounded"), timeouts=Timeouts(finish="2s"))
+def bounded(ctx):  # type: ignore[no-untyped-def]
+    ctx.step.sleep("nap", "1h")
+
+
+def until_marker(name: str) -> str:
+    marker = os.path.join(os.environ["CF_MARKERS"], name)
+    open(marker + ".started", "w").close()
+    while not os.path.exists(marker):
+        time.sleep(0.05)
+    return "released"
+
+
+@flow.function(id="busy", trigger=event("metrics/busy"))
+def busy(ctx):  # type: ignore[no-untyped-def]
+    ctx.step.run("hold", until_marker, "busy")
+    ctx.step.run("after", lambda: 1)
+
+
+@flow.function(id="fanout", trigger=event("metrics/fanout"))
+def fanout(ctx):  # type: ignore[no-untyped-def]
+    for n in range(3):
+        ctx.step.send_event(f"send-{n}", {"name": "metrics/once", "data": {"k": "same"}})
+
+
+@flow.function(id="once", trigger=event("metrics/once"), idempotency="event.data.k")
+def once(ctx):  # type: ignore[no-untyped-def]
+    return "once"
