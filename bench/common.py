@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -26,14 +26,22 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-# The private Redis server is shared with the test-suite's helpers, not copied.
+import sqlalchemy as sa
+
+# The private Redis server and fresh databases are the test-suite's helpers, not copies.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from redis_server import DATABASES, RedisServer
+from databases import fresh_postgres_database
+from redis_server import DbLender, RedisServer
+
+from celeryflow.runs import RunStatus
+from celeryflow.store.database import create_store_engine
+from celeryflow.store.tables import runs as runs_table
 
 PG_BASE = os.environ.get("CF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("CF_BENCH_REDIS_URL")
@@ -54,15 +62,9 @@ def fresh_postgres() -> Iterator[tuple[str, str]]:
     """A new PostgreSQL database ``cf_bench_<hex>``, dropped after.
 
     Yields ``(sqlalchemy_url, libpq_url)``."""
-    name = f"cf_bench_{secrets.token_hex(6)}"
-    with _pg_admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_postgres_database(f"{PG_BASE}/postgres", "cf_bench") as name:
         base = PG_BASE.replace("postgresql://", "postgresql+psycopg://", 1)
         yield f"{base}/{name}", f"{PG_BASE}/{name}"
-    finally:
-        with _pg_admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
@@ -85,7 +87,8 @@ def fresh_store(kind: str) -> Iterator[str]:
 
 
 _private_redis: RedisServer | None = None
-_free_redis_dbs = list(range(1, DATABASES))
+# db 0 is the base URL's; the benchmarks borrow the others (the tests' protocol)
+_redis_dbs = DbLender(lambda db: redis_url(db), first=1)
 
 
 def redis_owned() -> bool:
@@ -110,15 +113,8 @@ def fresh_redis_db() -> Iterator[int]:
         yield int(urlsplit(_redis_base()).path.strip("/") or 0)
         return
     _redis_base()
-    db = _free_redis_dbs.pop(0)
-    client = redis_client(db)
-    client.flushdb()
-    try:
+    with _redis_dbs.lend() as db:
         yield db
-    finally:
-        client.flushdb()
-        client.close()
-        _free_redis_dbs.append(db)
 
 
 def reset_redis_db(db: int, *keys: str) -> None:
@@ -145,8 +141,107 @@ def redis_client(db: int) -> Any:
 
 
 # --------------------------------------------------------------------------------------
+# The worker subprocess
+# --------------------------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: dict[str, str],
+    queue: str,
+    pool: str = "prefork",
+    module: str = "apps",
+    concurrency: int = 2,
+    name: str | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m celery -A <module> worker -c <concurrency> --pool <pool>`` on
+    ``queue`` (the module is looked up in bench/), with ``env`` added to its
+    environment; ``name``: its node name (``-n``), for several on one queue. Every
+    benchmark's worker subprocess is this one. Its output is printed if the block fails."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        module,
+        "worker",
+        "-c",
+        str(concurrency),
+        "--pool",
+        pool,
+        "-Q",
+        queue,
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    if name is not None:
+        cmd += ["-n", f"{name}-{queue}@%h"]
+    full_env = {**os.environ, **env, "CF_BENCH_QUEUE": queue}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+    )
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        cmd, cwd=HERE, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc
+    except BaseException:
+        log.seek(0)
+        tail = log.read().decode(errors="replace")[-4000:]
+        print(f"--- worker {name or ''} output (last 4000 chars) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        log.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group: it and its children
+            proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------
+
+
+class RunCounter:
+    """Completed runs of one round, and the latest ended_at, read from the store.
+
+    A poll counts only the runs created since the round began, through the
+    (status, created_at) index, and the latest ended_at is read once, when all have
+    completed: a poll that scanned every completed run of every round would take CPU
+    from the system it measures (the plain side's poll is one Redis GET).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_store_engine(url)
+        since = sa.bindparam("since", type_=runs_table.c.created_at.type)
+        done = sa.and_(
+            runs_table.c.status == RunStatus.COMPLETED.value, runs_table.c.created_at >= since
+        )
+        self.count = sa.select(sa.func.count()).where(done)
+        self.last = sa.select(sa.func.max(runs_table.c.ended_at)).where(done)
+
+    def wait_for(self, total: int, since: float, timeout: float) -> float:
+        """Wait until ``total`` runs created since ``since`` (a time.time()) have
+        completed; returns the last one's ended_at."""
+        params = {"since": datetime.fromtimestamp(since, timezone.utc)}
+
+        def probe() -> bool:
+            with self.engine.connect() as conn:
+                return int(conn.execute(self.count, params).scalar_one()) >= total
+
+        wait_until(probe, timeout, 0.02, f"{total} completed runs")
+        with self.engine.connect() as conn:
+            last: datetime = conn.execute(self.last, params).scalar_one()
+        return last.timestamp()
 
 
 def median(values: Sequence[float]) -> float:

@@ -30,16 +30,13 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +48,9 @@ sys.path.insert(0, str(HERE))
 import apps  # noqa: E402
 from common import (  # noqa: E402
     Row,
+    RunCounter,
     Table,
+    celery_worker,
     fmt_rate,
     fmt_time,
     fresh_postgres,
@@ -69,7 +68,6 @@ from common import (  # noqa: E402
 from celeryflow import Event, Flow, RunStatus  # noqa: E402
 from celeryflow.runs import Run  # noqa: E402
 from celeryflow.store.database import create_store_engine  # noqa: E402
-from celeryflow.store.tables import runs as runs_table  # noqa: E402
 from celeryflow.store.tables import steps as steps_table  # noqa: E402
 from celeryflow.tasks import start_test_worker  # noqa: E402
 
@@ -449,60 +447,6 @@ def part_chain(kinds: list[str], broker: str, db: int, runs: int) -> Table:
 # ======================================================================================
 
 
-@contextmanager
-def celery_worker(
-    env: dict[str, str],
-    queue: str,
-    pool: str = "prefork",
-    module: str = "apps",
-    concurrency: int = 2,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m celery -A <module> worker -c <concurrency> --pool <pool>`` on
-    ``queue`` (the module is looked up in bench/)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        module,
-        "worker",
-        "-c",
-        str(concurrency),
-        "--pool",
-        pool,
-        "-Q",
-        queue,
-        "--loglevel",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    full_env = {**os.environ, **env, "CF_BENCH_QUEUE": queue}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
-    )
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        cmd, cwd=HERE, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield proc
-    except BaseException:
-        log.seek(0)
-        tail = log.read().decode(errors="replace")[-4000:]
-        print(f"--- worker output (last 4000 chars) ---\n{tail}", file=sys.stderr)
-        raise
-    finally:
-        log.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group: it and its children
-            proc.wait(timeout=10)
-
-
 WARMUP = 40
 SENDERS = 4  # concurrent producer threads, as a web app's request handlers send
 
@@ -517,39 +461,6 @@ def send_concurrently(send: Callable[[int], None], n: int) -> None:
         t.start()
     for t in threads:
         t.join()
-
-
-class RunCounter:
-    """Completed runs of one round, and the latest ended_at, read from the store.
-
-    A poll counts only the runs created since the round began, through the
-    (status, created_at) index, and the latest ended_at is read once, when all have
-    completed: a poll that scanned every completed run of every round would take CPU
-    from the system it measures (the plain side's poll is one Redis GET).
-    """
-
-    def __init__(self, url: str) -> None:
-        self.engine = create_store_engine(url)
-        since = sa.bindparam("since", type_=runs_table.c.created_at.type)
-        done = sa.and_(
-            runs_table.c.status == RunStatus.COMPLETED.value, runs_table.c.created_at >= since
-        )
-        self.count = sa.select(sa.func.count()).where(done)
-        self.last = sa.select(sa.func.max(runs_table.c.ended_at)).where(done)
-
-    def wait_for(self, total: int, since: float, timeout: float) -> float:
-        """Wait until ``total`` runs created since ``since`` (a time.time()) have
-        completed; returns the last one's ended_at."""
-        params = {"since": datetime.fromtimestamp(since, timezone.utc)}
-
-        def probe() -> bool:
-            with self.engine.connect() as conn:
-                return int(conn.execute(self.count, params).scalar_one()) >= total
-
-        wait_until(probe, timeout, 0.02, f"{total} completed runs")
-        with self.engine.connect() as conn:
-            last: datetime = conn.execute(self.last, params).scalar_one()
-        return last.timestamp()
 
 
 Round = dict[str, float]  # rates of one rep: concurrent, single, batched; send_single (s)

@@ -25,14 +25,10 @@ import argparse
 import bisect
 import itertools
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +43,7 @@ sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     Row,
     Table,
+    celery_worker,
     fmt_time,
     fresh_redis_db,
     fresh_store,
@@ -152,40 +149,6 @@ if os.environ.get("CF_BENCH_FC_STORE"):
     _count_in_worker()
 
 
-@contextmanager
-def celery_worker(broker: str, store: str, queue: str, name: str, slots: int) -> Iterator[None]:
-    """``python -m celery -A flowcontrol worker -c <slots> --pool prefork`` on ``queue``."""
-    cmd = [sys.executable, "-m", "celery", "-A", "flowcontrol", "worker", "-c", str(slots)]
-    cmd += ["--pool", "prefork", "-Q", queue, "-n", f"{name}-{queue}@%h", "--loglevel", "WARNING"]
-    cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    env = {
-        **os.environ,
-        "CF_BENCH_FC_BROKER": broker,
-        "CF_BENCH_FC_STORE": store,
-        "CF_BENCH_FC_QUEUE": queue,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
-    }
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield
-    except BaseException:
-        log.seek(0)
-        tail = log.read().decode(errors="replace")[-4000:]
-        print(f"--- worker {name} output (last 4000 chars) ---\n{tail}", file=sys.stderr)
-        raise
-    finally:
-        log.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group
-            proc.wait(timeout=10)
-
-
 # ======================================================================================
 
 
@@ -258,8 +221,12 @@ def run_case(case: Case, kind: str, db: int, runs: int, n: int) -> Result:
     with fresh_store(kind) as url, ExitStack() as stack:
         _app, flow = build(broker, url, queue)
         engine = flow.store.engine
+        env = {"CF_BENCH_FC_BROKER": broker, "CF_BENCH_FC_STORE": url, "CF_BENCH_FC_QUEUE": queue}
         for i, slots in enumerate(case.workers):
-            stack.enter_context(celery_worker(broker, url, queue, f"w{i + 1}", slots))
+            worker = celery_worker(
+                env, queue, module="flowcontrol", concurrency=slots, name=f"w{i + 1}"
+            )
+            stack.enter_context(worker)
         flow.send([Event(name="bench/warm", data={"i": i}) for i in range(WARM)])
         wait_until(
             lambda: status_counts(engine, "warm").get("completed") == WARM, 90, 0.05, "warm-up"

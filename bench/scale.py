@@ -53,10 +53,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import apps  # noqa: E402
-import engine  # noqa: E402
 from common import (  # noqa: E402
     Row,
+    RunCounter,
     Table,
+    celery_worker,
     fmt_rate,
     fmt_time,
     fresh_postgres,
@@ -311,9 +312,9 @@ def part_ceiling(broker: str, workers: list[int], runs_n: int, long_runs: int) -
         with store(broker, f"cf-scale-{os.getpid()}-ceiling-{n}") as (flow, _raw):
             url = str(flow.store.engine.url.render_as_string(hide_password=False))
             env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": broker, "CF_BENCH_STORE": url}
-            counter = engine.RunCounter(url)
+            counter = RunCounter(url)
             queue = f"cf-scale-{os.getpid()}-ceiling-{n}"
-            with engine.celery_worker(env, queue, concurrency=n):
+            with celery_worker(env, queue, concurrency=n):
                 started = time.time()
                 flow.send([Event(name=apps.ONE_STEP_EVENT, data={"w": 1})])
                 counter.wait_for(1, started, 120)  # the worker is up

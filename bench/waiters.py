@@ -29,15 +29,10 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +45,7 @@ sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     Row,
     Table,
+    celery_worker,
     fmt_time,
     fresh_postgres,
     fresh_redis_db,
@@ -102,40 +98,6 @@ if os.environ.get("CF_BENCH_WAITERS_STORE"):
         os.environ["CF_BENCH_WAITERS_STORE"],
         os.environ["CF_BENCH_WAITERS_QUEUE"],
     )
-
-
-@contextmanager
-def celery_worker(broker: str, store: str, queue: str) -> Iterator[None]:
-    """``python -m celery -A waiters worker -c 2 --pool prefork`` on ``queue``."""
-    cmd = [sys.executable, "-m", "celery", "-A", "waiters", "worker", "-c", "2"]
-    cmd += ["--pool", "prefork", "-Q", queue, "--loglevel", "WARNING"]
-    cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    env = {
-        **os.environ,
-        "CF_BENCH_WAITERS_BROKER": broker,
-        "CF_BENCH_WAITERS_STORE": store,
-        "CF_BENCH_WAITERS_QUEUE": queue,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
-    }
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield
-    except BaseException:
-        log.seek(0)
-        tail = log.read().decode(errors="replace")[-4000:]
-        print(f"--- worker output (last 4000 chars) ---\n{tail}", file=sys.stderr)
-        raise
-    finally:
-        log.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group
-            proc.wait(timeout=10)
 
 
 # ======================================================================================
@@ -322,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         queue = f"cf-bench-{os.getpid()}-waiters"
         _app, flow = build(broker, url, queue)
         pop = Population(flow)
-        with celery_worker(broker, url, queue):
+        env = {
+            "CF_BENCH_WAITERS_BROKER": broker,
+            "CF_BENCH_WAITERS_STORE": url,
+            "CF_BENCH_WAITERS_QUEUE": queue,
+        }
+        with celery_worker(env, queue, module="waiters"):
             pop.seed()
             for size in sizes:
                 took = pop.clone(size - len(pop.waiting))

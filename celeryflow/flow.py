@@ -276,20 +276,7 @@ class Flow:
         # runs Celery's autodiscovery first, exactly as calling a task would.
         tasks.finalize(self.app)
         functions = list(self.functions.values())
-        if len(prepared) == 1:
-            # the commonest send: recorded in one statement where the store can
-            one_event_runs = self.planner.plan_runs(prepared[0], functions, now)
-            plain = all(not p.admission and not p.waits for p in one_event_runs)
-            rows = [p.row for p in one_event_runs]
-            if plain and self.store.record_event_in_one_statement(prepared[0], rows, now):
-                created = [str(row["id"]) for row in rows]
-                names = {row["id"]: row["function_id"] for row in rows}
-                self.doorbell.ring(
-                    self.planner.ring_for_slots(created, one_event_runs, now), function_id=names
-                )
-                self.hooks.announce(prepared, rows, created)
-                return [ev.id for ev in prepared if ev.id is not None]
-
+        # the store picks the path (the commonest send is one statement where it can)
         planned: list[PlannedRun] = []
 
         def plan(ev: Event) -> list[PlannedRun]:

@@ -14,6 +14,7 @@ from .errors import ConfigError, describe
 from .events import CONTROL_CHARACTERS, EventTrigger
 from .expressions import ASYNC, Expression, compile_expression
 from .flowcontrol import (
+    OPTIONS,
     Batch,
     Concurrency,
     Debounce,
@@ -32,7 +33,14 @@ if TYPE_CHECKING:
     from .events import Event
     from .flow import Flow
 
-__all__ = ["CancelOn", "FlowFunction", "FunctionConfig", "Registry", "Timeouts"]
+__all__ = [
+    "FLOW_CONTROL_OPTIONS",
+    "CancelOn",
+    "FlowFunction",
+    "FunctionConfig",
+    "Registry",
+    "Timeouts",
+]
 
 DEFAULT_RETRIES = 4  # as in Inngest: 4 retries, so 5 attempts per step
 
@@ -118,6 +126,11 @@ class FunctionConfig(BaseModel):
         return value if isinstance(value, list | tuple) else [value]
 
 
+# FunctionConfig's flow-control options, in its order (what `celeryflow functions`
+# shows); FlowControl reads each one's value from the FunctionConfig
+FLOW_CONTROL_OPTIONS = tuple(name for name in FunctionConfig.model_fields if name in OPTIONS)
+
+
 class FlowFunction:
     """A registered durable function. Calling it directly runs the plain Python function."""
 
@@ -136,17 +149,7 @@ class FlowFunction:
         for i, cancel in enumerate(config.cancel_on):
             if cancel.if_ is not None:
                 compile_expression(cancel.if_, f"function {config.id!r} cancel_on[{i}] if_", ASYNC)
-        self.control = FlowControl(
-            config.id,
-            concurrency=config.concurrency,
-            throttle=config.throttle,
-            rate_limit=config.rate_limit,
-            debounce=config.debounce,
-            batch=config.batch_events,
-            priority=config.priority,
-            idempotency=config.idempotency,
-            singleton=config.singleton,
-        )
+        self.control = FlowControl(config.id, config)
         self.__name__ = getattr(fn, "__name__", config.id)
         self.__doc__ = fn.__doc__
 

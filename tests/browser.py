@@ -15,7 +15,11 @@ from typing import Any, TypeVar
 
 import uvicorn
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service as ChromeService
 from services import skip_or_fail
 
@@ -87,13 +91,14 @@ def chromium() -> Iterator[webdriver.Chrome]:
 
 
 def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "it") -> T:
-    """Poll ``probe`` (DOM reads may see an element replaced meanwhile) until truthy."""
+    """Poll ``probe`` until truthy. DOM reads may see an element replaced meanwhile, or
+    no element yet while the page after a POST's redirect is still loading."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = probe()
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoSuchElementException):
             last = None
         if last:
             return last

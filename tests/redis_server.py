@@ -17,9 +17,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["DATABASES", "RedisServer", "RedisServerError"]
+__all__ = ["DATABASES", "DbLender", "RedisServer", "RedisServerError"]
 
 START_TIMEOUT = 15.0  # seconds for the server to answer PING
 DATABASES = 16
@@ -128,3 +129,32 @@ class RedisServer:
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class DbLender:
+    """The dbs of a private server, each lent to one user at a time and FLUSHDB-ed
+    before and after (the server is ours, so that touches nobody's data): the one
+    protocol of tests/services.py and bench/common.py. ``url(db)`` names a db."""
+
+    def __init__(self, url: Callable[[int], str], first: int = 0) -> None:
+        self.url = url
+        self.free = list(range(first, DATABASES))  # not lent right now
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[int]:
+        """A db nobody else holds now (RedisServerError when all are lent)."""
+        import redis
+
+        if not self.free:
+            raise RedisServerError(f"all {DATABASES} dbs of the private Redis are in use")
+        db = self.free.pop(0)
+        client = redis.Redis.from_url(self.url(db), socket_timeout=10)
+        try:
+            client.flushdb()
+            yield db
+        finally:
+            try:
+                client.flushdb()
+            finally:
+                client.close()
+                self.free.append(db)

@@ -100,8 +100,13 @@ def _store_size(flow: Flow) -> tuple[int, str]:
         with engine.connect() as conn:
             pages = _count(conn, "PRAGMA page_count")
             free = _count(conn, "PRAGMA freelist_count")
+            page_size = _count(conn, "PRAGMA page_size")
         wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
-        return os.path.getsize(path), f"pages {pages - free}/{pages} in use, wal {wal} B"
+        # The pages in use, as PostgreSQL's figure is its tables after VACUUM: SQLite's
+        # file never shrinks and keeps the high-water mark of the live rows (a cycle the
+        # pruner fell behind on a loaded machine) as free pages it reuses.
+        detail = f"pages {pages - free}/{pages} in use, file {os.path.getsize(path)} B, wal {wal} B"
+        return (pages - free) * page_size, detail
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")

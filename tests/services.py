@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from redis_server import DATABASES, RedisServer, RedisServerError
+from databases import fresh_postgres_database
+from redis_server import DATABASES, DbLender, RedisServer, RedisServerError
 
 # --------------------------------------------------------------------------------------
 # Service table and reachability
@@ -275,23 +276,10 @@ def fresh_postgres_url() -> Iterator[str]:
     left open, e.g. an engine's pool, so a forgotten ``engine.dispose()`` cannot block it.
     """
     require("postgres")
-    import psycopg
-
     svc = SERVICES["postgres"]
-    name = _database_name()
-
-    def admin() -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host=svc.host, port=svc.port, user=POSTGRES_USER, dbname="postgres", autocommit=True
-        )
-
-    with admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
+    admin = f"host={svc.host} port={svc.port} user={POSTGRES_USER} dbname=postgres"
+    with fresh_postgres_database(admin, "cf_test") as name:
         yield postgres_url(name)
-    finally:
-        with admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
@@ -338,7 +326,7 @@ def fresh_mariadb_url() -> Iterator[str]:
             conn.close()
 
 
-_free_redis_dbs = list(range(DATABASES))  # dbs of the private server not in use right now
+_redis_dbs = DbLender(redis_url)  # the private server's dbs
 
 
 @contextlib.contextmanager
@@ -355,22 +343,10 @@ def fresh_redis_url() -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    import redis
-
-    if not _free_redis_dbs:
+    if not _redis_dbs.free:
         pytest.fail(f"all {DATABASES} dbs of the private Redis are in use", pytrace=False)
-    db = _free_redis_dbs.pop(0)
-    url = redis_url(db)
-    client = redis.Redis.from_url(url, socket_timeout=10)
-    try:
-        client.flushdb()
-        yield url
-    finally:
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-            _free_redis_dbs.append(db)
+    with _redis_dbs.lend() as db:
+        yield redis_url(db)
 
 
 def forget_redis_name(url: str, name: str) -> None:

@@ -242,7 +242,7 @@ def test_a_test_event_sent_from_the_form_starts_a_run(dash: Dash) -> None:
     data.clear()
     data.send_keys("{not json")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    assert "data is not JSON" in dash.text("#form-error")
+    eventually(lambda: "data is not JSON" in dash.text("#form-error"), what="the form's error")
     dash.open("/events")
     screenshot(dash.browser, "events")
 

@@ -3,21 +3,19 @@ of every run executes exactly once, on the embedded default and on the services.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import os
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from flowkit import APPS, apps_env, worker_process
 from services import Stack
 
 from celeryflow import Event, Flow
 from celeryflow.testing import wait_for
 
-APPS = Path(__file__).parent / "apps"
 RUNS = 60
 
 
@@ -40,39 +38,26 @@ def test_competing_worker_processes_run_each_step_once(
     flow: Flow = importlib.import_module("many_app").flow
     flow.store.migrate()  # before two workers race to first use
 
-    workers: list[subprocess.Popen[bytes]] = []
-    logs = [tmp_path / f"w{i}.log" for i in range(2)]
-    child_env = {
-        **os.environ,
-        **env,
-        "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    try:
-        for i, log in enumerate(logs):
-            with open(log, "wb") as out:
-                workers.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "celery",
-                            "-A",
-                            "many_app",
-                            "worker",
-                            "-c",
-                            "2",
-                            "--pool",
-                            "prefork",
-                            "-n",
-                            f"w{i}@%h",
-                            "--without-mingle",
-                            "--without-gossip",
-                        ],
-                        env=child_env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+    with contextlib.ExitStack() as workers:
+        for i in range(2):
+            command = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "many_app",
+                "worker",
+                "-c",
+                "2",
+                "--pool",
+                "prefork",
+                "-n",
+                f"w{i}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+            log = tmp_path / f"w{i}.log"
+            workers.enter_context(worker_process(command, apps_env(**env), tmp_path, log))
         event_ids = flow.send([Event(name="t/many", data={"n": n}) for n in range(RUNS)])
         wait_for(
             lambda: len(flow.list_runs(status="completed", limit=RUNS + 1)) == RUNS,
@@ -80,18 +65,6 @@ def test_competing_worker_processes_run_each_step_once(
             interval=0.2,
             what=f"{RUNS} runs to complete",
         )
-    except BaseException:
-        for log in logs:
-            print(f"--- {log.name} ---\n{log.read_text()[-3000:]}")
-        raise
-    finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     entries = [line.split() for line in journal.read_text().splitlines()]
     per_step = Counter((run_id, step) for run_id, step, _ in entries)

@@ -10,18 +10,15 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flowkit import make_flow
+from flowkit import apps_env, make_flow, worker_process
 from kombu import Queue
 from services import Stack
 
@@ -37,38 +34,25 @@ BACKLOG = 200
 LEASE, RECONCILE = 3.0, 1.0  # recovery_app's settings
 
 
-@contextmanager
-def prefork_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "recovery_app",
-        "worker",
-        "--pool",
-        "prefork",
-        "-c",
-        "2",
-        "-n",
-        "recovery@%h",
-        "--loglevel",
-        "INFO",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # warm: the backlog stays in the broker
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+# SIGTERM at the end is a warm shutdown: the backlog stays in the broker
+PREFORK_WORKER = [
+    sys.executable,
+    "-m",
+    "celery",
+    "-A",
+    "recovery_app",
+    "worker",
+    "--pool",
+    "prefork",
+    "-c",
+    "2",
+    "-n",
+    "recovery@%h",
+    "--loglevel",
+    "INFO",
+    "--without-mingle",
+    "--without-gossip",
+]
 
 
 def count(flow: Flow, function_id: str, status: RunStatus) -> int:
@@ -102,10 +86,9 @@ def test_killed_run_resumes_ahead_of_the_backlog(
     monkeypatch.syspath_prepend(str(APPS))
     sys.modules.pop("recovery_app", None)
     flow: Flow = importlib.import_module("recovery_app").flow
-    env = {**os.environ, "PYTHONPATH": f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     log = tmp_path / "worker.log"
     try:
-        with prefork_worker(env, log):
+        with worker_process(PREFORK_WORKER, apps_env(), tmp_path, log, tail=6000):
             [victim] = flow.send(Event(name="t/victim"))
             wait_for(lambda: "two-start" in journal_lines(journal), timeout=60, what="step two")
             flow.send([Event(name="t/backlog") for _ in range(BACKLOG)])
@@ -118,9 +101,6 @@ def test_killed_run_resumes_ahead_of_the_backlog(
             recovered_in = time.monotonic() - killed_at
             waiting = count(flow, "backlog", RunStatus.QUEUED)
             run = wait_for_run(flow, event_id=victim, timeout=30)
-    except BaseException:
-        print(f"--- worker log ---\n{log.read_text()[-6000:]}")
-        raise
     finally:
         sys.modules.pop("recovery_app", None)
     assert run.status == RunStatus.COMPLETED, run.error

@@ -9,23 +9,14 @@ import click
 
 from ..durations import utcnow
 from ..events import EventTrigger
-from ..functions import FlowFunction
+from ..functions import FLOW_CONTROL_OPTIONS, FlowFunction
 from ..schedule import CronTrigger
 from .base import Failure, app_flow, main, open_store, require_flow, store_option
 from .table import echo_json, print_table, short_time
 
 __all__ = ["list_functions", "pause", "resume"]
 
-CONTROLS = (
-    "concurrency",
-    "throttle",
-    "rate_limit",
-    "debounce",
-    "batch_events",
-    "priority",
-    "idempotency",
-    "singleton",
-)
+CONTROLS = FLOW_CONTROL_OPTIONS
 
 
 def _trigger(trigger: EventTrigger | CronTrigger) -> str:

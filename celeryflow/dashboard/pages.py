@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..durations import utcnow
 from ..errors import CeleryflowError, ConfigError, EventError
 from ..events import Event, EventTrigger
+from ..functions import FLOW_CONTROL_OPTIONS
 from ..runs import TERMINAL, RunStatus
 from ..store.views import (
     RunFilter,
@@ -225,19 +226,7 @@ def _triggers(dash: Dashboard, function_id: str, now: datetime) -> dict[str, Any
             )
     control = fn.config.model_dump(
         mode="json",
-        include={
-            "concurrency",
-            "throttle",
-            "rate_limit",
-            "debounce",
-            "batch_events",
-            "priority",
-            "idempotency",
-            "singleton",
-            "retries",
-            "timeouts",
-            "cancel_on",
-        },
+        include={*FLOW_CONTROL_OPTIONS, "retries", "timeouts", "cancel_on"},
         exclude_none=True,
         exclude_defaults=True,
     )

@@ -17,16 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ..errors import ConfigError, ExpressionError
 from ..expressions import Expression, compile_expression
-from .config import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .config import Concurrency, Priority
+from .controls import ADMISSION_CONTROLS, BatchControl, Control, DebounceControl
 
 __all__ = [
     "MAX_CONCURRENCY",
+    "OPTIONS",
     "PRIORITY_RANGE",
     "SHARED",
     "Admission",
@@ -41,22 +43,21 @@ PRIORITY_RANGE = 600  # seconds
 # (Concurrency(scope="shared")); a function's own key that happens to start with it
 # is stored hashed, so the two never meet.
 SHARED = "\x1fshared:"
+# The options a function's FunctionConfig gives flow control (the one source of their
+# values; FlowControl reads them there by these names).
+OPTIONS = ("concurrency", "priority", *(c.option for c in ADMISSION_CONTROLS))
 
 
 @dataclass
 class Admission:
-    """The controls that apply to one planned run, each with its key's value."""
+    """The controls that apply to one planned run, each with its key's value, in the
+    order they decide (controls.ADMISSION_CONTROLS)."""
 
-    idempotency: str | None = None
-    rate_limit: tuple[RateLimit, str] | None = None
-    singleton: tuple[Singleton, str] | None = None
-    debounce: tuple[Debounce, str] | None = None
-    batch: tuple[Batch, str] | None = None
-    throttle: tuple[Throttle, str] | None = None
+    keyed: list[tuple[Control[Any], str]] = field(default_factory=list)
     refused: bool = False  # a key failed: the run is recorded skipped, nothing applies
 
     def __bool__(self) -> bool:
-        return self.refused or any(v is not None for k, v in vars(self).items() if k != "refused")
+        return self.refused or bool(self.keyed)
 
 
 class KeyUnavailable(ExpressionError):
@@ -101,50 +102,44 @@ class KeyUnavailable(ExpressionError):
 
 
 class FlowControl:
-    """Compiled flow-control settings of one function."""
+    """Compiled flow-control settings of one function.
 
-    def __init__(
-        self,
-        function_id: str,
-        *,
-        concurrency: list[Concurrency],
-        throttle: Throttle | None,
-        rate_limit: RateLimit | None,
-        debounce: Debounce | None,
-        batch: Batch | None,
-        priority: Priority | None,
-        idempotency: str | None,
-        singleton: Singleton | None,
-    ) -> None:
+    ``options`` is the function's ``FunctionConfig`` (any object with the
+    :data:`OPTIONS` as attributes): the one source of the settings. A setting is
+    also an attribute here (``control.throttle``), None when not set."""
+
+    def __init__(self, function_id: str, options: Any) -> None:
         self.function_id = function_id
         where = f"function {function_id!r}"
+        concurrency: list[Concurrency] = list(getattr(options, "concurrency", None) or [])
         if len(concurrency) > MAX_CONCURRENCY:
             raise ConfigError(f"{where}: at most {MAX_CONCURRENCY} concurrency limits")
-        if debounce is not None and batch is not None:
-            raise ConfigError(f"{where}: debounce and batch_events cannot be combined")
         self.concurrency = concurrency
-        self.throttle = throttle
-        self.rate_limit = rate_limit
-        self.debounce = debounce
-        self.batch = batch
-        self.priority = priority
-        self.idempotency = idempotency
-        self.singleton = singleton
+        self.priority: Priority | None = getattr(options, "priority", None)
+        # the controls that decide at the event, in their order
+        self.controls: list[Control[Any]] = [
+            control(getattr(options, control.option))
+            for control in ADMISSION_CONTROLS
+            if getattr(options, control.option, None) is not None
+        ]
+        kinds = {type(c) for c in self.controls}
+        if DebounceControl in kinds and BatchControl in kinds:
+            raise ConfigError(f"{where}: debounce and batch_events cannot be combined")
+        self._settings = {c.option: c.setting for c in self.controls}
         self._compiled: dict[str, Expression] = {}
-        sources = {
-            "idempotency": idempotency,
-            "priority.run": priority.run if priority else None,
-            "throttle.key": throttle.key if throttle else None,
-            "rate_limit.key": rate_limit.key if rate_limit else None,
-            "debounce.key": debounce.key if debounce else None,
-            "batch_events.key": batch.key if batch else None,
-            "singleton.key": singleton.key if singleton else None,
-        }
+        sources = {c.label: c.key_source for c in self.controls}
+        sources["priority.run"] = self.priority.run if self.priority else None
         for i, limit in enumerate(concurrency):
             sources[f"concurrency[{i}].key"] = limit.key
         for name, source in sources.items():
             if source is not None:
                 self._compiled[name] = compile_expression(source, f"{where} {name}")
+
+    def __getattr__(self, name: str) -> Any:
+        """A control's setting by its option name (``control.throttle``); None if unset."""
+        if name in OPTIONS:
+            return self.__dict__.get("_settings", {}).get(name)
+        raise AttributeError(name)
 
     def key(self, name: str, variables: dict[str, Any]) -> str:
         """The value of the key expression ``name`` for an event ("" without one);
@@ -181,20 +176,7 @@ class FlowControl:
         return max(-PRIORITY_RANGE, min(PRIORITY_RANGE, int(value)))
 
     def admission(self, variables: dict[str, Any]) -> Admission:
-        out = Admission()
-        if self.idempotency is not None:
-            out.idempotency = self.key("idempotency", variables)
-        if self.rate_limit is not None:
-            out.rate_limit = (self.rate_limit, self.key("rate_limit.key", variables))
-        if self.singleton is not None:
-            out.singleton = (self.singleton, self.key("singleton.key", variables))
-        if self.debounce is not None:
-            out.debounce = (self.debounce, self.key("debounce.key", variables))
-        if self.batch is not None:
-            out.batch = (self.batch, self.key("batch_events.key", variables))
-        if self.throttle is not None:
-            out.throttle = (self.throttle, self.key("throttle.key", variables))
-        return out
+        return Admission([(c, self.key(c.label, variables)) for c in self.controls])
 
     def concurrency_keys(self, variables: dict[str, Any]) -> list[str]:
         """The stored key of each limit: a shared limit's carries :data:`SHARED`."""

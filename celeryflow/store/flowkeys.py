@@ -3,21 +3,20 @@ records the event (admission) or claims the run (concurrency slots), on a row of
 ``cf_flow_keys`` locked for the (function, control, key value), so the limits hold
 across every worker process and machine sharing the store.
 
-Throttle and rate limit use GCRA, as Inngest does: ``until`` holds the theoretical
-arrival time; each admitted run moves it one emission interval (period / limit).
+At the event, :func:`admit` asks each control of the run (flowcontrol/controls.py)
+in turn, handing it a :class:`_Ledger`: the SQL a control's decision needs.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..codec import from_json, to_json
-from ..flowcontrol import SHARED, Admission
+from ..flowcontrol import SHARED, Admission, Admitted
 from ..runs import TERMINAL, RunStatus
 from .tables import flow_keys, runs
 from .waits import cancel_run
@@ -38,17 +37,6 @@ def _slot(function_id: str, column: sa.Column[Any], key: str) -> tuple[str, list
     return function_id, [runs.c.function_id == function_id, column == key]
 
 
-@dataclass
-class Admitted:
-    """What flow control made of a planned run: the row to insert (perhaps as
-    ``skipped``), or None when the event joined a debounced or batched run; and runs
-    to ring now (a batch that filled up)."""
-
-    row: dict[str, Any] | None
-    ring: list[str] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)  # by Singleton(mode="cancel")
-
-
 def _locked(
     conn: sa.Connection, insert_ignore: Any, function_id: str, scope: str, key: str
 ) -> sa.RowMapping:
@@ -63,7 +51,7 @@ def _locked(
     return row
 
 
-def _set(conn: sa.Connection, row: sa.RowMapping, **values: Any) -> None:
+def _set(conn: sa.Connection, row: Mapping[Any, Any], **values: Any) -> None:
     conn.execute(
         flow_keys.update()
         .where(
@@ -75,17 +63,47 @@ def _set(conn: sa.Connection, row: sa.RowMapping, **values: Any) -> None:
     )
 
 
-def _skip(row: dict[str, Any], now: datetime, reason: str, message: str) -> Admitted:
-    error = {"type": "Skipped", "reason": reason, "message": message}
-    row.update(
-        status=S.SKIPPED.value, error=json.dumps(error), ended_at=now, due_at=None, wake_at=None
-    )
-    return Admitted(row)
+class _Ledger:
+    """The store's side of one admission: locked ``cf_flow_keys`` rows and the runs
+    a control may move, in the recording transaction (controls.Ledger)."""
 
+    def __init__(
+        self,
+        conn: sa.Connection,
+        insert_ignore: Any,
+        function_id: str,
+        now: datetime,
+        redeliver_after: timedelta,
+    ) -> None:
+        self.conn = conn
+        self.insert_ignore = insert_ignore
+        self.function_id = function_id
+        self.now = now
+        self.redeliver_after = redeliver_after
+        self.cancelled: list[str] = []
 
-def _start_at(row: dict[str, Any], when: datetime, redeliver_after: timedelta) -> None:
-    row["wake_at"] = when
-    row["due_at"] = when + redeliver_after
+    def lock(self, scope: str, key: str) -> Mapping[Any, Any]:
+        return _locked(self.conn, self.insert_ignore, self.function_id, scope, key)
+
+    def set(self, lock: Mapping[Any, Any], **values: Any) -> None:
+        _set(self.conn, lock, **values)
+
+    def unfinished(self, run_id: str) -> bool:
+        return _unfinished(self.conn, run_id)
+
+    def cancel(self, run_id: str) -> None:
+        if cancel_run(self.conn, run_id, self.now):
+            self.cancelled.append(run_id)
+
+    def reopen(self, run_id: str, row: dict[str, Any], wake: datetime) -> bool:
+        return _reopen(self.conn, run_id, row, wake, self.redeliver_after)
+
+    def join_batch(self, run_id: str, row: dict[str, Any], max_size: int) -> bool | None:
+        return _join_batch(self.conn, run_id, row, max_size, self.now, self.redeliver_after)
+
+    def start_at(self, row: dict[str, Any], when: datetime) -> None:
+        row["wake_at"] = when
+        row["due_at"] = when + self.redeliver_after
 
 
 def admit(
@@ -96,87 +114,19 @@ def admit(
     now: datetime,
     redeliver_after: timedelta,
 ) -> Admitted:
-    """Apply ``admission`` to the planned run ``row``, in the recording transaction.
-    Order: rate limit, idempotency, singleton, debounce or batch, throttle."""
-    cancelled: list[str] = []
-    admitted = _admit(conn, insert_ignore, row, admission, now, redeliver_after, cancelled)
-    admitted.cancelled.extend(cancelled)
-    return admitted
-
-
-def _admit(
-    conn: sa.Connection,
-    insert_ignore: Any,
-    row: dict[str, Any],
-    admission: Admission,
-    now: datetime,
-    redeliver_after: timedelta,
-    cancelled: list[str],
-) -> Admitted:
+    """Apply ``admission`` to the planned run ``row``, in the recording transaction:
+    each control in its order (controls.ADMISSION_CONTROLS) until one decides."""
     if admission.refused:  # the row is already the skipped record of a failed key
         return Admitted(row)
-    fn = row["function_id"]
-
-    def lock(scope: str, key: str) -> sa.RowMapping:
-        return _locked(conn, insert_ignore, fn, scope, key)
-
-    if admission.rate_limit is not None:
-        limit, key = admission.rate_limit
-        k = lock("rate_limit", key)
-        interval = limit.period / limit.limit
-        tat = max(k["until"] or now, now)
-        if tat - now > limit.period - interval:
-            return _skip(row, now, "rate_limit", f"rate limit of {limit.limit} per {limit.period}")
-        _set(conn, k, until=tat + interval)
-    if admission.idempotency is not None:
-        k = lock("idempotency", admission.idempotency)
-        if k["until"] is not None and k["until"] > now:
-            return _skip(row, now, "idempotency", f"run {k['run_id']} has the same key")
-        _set(conn, k, run_id=row["id"], until=now + timedelta(hours=24))
-    if admission.singleton is not None:
-        singleton, key = admission.singleton
-        k = lock("singleton", key)
-        holder = k["run_id"]
-        if holder is not None and _unfinished(conn, holder):
-            if singleton.mode == "skip":
-                return _skip(row, now, "singleton", f"run {holder} is still in flight")
-            if cancel_run(conn, holder, now):
-                cancelled.append(holder)
-        _set(conn, k, run_id=row["id"], since=now)
-    if admission.debounce is not None:
-        debounce, key = admission.debounce
-        k = lock("debounce", key)
-        wake = now + debounce.period
-        if k["run_id"] is not None:
-            if debounce.timeout is not None and k["since"] is not None:
-                wake = min(wake, k["since"] + debounce.timeout)
-            if _reopen(conn, k["run_id"], row, wake, redeliver_after):
-                return Admitted(None)
-        _start_at(row, wake, redeliver_after)
-        _set(conn, k, run_id=row["id"], since=now)
-    if admission.batch is not None:
-        batch, key = admission.batch
-        k = lock("batch", key)
-        if k["run_id"] is not None:
-            joined = _join_batch(conn, k["run_id"], row, batch.max_size, now, redeliver_after)
-            if joined is not None:
-                if joined:
-                    _set(conn, k, run_id=None)
-                    return Admitted(None, [k["run_id"]])
-                return Admitted(None)
-        if batch.max_size > 1:
-            _start_at(row, now + batch.timeout, redeliver_after)
-            _set(conn, k, run_id=row["id"], since=now)
-    if admission.throttle is not None:
-        throttle, key = admission.throttle
-        k = lock("throttle", key)
-        interval = throttle.period / throttle.limit
-        tat = max(k["until"] or now, now)
-        start = max(now, tat - interval * (throttle.burst - 1))
-        _set(conn, k, until=tat + interval)
-        if start > now and (row.get("wake_at") is None or row["wake_at"] < start):
-            _start_at(row, start, redeliver_after)
-    return Admitted(row)
+    ledger = _Ledger(conn, insert_ignore, row["function_id"], now, redeliver_after)
+    admitted = Admitted(row)
+    for control, key in admission.keyed:
+        decided = control.admit(ledger, row, key)
+        if decided is not None:
+            admitted = decided
+            break
+    admitted.cancelled.extend(ledger.cancelled)
+    return admitted
 
 
 def _unfinished(conn: sa.Connection, run_id: str) -> bool:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..flowcontrol.controls import ADMISSION_CONTROLS, Keep
 from ..runs import TERMINAL, RunStatus
 from .tables import cron_ticks, events, flow_keys, runs, steps, waits
 
@@ -52,8 +53,6 @@ __all__ = ["BATCH", "LEASE", "Pruned", "prune", "release_lease", "renew_lease", 
 BATCH = 500
 ENDED = sorted(s.value for s in TERMINAL)
 LEASE = {"function_id": "celeryflow", "scope": "lease", "key": "prune"}
-# flow-control scopes whose row only matters until its time ("until") has passed
-TIMED_SCOPES = ("rate_limit", "throttle", "idempotency")
 KINDS = ("runs", "steps", "waits", "events", "flow_keys", "cron_ticks")
 
 Progress = Callable[[str, int], None]
@@ -82,7 +81,7 @@ class Pruned:
 @contextmanager
 def _transaction(store: Store) -> Iterator[sa.Connection]:
     with store.write_lock(), store.engine.connect() as conn:
-        if conn.dialect.name in ("mysql", "mariadb"):
+        if store.capabilities.read_committed_batches:
             # no gap locks on the ranges scanned, and each statement sees the newest
             # commits (as on PostgreSQL), so a re-check after locking is a real one
             conn.execution_options(isolation_level="READ COMMITTED")
@@ -180,10 +179,13 @@ def _flow_keys_expired(now: datetime) -> sa.ColumnElement[bool]:
             holder.c.status.not_in(ENDED),
         )
 
+    def scopes(keep: Keep) -> list[str]:
+        return [control.scope for control in ADMISSION_CONTROLS if control.keeps is keep]
+
     return sa.or_(
-        sa.and_(fk.scope.in_(TIMED_SCOPES), sa.or_(fk.until.is_(None), fk.until < now)),
-        sa.and_(fk.scope == "singleton", ~live_holder),
-        sa.and_(fk.scope.in_(("debounce", "batch")), ~open_holder),
+        sa.and_(fk.scope.in_(scopes(Keep.UNTIL)), sa.or_(fk.until.is_(None), fk.until < now)),
+        sa.and_(fk.scope.in_(scopes(Keep.RUN_UNFINISHED)), ~live_holder),
+        sa.and_(fk.scope.in_(scopes(Keep.RUN_OPEN)), ~open_holder),
         sa.and_(fk.scope == "concurrency1", slot_unused(holder.c.concurrency_key1)),
         sa.and_(fk.scope == "concurrency2", slot_unused(holder.c.concurrency_key2)),
     )
@@ -217,7 +219,7 @@ def _lock(
     conn: sa.Connection, table: sa.Table, keys: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
     """The rows of ``keys`` nobody else holds, now locked by this transaction."""
-    if not keys or conn.dialect.name == "sqlite":  # SQLite: one writer, already us
+    if not keys:
         return list(keys)
     pk = list(table.primary_key.columns)
     query = sa.select(*pk).where(sa.tuple_(*pk).in_(keys)).with_for_update(skip_locked=True)
@@ -258,7 +260,8 @@ def _keyed_batch(
         if order_by is not None:
             query = query.order_by(order_by)
         found = [tuple(row) for row in conn.execute(query)]
-        keys = _lock(conn, table, found) if lock else found
+        # SQLite, without SKIP LOCKED, has one writer: already us
+        keys = _lock(conn, table, found) if lock and store.capabilities.skip_locked else found
         if not keys:
             return len(found), 0
         deleted = conn.execute(table.delete().where(sa.tuple_(*pk).in_(keys), *where)).rowcount

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql
 from ..codec import to_json
 from ..events import condition_holds
 from ..runs import RunStatus, StepStatus, sources_of
+from .capabilities import Capabilities
 from .flowkeys import take_slot
 from .one_statement import finish_statement, finish_statement_params
 from .prepared import DriverRefused, DriverStatement, driver_transaction
@@ -117,12 +118,13 @@ class _Refused(Exception):
 
 
 class SessionStatements:
-    """The executor's statements, built once per store."""
+    """The executor's statements, built once per store, and the paths its
+    capabilities allow (store/capabilities.py)."""
 
-    def __init__(self, dialect: sa.Dialect) -> None:
-        self.update_returning = bool(dialect.update_returning)
-        self.async_claim = dialect.name == "postgresql"
-        self.insert_returning = bool(dialect.insert_returning)
+    def __init__(self, capabilities: Capabilities) -> None:
+        self.update_returning = capabilities.update_returning
+        self.async_claim = capabilities.async_claim
+        self.insert_returning = capabilities.insert_returning
         P = sa.bindparam
         may_start = sa.and_(
             status_in([S.QUEUED.value, S.SLEEPING.value]),
@@ -150,7 +152,7 @@ class SessionStatements:
         # autocommit (one round trip instead of BEGIN, statement, COMMIT). The claim
         # leaves out runs of concurrency-limited functions, which take their slot in
         # a transaction.
-        self.single_statement_writes = dialect.name == "postgresql"
+        self.single_statement_writes = capabilities.one_statement_writes
         # `<> ALL(array)`, not NOT IN: an expanding IN is re-rendered on every call.
         # The claim's commit need not wait for its WAL flush (see claim()); joining
         # set_config(..., true), evaluated once as an uncorrelated subquery, makes that
@@ -176,7 +178,9 @@ class SessionStatements:
         self.insert_step = insert.returning(steps.c.key) if self.insert_returning else insert
         # SQLite: new step rows skip SQLAlchemy's execute path (store/prepared.py)
         self.insert_step_on_driver = (
-            DriverStatement(insert, dialect) if dialect.name == "sqlite" else None
+            DriverStatement(insert, capabilities.dialect)
+            if capabilities.driver_step_writes
+            else None
         )
         holds = sa.exists().where(runs.c.id == P("w_run_id"), runs.c.fence == P("w_fence"))
         self.update_step = (

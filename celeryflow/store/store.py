@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..codec import from_json, to_json
 from ..errors import RunNotFound
@@ -24,6 +23,7 @@ from ..events import Event
 from ..flowcontrol import Admission
 from ..runs import TERMINAL, Run, RunStatus, StepRecord, StepStatus
 from .admin import StoreAdmin
+from .capabilities import Capabilities, EventPath
 from .database import SQLiteWriteLock, check_store_url, create_store_engine, sqlite_path
 from .due import DueRun, take_due
 from .flowkeys import admit, slot_heads, slot_waiting_keys
@@ -86,6 +86,7 @@ class Store(StoreAdmin):
         self.is_sqlite = sqlite_path(url) is not None
         self.auto_migrate = self.is_sqlite if auto_migrate is None else auto_migrate
         self._engine: sa.Engine | None = None
+        self._capabilities: Capabilities | None = None
         self._lock = threading.Lock()
         self._session_sql: SessionStatements | None = None
         path = sqlite_path(url)
@@ -95,7 +96,8 @@ class Store(StoreAdmin):
         self._insert_event: Any = None
         self._insert_field: Any = None
         self._insert_flow_key: Any = None
-        self._event_statements: dict[int, Any] = {}
+        self._event_statements: dict[int, Any] = {}  # by the number of runs
+        self._event_insert: Any = None
         # an event id seen within this window starts nothing new (Flow's dedup_window)
         self.dedup_window = EVENT_DEDUP_WINDOW
         self._paused: tuple[float, frozenset[str]] | None = None  # see paused_function_ids
@@ -142,8 +144,16 @@ class Store(StoreAdmin):
                 conn.execute(table.delete())
 
     @property
+    def capabilities(self) -> Capabilities:
+        """The database's differences and the fast paths this store takes
+        (store/capabilities.py); decided at the first connection."""
+        if self._capabilities is None:
+            self._capabilities = Capabilities.of(self.engine.dialect)
+        return self._capabilities
+
+    @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        return self.capabilities.name
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
@@ -160,19 +170,11 @@ class Store(StoreAdmin):
     def insert_if_new(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> bool:
         """Insert ``row`` unless its primary key exists; True if it was inserted.
         (SQLAlchemy 2.1 with psycopg reports rowcount -1 for INSERTs: use RETURNING.)"""
-        insert = self._insert_ignoring_duplicates(table)
-        if self.engine.dialect.insert_returning:
+        insert = self.capabilities.insert_ignoring_duplicates(table)
+        if self.capabilities.insert_returning:
             key = next(iter(table.primary_key.columns))
             return conn.execute(insert.returning(key), row).first() is not None
         return bool(conn.execute(insert, row).rowcount == 1)
-
-    def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
-        name = self.engine.dialect.name
-        if name == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()
-        if name == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing()
-        return sa.insert(table).prefix_with("IGNORE")
 
     # -- events -----------------------------------------------------------------------
 
@@ -187,7 +189,16 @@ class Store(StoreAdmin):
     ) -> Recorded:
         """Store the events and, for each one not seen in the last 24 h, the runs
         ``plan_runs`` gives for it, and wake the runs waiting for it — all in one
-        transaction."""
+        transaction. A lone event whose runs have no flow control and no waiters
+        takes the event fast path where the store has one (store/capabilities.py)."""
+        if len(items) == 1:
+            planned = plan_runs(items[0])
+            if self._record_event_fast(items[0], planned, now):
+                return Recorded(created=[str(p.row["id"]) for p in planned])
+
+            def plan_runs(_ev: Event) -> list[PlannedRun]:
+                return planned  # planned once: the general path records the same runs
+
         with self._write() as conn:
             recorded = self.record_events_on(
                 conn,
@@ -203,16 +214,19 @@ class Store(StoreAdmin):
             self.cancel_descendants(recorded.cancelled, now)
         return recorded
 
-    def record_event_in_one_statement(
-        self, event: Event, rows: list[dict[str, Any]], now: datetime
-    ) -> bool:
+    def _record_event_fast(self, event: Event, planned: list[PlannedRun], now: datetime) -> bool:
         """Record ``event`` and its plain runs (no flow control, no waiters) if its id
         is new and no run waits for its name: one statement on PostgreSQL, two on
-        SQLite (store/one_statement.py). False when it wrote nothing: :meth:`record_events`
-        must decide."""
-        dialect = self.engine.dialect.name
-        if dialect not in ("postgresql", "sqlite") or len(rows) > MAX_RUNS_IN_ONE_STATEMENT:
+        SQLite (store/one_statement.py). False when it wrote nothing (no fast path
+        here, or it does not apply): the general path must decide."""
+        path = self.capabilities.event_path
+        if (
+            path is EventPath.GENERAL
+            or len(planned) > MAX_RUNS_IN_ONE_STATEMENT
+            or any(p.admission or p.waits for p in planned)
+        ):
             return False
+        rows = [p.row for p in planned]
         values = {
             "id": event.id,
             "name": event.name,
@@ -220,12 +234,12 @@ class Store(StoreAdmin):
             "ts": event.ts,
             "received_at": now,
         }
-        if dialect == "sqlite":
-            statement = self._event_statements.get(-1)
-            if statement is None:
-                statement = self._event_statements[-1] = event_insert("sqlite")
+        if path is EventPath.INSERT_THEN_RUNS:
+            if self._event_insert is None:
+                self._event_insert = event_insert("sqlite")
             with self._write() as conn:
-                if conn.execute(statement, event_statement_params(values, [])).first() is None:
+                params = event_statement_params(values, [])
+                if conn.execute(self._event_insert, params).first() is None:
                     return False
                 if rows:
                     conn.execute(runs.insert(), rows)
@@ -255,8 +269,8 @@ class Store(StoreAdmin):
         planned: list[PlannedRun] = []
         redeliver_after = max(resume_due - now, timedelta(0))
         if self._insert_event is None:
-            insert = self._insert_ignoring_duplicates(events)
-            if self.engine.dialect.insert_returning:
+            insert = self.capabilities.insert_ignoring_duplicates(events)
+            if self.capabilities.insert_returning:
                 insert = insert.returning(events.c.id)
             self._insert_event = insert
         insert_event = self._insert_event
@@ -273,7 +287,7 @@ class Store(StoreAdmin):
             for ev in items
         ]
         inserted: set[str] | None = None
-        if len(rows) > 1 and self.engine.dialect.insert_returning:
+        if len(rows) > 1 and self.capabilities.insert_returning:
             # one executemany (batched into multi-row INSERTs) instead of a round trip
             # per event; an id repeated within the call counts once, as before
             inserted = set(conn.execute(insert_event, rows).scalars())
@@ -282,7 +296,7 @@ class Store(StoreAdmin):
             if inserted is not None:
                 fresh = ev.id in inserted and ev.id not in taken
                 taken.add(str(ev.id))
-            elif self.engine.dialect.insert_returning:
+            elif self.capabilities.insert_returning:
                 fresh = conn.execute(insert_event, values).first() is not None
             else:
                 fresh = conn.execute(insert_event, values).rowcount == 1
@@ -338,12 +352,12 @@ class Store(StoreAdmin):
 
     def insert_flow_key(self) -> Any:
         if self._insert_flow_key is None:
-            self._insert_flow_key = self._insert_ignoring_duplicates(flow_keys)
+            self._insert_flow_key = self.capabilities.insert_ignoring_duplicates(flow_keys)
         return self._insert_flow_key
 
     def insert_wait_field(self) -> Any:
         if self._insert_field is None:
-            self._insert_field = self._insert_ignoring_duplicates(wait_fields)
+            self._insert_field = self.capabilities.insert_ignoring_duplicates(wait_fields)
         return self._insert_field
 
     def insert_runs(self, rows: list[dict[str, Any]]) -> None:
@@ -354,7 +368,7 @@ class Store(StoreAdmin):
 
     def session_statements(self) -> SessionStatements:
         if self._session_sql is None:
-            self._session_sql = SessionStatements(self.engine.dialect)
+            self._session_sql = SessionStatements(self.capabilities)
         return self._session_sql
 
     def session(self) -> RunSession:
@@ -473,7 +487,7 @@ class Store(StoreAdmin):
                 lookahead,
                 redeliver_after,
                 limit=limit,
-                skip_locked=not self.is_sqlite,
+                skip_locked=self.capabilities.skip_locked,
                 cancelled=expired,
                 consuming_since=consuming_since,
                 ended=told,
