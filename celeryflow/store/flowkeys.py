@@ -9,7 +9,8 @@ in turn, handing it a :class:`_Ledger`: the SQL a control's decision needs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,15 @@ from ..runs import TERMINAL, RunStatus
 from .tables import flow_keys, runs
 from .waits import cancel_run
 
-__all__ = ["Admitted", "admit", "slot_heads", "slot_waiting_keys", "take_slot"]
+__all__ = [
+    "Admitted",
+    "SlotHandOver",
+    "admit",
+    "next_in_line",
+    "slot_heads",
+    "slot_waiting_keys",
+    "take_slot",
+]
 
 S = RunStatus
 SLOT_COLUMNS = (runs.c.concurrency_key1, runs.c.concurrency_key2)
@@ -273,3 +282,36 @@ def slot_waiting_keys(conn: sa.Connection, function_id: str, index: int) -> list
         .distinct()
     )
     return [str(k) for k in conn.execute(query).scalars()]
+
+
+@dataclass(frozen=True)
+class SlotHandOver:
+    """What a finishing run of a concurrency-limited function needs to hand its
+    slot on in its own transaction (RunSession.finish): its function and key values,
+    the function's limits, and the lease the run taking the slot is claimed with."""
+
+    function_id: str
+    keys: Sequence[str | None]
+    limits: Sequence[int]
+    owner: str
+    lease: timedelta
+
+
+def next_in_line(conn: sa.Connection, hand_over: SlotHandOver, now: datetime) -> str | None:
+    """The run of the same function queued first (by ``queue_at``, then id) for the
+    first concurrency key the finishing run had: the one its slot goes to. Read
+    without a lock: the claim that follows re-checks that it is still queued, and
+    :func:`take_slot` then checks every limit under the keys' row locks."""
+    for index, key in enumerate(hand_over.keys):
+        if key is None or index >= len(hand_over.limits):
+            continue
+        column = SLOT_COLUMNS[index]
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.function_id == hand_over.function_id, column == key, _eligible(now))
+            .order_by(runs.c.queue_at, runs.c.id)
+            .limit(1)
+        )
+        found = conn.execute(query).scalar()
+        return None if found is None else str(found)
+    return None
