@@ -296,22 +296,38 @@ class SlotHandOver:
     owner: str
     lease: timedelta
 
+    @property
+    def count_neutral(self) -> bool:
+        """One limit, on a key of the function's own: the run next in line has the
+        same key, so the slot moving from one run to the other changes no count
+        another claim reads, and needs neither the key's lock nor a count. Two keys
+        (the next run must fit the other limit too, and keep its place in that
+        line) or a shared key (runs of other functions may be ahead) need
+        :func:`take_slot`."""
+        keyed = [k for k in self.keys if k is not None]
+        return len(self.limits) == 1 and len(keyed) == 1 and not keyed[0].startswith(SHARED)
 
-def next_in_line(conn: sa.Connection, hand_over: SlotHandOver, now: datetime) -> str | None:
-    """The run of the same function queued first (by ``queue_at``, then id) for the
-    first concurrency key the finishing run had: the one its slot goes to. Read
-    without a lock: the claim that follows re-checks that it is still queued, and
-    :func:`take_slot` then checks every limit under the keys' row locks."""
-    for index, key in enumerate(hand_over.keys):
-        if key is None or index >= len(hand_over.limits):
-            continue
-        column = SLOT_COLUMNS[index]
-        query = (
-            sa.select(runs.c.id)
-            .where(runs.c.function_id == hand_over.function_id, column == key, _eligible(now))
-            .order_by(runs.c.queue_at, runs.c.id)
-            .limit(1)
-        )
-        found = conn.execute(query).scalar()
-        return None if found is None else str(found)
-    return None
+
+def next_in_line(
+    conn: sa.Connection, hand_over: SlotHandOver, now: datetime, skip_locked: bool
+) -> str | None:
+    """The run of the same function with the same concurrency keys queued first (by
+    ``queue_at``, then id): the one the finishing run's slot goes to. A run locked
+    by a claim under way (a doorbell, another finisher) is passed over rather than
+    waited for: the finishers would otherwise queue behind each other's commits."""
+    if all(key is None for key in hand_over.keys):
+        return None
+    same = [
+        column.is_(None) if key is None else column == key
+        for column, key in zip(SLOT_COLUMNS, hand_over.keys, strict=False)
+    ]
+    query = (
+        sa.select(runs.c.id)
+        .where(runs.c.function_id == hand_over.function_id, *same, _eligible(now))
+        .order_by(runs.c.queue_at, runs.c.id)
+        .limit(1)
+    )
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    found = conn.execute(query).scalar()
+    return None if found is None else str(found)

@@ -570,12 +570,13 @@ class RunSession:
 
     def _hand_over(self, hand_over: SlotHandOver, now: datetime) -> Claim | None:
         """In the finishing run's transaction, after its end: claim the run next in
-        line for the slot it leaves, if every limit lets that run start. The slot is
-        never seen free between the two runs, no claim of the next run takes it
-        again (a lock, two counts, and often a refusal), and no finisher looks it up
-        and rings for it. The end and the claim commit together, so the next run
+        line for the slot it leaves (same function, same keys), if every limit lets
+        that run start (with SlotHandOver.count_neutral, it does by construction).
+        The slot is never seen free between the two runs, no claim of the next run
+        takes it again (a lock, two counts, and often a refusal), and no finisher
+        looks it up and rings for it. The end and the claim commit together, so the next run
         starts only once the end it waited for is durable."""
-        run_id = next_in_line(self.conn, hand_over, now)
+        run_id = next_in_line(self.conn, hand_over, now, self.store.capabilities.skip_locked)
         if run_id is None:
             return None
         params = {
@@ -594,7 +595,9 @@ class RunSession:
             row = self.conn.execute(self.sql.claimed, params).mappings().one()
         fence = int(row["fence"])
         limits = list(hand_over.limits)
-        if not take_slot(self.conn, self.store.insert_flow_key(), row, limits, now):
+        if not hand_over.count_neutral and not take_slot(
+            self.conn, self.store.insert_flow_key(), row, limits, now
+        ):
             # its other key (or an older run of another function on a shared key)
             # holds it back: left queued as before, for the ring after the commit
             self._park_for_slot(row, fence)
