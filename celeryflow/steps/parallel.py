@@ -88,7 +88,14 @@ def begin(
     children = []
     for index in range(len(calls)):
         child = execution.planner.new_run(execution.function.id, execution.ctx.events, now)
-        child.update(parent_run_id=execution.run_id, parent_step=key, branch=index, event_id=None)
+        child.update(
+            {
+                "parent_run_id": execution.run_id,
+                "parent_step": key,
+                "branch": index,
+                "event_id": None,
+            }
+        )
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})
     waiting = execution.step_row(plan, StepStatus.WAITING, output=progress, ended=False)
