@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..events import Event
@@ -25,6 +26,7 @@ __all__ = [
     "Sending",
     "StepRow",
     "StepWrite",
+    "WaitKind",
     "WaiterRow",
     "run_row",
     "step_row",
@@ -81,13 +83,23 @@ class StepRow(TypedDict):
 StepWrite = tuple[StepRow, bool]
 
 
+class WaitKind(str, Enum):
+    """What a ``cf_waits`` row waits for; the str values are what the database holds."""
+
+    EVENT = "event"  # a wait_for_event step: the event resumes the run
+    CANCEL = "cancel"  # a cancel_on: the event cancels the run
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class WaiterRow(TypedDict):
     """A ``cf_waits`` row: a run waiting for an event (``kind`` "event") or to be
     cancelled by one (``kind`` "cancel")."""
 
     run_id: str | None  # a cancel_on waiter's is filled in once its run has an id
     key: str
-    kind: str
+    kind: str  # a WaitKind value
     event_name: str
     match_field: str | None
     match_value: str | None
@@ -198,7 +210,7 @@ def waiter_row(
     *,
     run_id: str | None,
     key: str,
-    kind: str,
+    kind: WaitKind,
     event_name: str,
     match_field: str | None,
     match_value: str | None,
@@ -209,7 +221,7 @@ def waiter_row(
     return WaiterRow(
         run_id=run_id,
         key=key,
-        kind=kind,
+        kind=kind.value,
         event_name=event_name,
         match_field=match_field,
         match_value=match_value,
