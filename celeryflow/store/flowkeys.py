@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from ..codec import from_json, to_json
 from ..flowcontrol import SHARED, Admission, Admitted
 from ..runs import TERMINAL, RunStatus
+from .rows import RunRow
 from .tables import flow_keys, runs
 from .waits import cancel_run
 
@@ -104,13 +105,13 @@ class _Ledger:
         if cancel_run(self.conn, run_id, self.now):
             self.cancelled.append(run_id)
 
-    def reopen(self, run_id: str, row: dict[str, Any], wake: datetime) -> bool:
+    def reopen(self, run_id: str, row: RunRow, wake: datetime) -> bool:
         return _reopen(self.conn, run_id, row, wake, self.redeliver_after)
 
-    def join_batch(self, run_id: str, row: dict[str, Any], max_size: int) -> bool | None:
+    def join_batch(self, run_id: str, row: RunRow, max_size: int) -> bool | None:
         return _join_batch(self.conn, run_id, row, max_size, self.now, self.redeliver_after)
 
-    def start_at(self, row: dict[str, Any], when: datetime) -> None:
+    def start_at(self, row: RunRow, when: datetime) -> None:
         row["wake_at"] = when
         row["due_at"] = when + self.redeliver_after
 
@@ -118,7 +119,7 @@ class _Ledger:
 def admit(
     conn: sa.Connection,
     insert_ignore: Any,
-    row: dict[str, Any],
+    row: RunRow,
     admission: Admission,
     now: datetime,
     redeliver_after: timedelta,
@@ -150,7 +151,7 @@ _OPEN = (runs.c.status == S.QUEUED.value, runs.c.fence == 0)
 def _reopen(
     conn: sa.Connection,
     run_id: str,
-    row: dict[str, Any],
+    row: RunRow,
     wake: datetime,
     redeliver_after: timedelta,
 ) -> bool:
@@ -171,7 +172,7 @@ def _reopen(
 def _join_batch(
     conn: sa.Connection,
     run_id: str,
-    row: dict[str, Any],
+    row: RunRow,
     max_size: int,
     now: datetime,
     redeliver_after: timedelta,

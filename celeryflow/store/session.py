@@ -27,7 +27,7 @@ from .capabilities import Capabilities
 from .flowkeys import SlotHandOver, next_in_line, take_slot
 from .one_statement import finish_statement, finish_statement_params
 from .prepared import DriverRefused, DriverStatement, driver_transaction
-from .rows import Lookback, Sending, StepWrite, WaiterRow
+from .rows import Lookback, RunRow, Sending, StepWrite, WaiterRow
 from .tables import runs, steps, waits
 from .waits import (
     find_recent_event,
@@ -620,7 +620,7 @@ class RunSession:
         wake_at: datetime | None,
         attempt: int,
         writes: Sequence[StepWrite],
-        children: list[dict[str, Any]],
+        children: list[RunRow],
     ) -> bool:
         """Park the run on child runs (created here, in the same transaction)."""
         params = {
