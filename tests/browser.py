@@ -98,7 +98,12 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, what: st
     while time.monotonic() < deadline:
         try:
             last = probe()
-        except (StaleElementReferenceException, NoSuchElementException):
+        except WebDriverException as exc:
+            # replaced under the read (Chromium: "does not belong to the document"), or
+            # not there yet: anything else is a real error
+            gone = isinstance(exc, StaleElementReferenceException | NoSuchElementException)
+            if not gone and "does not belong to the document" not in str(exc):
+                raise
             last = None
         if last:
             return last

@@ -16,7 +16,7 @@ import pytest
 from browser import chromium, eventually, screenshot, served
 from flowkit import make_flow
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -70,11 +70,21 @@ class Dash:
         steady(lambda: self.browser.find_element(By.CSS_SELECTOR, css).click())
 
 
+def _replaced(exc: WebDriverException) -> bool:
+    """The element was replaced under the read (a live part of the page refreshed):
+    Selenium's stale element, or Chromium's own words for it."""
+    return isinstance(exc, StaleElementReferenceException) or (
+        "does not belong to the document" in str(exc)
+    )
+
+
 def steady(read: Callable[[], T]) -> T:
     for _ in range(50):
         try:
             return read()
-        except StaleElementReferenceException:
+        except WebDriverException as exc:
+            if not _replaced(exc):
+                raise
             time.sleep(0.05)
     return read()
 
@@ -271,7 +281,7 @@ def test_filters_and_keyset_paging(dash: Dash) -> None:
     assert [len(p) for p in pages] == [5, 5, 2]
     assert [i for p in pages for i in p] == list(reversed(ids))  # newest first, each once
 
-    Select(dash.browser.find_element(By.NAME, "status")).select_by_value("failed")
+    steady(lambda: Select(dash.browser.find_element(By.NAME, "status")).select_by_value("failed"))
     dash.browser.find_element(By.NAME, "function").clear()
     dash.click("#run-filters button[type=submit]")
     rows = dash.rows("tr.run-row", "data-run-id")
