@@ -24,11 +24,12 @@ these step writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["DriverRefused", "DriverStatement", "driver_transaction"]
@@ -41,7 +42,8 @@ class DriverRefused(Exception):
 class DriverStatement:
     """``statement`` compiled once for ``dialect`` (a positional paramstyle, as
     SQLite's ``qmark``), executed on a DBAPI cursor with its parameters processed as
-    SQLAlchemy would process them."""
+    SQLAlchemy would process them, and its RETURNING rows read back as SQLAlchemy
+    reads them (each column's result processor: a ``UTCDateTime`` comes back aware)."""
 
     def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -49,16 +51,28 @@ class DriverStatement:
         if compiled.positiontup is None:
             raise ValueError(f"{dialect.name}: a positional paramstyle is needed")
         self.sql = str(compiled)
-        binds = {bind.key: bind for bind in compiled.binds.values()}
-        self._order: list[tuple[str, Callable[[Any], Any] | None]] = []
+        binds = {**{bind.key: bind for bind in compiled.binds.values()}, **compiled.binds}
+        # a bind the caller does not name keeps the value the statement gave it (a
+        # literal such as ``status == 'running'``), None for a named parameter
+        self._order: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
         for name in compiled.positiontup:
-            kind = binds[name].type
-            self._order.append((name, kind.dialect_impl(dialect).bind_processor(dialect)))
+            bind = binds[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            self._order.append((name, bind.effective_value, process))
+        # the rows it gives: a SELECT's columns, or an INSERT's or UPDATE's RETURNING
+        if isinstance(statement, sa.Select):
+            columns = list(statement.selected_columns)
+        else:
+            columns = list(compiled.returning or ())
+        self._make_row = result_tuple([str(column.key) for column in columns])
+        self._results = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
 
     def parameters(self, values: Mapping[str, Any]) -> list[Any]:
         out = []
-        for name, process in self._order:
-            value = values.get(name)
+        for name, fixed, process in self._order:
+            value = values[name] if name in values else fixed
             out.append(value if process is None or value is None else process(value))
         return out
 
@@ -66,6 +80,20 @@ class DriverStatement:
         """The statement's rowcount."""
         cursor.execute(self.sql, self.parameters(values))
         return int(cursor.rowcount)
+
+    def rows(self, cursor: Any, values: Mapping[str, Any]) -> list[sa.RowMapping]:
+        """The rows the statement gives, as ``.mappings()`` of SQLAlchemy's result
+        would give them."""
+        cursor.execute(self.sql, self.parameters(values))
+        # fetched in full before COMMIT: SQLite will not commit under a live statement
+        return [self._row(raw) for raw in cursor.fetchall()]
+
+    def _row(self, raw: Sequence[Any]) -> sa.RowMapping:
+        values = [
+            value if process is None or value is None else process(value)
+            for value, process in zip(raw, self._results, strict=True)
+        ]
+        return self._make_row(values)._mapping
 
 
 @contextmanager
