@@ -1,4 +1,5 @@
-"""The hottest write of the engine, a step row on SQLite, sent on the driver's cursor.
+"""The hottest writes of the engine on SQLite, sent on the driver's cursor: a step
+row, the claim (and its step loads) and the usual finish.
 
 A 100-step run writes 100 step rows, each in its own transaction (DESIGN principle 2:
 a step's result is durable before the next step works). On SQLite the database's own
@@ -11,15 +12,19 @@ SQLAlchemy's), and :func:`driver_transaction` runs it on the DBAPI connection un
 
 Measured (bench/engine.py, part steps): a 100-step run on SQLite 11.3 ms through
 SQLAlchemy, 5.7 ms this way; on PostgreSQL the same change gained under the noise
-(the server's commit dominates there), so PostgreSQL keeps SQLAlchemy's path.
+(the server's commit dominates there), so PostgreSQL keeps SQLAlchemy's path. The
+claim and the finish, the two writes of a one-step run, took its CPU in one process
+from 630-710 us to 340-370 us (bench/RESULTS.md, 2026-12-02, "driver claim").
 
 What SQLAlchemy's path gives and this one does not: its error classification (a
 disconnect, a timeout, the store's ``handle_error`` hook) and its ``*_execute``
 events. So a driver error never leaves this module: the transaction is rolled back
 and :class:`DriverRefused` tells the caller to make the same write through
 SQLAlchemy, which either succeeds or raises the error classified as everywhere
-else. Instrumentation that listens to SQLAlchemy's cursor events does not see
-these step writes.
+else. That redo is sound because SQLite runs in this process: a statement or COMMIT
+that raised wrote nothing (a PostgreSQL write whose connection died may have
+committed on the server, one reason PostgreSQL stays on SQLAlchemy). Instrumentation
+that listens to SQLAlchemy's cursor events does not see these writes.
 """
 
 from __future__ import annotations
