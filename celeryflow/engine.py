@@ -54,7 +54,7 @@ from .planning import Planner
 from .runs import RunStatus, StepStatus
 from .steps import AsyncContext, AsyncSteps, Context, Failure, Steps
 from .steps.protocol import StepPlan, StepProtocol
-from .store import Claim, RunSession
+from .store import Claim, RunSession, SlotHandOver
 from .store.rows import StepWrite
 from .unregistered import release_unregistered
 
@@ -105,47 +105,69 @@ class Engine:
         """Run ``run_id`` as far as it goes now. Returns when the doorbell should
         ring again (a short sleep or retry), or None.
 
-        A run that leaves a concurrency slot hands it on in this process: the run
-        first in line is executed here next (up to ``SLOT_HANDOVERS`` in a row), the
-        others that may start are rung. That saves a broker round trip per slot, and
-        a broker queue full of refused runs cannot delay the one that may go."""
+        A run that leaves a concurrency slot hands it on in this process: a run that
+        ends gives it, in its finishing transaction, to the run first in line, claimed
+        there and executed here next; a run that parks (or whose hand-over found no
+        run that may start) looks up who may start, executes the first here and rings
+        the others. Up to ``SLOT_HANDOVERS`` in a row. That saves a broker round trip
+        per slot, and a broker queue full of refused runs cannot delay the one that
+        may go."""
         heads: list[str] = []
-        wake = self._execute_guarded(run_id, heads)
-        for _ in range(SLOT_HANDOVERS):
-            if not heads:
+        handed: list[Claim] = []
+        wake = self._execute_guarded(run_id, heads, handed, SLOT_HANDOVERS > 0)
+        for turn in range(SLOT_HANDOVERS):
+            following: str | Claim
+            if handed:
+                following = handed.pop()
+            elif heads:
+                following, rest = heads[0], heads[1:]
+                self.doorbell.ring(rest)
+            else:
                 return wake
-            following, rest = heads[0], heads[1:]
-            self.doorbell.ring(rest)
             heads = []
-            later = self._execute_guarded(following, heads)
+            # the last one in a row rings for its slot instead of claiming the next
+            later = self._execute_guarded(following, heads, handed, turn < SLOT_HANDOVERS - 1)
             if later is not None and later - utcnow() <= self.settings.eta_horizon:
-                self.doorbell.ring([following], eta=later)
+                ring = following.run["id"] if isinstance(following, Claim) else following
+                self.doorbell.ring([ring], eta=later)
         self.doorbell.ring(heads)
         return wake
 
-    def _execute_guarded(self, run_id: str, heads: list[str]) -> datetime | None:
+    def _execute_guarded(
+        self, run: str | Claim, heads: list[str], handed: list[Claim], hand_over: bool
+    ) -> datetime | None:
         try:
-            return self._execute_one(run_id, heads)
+            return self._execute_one(run, heads, handed, hand_over)
         except Unavailable as exc:
             # before a claim, or after the run was released: the store keeps it due
+            run_id = run.run["id"] if isinstance(run, Claim) else run
             log.warning("run %s: %s; the reconciler rings it again", run_id, exc)
             return None
 
-    def _execute_one(self, run_id: str, heads: list[str]) -> datetime | None:
-        """One run; the runs first in line for the slot it left are added to ``heads``."""
+    def _execute_one(
+        self, run: str | Claim, heads: list[str], handed: list[Claim], hand_over: bool
+    ) -> datetime | None:
+        """One run (``run``: its id, or its claim when a finishing run handed it its
+        slot). The run its end hands the slot to is added to ``handed``; else the
+        runs first in line for the slot it left are added to ``heads``."""
         settings = self.settings
         now = utcnow()
         patience = settings.lease / 2
         with guarded(self.store, "store", patience).session() as held:
             session = guarded(held, "store", patience)
-            claim = session.claim(
-                run_id,
-                self.owner(),
-                now,
-                now + settings.lease,
-                slot_limits=self._slot_limits,
-                limited=self.registry.limited,
-            )
+            if isinstance(run, Claim):
+                claim: Claim | None = run
+                run_id: str = run.run["id"]
+            else:
+                run_id = run
+                claim = session.claim(
+                    run_id,
+                    self.owner(),
+                    now,
+                    now + settings.lease,
+                    slot_limits=self._slot_limits,
+                    limited=self.registry.limited,
+                )
             if claim is None:
                 return self._not_claimed(session, run_id, now)
             function = self.registry.get(claim.run["function_id"])
@@ -158,13 +180,27 @@ class Engine:
                 self.store.cancel(run_id, now)
                 return None
             self.leases.hold(run_id, claim.fence)
+            execution = Execution(self, function, claim, session)
+            if hand_over and function.control.concurrency:
+                execution.hand_over = self._hand_over(function, claim)
             try:
                 with run_context(run_id, function.id):
-                    return Execution(self, function, claim, session).drive()
+                    return execution.drive()
             finally:
                 self.leases.release(run_id)
-                if function.control.concurrency:
+                if session.handed is not None:
+                    handed.append(session.handed)
+                elif function.control.concurrency:
                     heads += self._next_for_slot(function, claim)
+
+    def _hand_over(self, function: FlowFunction, claim: Claim) -> SlotHandOver:
+        return SlotHandOver(
+            function.id,
+            [claim.run["concurrency_key1"], claim.run["concurrency_key2"]],
+            [c.limit for c in function.control.concurrency],
+            self.owner(),
+            self.settings.lease,
+        )
 
     def _slot_limits(self, function_id: str) -> list[int]:
         function = self.registry.get(function_id)
@@ -207,6 +243,8 @@ class Execution(StepProtocol):
         self, engine: Engine, function: FlowFunction, claim: Claim, session: RunSession
     ) -> None:
         self.engine = engine
+        # set by the engine for a concurrency-limited run: its end hands its slot on
+        self.hand_over: SlotHandOver | None = None
         self.settings: FlowSettings = engine.settings
         self.registry = engine.registry
         self.planner = engine.planner
@@ -466,6 +504,7 @@ class Execution(StepProtocol):
             parent=parent,
             resume_due=now + self.settings.redeliver_after,
             sending=sending,
+            hand_over=self.hand_over,
         )
         if not held:
             log.warning("run %s: %s, but it was cancelled or taken over", self.run_id, status)

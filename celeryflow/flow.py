@@ -46,6 +46,7 @@ from .store import EVENT_DEDUP_WINDOW, PlannedRun, Store
 from .store.admin import cancellable_statuses
 from .store.cron import fire_slot
 from .store.database import sqlite_path
+from .store.rows import RunRow
 
 __all__ = ["DEFAULT_STORE", "Flow", "FlowSettings"]
 
@@ -307,7 +308,7 @@ class Flow:
         [ev] = prepare_events([Event(name=INVOKED_EVENT, data=data)])
         now = utcnow()
 
-        rows: list[dict[str, Any]] = []
+        rows: list[RunRow] = []
 
         def plan(e: Event) -> list[PlannedRun]:
             planned = self.planner.plan_for(function, e, {"event": e.model_dump()}, now)
@@ -381,7 +382,7 @@ class Flow:
         now = now or utcnow()
         created: dict[str, str] = {}
         jittered: dict[str, tuple[str, datetime]] = {}
-        fired: list[tuple[Event, dict[str, Any]]] = []
+        fired: list[tuple[Event, RunRow]] = []
         paused: frozenset[str] | None = None
         for fn in list(self.functions.values()):
             for trigger in fn.crons:

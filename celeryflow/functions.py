@@ -26,7 +26,7 @@ from .flowcontrol import (
 )
 from .legacy import IGNORED_OPTIONS, RunHandle, call_arguments, start_time
 from .schedule import CronTrigger
-from .store.rows import WaiterRow, waiter_row
+from .store.rows import WaiterRow, WaitKind, waiter_row
 from .store.waits import match_value
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ class FlowFunction:
                 waiter_row(
                     run_id=None,  # filled in by the caller, who knows the run id
                     key=f"cancel:{i}",
-                    kind="cancel",
+                    kind=WaitKind.CANCEL,
                     event_name=cancel.event,
                     match_field=cancel.match,
                     match_value=(

@@ -57,7 +57,7 @@ beat) after each pass, with what it rang.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -267,7 +267,7 @@ class Reconciled:
     slots: int = 0
 
 
-def _first_event(row: dict[str, Any]) -> Event | None:
+def _first_event(row: Mapping[str, Any]) -> Event | None:
     recorded = from_json(row["events"]) if row.get("events") else None
     if not isinstance(recorded, list) or not recorded:
         return None
@@ -348,7 +348,7 @@ class Hooks:
         return len(self._hooks)
 
     def announce(
-        self, events: Iterable[Event], rows: Iterable[dict[str, Any]], created: Iterable[str]
+        self, events: Iterable[Event], rows: Iterable[Mapping[str, Any]], created: Iterable[str]
     ) -> None:
         """After events and runs were recorded: ``event_received`` for each event,
         then ``run_queued`` for each run created (``run_finished`` with ``skipped``

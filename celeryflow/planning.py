@@ -20,12 +20,12 @@ from .flowcontrol import Admission, KeyUnavailable
 from .functions import FlowFunction
 from .runs import RunStatus
 from .store import PlannedRun, Store
-from .store.rows import Sending
+from .store.rows import RunRow, Sending, run_row
 
 if TYPE_CHECKING:
     from .flow import FlowSettings
 
-__all__ = ["MAX_SLOT_GROUPS", "Planner", "new_run_id"]
+__all__ = ["MAX_SLOT_GROUPS", "Planner", "new_run_id", "skip"]
 
 MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first runs
 
@@ -33,6 +33,19 @@ MAX_SLOT_GROUPS = 32  # concurrency keys in one send() looked up for their first
 def new_run_id() -> str:
     """Sortable by creation time, unique without coordination."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def skip(row: RunRow, refused: KeyUnavailable, now: datetime) -> None:
+    """Turn the planned run ``row`` into its skipped record (flow control refused it)."""
+    row.update(
+        {
+            "status": RunStatus.SKIPPED.value,
+            "error": refused.refuse(row["id"], row["event_id"]),
+            "ended_at": now,
+            "due_at": None,
+            "wake_at": None,
+        }
+    )
 
 
 class Planner:
@@ -152,7 +165,7 @@ class Planner:
         try:
             admission = fn.control.admission(variables)
         except KeyUnavailable as exc:
-            exc.refuse(row, now)
+            skip(row, exc, now)
             return PlannedRun(row, [], Admission(refused=True))
         if fn.control.concurrency:
             # parked for a slot from birth: the sender rings only the runs first in
@@ -172,7 +185,7 @@ class Planner:
         carried = self.carry() if self.carry is not None else None
         return to_json(carried, "hook context") if carried else None
 
-    def new_run(self, function_id: str, evs: list[Event], now: Any) -> dict[str, Any]:
+    def new_run(self, function_id: str, evs: list[Event], now: datetime) -> RunRow:
         """A run row (every column an insert names, so rows batch in one executemany),
         with its concurrency keys and queue position evaluated from its first event.
         A concurrency key that cannot be evaluated makes it the run's skipped record."""
@@ -188,28 +201,17 @@ class Planner:
             except KeyUnavailable as exc:
                 refused = exc
             queue_at = now - timedelta(seconds=function.control.priority_seconds(variables))
-        row = {
-            "id": new_run_id(),
-            "function_id": function_id,
-            "event_id": evs[0].id,
-            "events": to_json([e.model_dump() for e in evs], "events"),
-            "status": RunStatus.QUEUED.value,
-            "attempt": 0,
-            "fence": 0,
-            "dispatches": 0,
-            "wake_at": None,
-            "due_at": now + self.settings.redeliver_after,
-            "parent_run_id": None,
-            "parent_step": None,
-            "branch": None,
-            "context": self._carried(),
-            "start_deadline": None,
-            "finish_deadline": None,
-            "concurrency_key1": keys[0],
-            "concurrency_key2": keys[1],
-            "queue_at": queue_at,
-            "created_at": now,
-        }
+        row = run_row(
+            id=new_run_id(),
+            function_id=function_id,
+            event_id=evs[0].id,
+            events=to_json([e.model_dump() for e in evs], "events"),
+            due_at=now + self.settings.redeliver_after,
+            context=self._carried(),
+            concurrency_keys=keys,
+            queue_at=queue_at,
+            created_at=now,
+        )
         if refused is not None:
-            refused.refuse(row, now)
+            skip(row, refused, now)
         return row

@@ -99,12 +99,18 @@ def workers(
             try:
                 # A test's deadline is for its runs, not for two workers booting on a
                 # loaded machine: wait for both to say they consume.
-                wait_for(
-                    lambda: all("ready." in log.read_text(errors="replace") for log in logs),
-                    timeout=180,
-                    interval=0.2,
-                    what="both control_app workers ready",
-                )
+                def ready() -> bool:
+                    exited = [p.args for p in procs if p.poll() is not None]
+                    if exited:
+                        raise RuntimeError(f"a control_app worker exited at start: {exited}")
+                    return all("ready." in log.read_text(errors="replace") for log in logs)
+
+                try:
+                    wait_for(ready, timeout=180, interval=0.2, what="both workers ready")
+                except BaseException:
+                    for log in logs:
+                        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-4000:]}")
+                    raise
                 yield Workers(flow, logs)
             finally:
                 for proc in procs:

@@ -21,9 +21,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from .config import Batch, Debounce, RateLimit, Singleton, Throttle
+
+if TYPE_CHECKING:
+    # only the type: the planned run rows are the store's (store/rows.py), which
+    # hands them to the controls; this package imports nothing of the store at runtime
+    from ..store.rows import RunRow
 
 __all__ = [
     "ADMISSION_CONTROLS",
@@ -50,7 +55,7 @@ class Admitted:
     ``skipped``), or None when the event joined a debounced or batched run; and runs
     to ring now (a batch that filled up)."""
 
-    row: dict[str, Any] | None
+    row: RunRow | None
     ring: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # by Singleton(mode="cancel")
 
@@ -75,24 +80,32 @@ class Ledger(Protocol):
         """Cancel the run (its descendants follow after the commit)."""
         ...
 
-    def reopen(self, run_id: str, row: dict[str, Any], wake: datetime) -> bool:
+    def reopen(self, run_id: str, row: RunRow, wake: datetime) -> bool:
         """Give a debounced run still open the newest event and start it at ``wake``."""
         ...
 
-    def join_batch(self, run_id: str, row: dict[str, Any], max_size: int) -> bool | None:
+    def join_batch(self, run_id: str, row: RunRow, max_size: int) -> bool | None:
         """Add the event to the open batch: None if it is no longer open, else
         whether the batch is now full (and starts at once)."""
         ...
 
-    def start_at(self, row: dict[str, Any], when: datetime) -> None:
+    def start_at(self, row: RunRow, when: datetime) -> None:
         """The planned run starts no earlier than ``when``."""
         ...
 
 
-def skip(row: dict[str, Any], now: datetime, reason: str, message: str) -> Admitted:
+def skip(row: RunRow, now: datetime, reason: str, message: str) -> Admitted:
     """The planned run becomes the skipped record of why."""
     error = {"type": "Skipped", "reason": reason, "message": message}
-    row.update(status="skipped", error=json.dumps(error), ended_at=now, due_at=None, wake_at=None)
+    row.update(
+        {
+            "status": "skipped",
+            "error": json.dumps(error),
+            "ended_at": now,
+            "due_at": None,
+            "wake_at": None,
+        }
+    )
     return Admitted(row)
 
 
@@ -126,7 +139,7 @@ class Control(Generic[SettingT]):
         key = getattr(self.setting, "key", None)
         return key if isinstance(key, str) else None
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         """Decide for the planned run ``row`` under ``key``: an :class:`Admitted`
         ends the decision, None leaves it to the next control."""
         raise NotImplementedError
@@ -140,7 +153,7 @@ class RateLimitControl(Control[RateLimit]):
     scope = "rate_limit"
     keeps = Keep.UNTIL
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         limit, now = self.setting, ledger.now
         k = ledger.lock(self.scope, key)
         interval = limit.period / limit.limit
@@ -166,7 +179,7 @@ class IdempotencyControl(Control[str]):
     def key_source(self) -> str | None:
         return self.setting
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         now = ledger.now
         k = ledger.lock(self.scope, key)
         if k["until"] is not None and k["until"] > now:
@@ -182,7 +195,7 @@ class SingletonControl(Control[Singleton]):
     scope = "singleton"
     keeps = Keep.RUN_UNFINISHED
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         now = ledger.now
         k = ledger.lock(self.scope, key)
         holder = k["run_id"]
@@ -201,7 +214,7 @@ class DebounceControl(Control[Debounce]):
     scope = "debounce"
     keeps = Keep.RUN_OPEN
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         debounce, now = self.setting, ledger.now
         k = ledger.lock(self.scope, key)
         wake = now + debounce.period
@@ -222,7 +235,7 @@ class BatchControl(Control[Batch]):
     scope = "batch"
     keeps = Keep.RUN_OPEN
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         batch, now = self.setting, ledger.now
         k = ledger.lock(self.scope, key)
         if k["run_id"] is not None:
@@ -245,14 +258,15 @@ class ThrottleControl(Control[Throttle]):
     scope = "throttle"
     keeps = Keep.UNTIL
 
-    def admit(self, ledger: Ledger, row: dict[str, Any], key: str) -> Admitted | None:
+    def admit(self, ledger: Ledger, row: RunRow, key: str) -> Admitted | None:
         throttle, now = self.setting, ledger.now
         k = ledger.lock(self.scope, key)
         interval = throttle.period / throttle.limit
         tat = max(k["until"] or now, now)
         start = max(now, tat - interval * (throttle.burst - 1))
         ledger.set(k, until=tat + interval)
-        if start > now and (row.get("wake_at") is None or row["wake_at"] < start):
+        wake = row["wake_at"]
+        if start > now and (wake is None or wake < start):
             ledger.start_at(row, start)
         return None
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from ..errors import ConfigError, ExpressionError
@@ -81,24 +80,19 @@ class KeyUnavailable(ExpressionError):
             f"{self.reason}",
         }
 
-    def refuse(self, row: dict[str, Any], now: datetime) -> None:
-        """Turn the planned run ``row`` into its skipped record, and say so in the log."""
+    def refuse(self, run_id: str, event_id: str | None) -> str:
+        """Say in the log that run ``run_id`` is skipped; returns its error (JSON),
+        which the planner records on the run (planning.py)."""
         log.warning(
             "function %r: %s %r cannot be evaluated for event %s (%s); run %s is skipped",
             self.function_id,
             self.setting,
             self.source,
-            row.get("event_id"),
+            event_id,
             self.reason,
-            row["id"],
+            run_id,
         )
-        row.update(
-            status="skipped",
-            error=json.dumps(self.info()),
-            ended_at=now,
-            due_at=None,
-            wake_at=None,
-        )
+        return json.dumps(self.info())
 
 
 class FlowControl:

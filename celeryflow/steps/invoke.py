@@ -54,7 +54,7 @@ def invoke_function(
     )
     child = execution.planner.new_run(target, [child_event], now)
     if child["status"] == RunStatus.SKIPPED.value:  # its concurrency key failed on `data`
-        raise StepError(name, json.loads(child["error"]))
-    child.update(parent_run_id=execution.run_id, parent_step=key)
+        raise StepError(name, json.loads(child["error"] or "{}"))
+    child.update({"parent_run_id": execution.run_id, "parent_step": key})
     waiting = execution.step_row(plan, StepStatus.WAITING, wake_at=wake, ended=False)
     execution.park_on_runs(wake, (waiting, True), [child])

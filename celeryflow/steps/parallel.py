@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ..codec import from_json
@@ -29,24 +30,40 @@ from ..runs import RunStatus, StepKind, StepStatus
 if TYPE_CHECKING:
     from ..engine import Execution
 
-__all__ = ["MODES", "begin"]
-
-MODES = ("all", "race")
+__all__ = ["MODES", "ParallelMode", "begin"]
 
 
-def _checked(name: str, branches: Sequence[Callable[[], Any]], mode: str) -> list[Any]:
+class ParallelMode(str, Enum):
+    """``step.parallel``'s ``mode``: every branch's result in order, or the first
+    branch to end. A str, so the plain ``"all"`` / ``"race"`` callers pass compare
+    equal."""
+
+    ALL = "all"
+    RACE = "race"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MODES = tuple(m.value for m in ParallelMode)
+
+
+def _checked(
+    name: str, branches: Sequence[Callable[[], Any]], mode: str
+) -> tuple[list[Any], ParallelMode]:
     where = f"step.parallel({name!r})"
     if mode not in MODES:
         raise NonRetriableError(f"{where}: mode must be 'all' or 'race', got {mode!r}")
+    checked = ParallelMode(mode)
     if isinstance(branches, (str, bytes)) or not isinstance(branches, Sequence):
         raise NonRetriableError(f"{where}: branches must be a list of callables")
     calls = list(branches)
     for index, call in enumerate(calls):
         if not callable(call):
             raise NonRetriableError(f"{where}: branch {index} is not callable: {call!r}")
-    if mode == "race" and not calls:
+    if checked is ParallelMode.RACE and not calls:
         raise NonRetriableError(f"{where}: a race needs at least one branch")
-    return calls
+    return calls, checked
 
 
 def begin(
@@ -55,7 +72,7 @@ def begin(
     """(True, result) once the step is settled: the results in order (``all``) or
     the first branch's (``race``). (False, callable) when this run is a branch of
     this very step and must call it. Otherwise parks the run on new branch runs."""
-    calls = _checked(name, branches, mode)
+    calls, mode = _checked(name, branches, mode)
     key, position = execution.next_key(name)
     if execution.branch is not None:
         if execution.in_branch:
@@ -69,10 +86,10 @@ def begin(
                 # in Inngest, the function goes on still looking for it: the next
                 # step it finds fails the branch, naming that step (and returning
                 # without one fails it too, in the engine).
-                return True, (None if mode == "race" else [None] * len(calls))
+                return True, (None if mode is ParallelMode.RACE else [None] * len(calls))
             execution.in_branch = True
             return False, calls[execution.branch]
-    kind = StepKind.PARALLEL if mode == "all" else StepKind.RACE
+    kind = StepKind.PARALLEL if mode is ParallelMode.ALL else StepKind.RACE
     plan, row = execution.begin(name, kind, at=(key, position))
     if row is not None:
         if row["status"] == StepStatus.COMPLETED:
@@ -88,7 +105,14 @@ def begin(
     children = []
     for index in range(len(calls)):
         child = execution.planner.new_run(execution.function.id, execution.ctx.events, now)
-        child.update(parent_run_id=execution.run_id, parent_step=key, branch=index, event_id=None)
+        child.update(
+            {
+                "parent_run_id": execution.run_id,
+                "parent_step": key,
+                "branch": index,
+                "event_id": None,
+            }
+        )
         children.append(child)
     progress = json.dumps({"branches": len(calls), "results": {}})
     waiting = execution.step_row(plan, StepStatus.WAITING, output=progress, ended=False)

@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..events import Event
 from ..runs import RunStatus, StepKind, StepStatus
-from ..store.rows import Lookback, StepRow, StepWrite, WaiterRow, step_row
+from ..store.rows import Lookback, RunRow, StepRow, StepWrite, WaiterRow, step_row
 
 if TYPE_CHECKING:
     from ..flow import FlowSettings
@@ -201,7 +201,7 @@ class StepProtocol:
         raise Interrupt(status.value, wake)
 
     def park_on_runs(
-        self, wake: datetime | None, step: StepWrite, children: list[dict[str, Any]]
+        self, wake: datetime | None, step: StepWrite, children: list[RunRow]
     ) -> NoReturn:
         """Park waiting until the ``children`` (created in the same transaction, all
         of one function) end, or ``wake`` (a timeout)."""

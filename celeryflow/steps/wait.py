@@ -11,7 +11,7 @@ from ..errors import ConfigError, NonRetriableError
 from ..events import Event, condition_holds
 from ..expressions import ASYNC, compile_expression
 from ..runs import StepKind, StepStatus
-from ..store.rows import Lookback, waiter_row
+from ..store.rows import Lookback, WaitKind, waiter_row
 from ..store.waits import extract, full_match_value, match_value
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def wait_for_event(
     waiter = waiter_row(
         run_id=execution.run_id,
         key=key,
-        kind="event",
+        kind=WaitKind.EVENT,
         event_name=event,
         match_field=match,
         match_value=match_value(run_event, match) if match else None,

@@ -1,5 +1,6 @@
 """The SQL store: the only package that writes SQL."""
 
+from .flowkeys import SlotHandOver
 from .session import Claim, RunSession, StepWrite
 from .store import EVENT_DEDUP_WINDOW, DueRun, PlannedRun, Recorded, Store
 
@@ -10,6 +11,7 @@ __all__ = [
     "PlannedRun",
     "Recorded",
     "RunSession",
+    "SlotHandOver",
     "StepWrite",
     "Store",
 ]

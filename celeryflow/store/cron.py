@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from .rows import RunRow
 from .tables import cron_ticks, runs
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ def fire_slot(
     function_id: str,
     slot: datetime,
     now: datetime,
-    run: dict[str, Any] | None,
+    run: RunRow | None,
     catch_up: timedelta,
 ) -> bool:
     """Create ``run`` for ``slot`` unless that slot fired already (by any beat). A

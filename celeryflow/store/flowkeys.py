@@ -9,7 +9,8 @@ in turn, handing it a :class:`_Ledger`: the SQL a control's decision needs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,10 +19,19 @@ import sqlalchemy as sa
 from ..codec import from_json, to_json
 from ..flowcontrol import SHARED, Admission, Admitted
 from ..runs import TERMINAL, RunStatus
+from .rows import RunRow
 from .tables import flow_keys, runs
 from .waits import cancel_run
 
-__all__ = ["Admitted", "admit", "slot_heads", "slot_waiting_keys", "take_slot"]
+__all__ = [
+    "Admitted",
+    "SlotHandOver",
+    "admit",
+    "next_in_line",
+    "slot_heads",
+    "slot_waiting_keys",
+    "take_slot",
+]
 
 S = RunStatus
 SLOT_COLUMNS = (runs.c.concurrency_key1, runs.c.concurrency_key2)
@@ -95,13 +105,13 @@ class _Ledger:
         if cancel_run(self.conn, run_id, self.now):
             self.cancelled.append(run_id)
 
-    def reopen(self, run_id: str, row: dict[str, Any], wake: datetime) -> bool:
+    def reopen(self, run_id: str, row: RunRow, wake: datetime) -> bool:
         return _reopen(self.conn, run_id, row, wake, self.redeliver_after)
 
-    def join_batch(self, run_id: str, row: dict[str, Any], max_size: int) -> bool | None:
+    def join_batch(self, run_id: str, row: RunRow, max_size: int) -> bool | None:
         return _join_batch(self.conn, run_id, row, max_size, self.now, self.redeliver_after)
 
-    def start_at(self, row: dict[str, Any], when: datetime) -> None:
+    def start_at(self, row: RunRow, when: datetime) -> None:
         row["wake_at"] = when
         row["due_at"] = when + self.redeliver_after
 
@@ -109,7 +119,7 @@ class _Ledger:
 def admit(
     conn: sa.Connection,
     insert_ignore: Any,
-    row: dict[str, Any],
+    row: RunRow,
     admission: Admission,
     now: datetime,
     redeliver_after: timedelta,
@@ -141,7 +151,7 @@ _OPEN = (runs.c.status == S.QUEUED.value, runs.c.fence == 0)
 def _reopen(
     conn: sa.Connection,
     run_id: str,
-    row: dict[str, Any],
+    row: RunRow,
     wake: datetime,
     redeliver_after: timedelta,
 ) -> bool:
@@ -162,7 +172,7 @@ def _reopen(
 def _join_batch(
     conn: sa.Connection,
     run_id: str,
-    row: dict[str, Any],
+    row: RunRow,
     max_size: int,
     now: datetime,
     redeliver_after: timedelta,
@@ -273,3 +283,52 @@ def slot_waiting_keys(conn: sa.Connection, function_id: str, index: int) -> list
         .distinct()
     )
     return [str(k) for k in conn.execute(query).scalars()]
+
+
+@dataclass(frozen=True)
+class SlotHandOver:
+    """What a finishing run of a concurrency-limited function needs to hand its
+    slot on in its own transaction (RunSession.finish): its function and key values,
+    the function's limits, and the lease the run taking the slot is claimed with."""
+
+    function_id: str
+    keys: Sequence[str | None]
+    limits: Sequence[int]
+    owner: str
+    lease: timedelta
+
+    @property
+    def count_neutral(self) -> bool:
+        """One limit, on a key of the function's own: the run next in line has the
+        same key, so the slot moving from one run to the other changes no count
+        another claim reads, and needs neither the key's lock nor a count. Two keys
+        (the next run must fit the other limit too, and keep its place in that
+        line) or a shared key (runs of other functions may be ahead) need
+        :func:`take_slot`."""
+        keyed = [k for k in self.keys if k is not None]
+        return len(self.limits) == 1 and len(keyed) == 1 and not keyed[0].startswith(SHARED)
+
+
+def next_in_line(
+    conn: sa.Connection, hand_over: SlotHandOver, now: datetime, skip_locked: bool
+) -> str | None:
+    """The run of the same function with the same concurrency keys queued first (by
+    ``queue_at``, then id): the one the finishing run's slot goes to. A run locked
+    by a claim under way (a doorbell, another finisher) is passed over rather than
+    waited for: the finishers would otherwise queue behind each other's commits."""
+    if all(key is None for key in hand_over.keys):
+        return None
+    same = [
+        column.is_(None) if key is None else column == key
+        for column, key in zip(SLOT_COLUMNS, hand_over.keys, strict=False)
+    ]
+    query = (
+        sa.select(runs.c.id)
+        .where(runs.c.function_id == hand_over.function_id, *same, _eligible(now))
+        .order_by(runs.c.queue_at, runs.c.id)
+        .limit(1)
+    )
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    found = conn.execute(query).scalar()
+    return None if found is None else str(found)

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .rows import RunRow
 from .tables import events, runs, steps, wait_fields
 
 __all__ = [
@@ -73,7 +74,7 @@ def event_statement(run_count: int) -> sa.Select[Any]:
     return statement.add_cte(new_runs)
 
 
-def event_statement_params(event: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def event_statement_params(event: dict[str, Any], rows: list[RunRow]) -> dict[str, Any]:
     params = {f"e_{n}": event[n] for n in EVENT_COLUMNS}
     for i, row in enumerate(rows):
         params.update({f"r{i}_{n}": row.get(n) for n in RUN_COLUMNS})

@@ -24,10 +24,10 @@ from ..codec import to_json
 from ..events import condition_holds
 from ..runs import RunStatus, StepStatus, sources_of
 from .capabilities import Capabilities
-from .flowkeys import take_slot
+from .flowkeys import SlotHandOver, next_in_line, take_slot
 from .one_statement import finish_statement, finish_statement_params
 from .prepared import DriverRefused, DriverStatement, driver_transaction
-from .rows import Lookback, Sending, StepWrite, WaiterRow
+from .rows import Lookback, RunRow, Sending, StepWrite, WaiterRow
 from .tables import runs, steps, waits
 from .waits import (
     find_recent_event,
@@ -269,6 +269,8 @@ class RunSession:
         self.store = store
         self.sql = store.session_statements()
         self.conn = store.engine.connect()
+        # the run the last finish handed its concurrency slot to, claimed (finish())
+        self.handed: Claim | None = None
 
     def __enter__(self) -> RunSession:
         return self
@@ -560,12 +562,16 @@ class RunSession:
         parent: tuple[str, str, int | None] | None = None,
         resume_due: datetime | None = None,
         sending: Sending | None = None,
+        hand_over: SlotHandOver | None = None,
     ) -> tuple[bool, bool]:
         """End the run in ``status`` with the steps not yet written. ``clear_waits``
         drops its cancel_on waiters; ``parent`` (run id, step key, branch) is the
         invoke or parallel step this run's outcome resolves; ``sending`` (events the
-        run sends) is recorded in the same transaction. Returns (still held the run,
-        the parent was resumed)."""
+        run sends) is recorded in the same transaction; with ``hand_over`` the run's
+        concurrency slot goes, in the same transaction, to the run next in line,
+        claimed for this executor (:attr:`handed`). Returns (still held the run, the
+        parent was resumed)."""
+        self.handed = None
         params = {
             "rid": run_id,
             "p_fence": fence,
@@ -581,6 +587,7 @@ class RunSession:
             and not clear_waits
             and parent is None
             and sending is None
+            and hand_over is None
         ):
             # the commonest end: the last step's result and the run's end, one statement
             with self._autocommit():
@@ -594,6 +601,7 @@ class RunSession:
             and not clear_waits
             and parent is None
             and sending is None
+            and hand_over is None
             and self._may_use_driver(writes)
         ):
             try:
@@ -619,9 +627,57 @@ class RunSession:
                 )
             if sending is not None:
                 self._send(conn, sending)
+            if hand_over is not None:
+                self.handed = self._hand_over(hand_over, now)
 
         held = self._fenced(fence, writes, self.sql.finish[status], params, after)
+        if not held:
+            self.handed = None
         return held, bool(resumed and resumed[0])
+
+    def _hand_over(self, hand_over: SlotHandOver, now: datetime) -> Claim | None:
+        """In the finishing run's transaction, after its end: claim the run next in
+        line for the slot it leaves (same function, same keys), if every limit lets
+        that run start (with SlotHandOver.count_neutral, it does by construction).
+        The slot is never seen free between the two runs, no claim of the next run
+        takes it again (a lock, two counts, and often a refusal), and no finisher
+        looks it up and rings for it. The end and the claim commit together, so the next run
+        starts only once the end it waited for is durable."""
+        run_id = next_in_line(self.conn, hand_over, now, self.store.capabilities.skip_locked)
+        if run_id is None:
+            return None
+        params = {
+            "rid": run_id,
+            "owner": hand_over.owner,
+            "now": now,
+            "lease_until": now + hand_over.lease,
+        }
+        if self.sql.update_returning:
+            row = self.conn.execute(self.sql.claim, params).mappings().first()
+            if row is None:  # claimed meanwhile (a doorbell, another finisher)
+                return None
+        else:
+            if self.conn.execute(self.sql.claim, params).rowcount != 1:
+                return None
+            row = self.conn.execute(self.sql.claimed, params).mappings().one()
+        fence = int(row["fence"])
+        limits = list(hand_over.limits)
+        if not hand_over.count_neutral and not take_slot(
+            self.conn, self.store.insert_flow_key(), row, limits, now
+        ):
+            # its other key (or an older run of another function on a shared key)
+            # holds it back: left queued as before, for the ring after the commit
+            self._park_for_slot(row, fence)
+            return None
+        handed = Claim(run=row, fence=fence, steps={})
+        if not handed.first:
+            rows = self.conn.execute(self.sql.load_steps, params).mappings()
+            handed.steps = {r["key"]: r for r in rows}
+        if row["branch"] is not None:
+            parent = {"rid": row["parent_run_id"]}
+            rows = self.conn.execute(self.sql.load_steps, parent).mappings()
+            handed.parent_steps = {r["key"]: r for r in rows}
+        return handed
 
     def invoke(
         self,
@@ -631,7 +687,7 @@ class RunSession:
         wake_at: datetime | None,
         attempt: int,
         writes: Sequence[StepWrite],
-        children: list[dict[str, Any]],
+        children: list[RunRow],
     ) -> bool:
         """Park the run on child runs (created here, in the same transaction)."""
         params = {

@@ -33,6 +33,7 @@ from .one_statement import (
     event_statement,
     event_statement_params,
 )
+from .rows import RunRow
 from .session import Claim, RunSession, SessionStatements
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, report_cancelled, resolve_parent, wake_waiters
@@ -47,7 +48,7 @@ S = RunStatus
 class PlannedRun:
     """A run to create, with the waiters (cancel_on) it starts with."""
 
-    row: dict[str, Any]
+    row: RunRow
     waits: list[dict[str, Any]] = field(default_factory=list)
     admission: Admission | None = None  # flow control that decides at recording time
 
@@ -59,7 +60,7 @@ class Recorded:
     created: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-    planned: list[dict[str, Any]] = field(default_factory=list)  # every run row planned
+    planned: list[RunRow] = field(default_factory=list)  # every run row planned
 
 
 class Store(StoreAdmin):
@@ -360,7 +361,7 @@ class Store(StoreAdmin):
             self._insert_field = self.capabilities.insert_ignoring_duplicates(wait_fields)
         return self._insert_field
 
-    def insert_runs(self, rows: list[dict[str, Any]]) -> None:
+    def insert_runs(self, rows: list[RunRow]) -> None:
         with self._write() as conn:
             conn.execute(runs.insert(), rows)
 
