@@ -19,6 +19,7 @@ from celeryflow import Event, Flow, RunStatus, event
 from celeryflow.durations import utcnow
 from celeryflow.store import Store
 from celeryflow.store.capabilities import Capabilities
+from celeryflow.store.flowkeys import SlotHandOver
 from celeryflow.store.prepared import DriverStatement
 from celeryflow.store.session import SessionStatements
 from celeryflow.testing import wait_for_run, worker
@@ -320,3 +321,25 @@ def test_a_claim_needing_a_slot_takes_sqlalchemys_path(tmp_path: Path) -> None:
     # asked on the driver (rolled back), then on SQLAlchemy's path, which took the slot
     assert asked == ["steps", "steps"]
     assert any(s.startswith("UPDATE cf_runs") for s in seen)
+
+
+def test_a_finish_handing_its_slot_over_takes_sqlalchemys_path(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    session, claim = _one_session(flow)
+    hand_over = SlotHandOver(
+        function_id="steps", keys=[None], limits=[1], owner="me", lease=timedelta(minutes=1)
+    )
+    with session:
+        seen = _statements(flow)
+        held, _ = session.finish(
+            claim.run["id"],
+            claim.fence,
+            status=RunStatus.COMPLETED,
+            now=utcnow(),
+            writes=[(_row(claim, "last"), True)],
+            hand_over=hand_over,
+        )
+    assert held
+    # the end and the hand-over's look-up share SQLAlchemy's transaction
+    assert any(s.startswith("UPDATE cf_runs") for s in seen), seen
+    assert flow.get_run(claim.run["id"]).status == RunStatus.COMPLETED
