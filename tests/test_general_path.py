@@ -128,7 +128,7 @@ def test_the_switch_turns_the_fast_paths_off(
     assert len(_one_statement_writes(sent)) == 3, sent  # send, claim, finish
     assert not any(s == "BEGIN" or s.startswith("SET LOCAL") for s in sent), sent
 
-    assert Store(sqlite_store_url).capabilities.driver_step_writes
+    assert Store(sqlite_store_url).capabilities.driver_writes
 
     monkeypatch.setenv(FAST_PATHS_ENV, "0")
     general = Store(postgres_store_url, auto_migrate=True)
@@ -139,7 +139,7 @@ def test_the_switch_turns_the_fast_paths_off(
     assert _one_statement_writes(sent) == [], sent
     assert "SET LOCAL synchronous_commit TO OFF" in sent
     on_sqlite = Store(sqlite_store_url).capabilities
-    assert on_sqlite.event_path is EventPath.GENERAL and not on_sqlite.driver_step_writes
+    assert on_sqlite.event_path is EventPath.GENERAL and not on_sqlite.driver_writes
 
 
 def test_the_postgresql_tests_pass_on_the_general_paths() -> None:

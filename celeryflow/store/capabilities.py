@@ -4,7 +4,8 @@ that reads the dialect. Everything else asks a :class:`Capabilities` which path 
 The *fast paths* are shortcuts for the commonest writes: on PostgreSQL a claim, a
 lone step write, the usual finish and the usual send are each one statement in
 autocommit (store/one_statement.py); on SQLite the usual send is two statements in
-one transaction, and new step rows go on the driver's cursor (store/prepared.py).
+one transaction, and new step rows, the claim and the usual finish go on the
+driver's cursor (store/prepared.py).
 Each has a general path (a short transaction through SQLAlchemy) that decides the
 same way, and MySQL/MariaDB take only that one.
 
@@ -62,8 +63,9 @@ class Capabilities:
     # PostgreSQL fast paths: the claim, a lone step write and the usual finish are one
     # statement each in autocommit
     one_statement_writes: bool
-    # SQLite fast path: new step rows on the driver's cursor (store/prepared.py)
-    driver_step_writes: bool
+    # SQLite fast path: new step rows, the claim and the usual finish on the
+    # driver's cursor (store/prepared.py)
+    driver_writes: bool
     event_path: EventPath
 
     @classmethod
@@ -86,7 +88,7 @@ class Capabilities:
             read_committed_batches=name in ("mysql", "mariadb"),
             async_claim=postgres,
             one_statement_writes=fast and postgres,
-            driver_step_writes=fast and name == "sqlite",
+            driver_writes=fast and name == "sqlite",
             event_path=event_path,
         )
 

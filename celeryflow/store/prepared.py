@@ -1,4 +1,5 @@
-"""The hottest write of the engine, a step row on SQLite, sent on the driver's cursor.
+"""The hottest writes of the engine on SQLite, sent on the driver's cursor: a step
+row, the claim (and its step loads) and the usual finish.
 
 A 100-step run writes 100 step rows, each in its own transaction (DESIGN principle 2:
 a step's result is durable before the next step works). On SQLite the database's own
@@ -11,24 +12,29 @@ SQLAlchemy's), and :func:`driver_transaction` runs it on the DBAPI connection un
 
 Measured (bench/engine.py, part steps): a 100-step run on SQLite 11.3 ms through
 SQLAlchemy, 5.7 ms this way; on PostgreSQL the same change gained under the noise
-(the server's commit dominates there), so PostgreSQL keeps SQLAlchemy's path.
+(the server's commit dominates there), so PostgreSQL keeps SQLAlchemy's path. The
+claim and the finish, the two writes of a one-step run, took its CPU in one process
+from 630-710 us to 340-370 us (bench/RESULTS.md, 2026-12-02, "driver claim").
 
 What SQLAlchemy's path gives and this one does not: its error classification (a
 disconnect, a timeout, the store's ``handle_error`` hook) and its ``*_execute``
 events. So a driver error never leaves this module: the transaction is rolled back
 and :class:`DriverRefused` tells the caller to make the same write through
 SQLAlchemy, which either succeeds or raises the error classified as everywhere
-else. Instrumentation that listens to SQLAlchemy's cursor events does not see
-these step writes.
+else. That redo is sound because SQLite runs in this process: a statement or COMMIT
+that raised wrote nothing (a PostgreSQL write whose connection died may have
+committed on the server, one reason PostgreSQL stays on SQLAlchemy). Instrumentation
+that listens to SQLAlchemy's cursor events does not see these writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["DriverRefused", "DriverStatement", "driver_transaction"]
@@ -41,7 +47,8 @@ class DriverRefused(Exception):
 class DriverStatement:
     """``statement`` compiled once for ``dialect`` (a positional paramstyle, as
     SQLite's ``qmark``), executed on a DBAPI cursor with its parameters processed as
-    SQLAlchemy would process them."""
+    SQLAlchemy would process them, and its RETURNING rows read back as SQLAlchemy
+    reads them (each column's result processor: a ``UTCDateTime`` comes back aware)."""
 
     def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -49,16 +56,28 @@ class DriverStatement:
         if compiled.positiontup is None:
             raise ValueError(f"{dialect.name}: a positional paramstyle is needed")
         self.sql = str(compiled)
-        binds = {bind.key: bind for bind in compiled.binds.values()}
-        self._order: list[tuple[str, Callable[[Any], Any] | None]] = []
+        binds = {**{bind.key: bind for bind in compiled.binds.values()}, **compiled.binds}
+        # a bind the caller does not name keeps the value the statement gave it (a
+        # literal such as ``status == 'running'``), None for a named parameter
+        self._order: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
         for name in compiled.positiontup:
-            kind = binds[name].type
-            self._order.append((name, kind.dialect_impl(dialect).bind_processor(dialect)))
+            bind = binds[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            self._order.append((name, bind.effective_value, process))
+        # the rows it gives: a SELECT's columns, or an INSERT's or UPDATE's RETURNING
+        if isinstance(statement, sa.Select):
+            columns = list(statement.selected_columns)
+        else:
+            columns = list(compiled.returning or ())
+        self._make_row = result_tuple([str(column.key) for column in columns])
+        self._results = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
 
     def parameters(self, values: Mapping[str, Any]) -> list[Any]:
         out = []
-        for name, process in self._order:
-            value = values.get(name)
+        for name, fixed, process in self._order:
+            value = values[name] if name in values else fixed
             out.append(value if process is None or value is None else process(value))
         return out
 
@@ -66,6 +85,20 @@ class DriverStatement:
         """The statement's rowcount."""
         cursor.execute(self.sql, self.parameters(values))
         return int(cursor.rowcount)
+
+    def rows(self, cursor: Any, values: Mapping[str, Any]) -> list[sa.RowMapping]:
+        """The rows the statement gives, as ``.mappings()`` of SQLAlchemy's result
+        would give them."""
+        cursor.execute(self.sql, self.parameters(values))
+        # fetched in full before COMMIT: SQLite will not commit under a live statement
+        return [self._row(raw) for raw in cursor.fetchall()]
+
+    def _row(self, raw: Sequence[Any]) -> sa.RowMapping:
+        values = [
+            value if process is None or value is None else process(value)
+            for value, process in zip(raw, self._results, strict=True)
+        ]
+        return self._make_row(values)._mapping
 
 
 @contextmanager

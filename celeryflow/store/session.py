@@ -117,6 +117,11 @@ class _Refused(Exception):
     """Rolls a fenced transaction back when the fence no longer holds."""
 
 
+class _NeedsSlot(Exception):
+    """Rolls a claim on the driver back: the run's function has concurrency limits,
+    and its slot is taken on SQLAlchemy's path, in the claim's transaction."""
+
+
 class SessionStatements:
     """The executor's statements, built once per store, and the paths its
     capabilities allow (store/capabilities.py)."""
@@ -166,6 +171,13 @@ class SessionStatements:
         ).returning(*_CLAIM_COLUMNS)
         self.claimed = sa.select(*_CLAIM_COLUMNS).where(runs.c.id == P("rid"))
         self.load_steps = steps.select().where(steps.c.run_id == P("rid"))
+        # SQLite: new step rows, the claim and the usual finish skip SQLAlchemy's
+        # execute path (store/prepared.py)
+        on_driver = capabilities.driver_writes
+        dialect = capabilities.dialect
+        claim_on_driver = on_driver and self.update_returning
+        self.claim_on_driver = DriverStatement(self.claim, dialect) if claim_on_driver else None
+        self.load_steps_on_driver = DriverStatement(self.load_steps, dialect) if on_driver else None
 
         names = [c.name for c in steps.c]
         source = (
@@ -176,12 +188,7 @@ class SessionStatements:
         )
         insert = steps.insert().from_select(names, source)
         self.insert_step = insert.returning(steps.c.key) if self.insert_returning else insert
-        # SQLite: new step rows skip SQLAlchemy's execute path (store/prepared.py)
-        self.insert_step_on_driver = (
-            DriverStatement(insert, capabilities.dialect)
-            if capabilities.driver_step_writes
-            else None
-        )
+        self.insert_step_on_driver = DriverStatement(insert, dialect) if on_driver else None
         holds = sa.exists().where(runs.c.id == P("w_run_id"), runs.c.fence == P("w_fence"))
         self.update_step = (
             steps.update()
@@ -250,6 +257,9 @@ class SessionStatements:
                 )
             )
         self.finish_statement = {t: finish_statement(u) for t, u in self.finish.items()}
+        self.finish_on_driver = (
+            {t: DriverStatement(u, dialect) for t, u in self.finish.items()} if on_driver else {}
+        )
 
 
 class RunSession:
@@ -286,6 +296,12 @@ class RunSession:
             claim = self._claim_in_one_statement(params, limited)
             if claim is not None or not limited:
                 return claim
+        on_driver = self.sql.claim_on_driver
+        if on_driver is not None and not self.conn.in_transaction():
+            try:
+                return self._claim_on_driver(on_driver, params, slot_limits)
+            except (DriverRefused, _NeedsSlot):
+                pass  # SQLAlchemy's path: it claims, takes the slot, or says why not
         with self.store.write_lock(), self.conn.begin():
             if self.sql.async_claim:
                 # The claim needs no flush of its own: it is visible to other sessions at
@@ -353,6 +369,29 @@ class RunSession:
                 claim.parent_steps = {r["key"]: r for r in rows}
             return claim
 
+    def _claim_on_driver(
+        self,
+        statement: DriverStatement,
+        params: dict[str, Any],
+        slot_limits: Callable[[str], list[int]] | None,
+    ) -> Claim | None:
+        load = self.sql.load_steps_on_driver
+        assert load is not None
+        with self.store.write_lock(), driver_transaction(self.conn) as cursor:
+            rows = statement.rows(cursor, params)
+            if not rows:
+                return None
+            row = rows[0]
+            if slot_limits is not None and slot_limits(row["function_id"]):
+                raise _NeedsSlot
+            claim = Claim(run=row, fence=int(row["fence"]), steps={})
+            if not claim.first:  # steps may have been recorded
+                claim.steps = {r["key"]: r for r in load.rows(cursor, params)}
+            if row["branch"] is not None:
+                parent = load.rows(cursor, {"rid": row["parent_run_id"]})
+                claim.parent_steps = {r["key"]: r for r in parent}
+            return claim
+
     def _park_for_slot(self, row: sa.RowMapping, fence: int) -> None:
         """Undo the claim: queued, the fence handed back, as if never claimed. Nothing
         is due but its Timeouts (the reconciler cancels it then); a slot's release
@@ -417,22 +456,37 @@ class RunSession:
             # itself: atomic alone
             with self._autocommit():
                 return self._write_step(fence, *writes[0])
-        on_driver = self.sql.insert_step_on_driver
-        if on_driver and all(new for _, new in writes) and not self.conn.in_transaction():
+        if self._may_use_driver(writes):
             try:
-                return self._insert_on_driver(on_driver, fence, writes)
+                return self._fenced_on_driver(fence, writes)
             except DriverRefused:
                 pass  # the same write through SQLAlchemy: it succeeds or says why not
         return self._fenced(fence, writes)
 
-    def _insert_on_driver(
-        self, statement: DriverStatement, fence: int, writes: Sequence[StepWrite]
+    def _may_use_driver(self, writes: Sequence[StepWrite]) -> bool:
+        return (
+            self.sql.insert_step_on_driver is not None
+            and all(new for _, new in writes)
+            and not self.conn.in_transaction()
+        )
+
+    def _fenced_on_driver(
+        self,
+        fence: int,
+        writes: Sequence[StepWrite],
+        run_update: DriverStatement | None = None,
+        params: dict[str, Any] | None = None,
     ) -> bool:
+        """:meth:`_fenced` for new step rows and a run update, on the driver's cursor."""
+        insert = self.sql.insert_step_on_driver
+        assert insert is not None
         try:
             with self.store.write_lock(), driver_transaction(self.conn) as cursor:
                 for values, _ in writes:
-                    if statement.execute(cursor, {**values, "fence": fence}) != 1:
+                    if insert.execute(cursor, {**values, "fence": fence}) != 1:
                         raise _Refused  # rolls the transaction back
+                if run_update is not None and run_update.execute(cursor, params or {}) != 1:
+                    raise _Refused
         except _Refused:
             return False
         return True
@@ -541,6 +595,19 @@ class RunSession:
                     self.sql.finish_statement[status], finish_statement_params(params, writes[0][0])
                 )
                 return result.first() is not None, False
+        on_driver = self.sql.finish_on_driver.get(status)
+        if (
+            on_driver is not None
+            and not clear_waits
+            and parent is None
+            and sending is None
+            and hand_over is None
+            and self._may_use_driver(writes)
+        ):
+            try:
+                return self._fenced_on_driver(fence, writes, on_driver, params), False
+            except DriverRefused:
+                pass  # SQLAlchemy's path below: the same write, or the error classified
 
         def after(conn: sa.Connection) -> None:
             if clear_waits:
