@@ -281,11 +281,25 @@ def test_filters_and_keyset_paging(dash: Dash) -> None:
     assert [len(p) for p in pages] == [5, 5, 2]
     assert [i for p in pages for i in p] == list(reversed(ids))  # newest first, each once
 
-    steady(lambda: Select(dash.browser.find_element(By.NAME, "status")).select_by_value("failed"))
-    dash.browser.find_element(By.NAME, "function").clear()
-    dash.click("#run-filters button[type=submit]")
+    def choose_failed() -> None:
+        Select(dash.browser.find_element(By.NAME, "status")).select_by_value("failed")
+
+    def failed_only() -> bool:
+        return [run_id for run_id, _ in dash.rows("tr.run-row", "data-run-id")] == [failed.id]
+
+    # The page's live part may re-render while the form is filled, and the click does
+    # not wait for the next page: fill and submit again (up to 3 times) until it shows.
+    for attempt in range(3):
+        steady(choose_failed)
+        steady(lambda: dash.browser.find_element(By.NAME, "function").clear())
+        dash.click("#run-filters button[type=submit]")
+        try:
+            eventually(failed_only, timeout=10, what="the failed run alone")
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     rows = dash.rows("tr.run-row", "data-run-id")
-    assert [run_id for run_id, _ in rows] == [failed.id]
     assert "ZeroDivisionError" in rows[0][1]
     dash.click("tr.run-row a")
     assert "ZeroDivisionError" in dash.text("#run-error")
