@@ -322,15 +322,21 @@ class RunSession:
             if limits and not take_slot(self.conn, self.store.insert_flow_key(), row, limits, now):
                 self._park_for_slot(row, fence)
                 return None
-            claim = Claim(run=row, fence=fence, steps={})
-            if fence > 1:  # not Claim.first: steps may have been recorded
-                rows = self.conn.execute(self.sql.load_steps, params).mappings()
-                claim.steps = {r["key"]: r for r in rows}
-            if row["branch"] is not None:
-                parent = {"rid": row["parent_run_id"]}
-                rows = self.conn.execute(self.sql.load_steps, parent).mappings()
-                claim.parent_steps = {r["key"]: r for r in rows}
-            return claim
+            return self._with_memo(row, fence)
+
+    def _with_memo(self, row: sa.RowMapping, fence: int) -> Claim:
+        """The claim of ``row`` with its recorded steps (none before its first claim)
+        and, for a step.parallel branch, its parent's, read on this connection."""
+        claim = Claim(run=row, fence=fence, steps={})
+        if not claim.first:
+            claim.steps = self._steps_of(row["id"])
+        if row["branch"] is not None:
+            claim.parent_steps = self._steps_of(row["parent_run_id"])
+        return claim
+
+    def _steps_of(self, run_id: str) -> dict[str, sa.RowMapping]:
+        rows = self.conn.execute(self.sql.load_steps, {"rid": run_id}).mappings()
+        return {r["key"]: r for r in rows}
 
     @contextmanager
     def _autocommit(self) -> Iterator[None]:
@@ -359,15 +365,7 @@ class RunSession:
             # The steps cannot change while this executor holds the fence (a cancel
             # bumps it and the next write is refused), so they need not be read in
             # the claim's own transaction.
-            claim = Claim(run=row, fence=int(row["fence"]), steps={})
-            if not claim.first:
-                rows = self.conn.execute(self.sql.load_steps, params).mappings()
-                claim.steps = {r["key"]: r for r in rows}
-            if row["branch"] is not None:
-                parent = {"rid": row["parent_run_id"]}
-                rows = self.conn.execute(self.sql.load_steps, parent).mappings()
-                claim.parent_steps = {r["key"]: r for r in rows}
-            return claim
+            return self._with_memo(row, int(row["fence"]))
 
     def _claim_on_driver(
         self,
@@ -669,15 +667,7 @@ class RunSession:
             # holds it back: left queued as before, for the ring after the commit
             self._park_for_slot(row, fence)
             return None
-        handed = Claim(run=row, fence=fence, steps={})
-        if not handed.first:
-            rows = self.conn.execute(self.sql.load_steps, params).mappings()
-            handed.steps = {r["key"]: r for r in rows}
-        if row["branch"] is not None:
-            parent = {"rid": row["parent_run_id"]}
-            rows = self.conn.execute(self.sql.load_steps, parent).mappings()
-            handed.parent_steps = {r["key"]: r for r in rows}
-        return handed
+        return self._with_memo(row, fence)
 
     def invoke(
         self,
