@@ -111,6 +111,34 @@ def test_a_stale_executor_cannot_write(store_url: str) -> None:
     assert [s.id for s in store.get_run(run_id).steps] == ["s1"]
 
 
+def test_a_refused_run_update_takes_its_step_writes_back(store_url: str) -> None:
+    # On PostgreSQL a run session stays in autocommit for its one-statement writes;
+    # a write of several statements must still be one transaction.
+    store = Store(store_url, auto_migrate=True)
+    row = _run_row()
+    store.insert_runs([row])
+    run_id = str(row["id"])
+    now = utcnow()
+    claim = store.claim(run_id, "a", now, now + timedelta(seconds=30))
+    assert claim is not None
+    with store.engine.begin() as conn:  # ended elsewhere, the fence left as it was
+        conn.execute(runs.update().where(runs.c.id == run_id).values(status="completed"))
+    with store.session() as session:
+        assert session.save_steps(claim.fence, [(_step(run_id, "before"), True)]) is True
+        moved = session.move(
+            run_id,
+            claim.fence,
+            status=RunStatus.SLEEPING,
+            wake_at=now,
+            due_at=now,
+            attempt=0,
+            writes=[(_step(run_id, "s1"), True), (_step(run_id, "s2"), True)],
+        )
+        assert moved is False
+        assert session.save_steps(claim.fence, [(_step(run_id, "after"), True)]) is True
+    assert sorted(s.id for s in store.get_run(run_id).steps) == ["after", "before"]
+
+
 def test_only_one_of_many_concurrent_claims_wins(store_url: str) -> None:
     store = Store(store_url, auto_migrate=True)
     rows = [_run_row() for _ in range(5)]

@@ -269,6 +269,13 @@ class RunSession:
         self.store = store
         self.sql = store.session_statements()
         self.conn = store.engine.connect()
+        # Where the commonest writes are one self-fencing statement each (the claim, a
+        # step, the usual finish: PostgreSQL), the connection stays in autocommit and
+        # switches only around a transaction of several statements: switching costs
+        # two driver calls each way, more than a step's own statement.
+        self.autocommit_default = self.sql.single_statement_writes
+        if self.autocommit_default:
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
         # the run the last finish handed its concurrency slot to, claimed (finish())
         self.handed: Claim | None = None
 
@@ -302,7 +309,7 @@ class RunSession:
                 return self._claim_on_driver(on_driver, params, slot_limits)
             except (DriverRefused, _NeedsSlot):
                 pass  # SQLAlchemy's path: it claims, takes the slot, or says why not
-        with self.store.write_lock(), self.conn.begin():
+        with self.store.write_lock(), self._transaction():
             if self.sql.async_claim:
                 # The claim needs no flush of its own: it is visible to other sessions at
                 # once, and WAL is sequential, so the executor's next durable commit
@@ -342,12 +349,30 @@ class RunSession:
     def _autocommit(self) -> Iterator[None]:
         """Statements here commit one by one, without BEGIN and COMMIT round trips:
         only for writes that are a single, self-fencing statement."""
+        if self.autocommit_default:
+            with self.conn.begin():
+                yield
+            return
         self.conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
             with self.conn.begin():
                 yield
         finally:
             self.conn.execution_options(isolation_level=self.conn.default_isolation_level)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A transaction of several statements, all or nothing."""
+        if not self.autocommit_default:
+            with self.conn.begin():
+                yield
+            return
+        self.conn.execution_options(isolation_level=self.conn.default_isolation_level)
+        try:
+            with self.conn.begin():
+                yield
+        finally:
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def _claim_in_one_statement(
         self, params: dict[str, Any], limited: Collection[str]
@@ -437,7 +462,7 @@ class RunSession:
         """Write the steps, update the run and do ``also``, all or nothing; False if
         this executor no longer holds the run."""
         try:
-            with self.store.write_lock(), self.conn.begin():
+            with self.store.write_lock(), self._transaction():
                 self._write_steps(fence, writes)
                 if run_update is not None and self.conn.execute(run_update, params).rowcount != 1:
                     raise _Refused
@@ -746,7 +771,7 @@ class RunSession:
             "p_attempt": attempt,
         }
         try:
-            with self.store.write_lock(), self.conn.begin():
+            with self.store.write_lock(), self._transaction():
                 self._write_steps(fence, writes)
                 if lookback is not None:
                     lock_wait_field(self.conn, self.store.insert_wait_field(), waiter)
