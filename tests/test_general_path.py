@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event as sa_event
+from sqltrace import pg_statements
 
 from celeryflow.durations import utcnow
 from celeryflow.events import Event
@@ -58,16 +58,8 @@ def _run_row() -> dict[str, object]:
 @contextmanager
 def _statements(store: Store) -> Iterator[list[str]]:
     """The SQL the store sends meanwhile."""
-    sent: list[str] = []
-
-    def on_execute(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
-        sent.append(" ".join(statement.split()))
-
-    sa_event.listen(store.engine, "before_cursor_execute", on_execute)
-    try:
+    with pg_statements(store.engine) as sent:
         yield sent
-    finally:
-        sa_event.remove(store.engine, "before_cursor_execute", on_execute)
 
 
 def _send_claim_step_finish(store: Store) -> list[str]:
@@ -124,6 +116,7 @@ def test_the_switch_turns_the_fast_paths_off(
     fast = Store(postgres_store_url, auto_migrate=True)
     assert fast.capabilities.one_statement_writes
     assert fast.capabilities.event_path is EventPath.ONE_STATEMENT
+    assert fast.capabilities.driver_one_statement_writes
     sent = _send_claim_step_finish(fast)
     assert len(_one_statement_writes(sent)) == 3, sent  # send, claim, finish
     assert not any(s == "BEGIN" or s.startswith("SET LOCAL") for s in sent), sent
@@ -133,6 +126,7 @@ def test_the_switch_turns_the_fast_paths_off(
     monkeypatch.setenv(FAST_PATHS_ENV, "0")
     general = Store(postgres_store_url, auto_migrate=True)
     assert not general.capabilities.one_statement_writes
+    assert not general.capabilities.driver_one_statement_writes
     assert general.capabilities.event_path is EventPath.GENERAL
     assert general.capabilities.async_claim  # not a fast path: the general claim's too
     sent = _send_claim_step_finish(general)

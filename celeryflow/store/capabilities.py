@@ -3,7 +3,8 @@ that reads the dialect. Everything else asks a :class:`Capabilities` which path 
 
 The *fast paths* are shortcuts for the commonest writes: on PostgreSQL a claim, a
 lone step write, the usual finish and the usual send are each one statement in
-autocommit (store/one_statement.py); on SQLite the usual send is two statements in
+autocommit (store/one_statement.py), the first three on psycopg's cursor
+(store/prepared.py); on SQLite the usual send is two statements in
 one transaction, and new step rows, the claim and the usual finish go on the
 driver's cursor (store/prepared.py).
 Each has a general path (a short transaction through SQLAlchemy) that decides the
@@ -66,6 +67,9 @@ class Capabilities:
     # SQLite fast path: new step rows, the claim and the usual finish on the
     # driver's cursor (store/prepared.py)
     driver_writes: bool
+    # PostgreSQL with psycopg 3: the one-statement claim, lone step write and usual
+    # finish on the driver's cursor (store/prepared.py)
+    driver_one_statement_writes: bool
     event_path: EventPath
 
     @classmethod
@@ -89,6 +93,7 @@ class Capabilities:
             async_claim=postgres,
             one_statement_writes=fast and postgres,
             driver_writes=fast and name == "sqlite",
+            driver_one_statement_writes=fast and postgres and dialect.driver == "psycopg",
             event_path=event_path,
         )
 

@@ -1,30 +1,35 @@
-"""The hottest writes of the engine on SQLite, sent on the driver's cursor: a step
-row, the claim (and its step loads) and the usual finish.
+"""The hottest writes of the engine, sent on the driver's cursor: a step row, the
+claim (and its step loads) and the usual finish.
 
-A 100-step run writes 100 step rows, each in its own transaction (DESIGN principle 2:
-a step's result is durable before the next step works). On SQLite the database's own
-work for one such transaction is about 10 µs here; SQLAlchemy's execute path (the
-compiled-cache lookup, parameter processing, events, the result object) and its
-transaction object cost several times that. :class:`DriverStatement` compiles a
-statement once, through SQLAlchemy (the SQL and the types' bind processing stay
-SQLAlchemy's), and :func:`driver_transaction` runs it on the DBAPI connection under
-``BEGIN IMMEDIATE`` ... ``COMMIT``, which is what SQLAlchemy sends there anyway.
+A 100-step run writes 100 step rows, each committed by itself (DESIGN principle 2:
+a step's result is durable before the next step works). SQLAlchemy's execute path
+(the compiled-cache lookup, parameter processing, events, the result object) and its
+transaction object cost several times the database's own work for such a write.
+:class:`DriverStatement` compiles a statement once, through SQLAlchemy (the SQL and
+the types' bind and result processing stay SQLAlchemy's), and runs it on the DBAPI
+cursor:
 
-Measured (bench/engine.py, part steps): a 100-step run on SQLite 11.3 ms through
-SQLAlchemy, 5.7 ms this way; on PostgreSQL the same change gained under the noise
-(the server's commit dominates there), so PostgreSQL keeps SQLAlchemy's path. The
-claim and the finish, the two writes of a one-step run, took its CPU in one process
-from 630-710 us to 340-370 us (bench/RESULTS.md, 2026-12-02, "driver claim").
+* SQLite: under :func:`driver_transaction` (``BEGIN IMMEDIATE`` ... ``COMMIT``, what
+  SQLAlchemy sends there anyway). A 100-step run went from 11.3 ms to 5.7 ms; the
+  claim and the finish of a one-step run from 630-710 us to 340-370 us of CPU.
+* PostgreSQL with psycopg 3: the writes that are one self-fencing statement (the
+  claim, a lone step write, the usual finish) under :func:`driver_autocommit`, on the
+  run session's connection, which stays in autocommit. A step took 470-600 us of
+  CPU in one process this way, against 230-300 us (bench/RESULTS.md, 2026-12-02,
+  "driver writes on PostgreSQL").
 
 What SQLAlchemy's path gives and this one does not: its error classification (a
 disconnect, a timeout, the store's ``handle_error`` hook) and its ``*_execute``
-events. So a driver error never leaves this module: the transaction is rolled back
-and :class:`DriverRefused` tells the caller to make the same write through
-SQLAlchemy, which either succeeds or raises the error classified as everywhere
-else. That redo is sound because SQLite runs in this process: a statement or COMMIT
-that raised wrote nothing (a PostgreSQL write whose connection died may have
-committed on the server, one reason PostgreSQL stays on SQLAlchemy). Instrumentation
-that listens to SQLAlchemy's cursor events does not see these writes.
+events. So a driver error never leaves this module: :class:`DriverRefused` tells
+the caller to make the same write through SQLAlchemy, which either succeeds or
+raises the error classified as everywhere else. That redo is sound. On SQLite the
+database runs in this process: a statement or COMMIT that raised wrote nothing.
+On PostgreSQL the write is one statement in autocommit: one the server refused
+rolled back, and one whose connection died (so may have committed) cannot be redone
+on that connection: SQLAlchemy reports the lost connection, and the guard's retry on
+a fresh one meets the fence or the step's key, as after any lost connection
+(infra.py). Instrumentation that listens to SQLAlchemy's cursor events does not see
+these writes.
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["DriverRefused", "DriverStatement", "driver_transaction"]
+__all__ = [
+    "DriverRefused",
+    "DriverStatement",
+    "driver_autocommit",
+    "driver_transaction",
+    "positional_dialect",
+]
 
 
 class DriverRefused(Exception):
@@ -126,3 +137,30 @@ def driver_transaction(conn: sa.Connection) -> Iterator[Any]:
         raise
     finally:
         cursor.close()
+
+
+@contextmanager
+def driver_autocommit(conn: sa.Connection) -> Iterator[Any]:
+    """A cursor on ``conn``'s DBAPI connection, which is in autocommit: each statement
+    commits by itself. A driver error raises :class:`DriverRefused`."""
+    errors = conn.dialect.loaded_dbapi.Error
+    try:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    except errors as exc:
+        raise DriverRefused(str(exc)) from exc
+    try:
+        yield cursor
+    except errors as exc:
+        raise DriverRefused(str(exc)) from exc
+    finally:
+        cursor.close()
+
+
+def positional_dialect(dialect: sa.Dialect) -> sa.Dialect:
+    """``dialect``, or one of its kind that compiles positional parameters (psycopg's
+    ``%s``, where SQLAlchemy's own uses named ones)."""
+    if dialect.positional:
+        return dialect
+    kind: Any = type(dialect)
+    made: sa.Dialect = kind(paramstyle="format")
+    return made

@@ -26,7 +26,13 @@ from ..runs import RunStatus, StepStatus, sources_of
 from .capabilities import Capabilities
 from .flowkeys import SlotHandOver, next_in_line, take_slot
 from .one_statement import finish_statement, finish_statement_params
-from .prepared import DriverRefused, DriverStatement, driver_transaction
+from .prepared import (
+    DriverRefused,
+    DriverStatement,
+    driver_autocommit,
+    driver_transaction,
+    positional_dialect,
+)
 from .rows import Lookback, RunRow, Sending, StepWrite, WaiterRow
 from .tables import runs, steps, waits
 from .waits import (
@@ -178,6 +184,11 @@ class SessionStatements:
         claim_on_driver = on_driver and self.update_returning
         self.claim_on_driver = DriverStatement(self.claim, dialect) if claim_on_driver else None
         self.load_steps_on_driver = DriverStatement(self.load_steps, dialect) if on_driver else None
+        # PostgreSQL (psycopg): the one-statement writes on the driver's cursor
+        alone = positional_dialect(dialect) if capabilities.driver_one_statement_writes else None
+        self.claim_alone_on_driver = (
+            DriverStatement(self.claim_in_one_statement, alone) if alone else None
+        )
 
         names = [c.name for c in steps.c]
         source = (
@@ -189,6 +200,7 @@ class SessionStatements:
         insert = steps.insert().from_select(names, source)
         self.insert_step = insert.returning(steps.c.key) if self.insert_returning else insert
         self.insert_step_on_driver = DriverStatement(insert, dialect) if on_driver else None
+        self.insert_step_alone_on_driver = DriverStatement(insert, alone) if alone else None
         holds = sa.exists().where(runs.c.id == P("w_run_id"), runs.c.fence == P("w_fence"))
         self.update_step = (
             steps.update()
@@ -257,6 +269,11 @@ class SessionStatements:
                 )
             )
         self.finish_statement = {t: finish_statement(u) for t, u in self.finish.items()}
+        self.finish_alone_on_driver = (
+            {t: DriverStatement(u, alone) for t, u in self.finish_statement.items()}
+            if alone
+            else {}
+        )
         self.finish_on_driver = (
             {t: DriverStatement(u, dialect) for t, u in self.finish.items()} if on_driver else {}
         )
@@ -377,14 +394,21 @@ class RunSession:
     def _claim_in_one_statement(
         self, params: dict[str, Any], limited: Collection[str]
     ) -> Claim | None:
+        values = {**params, "limited": list(limited)}
+        on_driver = self.sql.claim_alone_on_driver
+        if on_driver is not None and not self.conn.in_transaction():
+            try:
+                with driver_autocommit(self.conn) as cursor:
+                    rows = on_driver.rows(cursor, values)
+            except DriverRefused:
+                pass  # SQLAlchemy's path below: the same claim, or the error classified
+            else:
+                if not rows:
+                    return None
+                with self._autocommit():  # its reads end there, not in an autobegun transaction
+                    return self._with_memo(rows[0], int(rows[0]["fence"]))
         with self._autocommit():
-            row = (
-                self.conn.execute(
-                    self.sql.claim_in_one_statement, {**params, "limited": list(limited)}
-                )
-                .mappings()
-                .first()
-            )
+            row = self.conn.execute(self.sql.claim_in_one_statement, values).mappings().first()
             if row is None:
                 return None
             # The steps cannot change while this executor holds the fence (a cancel
@@ -477,6 +501,14 @@ class RunSession:
         if self.sql.single_statement_writes and len(writes) == 1:
             # one INSERT ... SELECT (or UPDATE ... WHERE EXISTS) that checks the fence
             # itself: atomic alone
+            values, new = writes[0]
+            on_driver = self.sql.insert_step_alone_on_driver
+            if on_driver is not None and new and not self.conn.in_transaction():
+                try:
+                    with driver_autocommit(self.conn) as cursor:
+                        return on_driver.execute(cursor, {**values, "fence": fence}) == 1
+                except DriverRefused:
+                    pass  # the same write through SQLAlchemy: it succeeds or says why not
             with self._autocommit():
                 return self._write_step(fence, *writes[0])
         if self._may_use_driver(writes):
@@ -613,10 +645,16 @@ class RunSession:
             and hand_over is None
         ):
             # the commonest end: the last step's result and the run's end, one statement
+            values = finish_statement_params(params, writes[0][0])
+            alone = self.sql.finish_alone_on_driver.get(status)
+            if alone is not None and not self.conn.in_transaction():
+                try:
+                    with driver_autocommit(self.conn) as cursor:
+                        return bool(alone.rows(cursor, values)), False
+                except DriverRefused:
+                    pass  # SQLAlchemy's path below: the same write, or the error classified
             with self._autocommit():
-                result = self.conn.execute(
-                    self.sql.finish_statement[status], finish_statement_params(params, writes[0][0])
-                )
+                result = self.conn.execute(self.sql.finish_statement[status], values)
                 return result.first() is not None, False
         on_driver = self.sql.finish_on_driver.get(status)
         if (
