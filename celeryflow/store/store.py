@@ -33,6 +33,7 @@ from .one_statement import (
     event_statement,
     event_statement_params,
 )
+from .prepared import DriverRefused, DriverStatement, driver_autocommit, positional_dialect
 from .rows import RunRow
 from .session import Claim, RunSession, SessionStatements
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
@@ -98,6 +99,7 @@ class Store(StoreAdmin):
         self._insert_field: Any = None
         self._insert_flow_key: Any = None
         self._event_statements: dict[int, Any] = {}  # by the number of runs
+        self._event_statements_on_driver: dict[int, DriverStatement] = {}
         self._event_insert: Any = None
         # an event id seen within this window starts nothing new (Flow's dedup_window)
         self.dedup_window = EVENT_DEDUP_WINDOW
@@ -248,10 +250,24 @@ class Store(StoreAdmin):
         statement = self._event_statements.get(len(rows))
         if statement is None:
             statement = self._event_statements[len(rows)] = event_statement(len(rows))
+        params = event_statement_params(values, rows)
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
+            if self.capabilities.driver_one_statement_writes:
+                on_driver = self._event_statements_on_driver.get(len(rows))
+                if on_driver is None:
+                    dialect = positional_dialect(self.capabilities.dialect)
+                    on_driver = DriverStatement(statement, dialect)
+                    self._event_statements_on_driver[len(rows)] = on_driver
+                try:
+                    with driver_autocommit(conn) as cursor:
+                        found = on_driver.rows(cursor, params)
+                except DriverRefused:
+                    pass  # SQLAlchemy's path below: the same write, or the error classified
+                else:
+                    return bool(found) and next(iter(found[0].values())) == 1
             with conn.begin():  # no BEGIN is sent: only SQLAlchemy's bookkeeping
-                result = conn.execute(statement, event_statement_params(values, rows))
+                result = conn.execute(statement, params)
                 return bool(result.scalar() == 1)
 
     def record_events_on(
