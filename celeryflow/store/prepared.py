@@ -14,9 +14,9 @@ cursor:
   claim and the finish of a one-step run from 630-710 us to 340-370 us of CPU.
 * PostgreSQL with psycopg 3: the writes that are one self-fencing statement (the
   claim, a lone step write, the usual finish) under :func:`driver_autocommit`, on the
-  run session's connection, which stays in autocommit. A step took 470-600 us of
-  CPU in one process this way, against 230-300 us (bench/RESULTS.md, 2026-12-02,
-  "driver writes on PostgreSQL").
+  run session's connection, which stays in autocommit. A step took 230-300 us of
+  CPU in one process this way, 470-600 us through SQLAlchemy (bench/RESULTS.md,
+  "Driver writes on PostgreSQL").
 
 What SQLAlchemy's path gives and this one does not: its error classification (a
 disconnect, a timeout, the store's ``handle_error`` hook) and its ``*_execute``

@@ -9,6 +9,7 @@ and one commit per step.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from .waits import cancel_run, register_wait, report_cancelled, resolve_parent, 
 __all__ = ["EVENT_DEDUP_WINDOW", "DueRun", "PlannedRun", "Recorded", "Store"]
 
 EVENT_DEDUP_WINDOW = timedelta(hours=24)
+FAST_MISS_MEMORY = 1.0  # seconds an event name skips the fast path after a miss
+FAST_MISS_NAMES = 1024  # names remembered at most (then forgotten at once)
 S = RunStatus
 
 
@@ -100,6 +103,7 @@ class Store(StoreAdmin):
         self._insert_flow_key: Any = None
         self._event_statements: dict[int, Any] = {}  # by the number of runs
         self._event_statements_on_driver: dict[int, DriverStatement] = {}
+        self._fast_misses: dict[str, float] = {}  # event name -> when its fast path wrote nothing
         self._event_insert: Any = None
         # an event id seen within this window starts nothing new (Flow's dedup_window)
         self.dedup_window = EVENT_DEDUP_WINDOW
@@ -196,7 +200,7 @@ class Store(StoreAdmin):
         takes the event fast path where the store has one (store/capabilities.py)."""
         if len(items) == 1:
             planned = plan_runs(items[0])
-            if self._record_event_fast(items[0], planned, now):
+            if self._record_event_fast_unless_waited(items[0], planned, now):
                 return Recorded(created=[str(p.row["id"]) for p in planned])
 
             def plan_runs(_ev: Event) -> list[PlannedRun]:
@@ -216,6 +220,22 @@ class Store(StoreAdmin):
         if recorded.cancelled:
             self.cancel_descendants(recorded.cancelled, now)
         return recorded
+
+    def _record_event_fast_unless_waited(
+        self, event: Event, planned: list[PlannedRun], now: datetime
+    ) -> bool:
+        """:meth:`_record_event_fast`, not tried for a name whose last try wrote nothing
+        in the last second (runs wait for it, or its id was a duplicate): that try is
+        a round trip the general path repeats. A stale memory costs only that."""
+        missed = self._fast_misses.get(event.name)
+        if missed is not None and time.monotonic() - missed < FAST_MISS_MEMORY:
+            return False
+        if self._record_event_fast(event, planned, now):
+            return True
+        if len(self._fast_misses) >= FAST_MISS_NAMES:
+            self._fast_misses.clear()
+        self._fast_misses[event.name] = time.monotonic()
+        return False
 
     def _record_event_fast(self, event: Event, planned: list[PlannedRun], now: datetime) -> bool:
         """Record ``event`` and its plain runs (no flow control, no waiters) if its id

@@ -97,6 +97,47 @@ def lock_wait_field(conn: sa.Connection, insert_ignore: Any, values: Mapping[str
     )
 
 
+P = sa.bindparam
+
+# Built once: an event that resumes a waiter runs each of these, and building a
+# statement (its expressions and its cache key) costs more than its round trip.
+_FIELDS_OF_NAME = (
+    sa.select(wait_fields.c.match_field)
+    .where(wait_fields.c.event_name == P("name"))
+    .with_for_update(read=True)  # ordered against a waiter's lookback
+)
+_WAITERS = sa.select(waits, runs.c.events, runs.c.status.label("run_status")).join(
+    runs, runs.c.id == waits.c.run_id
+)
+_WAITERS_WITHOUT_FIELD = _WAITERS.where(
+    waits.c.event_name == P("name"), waits.c.match_field.is_(None)
+)
+_WAITERS_MATCHING = _WAITERS.where(
+    waits.c.event_name == P("name"),
+    waits.c.match_field == P("field"),
+    waits.c.match_value == P("value"),
+)
+_TAKE_WAIT = waits.delete().where(waits.c.run_id == P("rid"), waits.c.key == P("key"))
+_COMPLETE_WAIT_STEP = (
+    steps.update()
+    .where(
+        steps.c.run_id == P("rid"),
+        steps.c.key == P("w_key"),
+        steps.c.status == StepStatus.WAITING.value,
+    )
+    .values(
+        status=StepStatus.COMPLETED.value,
+        output=P("w_output", type_=steps.c.output.type),
+        ended_at=P("w_now", type_=steps.c.ended_at.type),
+    )
+)
+_QUEUE_WAITING_RUN = (
+    runs.update()
+    .where(runs.c.id == P("rid"), runs.c.status == S.WAITING.value)
+    .values(status=S.QUEUED.value, wake_at=None, due_at=P("w_due", type_=runs.c.due_at.type))
+)
+
+
 def wake_waiters(
     conn: sa.Connection,
     event: dict[str, Any],
@@ -114,33 +155,21 @@ def wake_waiters(
     name = event["name"]
     fields = None if fields_seen is None else fields_seen.get(name)
     if fields is None:
-        fields = list(
-            conn.execute(
-                sa.select(wait_fields.c.match_field)
-                .where(wait_fields.c.event_name == name)
-                .with_for_update(read=True)  # ordered against a waiter's lookback
-            ).scalars()
-        )
+        fields = list(conn.execute(_FIELDS_OF_NAME, {"name": name}).scalars())
         if fields_seen is not None:
             fields_seen[name] = fields
     if not fields:
         return Resumed()
     candidates: list[sa.RowMapping] = []
-    base = sa.select(waits, runs.c.events, runs.c.status.label("run_status")).join(
-        runs, runs.c.id == waits.c.run_id
-    )
     for path in fields:
         if path == NO_FIELD:
-            query = base.where(waits.c.event_name == name, waits.c.match_field.is_(None))
+            found = conn.execute(_WAITERS_WITHOUT_FIELD, {"name": name})
         elif extract(event, path) is None:
             continue  # a missing (or null) field pairs with nothing, not with another null
         else:
-            query = base.where(
-                waits.c.event_name == name,
-                waits.c.match_field == path,
-                waits.c.match_value == match_value(event, path),
-            )
-        candidates.extend(conn.execute(query).mappings())
+            value = match_value(event, path)
+            found = conn.execute(_WAITERS_MATCHING, {"name": name, "field": path, "value": value})
+        candidates.extend(found.mappings())
     resumed = Resumed()
     for row in candidates:
         if row["expires_at"] is not None and row["expires_at"] < now:
@@ -164,7 +193,7 @@ def wake_waiters(
 
 
 def _take(conn: sa.Connection, run_id: str, key: str) -> bool:
-    gone = conn.execute(waits.delete().where(waits.c.run_id == run_id, waits.c.key == key))
+    gone = conn.execute(_TAKE_WAIT, {"rid": run_id, "key": key})
     return bool(gone.rowcount == 1)
 
 
@@ -177,18 +206,10 @@ def _resume(
     resume_due: datetime,
     resumed: Resumed,
 ) -> None:
-    conn.execute(
-        steps.update()
-        .where(
-            steps.c.run_id == run_id, steps.c.key == key, steps.c.status == StepStatus.WAITING.value
-        )
-        .values(status=StepStatus.COMPLETED.value, output=to_json(event, "event"), ended_at=now)
-    )
-    moved = conn.execute(
-        runs.update()
-        .where(runs.c.id == run_id, runs.c.status == S.WAITING.value)
-        .values(status=S.QUEUED.value, wake_at=None, due_at=resume_due)
-    ).rowcount
+    output = to_json(event, "event")
+    values = {"rid": run_id, "w_key": key, "w_output": output, "w_now": now}
+    conn.execute(_COMPLETE_WAIT_STEP, values)
+    moved = conn.execute(_QUEUE_WAITING_RUN, {"rid": run_id, "w_due": resume_due}).rowcount
     if moved == 1:
         resumed.runs.append(run_id)
     # else: an executor claimed it at its timeout; it finds the wait taken and the
