@@ -139,6 +139,40 @@ def test_a_refused_run_update_takes_its_step_writes_back(store_url: str) -> None
     assert sorted(s.id for s in store.get_run(run_id).steps) == ["after", "before"]
 
 
+def test_a_session_whose_connection_was_dropped_commits_its_next_write(
+    postgres_store_url: str,
+) -> None:
+    # SQLAlchemy reconnects a session's Connection on a fresh DBAPI connection, which
+    # is not in autocommit: a one-statement write there must still commit.
+    store = Store(postgres_store_url, auto_migrate=True)
+    row = _run_row()
+    store.insert_runs([row])
+    run_id = str(row["id"])
+    now = utcnow()
+    with store.session() as session:
+        claim = session.claim(run_id, "a", now, now + timedelta(seconds=30))
+        assert claim is not None
+        pid = session.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        session.conn.commit()  # the read's transaction, where autocommit is off
+        with store.engine.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(Exception, match=r"(?i)connection"):
+            session.save_steps(claim.fence, [(_step(run_id, "lost"), True)])
+        assert session.save_steps(claim.fence, [(_step(run_id, "s1"), True)]) is True
+        held, _ = session.finish(
+            run_id,
+            claim.fence,
+            status=RunStatus.COMPLETED,
+            now=now,
+            writes=[(_step(run_id, "s2"), True)],
+        )
+        assert held
+    with store.engine.connect() as other:  # committed: seen from another connection
+        keys = other.execute(sa.text("SELECT key FROM cf_steps WHERE run_id = :r"), {"r": run_id})
+        assert sorted(keys.scalars()) == ["s1", "s2"]
+    assert store.get_run(run_id).status == RunStatus.COMPLETED
+
+
 def test_only_one_of_many_concurrent_claims_wins(store_url: str) -> None:
     store = Store(store_url, auto_migrate=True)
     rows = [_run_row() for _ in range(5)]

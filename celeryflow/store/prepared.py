@@ -145,7 +145,10 @@ def driver_autocommit(conn: sa.Connection) -> Iterator[Any]:
     commits by itself. A driver error raises :class:`DriverRefused`."""
     errors = conn.dialect.loaded_dbapi.Error
     try:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        driver: Any = conn.connection.dbapi_connection
+        if not driver.autocommit:  # a statement here would open a transaction
+            raise DriverRefused("the connection is not in autocommit")
+        cursor = driver.cursor()
     except errors as exc:
         raise DriverRefused(str(exc)) from exc
     try:

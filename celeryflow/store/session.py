@@ -362,11 +362,19 @@ class RunSession:
         rows = self.conn.execute(self.sql.load_steps, {"rid": run_id}).mappings()
         return {r["key"]: r for r in rows}
 
+    def _ensure_autocommit(self) -> None:
+        """After a lost connection SQLAlchemy reconnects this session's Connection on a
+        fresh DBAPI connection, without the isolation level set on the old one: set it
+        again, or a one-statement write would sit in a transaction nobody commits."""
+        if not self.conn.connection.dbapi_connection.autocommit:  # type: ignore[union-attr]
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
+
     @contextmanager
     def _autocommit(self) -> Iterator[None]:
         """Statements here commit one by one, without BEGIN and COMMIT round trips:
         only for writes that are a single, self-fencing statement."""
         if self.autocommit_default:
+            self._ensure_autocommit()
             with self.conn.begin():
                 yield
             return
@@ -389,7 +397,9 @@ class RunSession:
             with self.conn.begin():
                 yield
         finally:
-            self.conn.execution_options(isolation_level="AUTOCOMMIT")
+            # a lost connection is set again by its next one-statement write
+            if not self.conn.invalidated:
+                self.conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def _claim_in_one_statement(
         self, params: dict[str, Any], limited: Collection[str]
@@ -398,6 +408,7 @@ class RunSession:
         on_driver = self.sql.claim_alone_on_driver
         if on_driver is not None and not self.conn.in_transaction():
             try:
+                self._ensure_autocommit()
                 with driver_autocommit(self.conn) as cursor:
                     rows = on_driver.rows(cursor, values)
             except DriverRefused:
@@ -505,6 +516,7 @@ class RunSession:
             on_driver = self.sql.insert_step_alone_on_driver
             if on_driver is not None and new and not self.conn.in_transaction():
                 try:
+                    self._ensure_autocommit()
                     with driver_autocommit(self.conn) as cursor:
                         return on_driver.execute(cursor, {**values, "fence": fence}) == 1
                 except DriverRefused:
@@ -649,6 +661,7 @@ class RunSession:
             alone = self.sql.finish_alone_on_driver.get(status)
             if alone is not None and not self.conn.in_transaction():
                 try:
+                    self._ensure_autocommit()
                     with driver_autocommit(self.conn) as cursor:
                         return bool(alone.rows(cursor, values)), False
                 except DriverRefused:
