@@ -65,7 +65,12 @@ def setup(args: Any) -> Iterator[Any]:
         _app, flow = waiters.build(args.broker, url, args.queue)
         pop = waiters.Population(flow)
         rng = random.Random(4)
-        with waiters.celery_worker(args.broker, url, args.queue):
+        env = {
+            "CF_BENCH_WAITERS_BROKER": args.broker,
+            "CF_BENCH_WAITERS_STORE": url,
+            "CF_BENCH_WAITERS_QUEUE": args.queue,
+        }
+        with engine.celery_worker(env, args.queue, module="waiters"):
             pop.seed()
             pop.clone(args.waiters - len(pop.waiting))
 
