@@ -504,7 +504,11 @@ def test_store_stays_flat_over_cycles(stack: Stack) -> None:
     baseline, largest = _flat(samples, warm_up)
     assert largest <= baseline * 1.1, [s.store_bytes for s in samples]
     if embedded:
+        # A cycle in which the worker fell behind (a loaded machine) leaves the broker's
+        # file at a higher high-water mark, since SQLite keeps its pages: what must
+        # hold is that the mark stops rising, not that no cycle ever raised it.
         sizes = [s.broker_bytes or 0 for s in samples]
-        assert max(sizes[warm_up:]) <= sizes[warm_up - 1] * 1.1, sizes
+        after = sizes[warm_up:]
+        assert max(after[len(after) // 2 :]) <= max(after[: len(after) // 2]) * 1.1, sizes
         assert all((s.broker_messages or 0) <= 5 for s in samples), samples
     assert set(samples[-1].rows) == set(TABLES)
