@@ -13,10 +13,10 @@ cursor:
   SQLAlchemy sends there anyway). A 100-step run went from 11.3 ms to 5.7 ms; the
   claim and the finish of a one-step run from 630-710 us to 340-370 us of CPU.
 * PostgreSQL with psycopg 3: the writes that are one self-fencing statement (the
-  claim, a lone step write, the usual finish) under :func:`driver_autocommit`, on the
-  run session's connection, which stays in autocommit. A step took 230-300 us of
-  CPU in one process this way, 470-600 us through SQLAlchemy (bench/RESULTS.md,
-  "Driver writes on PostgreSQL").
+  claim, a lone step write, the usual finish; the usual send, in store.py) under
+  :func:`driver_autocommit`, on the run session's connection, which stays in
+  autocommit. A step took 210-330 us of CPU in one process this way, 510-680 us
+  through SQLAlchemy (bench/RESULTS.md, "Stop 21").
 
 What SQLAlchemy's path gives and this one does not: its error classification (a
 disconnect, a timeout, the store's ``handle_error`` hook) and its ``*_execute``
