@@ -21,7 +21,7 @@ from celeryflow.store import Store
 from celeryflow.store.capabilities import Capabilities
 from celeryflow.store.flowkeys import SlotHandOver
 from celeryflow.store.prepared import DriverStatement
-from celeryflow.store.session import SessionStatements
+from celeryflow.store.session_sql import SessionStatements
 from celeryflow.testing import wait_for_run, worker
 
 STEPS = 5

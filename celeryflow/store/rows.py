@@ -9,7 +9,7 @@ executemany) and enum values reach SQL as their strings.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -18,9 +18,12 @@ from ..events import Event
 from ..runs import RunStatus, StepKind, StepStatus
 
 if TYPE_CHECKING:
+    from sqlalchemy import RowMapping
+
     from .store import PlannedRun, Recorded
 
 __all__ = [
+    "Claim",
     "Lookback",
     "RunRow",
     "Sending",
@@ -32,6 +35,24 @@ __all__ = [
     "step_row",
     "waiter_row",
 ]
+
+
+@dataclass
+class Claim:
+    """A run this executor now holds, with every recorded step (and, for a
+    step.parallel branch, the parent's steps, which the branch replays)."""
+
+    run: RowMapping
+    fence: int
+    steps: dict[str, RowMapping]
+    parent_steps: dict[str, RowMapping] = field(default_factory=dict)
+
+    @property
+    def first(self) -> bool:
+        """The run :func:`never_started` before this claim. The claim that sets
+        ``started_at`` bumps the fence from 0 to 1 (a slot's undone claim hands both
+        back; a cancel ends the run), so the first claim is the one holding fence 1."""
+        return self.fence == 1
 
 
 class RunRow(TypedDict):

@@ -13,27 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from ..codec import to_json
 from ..events import condition_holds
-from ..runs import RunStatus, StepStatus, sources_of
-from .capabilities import Capabilities
+from ..runs import RunStatus, StepStatus
 from .flowkeys import SlotHandOver, next_in_line, take_slot
-from .one_statement import finish_statement, finish_statement_params
-from .prepared import (
-    DriverRefused,
-    DriverStatement,
-    driver_autocommit,
-    driver_transaction,
-    positional_dialect,
-)
-from .rows import Lookback, RunRow, Sending, StepWrite, WaiterRow
+from .one_statement import finish_statement_params
+from .rows import Claim, Lookback, RunRow, Sending, StepWrite, WaiterRow
+from .session_driver import DriverRefused, DriverWrites, ensure_autocommit
+from .session_sql import UNREGISTERED
 from .tables import runs, steps, waits
 from .waits import (
     find_recent_event,
@@ -46,52 +38,9 @@ from .waits import (
 if TYPE_CHECKING:
     from .store import Recorded, Store
 
-__all__ = [
-    "UNREGISTERED",
-    "Claim",
-    "RunSession",
-    "SessionStatements",
-    "StepWrite",
-    "never_started",
-]
+__all__ = ["Claim", "RunSession", "StepWrite", "never_started"]
 
 S = RunStatus
-_CLAIM_COLUMNS = (
-    runs.c.id,
-    runs.c.function_id,
-    runs.c.events,
-    runs.c.attempt,
-    runs.c.fence,
-    runs.c.status,
-    runs.c.start_deadline,
-    runs.c.finish_deadline,
-    runs.c.parent_run_id,
-    runs.c.parent_step,
-    runs.c.branch,
-    runs.c.concurrency_key1,
-    runs.c.concurrency_key2,
-    runs.c.queue_at,
-    runs.c.context,
-    runs.c.created_at,
-)
-
-
-@dataclass
-class Claim:
-    """A run this executor now holds, with every recorded step (and, for a
-    step.parallel branch, the parent's steps, which the branch replays)."""
-
-    run: sa.RowMapping
-    fence: int
-    steps: dict[str, sa.RowMapping]
-    parent_steps: dict[str, sa.RowMapping] = field(default_factory=dict)
-
-    @property
-    def first(self) -> bool:
-        """The run :func:`never_started` before this claim. The claim that sets
-        ``started_at`` bumps the fence from 0 to 1 (a slot's undone claim hands both
-        back; a cancel ends the run), so the first claim is the one holding fence 1."""
-        return self.fence == 1
 
 
 def never_started(run: Any) -> bool:
@@ -101,182 +50,12 @@ def never_started(run: Any) -> bool:
     return run.started_at is None
 
 
-# A run released by a worker that lacks its function carries this note in `error`
-# while it stays queued; the next claim clears it.
-UNREGISTERED = "FunctionNotRegistered"
-_without_unregistered_note = sa.case(
-    (runs.c.error.like(f'{{"type":"{UNREGISTERED}"%'), sa.null()), else_=runs.c.error
-)
-
-
-def status_in(values: Sequence[str]) -> sa.ColumnElement[bool]:
-    """``status IN (...)`` with one plain parameter each: SQLAlchemy re-renders an
-    expanding IN list on every execution, which cost more than the statement."""
-    return sa.or_(*(runs.c.status == v for v in values))
-
-
 def datetime_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
 class _Refused(Exception):
     """Rolls a fenced transaction back when the fence no longer holds."""
-
-
-class _NeedsSlot(Exception):
-    """Rolls a claim on the driver back: the run's function has concurrency limits,
-    and its slot is taken on SQLAlchemy's path, in the claim's transaction."""
-
-
-class SessionStatements:
-    """The executor's statements, built once per store, and the paths its
-    capabilities allow (store/capabilities.py)."""
-
-    def __init__(self, capabilities: Capabilities) -> None:
-        self.update_returning = capabilities.update_returning
-        self.async_claim = capabilities.async_claim
-        self.insert_returning = capabilities.insert_returning
-        P = sa.bindparam
-        may_start = sa.and_(
-            status_in([S.QUEUED.value, S.SLEEPING.value]),
-            sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= P("now")),
-        )
-        lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < P("now"))
-        # a run waiting for an event is claimable only at its timeout
-        wait_expired = sa.and_(runs.c.status == S.WAITING.value, runs.c.wake_at <= P("now"))
-        claim = (
-            runs.update()
-            .where(runs.c.id == P("rid"), sa.or_(may_start, wait_expired, lease_lapsed))
-            .values(
-                status=S.RUNNING.value,
-                lease_owner=P("owner"),
-                lease_expires_at=P("lease_until"),
-                due_at=P("lease_until"),
-                wake_at=None,
-                fence=runs.c.fence + 1,
-                started_at=sa.func.coalesce(runs.c.started_at, P("now")),
-                error=_without_unregistered_note,
-            )
-        )
-        self.claim = claim.returning(*_CLAIM_COLUMNS) if self.update_returning else claim
-        # PostgreSQL: a claim, or a single step write, is one statement sent in
-        # autocommit (one round trip instead of BEGIN, statement, COMMIT). The claim
-        # leaves out runs of concurrency-limited functions, which take their slot in
-        # a transaction.
-        self.single_statement_writes = capabilities.one_statement_writes
-        # `<> ALL(array)`, not NOT IN: an expanding IN is re-rendered on every call.
-        # The claim's commit need not wait for its WAL flush (see claim()); joining
-        # set_config(..., true), evaluated once as an uncorrelated subquery, makes that
-        # setting local to this one statement's transaction: no SET round trip.
-        asynchronous_commit = sa.select(
-            sa.func.set_config("synchronous_commit", "off", sa.true())
-        ).scalar_subquery()
-        self.claim_in_one_statement = claim.where(
-            runs.c.function_id != sa.all_(P("limited", type_=postgresql.ARRAY(sa.String))),
-            asynchronous_commit.is_not(None),
-        ).returning(*_CLAIM_COLUMNS)
-        self.claimed = sa.select(*_CLAIM_COLUMNS).where(runs.c.id == P("rid"))
-        self.load_steps = steps.select().where(steps.c.run_id == P("rid"))
-        # SQLite: new step rows, the claim and the usual finish skip SQLAlchemy's
-        # execute path (store/prepared.py)
-        on_driver = capabilities.driver_writes
-        dialect = capabilities.dialect
-        claim_on_driver = on_driver and self.update_returning
-        self.claim_on_driver = DriverStatement(self.claim, dialect) if claim_on_driver else None
-        self.load_steps_on_driver = DriverStatement(self.load_steps, dialect) if on_driver else None
-        # PostgreSQL (psycopg): the one-statement writes on the driver's cursor
-        alone = positional_dialect(dialect) if capabilities.driver_one_statement_writes else None
-        self.claim_alone_on_driver = (
-            DriverStatement(self.claim_in_one_statement, alone) if alone else None
-        )
-
-        names = [c.name for c in steps.c]
-        source = (
-            sa.select(runs.c.id, *(P(n, type_=steps.c[n].type) for n in names if n != "run_id"))
-            .where(runs.c.id == P("run_id"), runs.c.fence == P("fence"))
-            # the shared row lock orders this write against a concurrent claim
-            .with_for_update(read=True)
-        )
-        insert = steps.insert().from_select(names, source)
-        self.insert_step = insert.returning(steps.c.key) if self.insert_returning else insert
-        self.insert_step_on_driver = DriverStatement(insert, dialect) if on_driver else None
-        self.insert_step_alone_on_driver = DriverStatement(insert, alone) if alone else None
-        holds = sa.exists().where(runs.c.id == P("w_run_id"), runs.c.fence == P("w_fence"))
-        self.update_step = (
-            steps.update()
-            .where(steps.c.run_id == P("w_run_id"), steps.c.key == P("w_key"), holds)
-            .values(
-                {
-                    n: P(f"new_{n}", type_=steps.c[n].type)
-                    for n in names
-                    if n not in ("run_id", "key")
-                }
-            )
-        )
-        self.move: dict[RunStatus, sa.Update] = {}
-        for target in (S.QUEUED, S.SLEEPING, S.WAITING):
-            self.move[target] = (
-                runs.update()
-                .where(
-                    runs.c.id == P("rid"),
-                    runs.c.fence == P("p_fence"),
-                    status_in(sources_of(target)),
-                )
-                .values(
-                    status=target.value,
-                    wake_at=P("p_wake_at"),
-                    due_at=P("p_due_at"),
-                    attempt=P("p_attempt"),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-        # infrastructure failed under a running run: queued again, its attempt not
-        # counted; only from running, so a park or end that did commit stays
-        self.release = (
-            runs.update()
-            .where(
-                runs.c.id == P("rid"),
-                runs.c.fence == P("p_fence"),
-                runs.c.status == S.RUNNING.value,
-            )
-            .values(
-                status=S.QUEUED.value,
-                wake_at=P("p_wake_at"),
-                due_at=P("p_due_at"),
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        self.finish: dict[RunStatus, sa.Update] = {}
-        for target in (S.COMPLETED, S.FAILED):
-            self.finish[target] = (
-                runs.update()
-                .where(
-                    runs.c.id == P("rid"),
-                    runs.c.fence == P("p_fence"),
-                    status_in(sources_of(target)),
-                )
-                .values(
-                    status=target.value,
-                    output=P("p_output"),
-                    error=P("p_error"),
-                    ended_at=P("now"),
-                    due_at=None,
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-        self.finish_statement = {t: finish_statement(u) for t, u in self.finish.items()}
-        self.finish_alone_on_driver = (
-            {t: DriverStatement(u, alone) for t, u in self.finish_statement.items()}
-            if alone
-            else {}
-        )
-        self.finish_on_driver = (
-            {t: DriverStatement(u, dialect) for t, u in self.finish.items()} if on_driver else {}
-        )
 
 
 class RunSession:
@@ -293,6 +72,9 @@ class RunSession:
         self.autocommit_default = self.sql.single_statement_writes
         if self.autocommit_default:
             self.conn.execution_options(isolation_level="AUTOCOMMIT")
+        self.driver = (
+            DriverWrites(self.conn, self.sql, store.write_lock) if self.sql.on_driver else None
+        )
         # the run the last finish handed its concurrency slot to, claimed (finish())
         self.handed: Claim | None = None
 
@@ -320,11 +102,10 @@ class RunSession:
             claim = self._claim_in_one_statement(params, limited)
             if claim is not None or not limited:
                 return claim
-        on_driver = self.sql.claim_on_driver
-        if on_driver is not None and not self.conn.in_transaction():
+        if self.driver is not None:
             try:
-                return self._claim_on_driver(on_driver, params, slot_limits)
-            except (DriverRefused, _NeedsSlot):
+                return self.driver.claim(params, slot_limits)
+            except DriverRefused:
                 pass  # SQLAlchemy's path: it claims, takes the slot, or says why not
         with self.store.write_lock(), self._transaction():
             if self.sql.async_claim:
@@ -362,19 +143,12 @@ class RunSession:
         rows = self.conn.execute(self.sql.load_steps, {"rid": run_id}).mappings()
         return {r["key"]: r for r in rows}
 
-    def _ensure_autocommit(self) -> None:
-        """After a lost connection SQLAlchemy reconnects this session's Connection on a
-        fresh DBAPI connection, without the isolation level set on the old one: set it
-        again, or a one-statement write would sit in a transaction nobody commits."""
-        if not self.conn.connection.dbapi_connection.autocommit:  # type: ignore[union-attr]
-            self.conn.execution_options(isolation_level="AUTOCOMMIT")
-
     @contextmanager
     def _autocommit(self) -> Iterator[None]:
         """Statements here commit one by one, without BEGIN and COMMIT round trips:
         only for writes that are a single, self-fencing statement."""
         if self.autocommit_default:
-            self._ensure_autocommit()
+            ensure_autocommit(self.conn)
             with self.conn.begin():
                 yield
             return
@@ -405,12 +179,9 @@ class RunSession:
         self, params: dict[str, Any], limited: Collection[str]
     ) -> Claim | None:
         values = {**params, "limited": list(limited)}
-        on_driver = self.sql.claim_alone_on_driver
-        if on_driver is not None and not self.conn.in_transaction():
+        if self.driver is not None:
             try:
-                self._ensure_autocommit()
-                with driver_autocommit(self.conn) as cursor:
-                    rows = on_driver.rows(cursor, values)
+                rows = self.driver.claim_alone(values)
             except DriverRefused:
                 pass  # SQLAlchemy's path below: the same claim, or the error classified
             else:
@@ -426,29 +197,6 @@ class RunSession:
             # bumps it and the next write is refused), so they need not be read in
             # the claim's own transaction.
             return self._with_memo(row, int(row["fence"]))
-
-    def _claim_on_driver(
-        self,
-        statement: DriverStatement,
-        params: dict[str, Any],
-        slot_limits: Callable[[str], list[int]] | None,
-    ) -> Claim | None:
-        load = self.sql.load_steps_on_driver
-        assert load is not None
-        with self.store.write_lock(), driver_transaction(self.conn) as cursor:
-            rows = statement.rows(cursor, params)
-            if not rows:
-                return None
-            row = rows[0]
-            if slot_limits is not None and slot_limits(row["function_id"]):
-                raise _NeedsSlot
-            claim = Claim(run=row, fence=int(row["fence"]), steps={})
-            if not claim.first:  # steps may have been recorded
-                claim.steps = {r["key"]: r for r in load.rows(cursor, params)}
-            if row["branch"] is not None:
-                parent = load.rows(cursor, {"rid": row["parent_run_id"]})
-                claim.parent_steps = {r["key"]: r for r in parent}
-            return claim
 
     def _park_for_slot(self, row: sa.RowMapping, fence: int) -> None:
         """Undo the claim: queued, the fence handed back, as if never claimed. Nothing
@@ -513,50 +261,19 @@ class RunSession:
             # one INSERT ... SELECT (or UPDATE ... WHERE EXISTS) that checks the fence
             # itself: atomic alone
             values, new = writes[0]
-            on_driver = self.sql.insert_step_alone_on_driver
-            if on_driver is not None and new and not self.conn.in_transaction():
+            if self.driver is not None and new:
                 try:
-                    self._ensure_autocommit()
-                    with driver_autocommit(self.conn) as cursor:
-                        return on_driver.execute(cursor, {**values, "fence": fence}) == 1
+                    return self.driver.insert_step_alone(fence, values)
                 except DriverRefused:
                     pass  # the same write through SQLAlchemy: it succeeds or says why not
             with self._autocommit():
                 return self._write_step(fence, *writes[0])
-        if self._may_use_driver(writes):
+        if self.driver is not None:
             try:
-                return self._fenced_on_driver(fence, writes)
+                return self.driver.fenced(fence, writes)
             except DriverRefused:
                 pass  # the same write through SQLAlchemy: it succeeds or says why not
         return self._fenced(fence, writes)
-
-    def _may_use_driver(self, writes: Sequence[StepWrite]) -> bool:
-        return (
-            self.sql.insert_step_on_driver is not None
-            and all(new for _, new in writes)
-            and not self.conn.in_transaction()
-        )
-
-    def _fenced_on_driver(
-        self,
-        fence: int,
-        writes: Sequence[StepWrite],
-        run_update: DriverStatement | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> bool:
-        """:meth:`_fenced` for new step rows and a run update, on the driver's cursor."""
-        insert = self.sql.insert_step_on_driver
-        assert insert is not None
-        try:
-            with self.store.write_lock(), driver_transaction(self.conn) as cursor:
-                for values, _ in writes:
-                    if insert.execute(cursor, {**values, "fence": fence}) != 1:
-                        raise _Refused  # rolls the transaction back
-                if run_update is not None and run_update.execute(cursor, params or {}) != 1:
-                    raise _Refused
-        except _Refused:
-            return False
-        return True
 
     def move(
         self,
@@ -658,28 +375,23 @@ class RunSession:
         ):
             # the commonest end: the last step's result and the run's end, one statement
             values = finish_statement_params(params, writes[0][0])
-            alone = self.sql.finish_alone_on_driver.get(status)
-            if alone is not None and not self.conn.in_transaction():
+            if self.driver is not None:
                 try:
-                    self._ensure_autocommit()
-                    with driver_autocommit(self.conn) as cursor:
-                        return bool(alone.rows(cursor, values)), False
+                    return self.driver.finish_alone(status, values), False
                 except DriverRefused:
                     pass  # SQLAlchemy's path below: the same write, or the error classified
             with self._autocommit():
                 result = self.conn.execute(self.sql.finish_statement[status], values)
                 return result.first() is not None, False
-        on_driver = self.sql.finish_on_driver.get(status)
         if (
-            on_driver is not None
+            self.driver is not None
             and not clear_waits
             and parent is None
             and sending is None
             and hand_over is None
-            and self._may_use_driver(writes)
         ):
             try:
-                return self._fenced_on_driver(fence, writes, on_driver, params), False
+                return self.driver.fenced(fence, writes, status, params), False
             except DriverRefused:
                 pass  # SQLAlchemy's path below: the same write, or the error classified
 

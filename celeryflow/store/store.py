@@ -36,7 +36,8 @@ from .one_statement import (
 )
 from .prepared import DriverRefused, DriverStatement, driver_autocommit, positional_dialect
 from .rows import RunRow
-from .session import Claim, RunSession, SessionStatements
+from .session import Claim, RunSession
+from .session_sql import SessionStatements
 from .tables import events, flow_keys, metadata, runs, steps, wait_fields
 from .waits import cancel_run, register_wait, report_cancelled, resolve_parent, wake_waiters
 
