@@ -11,8 +11,9 @@ synchronous=NORMAL, the store's own pragmas); the broker is a Redis db; workers 
 * sleepers: 200 runs each ``ctx.step.sleep("nap", 2)`` (worker --pool threads -c 2),
   until the last ``ended_at``.
 * waiters: bench/waiters.py's population (3 runs parked by the worker, then cloned
-  rows up to N) and its ``resume``: send the matching event, until ``get_run`` shows
-  the waiter completed (polled every 5 ms).
+  rows up to N) and its ``resume``: send the matching event, to the commit of the
+  waiter's finish (PostgreSQL: protocol.CommitWatch's NOTIFY) or its ``ended_at``
+  (SQLite, where that commit is a WAL append without fsync).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, str(BENCH))
 import apps  # noqa: E402
 import engine  # noqa: E402
 import waiters  # noqa: E402
-from protocol import RUNS, SLEEP_S, SLEEPERS, serve  # noqa: E402
+from protocol import RUNS, SLEEP_S, SLEEPERS, CommitWatch, serve  # noqa: E402
 
 from celeryflow import Event, Flow  # noqa: E402
 
@@ -73,13 +74,18 @@ def setup(args: Any) -> Iterator[Any]:
         with engine.celery_worker(env, args.queue, module="waiters"):
             pop.seed()
             pop.clone(args.waiters - len(pop.waiting))
+            watch = CommitWatch(args.url, "cf_runs", "id") if args.store == "postgresql" else None
 
             def resume() -> float:
                 order_id = rng.choice(sorted(pop.waiting))
-                _sent, done = waiters.resume(flow, order_id, pop.waiting.pop(order_id))
+                run_id = pop.waiting.pop(order_id)
+                committed = watch.completed if watch is not None else None
+                _sent, done = waiters.resume(flow, order_id, run_id, committed)
                 return done
 
             yield resume, info
+            if watch is not None:
+                watch.close()
         flow.store.engine.dispose()
         return
 

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["WORKLOADS", "Unsupported", "driver_args", "serve"]
+__all__ = ["WORKLOADS", "CommitWatch", "Unsupported", "driver_args", "serve"]
 
 WORKLOADS = ("steps", "throughput", "sleepers", "waiters")
 STEPS = 100
@@ -27,6 +27,64 @@ RUNS = 1000  # throughput: one-step runs
 SLOTS = 2  # throughput: worker slots
 SLEEPERS = 200
 SLEEP_S = 2.0
+
+
+class CommitWatch:
+    """When a run's completion committed, on PostgreSQL: a trigger on the system's own
+    runs table, in the bench's own database, sends ``NOTIFY`` as a row turns
+    ``completed``; PostgreSQL delivers it at that transaction's commit, and this
+    connection (LISTEN, blocked in the driver, no polling) notes the time it arrives.
+    A time taken when the waiter's code returns (DBOS's in-process handle) or a
+    timestamp written before the commit would leave the commit out; a poll would add
+    up to its interval and its own queries' load. Psycopg 3 (both venvs have it)."""
+
+    CHANNEL = "bench_completed"
+
+    def __init__(self, url: str, table: str, id_column: str, status: str = "completed") -> None:
+        import psycopg
+        from psycopg import sql
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        function = sql.Identifier(f"bench_notify_{table}")
+        self.conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.status = {s} AND OLD.status IS DISTINCT FROM NEW.status THEN "
+                "PERFORM pg_notify({c}, NEW.{i}::text); END IF; RETURN NEW; END $$"
+            ).format(
+                f=function,
+                s=sql.Literal(status),
+                c=sql.Literal(self.CHANNEL),
+                i=sql.Identifier(id_column),
+            )
+        )
+        self.conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {t} AFTER UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION {f}()"
+            ).format(
+                t=sql.Identifier(f"bench_completed_{table}"),
+                table=sql.Identifier(table),
+                f=function,
+            )
+        )
+        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.CHANNEL)))
+
+    def completed(self, run_id: str, timeout: float = 120.0) -> float:
+        """``time.perf_counter()`` when the commit that completed ``run_id`` arrived."""
+        import time
+
+        deadline = time.perf_counter() + timeout
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise TimeoutError(f"run {run_id}: no completion committed in {timeout:.0f} s")
+            for notify in self.conn.notifies(timeout=left, stop_after=1):
+                if notify.payload == run_id:
+                    return time.perf_counter()
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class Unsupported(Exception):

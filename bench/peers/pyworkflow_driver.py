@@ -15,7 +15,10 @@ workload only.
 * sleepers: 200 ``start(sleeper, 2)`` (``await sleep("2s")``: a Celery countdown task)
   until all are completed.
 * waiters: N runs each in ``await hook("shipped")``; ``resume_hook(token, payload)``
-  for a random one until ``storage.get_run`` shows it completed.
+  for a random one, to the commit that completed it (PostgreSQL: protocol.CommitWatch's
+  NOTIFY, as for celeryflow) or, on SQLite, the run's ``completed_at`` (pyworkflow's
+  worker writes it, ``datetime.now(UTC)``), read once ``storage.get_run`` shows it
+  completed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from urllib.parse import urlsplit
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from protocol import RUNS, SLEEP_S, SLEEPERS, Unsupported, serve  # noqa: E402
+from protocol import RUNS, SLEEP_S, SLEEPERS, CommitWatch, Unsupported, serve  # noqa: E402
 
 POLL = 0.005
 QUEUES = "pyworkflow.default,pyworkflow.steps,pyworkflow.workflows,pyworkflow.schedules"
@@ -207,14 +210,22 @@ def setup(args: Any) -> Iterator[Any]:
                 return tokens
 
             tokens = run(park())
+            pg = args.store == "postgresql"
+            watch = CommitWatch(args.url, "workflow_runs", "run_id") if pg else None
 
             async def resume() -> float:
                 run_id = rng.choice(sorted(tokens))
                 token = tokens.pop(run_id)
+                wall = time.time()
                 started = time.perf_counter()
                 await resume_hook(token, {"order": run_id})
+                if watch is not None:
+                    return watch.completed(run_id) - started
                 await done([run_id], timeout=120)
-                return time.perf_counter() - started
+                finished = await storage.get_run(run_id)
+                if finished is None or finished.completed_at is None:
+                    raise RuntimeError(f"run {run_id} is completed without a completed_at")
+                return finished.completed_at.timestamp() - wall
 
             yield (lambda: run(resume())), info
     run(storage.disconnect())
