@@ -153,12 +153,14 @@ def test_the_driver_sends_what_sqlalchemy_sends(tmp_path: Path) -> None:
     now = utcnow()
     claim = {"rid": "r1", "owner": "me", "now": now, "lease_until": now + timedelta(seconds=9)}
     finish = {"rid": "r1", "p_fence": 3, "p_output": "1", "p_error": None, "now": now}
+    move = {"rid": "r1", "p_fence": 3, "p_wake_at": now, "p_due_at": now, "p_attempt": 1}
     step = {**_row(_FakeClaim(), "k"), "fence": 2}
     cases = [
         (sql.claim, sql.claim_on_driver, claim),
         (sql.load_steps, sql.load_steps_on_driver, {"rid": "r1"}),
         (sql.insert_step, sql.insert_step_on_driver, step),
-        *((sql.finish[s], sql.finish_on_driver[s], finish) for s in sql.finish),
+        *((sql.finish[s], sql.run_update_on_driver[s], finish) for s in sql.finish),
+        *((sql.move[s], sql.run_update_on_driver[s], move) for s in sql.move),
     ]
     for statement, on_driver, params in cases:
         assert isinstance(on_driver, DriverStatement)

@@ -546,6 +546,41 @@ def test_one_sql_transaction_per_step_in_the_steady_state(stack: Stack) -> None:
     assert writes == 1 + 1 + 20, writes
 
 
+@pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
+def test_a_sleep_parks_in_one_statement_on_postgresql(stack: Stack) -> None:
+    # The sleep's step row and the run's move to sleeping are one self-fencing
+    # statement in autocommit (store/one_statement.py), as the usual finish is: a
+    # transaction would cost BEGIN, two statements and COMMIT, and on a loaded worker
+    # that held 200 sleepers of 2 s past 2.5 s (bench/peers.py --only sleepers).
+    flow = make_flow(stack, reconcile_interval="1h", lease="1h")
+    flow.store.migrate()
+    if not flow.store.capabilities.one_statement_writes:
+        pytest.skip("the store's fast paths are off (tests/test_general_path.py's rerun)")
+    written: list[tuple[str, bool]] = []
+
+    def on_statement(sql: str, autocommit: bool, _conn: int) -> None:
+        if sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
+            written.append((sql, autocommit))
+
+    @flow.function(id="napper", trigger=event("t/napper"))
+    def napper(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", 0.2)
+        return ctx.step.run("after", lambda: "awake")
+
+    with pg_statements(flow.store.engine, on_statement), worker(flow):
+        [event_id] = flow.send(Event(name="t/napper"))
+        run = wait_for_run(flow, event_id=event_id)
+
+    assert run.status == RunStatus.COMPLETED and run.output == "awake"
+    assert [s.id for s in run.steps] == ["nap", "after"]
+    # the send, the claim, the park, the claim at the wake, the sleep's completion
+    # (written before the next step works), the finish with its step: each by itself
+    assert len(written) == 6, written
+    assert all(autocommit for _, autocommit in written), written
+    park = written[2][0]
+    assert park.startswith("WITH ended AS (UPDATE cf_runs") and "INSERT INTO cf_steps" in park
+
+
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 def test_a_bad_sleep_fails_at_once_and_attempt_is_the_bodys_after_a_retried_step(
     stack: Stack,

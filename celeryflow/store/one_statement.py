@@ -1,11 +1,12 @@
-"""The two writes every run makes (its event, its finish), in as few statements as
-the database allows: on PostgreSQL each is one statement in autocommit.
+"""The two writes every run makes (its event, its finish), and a park, in as few
+statements as the database allows: on PostgreSQL each is one statement in autocommit.
 
 On PostgreSQL a round trip costs more than the work of a small write, and a
 transaction costs three of them (BEGIN, the statement, COMMIT). The commonest
 event (a fresh id that no run waits for, starting runs without flow control) and
-the commonest finish (the last step's result and the run's end) are therefore each
-written by one statement whose data-modifying CTEs are all or nothing, like a
+the commonest finish (the last step's result and the run's end) and park (the step
+that parks the run, a sleep say, and the run's move) are therefore each written by
+one statement whose data-modifying CTEs are all or nothing, like a
 transaction. Anything less common (a duplicate id, waiting runs to wake, flow
 control, cancel_on waiters, a parent to resume) takes the general path in a
 transaction, which decides the same way.
@@ -31,8 +32,8 @@ __all__ = [
     "event_insert",
     "event_statement",
     "event_statement_params",
-    "finish_statement",
-    "finish_statement_params",
+    "run_update_with_step",
+    "with_step_params",
 ]
 
 # an event starting more runs than this is recorded by the general path
@@ -81,20 +82,21 @@ def event_statement_params(event: dict[str, Any], rows: list[RunRow]) -> dict[st
     return params
 
 
-def finish_statement(finish: sa.Update) -> sa.Insert:
-    """``finish`` (the run's fenced UPDATE to its end) and the INSERT of one new step,
+def run_update_with_step(update: sa.Update) -> sa.Insert:
+    """``update`` (the run's fenced UPDATE to its end, or to a park) and the INSERT of
+    one new step,
     which takes its run id from the UPDATE's RETURNING: the step is written exactly
     when the run's end is, and a cancel or takeover committed meanwhile (seen by the
     UPDATE when it re-checks the row it waited for) stops both. Returns the step key
     if both were written. (The UPDATE's own row lock orders it; a share lock taken
     first, as a lone step write does, would cost a WAL record more.)"""
-    ended = finish.returning(runs.c.id).cte("ended")
+    ended = update.returning(runs.c.id).cte("ended")
     source = sa.select(
         ended.c.id, *(P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n != "run_id")
     )
     return steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key)
 
 
-def finish_statement_params(finish: dict[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
-    """The finish's own parameters (rid, p_fence, ...) and the step row's."""
-    return {**finish, **{f"s_{n}": step.get(n) for n in STEP_COLUMNS if n != "run_id"}}
+def with_step_params(update: dict[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
+    """The run update's own parameters (rid, p_fence, ...) and the step row's."""
+    return {**update, **{f"s_{n}": step.get(n) for n in STEP_COLUMNS if n != "run_id"}}

@@ -22,7 +22,7 @@ from ..codec import to_json
 from ..events import condition_holds
 from ..runs import RunStatus, StepStatus
 from .flowkeys import SlotHandOver, next_in_line, take_slot
-from .one_statement import finish_statement_params
+from .one_statement import with_step_params
 from .rows import Claim, Lookback, RunRow, Sending, StepWrite, WaiterRow
 from .session_driver import DriverRefused, DriverWrites, ensure_autocommit
 from .session_sql import UNREGISTERED
@@ -294,7 +294,29 @@ class RunSession:
             "p_due_at": due_at,
             "p_attempt": attempt,
         }
+        if self.sql.single_statement_writes and len(writes) == 1 and writes[0][1]:
+            # the commonest park: the step that parks the run (a sleep) and the move
+            return self._with_step(status, params, writes[0][0])
+        if self.driver is not None:
+            try:
+                return self.driver.fenced(fence, writes, status, params)
+            except DriverRefused:
+                pass  # the same write through SQLAlchemy: it succeeds or says why not
         return self._fenced(fence, writes, self.sql.move[status], params)
+
+    def _with_step(
+        self, status: RunStatus, params: dict[str, Any], step: Mapping[str, Any]
+    ) -> bool:
+        """One new step and the run's move to ``status`` (its end or a park) as one
+        self-fencing statement; False if the fence no longer holds."""
+        values = with_step_params(params, step)
+        if self.driver is not None:
+            try:
+                return self.driver.with_step_alone(status, values)
+            except DriverRefused:
+                pass  # SQLAlchemy's path below: the same write, or the error classified
+        with self._autocommit():
+            return self.conn.execute(self.sql.with_step[status], values).first() is not None
 
     def release(
         self,
@@ -374,15 +396,7 @@ class RunSession:
             and hand_over is None
         ):
             # the commonest end: the last step's result and the run's end, one statement
-            values = finish_statement_params(params, writes[0][0])
-            if self.driver is not None:
-                try:
-                    return self.driver.finish_alone(status, values), False
-                except DriverRefused:
-                    pass  # SQLAlchemy's path below: the same write, or the error classified
-            with self._autocommit():
-                result = self.conn.execute(self.sql.finish_statement[status], values)
-                return result.first() is not None, False
+            return self._with_step(status, params, writes[0][0]), False
         if (
             self.driver is not None
             and not clear_waits

@@ -94,10 +94,11 @@ class DriverWrites:
         with driver_autocommit(self.conn) as cursor:
             return statement.execute(cursor, {**values, "fence": fence}) == 1
 
-    def finish_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
-        """PostgreSQL: the last step and the run's end as one statement in
-        autocommit (store/one_statement.py); False if the fence no longer holds."""
-        statement = self._free(self.sql.finish_alone_on_driver.get(status))
+    def with_step_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
+        """PostgreSQL: a new step and the run's move to ``status`` (its end, or a
+        park) as one statement in autocommit (store/one_statement.py); False if the
+        fence no longer holds."""
+        statement = self._free(self.sql.with_step_alone_on_driver.get(status))
         ensure_autocommit(self.conn)
         with driver_autocommit(self.conn) as cursor:
             return bool(statement.rows(cursor, values))
@@ -106,13 +107,15 @@ class DriverWrites:
         self,
         fence: int,
         writes: Sequence[StepWrite],
-        finish: RunStatus | None = None,
+        status: RunStatus | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> bool:
-        """SQLite: new step rows and, with ``finish``, the run's end, in one
-        transaction; False (rolled back) if the fence no longer holds."""
+        """SQLite: new step rows and, with ``status``, the run's move there (its end,
+        or a park), in one transaction; False (rolled back) if the fence no longer
+        holds."""
         insert = self._free(self.sql.insert_step_on_driver)
-        end = self._free(self.sql.finish_on_driver.get(finish)) if finish is not None else None
+        update = self.sql.run_update_on_driver.get(status) if status is not None else None
+        end = self._free(update) if status is not None else None
         if not all(new for _, new in writes):
             raise DriverRefused("an existing step row is updated on SQLAlchemy's path")
         try:

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 
 from ..runs import RunStatus, sources_of
 from .capabilities import Capabilities
-from .one_statement import finish_statement
+from .one_statement import run_update_with_step
 from .prepared import DriverStatement, positional_dialect
 from .tables import runs, steps
 
@@ -193,14 +193,17 @@ class SessionStatements:
                     lease_expires_at=None,
                 )
             )
-        self.finish_statement = {t: finish_statement(u) for t, u in self.finish.items()}
-        self.finish_alone_on_driver = (
-            {t: DriverStatement(u, alone) for t, u in self.finish_statement.items()}
-            if alone
-            else {}
+        # a run's end or park: with the one new step that led there, one statement
+        # on PostgreSQL (store/one_statement.py)
+        self.run_update: dict[RunStatus, sa.Update] = {**self.move, **self.finish}
+        self.with_step = {t: run_update_with_step(u) for t, u in self.run_update.items()}
+        self.with_step_alone_on_driver = (
+            {t: DriverStatement(u, alone) for t, u in self.with_step.items()} if alone else {}
         )
-        self.finish_on_driver = (
-            {t: DriverStatement(u, dialect) for t, u in self.finish.items()} if on_driver else {}
+        self.run_update_on_driver = (
+            {t: DriverStatement(u, dialect) for t, u in self.run_update.items()}
+            if on_driver
+            else {}
         )
         # some write of this store may go on the driver (store/session_driver.py)
         self.on_driver = on_driver or alone is not None
