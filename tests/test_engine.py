@@ -581,6 +581,39 @@ def test_a_sleep_parks_in_one_statement_on_postgresql(stack: Stack) -> None:
     assert park.startswith("WITH ended AS (UPDATE cf_runs") and "INSERT INTO cf_steps" in park
 
 
+@pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
+def test_a_resumed_waiter_ends_in_one_statement_on_postgresql(stack: Stack) -> None:
+    # The event that resumes a waiter completes its step, so the run ends with nothing
+    # left to write but its own row: one fenced UPDATE in autocommit, not a transaction
+    # (BEGIN, the UPDATE, COMMIT) on the path bench/peers.py times against DBOS's recv.
+    flow = make_flow(stack, reconcile_interval="1h", lease="1h")
+    flow.store.migrate()
+    if not flow.store.capabilities.one_statement_writes:
+        pytest.skip("the store's fast paths are off (tests/test_general_path.py's rerun)")
+    written: list[tuple[str, bool]] = []
+
+    def on_statement(sql: str, autocommit: bool, _conn: int) -> None:
+        if sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
+            written.append((sql, autocommit))
+
+    @flow.function(id="awaiting", trigger=event("t/awaiting"))
+    def awaiting(ctx):  # type: ignore[no-untyped-def]
+        got = ctx.step.wait_for_event("go", event="t/go", match="data.k", timeout="1m")
+        return got.data["v"] if got else None
+
+    with pg_statements(flow.store.engine, on_statement), worker(flow):
+        [event_id] = flow.send(Event(name="t/awaiting", data={"k": 1}))
+        wait_for(lambda: flow.list_runs(function_id="awaiting", status="waiting"), what="waiting")
+        ended_from = len(written)
+        flow.send(Event(name="t/go", data={"k": 1, "v": "went"}))
+        run = wait_for_run(flow, event_id=event_id)
+
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "went")
+    finish = written[-1]
+    assert finish[1] and finish[0].startswith("UPDATE cf_runs SET status="), written[ended_from:]
+    assert "cf_steps" not in finish[0], finish
+
+
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 def test_a_bad_sleep_fails_at_once_and_attempt_is_the_bodys_after_a_retried_step(
     stack: Stack,

@@ -294,15 +294,35 @@ class RunSession:
             "p_due_at": due_at,
             "p_attempt": attempt,
         }
-        if self.sql.single_statement_writes and len(writes) == 1 and writes[0][1]:
-            # the commonest park: the step that parks the run (a sleep) and the move
-            return self._with_step(status, params, writes[0][0])
+        one = self._in_one_statement(status, params, writes)
+        if one is not None:
+            return one
         if self.driver is not None:
             try:
                 return self.driver.fenced(fence, writes, status, params)
             except DriverRefused:
                 pass  # the same write through SQLAlchemy: it succeeds or says why not
         return self._fenced(fence, writes, self.sql.move[status], params)
+
+    def _in_one_statement(
+        self, status: RunStatus, params: dict[str, Any], writes: Sequence[StepWrite]
+    ) -> bool | None:
+        """PostgreSQL: the run's move to ``status`` (its end or a park) with no step, or
+        with one new step (a sleep that parks it, the last step's result), as one
+        self-fencing statement in autocommit; None where it takes a transaction."""
+        if not self.sql.single_statement_writes:
+            return None
+        if not writes:
+            if self.driver is not None:
+                try:
+                    return self.driver.run_update_alone(status, params)
+                except DriverRefused:
+                    pass  # SQLAlchemy's path below: the same write, or the error classified
+            with self._autocommit():
+                return bool(self.conn.execute(self.sql.run_update[status], params).rowcount == 1)
+        if len(writes) == 1 and writes[0][1]:
+            return self._with_step(status, params, writes[0][0])
+        return None
 
     def _with_step(
         self, status: RunStatus, params: dict[str, Any], step: Mapping[str, Any]
@@ -386,28 +406,16 @@ class RunSession:
             "now": now,
         }
         resumed: list[bool] = []
-        if (
-            self.sql.single_statement_writes
-            and len(writes) == 1
-            and writes[0][1]
-            and not clear_waits
-            and parent is None
-            and sending is None
-            and hand_over is None
-        ):
-            # the commonest end: the last step's result and the run's end, one statement
-            return self._with_step(status, params, writes[0][0]), False
-        if (
-            self.driver is not None
-            and not clear_waits
-            and parent is None
-            and sending is None
-            and hand_over is None
-        ):
-            try:
-                return self.driver.fenced(fence, writes, status, params), False
-            except DriverRefused:
-                pass  # SQLAlchemy's path below: the same write, or the error classified
+        if not clear_waits and parent is None and sending is None and hand_over is None:
+            # the commonest ends: the last step's result (or none) and the run's end
+            one = self._in_one_statement(status, params, writes)
+            if one is not None:
+                return one, False
+            if self.driver is not None:
+                try:
+                    return self.driver.fenced(fence, writes, status, params), False
+                except DriverRefused:
+                    pass  # SQLAlchemy's path below: the same write, or the error classified
 
         def after(conn: sa.Connection) -> None:
             if clear_waits:

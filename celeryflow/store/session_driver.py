@@ -94,6 +94,14 @@ class DriverWrites:
         with driver_autocommit(self.conn) as cursor:
             return statement.execute(cursor, {**values, "fence": fence}) == 1
 
+    def run_update_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
+        """PostgreSQL: the run's fenced move to ``status`` (its end, or a park) with
+        no step, one statement in autocommit; False if the fence no longer holds."""
+        statement = self._free(self.sql.run_update_alone_on_driver.get(status))
+        ensure_autocommit(self.conn)
+        with driver_autocommit(self.conn) as cursor:
+            return statement.execute(cursor, values) == 1
+
     def with_step_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
         """PostgreSQL: a new step and the run's move to ``status`` (its end, or a
         park) as one statement in autocommit (store/one_statement.py); False if the

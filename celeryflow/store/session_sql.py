@@ -200,6 +200,9 @@ class SessionStatements:
         self.with_step_alone_on_driver = (
             {t: DriverStatement(u, alone) for t, u in self.with_step.items()} if alone else {}
         )
+        self.run_update_alone_on_driver = (
+            {t: DriverStatement(u, alone) for t, u in self.run_update.items()} if alone else {}
+        )
         self.run_update_on_driver = (
             {t: DriverStatement(u, dialect) for t, u in self.run_update.items()}
             if on_driver
