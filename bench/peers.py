@@ -294,6 +294,30 @@ def compare(
             )
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot (Linux /proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def settle(quiet: float = 0.15, timeout: float = 180.0) -> str:
+    """Wait until the machine is quiet: a set-up leaves work behind (a peer's worker
+    still taking 10,000 parked runs in, autovacuum of the rows just written) that
+    would load whichever side a round measures first. Quiet: under ``quiet`` of the
+    CPUs busy over one second. Returns what it saw."""
+    started = time.monotonic()
+    busy = 1.0
+    while time.monotonic() - started < timeout:
+        b0, t0 = _cpu_times()
+        time.sleep(1.0)
+        b1, t1 = _cpu_times()
+        busy = (b1 - b0) / max(t1 - t0, 1)
+        if busy < quiet:
+            return f"machine quiet ({busy:.0%} busy) after {time.monotonic() - started:.0f} s"
+    return f"machine still {busy:.0%} busy after {timeout:.0f} s; measured anyway"
+
+
 def run_workload(
     workload: str, sides: list[Side], stores: list[str], opts: argparse.Namespace
 ) -> Table:
@@ -321,8 +345,11 @@ def run_workload(
             timeout = opts.measure_timeout
             measures[side.key] = lambda d=got, t=timeout: d.measure(t)
             print(f"#   {workload}: {side.key} ready in {time.time() - t0:.0f} s", flush=True)
+        settled = settle()
+        print(f"#   {workload}: {settled}", flush=True)
         results = rounds(n_rounds, measures, warm_up=warm_up)
     compare(table, workload, results, sides, stores)
+    table.notes.append(f"before the first round: {settled}")
     table.notes += [f"cannot: {line}" for line in unsupported]
     if not warm_up:
         table.notes.append("no warm-up round (each round is 1,000 runs per side)")
