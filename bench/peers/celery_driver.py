@@ -7,7 +7,7 @@ app on a Redis broker, no result backend, a worker subprocess
 * throughput: 1,000 ``task.delay()`` of a counting task (--pool prefork, two slots),
   until the counter reaches 1,000 (the last task's ``time.time()``).
 * sleepers: 200 ``apply_async(countdown=2)`` of the counting task (Celery ETA: the
-  worker holds them in memory until due), until the counter reaches 200.
+  worker holds them in memory until due; --pool prefork), until the counter reaches 200.
 * waiters: not a Celery feature (see UNSUPPORTED).
 """
 
@@ -44,7 +44,8 @@ def setup(args: Any) -> Iterator[Any]:
     count = app.tasks["bench.count"]
     r = redis.Redis.from_url(args.broker, socket_timeout=30)
     env = {"CF_BENCH_KIND": "plain", "CF_BENCH_BROKER": args.broker}
-    pool = "prefork" if args.workload == "throughput" else "threads"
+    # Celery's default pool; threads for the chain (one task in flight at a time)
+    pool = "threads" if args.workload == "steps" else "prefork"
 
     def counted(total: int, started: float) -> float:
         deadline = time.monotonic() + 600

@@ -8,7 +8,7 @@ synchronous=NORMAL, the store's own pragmas); the broker is a Redis db; workers 
   ``flow.send`` until ``get_run`` shows it completed (polled every 5 ms).
 * throughput: 1,000 one-step runs from 1,000 ``flow.send`` calls (one sender), worker
   --pool prefork -c 2 (two slots), until the last ``ended_at``.
-* sleepers: 200 runs each ``ctx.step.sleep("nap", 2)`` (worker --pool threads -c 2),
+* sleepers: 200 runs each ``ctx.step.sleep("nap", 2)`` (worker --pool prefork -c 2),
   until the last ``ended_at``.
 * waiters: bench/waiters.py's population (3 runs parked by the worker, then cloned
   rows up to N) and its ``resume``: send the matching event, to the commit of the
@@ -92,7 +92,9 @@ def setup(args: Any) -> Iterator[Any]:
     _app, flow = apps.flow_app(args.broker, url, args.queue)
     flow.store.engine  # noqa: B018  (migrate before the worker starts)
     env = {"CF_BENCH_KIND": "flow", "CF_BENCH_BROKER": args.broker, "CF_BENCH_STORE": url}
-    pool = "prefork" if args.workload == "throughput" else "threads"
+    # Celery's default pool, as pyworkflow's worker runs; threads for the steps, where
+    # one run (or one chain) is in flight at a time and a pool process adds nothing
+    pool = "threads" if args.workload == "steps" else "prefork"
     counter = engine.RunCounter(url)
     reps = itertools.count()
     with engine.celery_worker(env, args.queue, pool=pool):
