@@ -11,8 +11,8 @@ back for both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,11 +55,18 @@ class DriverWrites:
             raise DriverRefused("no driver path for this write here")
         return statement
 
+    @contextmanager
+    def _alone(self) -> Iterator[Any]:
+        """A cursor whose statements each commit by themselves: autocommit is set
+        again first (a connection SQLAlchemy re-made after a loss comes without it)."""
+        ensure_autocommit(self.conn)
+        with driver_autocommit(self.conn) as cursor:
+            yield cursor
+
     def claim_alone(self, values: Mapping[str, Any]) -> list[sa.RowMapping]:
         """PostgreSQL: the claim as one statement in autocommit; its row, if claimed."""
         statement = self._free(self.sql.claim_alone_on_driver)
-        ensure_autocommit(self.conn)
-        with driver_autocommit(self.conn) as cursor:
+        with self._alone() as cursor:
             return statement.rows(cursor, values)
 
     def claim(
@@ -90,16 +97,14 @@ class DriverWrites:
         """PostgreSQL: a new step row as one self-fencing statement in autocommit;
         False if the fence no longer holds."""
         statement = self._free(self.sql.insert_step_alone_on_driver)
-        ensure_autocommit(self.conn)
-        with driver_autocommit(self.conn) as cursor:
+        with self._alone() as cursor:
             return statement.execute(cursor, {**values, "fence": fence}) == 1
 
     def run_update_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
         """PostgreSQL: the run's fenced move to ``status`` (its end, or a park) with
         no step, one statement in autocommit; False if the fence no longer holds."""
         statement = self._free(self.sql.run_update_alone_on_driver.get(status))
-        ensure_autocommit(self.conn)
-        with driver_autocommit(self.conn) as cursor:
+        with self._alone() as cursor:
             return statement.execute(cursor, values) == 1
 
     def with_step_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
@@ -107,8 +112,7 @@ class DriverWrites:
         park) as one statement in autocommit (store/one_statement.py); False if the
         fence no longer holds."""
         statement = self._free(self.sql.with_step_alone_on_driver.get(status))
-        ensure_autocommit(self.conn)
-        with driver_autocommit(self.conn) as cursor:
+        with self._alone() as cursor:
             return bool(statement.rows(cursor, values))
 
     def fenced(
