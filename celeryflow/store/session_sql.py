@@ -6,6 +6,7 @@ self-fencing statement in autocommit (PostgreSQL), or the driver's cursor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -138,61 +139,49 @@ class SessionStatements:
                 }
             )
         )
-        self.move: dict[RunStatus, sa.Update] = {}
-        for target in (S.QUEUED, S.SLEEPING, S.WAITING):
-            self.move[target] = (
-                runs.update()
-                .where(
-                    runs.c.id == P("rid"),
-                    runs.c.fence == P("p_fence"),
-                    status_in(sources_of(target)),
-                )
-                .values(
-                    status=target.value,
-                    wake_at=P("p_wake_at"),
-                    due_at=P("p_due_at"),
-                    attempt=P("p_attempt"),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-        # infrastructure failed under a running run: queued again, its attempt not
-        # counted; only from running, so a park or end that did commit stays
-        self.release = (
-            runs.update()
-            .where(
-                runs.c.id == P("rid"),
-                runs.c.fence == P("p_fence"),
-                runs.c.status == S.RUNNING.value,
-            )
-            .values(
-                status=S.QUEUED.value,
+
+        def fenced_run_update(allowed: sa.ColumnElement[bool], **values: Any) -> sa.Update:
+            """The run's UPDATE, only while this executor's fence holds and from the
+            statuses ``allowed``."""
+            fenced = sa.and_(runs.c.id == P("rid"), runs.c.fence == P("p_fence"), allowed)
+            return runs.update().where(fenced).values(**values)
+
+        self.move: dict[RunStatus, sa.Update] = {
+            target: fenced_run_update(
+                status_in(sources_of(target)),
+                status=target.value,
                 wake_at=P("p_wake_at"),
                 due_at=P("p_due_at"),
+                attempt=P("p_attempt"),
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            for target in (S.QUEUED, S.SLEEPING, S.WAITING)
+        }
+        # infrastructure failed under a running run: queued again, its attempt not
+        # counted; only from running, so a park or end that did commit stays
+        self.release = fenced_run_update(
+            runs.c.status == S.RUNNING.value,
+            status=S.QUEUED.value,
+            wake_at=P("p_wake_at"),
+            due_at=P("p_due_at"),
+            lease_owner=None,
+            lease_expires_at=None,
         )
-        self.finish: dict[RunStatus, sa.Update] = {}
-        for target in (S.COMPLETED, S.FAILED):
-            self.finish[target] = (
-                runs.update()
-                .where(
-                    runs.c.id == P("rid"),
-                    runs.c.fence == P("p_fence"),
-                    status_in(sources_of(target)),
-                )
-                .values(
-                    status=target.value,
-                    output=P("p_output"),
-                    error=P("p_error"),
-                    ended_at=P("now"),
-                    due_at=None,
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+        self.finish: dict[RunStatus, sa.Update] = {
+            target: fenced_run_update(
+                status_in(sources_of(target)),
+                status=target.value,
+                output=P("p_output"),
+                error=P("p_error"),
+                ended_at=P("now"),
+                due_at=None,
+                wake_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
             )
+            for target in (S.COMPLETED, S.FAILED)
+        }
         # a run's end or park: with the one new step that led there, one statement
         # on PostgreSQL (store/one_statement.py)
         self.run_update: dict[RunStatus, sa.Update] = {**self.move, **self.finish}
