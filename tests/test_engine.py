@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,15 @@ from services import Stack
 from sqlalchemy import event as sa_event
 from sqltrace import pg_statements
 
-from celeryflow import Event, NonRetriableError, RetryAfterError, RunStatus, StepError, event
+from celeryflow import (
+    Event,
+    Flow,
+    NonRetriableError,
+    RetryAfterError,
+    RunStatus,
+    StepError,
+    event,
+)
 from celeryflow.testing import wait_for, wait_for_run, worker
 
 
@@ -546,28 +555,44 @@ def test_one_sql_transaction_per_step_in_the_steady_state(stack: Stack) -> None:
     assert writes == 1 + 1 + 20, writes
 
 
-@pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
-def test_a_sleep_parks_in_one_statement_on_postgresql(stack: Stack) -> None:
-    # The sleep's step row and the run's move to sleeping are one self-fencing
-    # statement in autocommit (store/one_statement.py), as the usual finish is: a
-    # transaction would cost BEGIN, two statements and COMMIT, and on a loaded worker
-    # that held 200 sleepers of 2 s past 2.5 s (bench/peers.py --only sleepers).
+def _fast_path_flow(stack: Stack) -> Flow:
+    """A flow whose worker writes only what a run makes (no reconciler pass, no lease
+    renewal), on a store with its fast paths on."""
     flow = make_flow(stack, reconcile_interval="1h", lease="1h")
     flow.store.migrate()
     if not flow.store.capabilities.one_statement_writes:
         pytest.skip("the store's fast paths are off (tests/test_general_path.py's rerun)")
+    return flow
+
+
+@contextmanager
+def _pg_writes(flow: Flow) -> Iterator[list[tuple[str, bool]]]:
+    """The writes sent on the store's PostgreSQL connections meanwhile, each with
+    whether its connection was in autocommit."""
     written: list[tuple[str, bool]] = []
 
     def on_statement(sql: str, autocommit: bool, _conn: int) -> None:
         if sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
             written.append((sql, autocommit))
 
+    with pg_statements(flow.store.engine, on_statement):
+        yield written
+
+
+@pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
+def test_a_sleep_parks_in_one_statement_on_postgresql(stack: Stack) -> None:
+    # The sleep's step row and the run's move to sleeping are one self-fencing
+    # statement in autocommit (store/one_statement.py), as the usual finish is: a
+    # transaction would cost BEGIN, two statements and COMMIT, and on a loaded worker
+    # that held 200 sleepers of 2 s past 2.5 s (bench/peers.py --only sleepers).
+    flow = _fast_path_flow(stack)
+
     @flow.function(id="napper", trigger=event("t/napper"))
     def napper(ctx):  # type: ignore[no-untyped-def]
         ctx.step.sleep("nap", 0.2)
         return ctx.step.run("after", lambda: "awake")
 
-    with pg_statements(flow.store.engine, on_statement), worker(flow):
+    with _pg_writes(flow) as written, worker(flow):
         [event_id] = flow.send(Event(name="t/napper"))
         run = wait_for_run(flow, event_id=event_id)
 
@@ -586,22 +611,14 @@ def test_a_resumed_waiter_ends_in_one_statement_on_postgresql(stack: Stack) -> N
     # The event that resumes a waiter completes its step, so the run ends with nothing
     # left to write but its own row: one fenced UPDATE in autocommit, not a transaction
     # (BEGIN, the UPDATE, COMMIT) on the path bench/peers.py times against DBOS's recv.
-    flow = make_flow(stack, reconcile_interval="1h", lease="1h")
-    flow.store.migrate()
-    if not flow.store.capabilities.one_statement_writes:
-        pytest.skip("the store's fast paths are off (tests/test_general_path.py's rerun)")
-    written: list[tuple[str, bool]] = []
-
-    def on_statement(sql: str, autocommit: bool, _conn: int) -> None:
-        if sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
-            written.append((sql, autocommit))
+    flow = _fast_path_flow(stack)
 
     @flow.function(id="awaiting", trigger=event("t/awaiting"))
     def awaiting(ctx):  # type: ignore[no-untyped-def]
         got = ctx.step.wait_for_event("go", event="t/go", match="data.k", timeout="1m")
         return got.data["v"] if got else None
 
-    with pg_statements(flow.store.engine, on_statement), worker(flow):
+    with _pg_writes(flow) as written, worker(flow):
         [event_id] = flow.send(Event(name="t/awaiting", data={"k": 1}))
         wait_for(lambda: flow.list_runs(function_id="awaiting", status="waiting"), what="waiting")
         ended_from = len(written)
