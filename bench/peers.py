@@ -307,6 +307,7 @@ def compare(
         ours = got.get(base_key)
         if not ours:
             continue
+        compared = False
         for side in sides:
             if side.system == "celeryflow" or side.key not in got:
                 continue
@@ -314,6 +315,7 @@ def compare(
                 continue
             theirs = got[side.key]
             ratios = [t / o for t, o in zip(theirs, ours, strict=True)]
+            compared = True
             table.add(
                 Row(
                     f"{STORE_LABEL[store]}: {side.label}"
@@ -322,6 +324,16 @@ def compare(
                     fmt(workload, median(theirs)),
                     median(ratios),
                     f"{min(ratios):.2f}-{max(ratios):.2f}",
+                )
+            )
+        if not compared:  # no peer ran here (not set up, or left out): our figure alone
+            table.add(
+                Row(
+                    f"{STORE_LABEL[store]}: celeryflow alone",
+                    fmt(workload, median(ours)),
+                    "",
+                    None,
+                    f"{fmt(workload, min(ours))}-{fmt(workload, max(ours))}",
                 )
             )
 
@@ -472,8 +484,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown store {s!r}; choose from postgresql, sqlite")
     sides = sides_for(stores)
     if opts.systems:
-        keep = {"celeryflow", *(s.strip() for s in opts.systems.split(","))}
-        sides = [s for s in sides if s.system in keep]
+        known = {s.system.lower() for s in sides}
+        keep = {"celeryflow", *(s.strip().lower() for s in opts.systems.split(",") if s.strip())}
+        unknown = sorted(keep - known)
+        if unknown:
+            parser.error(
+                f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+            )
+        sides = [s for s in sides if s.system.lower() in keep]
 
     began = time.time()
     print(f"# python bench/peers.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
