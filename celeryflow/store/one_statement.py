@@ -4,8 +4,9 @@ statements as the database allows: on PostgreSQL each is one statement in autoco
 On PostgreSQL a round trip costs more than the work of a small write, and a
 transaction costs three of them (BEGIN, the statement, COMMIT). The commonest
 event (a fresh id that no run waits for, starting runs without flow control) and
-the commonest finish (the last step's result and the run's end) and park (the step
-that parks the run, a sleep say, and the run's move) are therefore each written by
+the commonest finish (the last step's result, or the completion of a sleep or of a
+retried step, and the run's end) and park (the step that parks the run, a sleep say,
+and the run's move) are therefore each written by
 one statement whose data-modifying CTEs are all or nothing, like a
 transaction. Anything less common (a duplicate id, waiting runs to wake, flow
 control, cancel_on waiters, a parent to resume) takes the general path in a
@@ -33,6 +34,7 @@ __all__ = [
     "event_statement",
     "event_statement_params",
     "run_update_with_step",
+    "run_update_with_updated_step",
     "with_step_params",
 ]
 
@@ -41,6 +43,7 @@ MAX_RUNS_IN_ONE_STATEMENT = 4
 EVENT_COLUMNS = ("id", "name", "data", "ts", "received_at")
 RUN_COLUMNS = tuple(c.name for c in runs.c)
 STEP_COLUMNS = tuple(c.name for c in steps.c)
+KEYS = ("run_id", "key")  # a step row's primary key
 
 P = sa.bindparam
 
@@ -95,6 +98,23 @@ def run_update_with_step(update: sa.Update) -> sa.Insert:
         ended.c.id, *(P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n != "run_id")
     )
     return steps.insert().from_select(list(STEP_COLUMNS), source).returning(steps.c.key)
+
+
+def run_update_with_updated_step(update: sa.Update) -> sa.Update:
+    """``update`` (the run's fenced UPDATE to its end, or to a park) and the UPDATE of
+    one step row it already has (a sleep that ended, a step that succeeded on a later
+    attempt), which joins the run's RETURNING: both are written, or neither. The run's
+    UPDATE also requires the step row, so a missing one writes nothing, as the general
+    path's transaction rolls back then. Returns the step key if both were written."""
+    has_step = sa.exists().where(steps.c.run_id == P("rid"), steps.c.key == P("s_key"))
+    ended = update.where(has_step).returning(runs.c.id).cte("ended")
+    values = {n: P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n not in KEYS}
+    return (
+        steps.update()
+        .where(steps.c.run_id == ended.c.id, steps.c.key == P("s_key"))
+        .values(values)
+        .returning(steps.c.key)
+    )
 
 
 def with_step_params(update: dict[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:

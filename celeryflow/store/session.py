@@ -25,7 +25,7 @@ from .flowkeys import SlotHandOver, next_in_line, take_slot
 from .one_statement import with_step_params
 from .rows import Claim, Lookback, RunRow, Sending, StepWrite, WaiterRow
 from .session_driver import DriverRefused, DriverWrites, ensure_autocommit
-from .session_sql import UNREGISTERED
+from .session_sql import UNREGISTERED, update_step_params
 from .tables import runs, steps, waits
 from .waits import (
     find_recent_event,
@@ -187,6 +187,10 @@ class RunSession:
             else:
                 if not rows:
                     return None
+                try:
+                    return self.driver.memo_alone(rows[0])
+                except DriverRefused:
+                    pass  # the claim stands: its steps are read through SQLAlchemy
                 with self._autocommit():  # its reads end there, not in an autobegun transaction
                     return self._with_memo(rows[0], int(rows[0]["fence"]))
         with self._autocommit():
@@ -225,8 +229,7 @@ class RunSession:
             if self.sql.insert_returning:
                 return result.first() is not None
             return bool(result.rowcount == 1)
-        params = {f"new_{c.name}": values.get(c.name) for c in steps.c}
-        params.update(w_run_id=values["run_id"], w_key=values["key"], w_fence=fence)
+        params = update_step_params(fence, values)
         return bool(self.conn.execute(self.sql.update_step, params).rowcount == 1)
 
     def _write_steps(self, fence: int, writes: Sequence[StepWrite]) -> None:
@@ -261,9 +264,11 @@ class RunSession:
             # one INSERT ... SELECT (or UPDATE ... WHERE EXISTS) that checks the fence
             # itself: atomic alone
             values, new = writes[0]
-            if self.driver is not None and new:
+            if self.driver is not None:
                 try:
-                    return self.driver.insert_step_alone(fence, values)
+                    if new:
+                        return self.driver.insert_step_alone(fence, values)
+                    return self.driver.update_step_alone(update_step_params(fence, values))
                 except DriverRefused:
                     pass  # the same write through SQLAlchemy: it succeeds or says why not
             with self._autocommit():
@@ -308,7 +313,8 @@ class RunSession:
         self, status: RunStatus, params: dict[str, Any], writes: Sequence[StepWrite]
     ) -> bool | None:
         """PostgreSQL: the run's move to ``status`` (its end or a park) with no step, or
-        with one new step (a sleep that parks it, the last step's result), as one
+        with one step (new: a sleep that parks it, the last step's result; updated: a
+        sleep that ended, a step that succeeded on a later attempt), as one
         self-fencing statement in autocommit; None where it takes a transaction."""
         if not self.sql.single_statement_writes:
             return None
@@ -320,23 +326,24 @@ class RunSession:
                     pass  # SQLAlchemy's path below: the same write, or the error classified
             with self._autocommit():
                 return bool(self.conn.execute(self.sql.run_update[status], params).rowcount == 1)
-        if len(writes) == 1 and writes[0][1]:
-            return self._with_step(status, params, writes[0][0])
+        if len(writes) == 1:
+            return self._with_step(status, params, *writes[0])
         return None
 
     def _with_step(
-        self, status: RunStatus, params: dict[str, Any], step: Mapping[str, Any]
+        self, status: RunStatus, params: dict[str, Any], step: Mapping[str, Any], new: bool
     ) -> bool:
-        """One new step and the run's move to ``status`` (its end or a park) as one
-        self-fencing statement; False if the fence no longer holds."""
+        """One step (``new``, or updated) and the run's move to ``status`` (its end or
+        a park) as one self-fencing statement; False if the fence no longer holds."""
         values = with_step_params(params, step)
         if self.driver is not None:
             try:
-                return self.driver.with_step_alone(status, values)
+                return self.driver.with_step_alone(status, values, new)
             except DriverRefused:
                 pass  # SQLAlchemy's path below: the same write, or the error classified
+        statement = (self.sql.with_step if new else self.sql.with_updated_step)[status]
         with self._autocommit():
-            return self.conn.execute(self.sql.with_step[status], values).first() is not None
+            return self.conn.execute(statement, values).first() is not None
 
     def release(
         self,

@@ -85,13 +85,14 @@ class DriverWrites:
             row = rows[0]
             if slot_limits is not None and slot_limits(row["function_id"]):
                 raise DriverRefused("the run takes a concurrency slot")  # rolls back
-            claim = Claim(run=row, fence=int(row["fence"]), steps={})
-            if not claim.first:  # steps may have been recorded
-                claim.steps = {r["key"]: r for r in load.rows(cursor, params)}
-            if row["branch"] is not None:
-                parent = load.rows(cursor, {"rid": row["parent_run_id"]})
-                claim.parent_steps = {r["key"]: r for r in parent}
-            return claim
+            return _with_memo(cursor, load, row)
+
+    def memo_alone(self, row: sa.RowMapping) -> Claim:
+        """PostgreSQL: the claim of ``row`` with its recorded steps, read in autocommit
+        (the steps cannot change while this executor holds the fence)."""
+        load = self._free(self.sql.load_steps_alone_on_driver)
+        with self._alone() as cursor:
+            return _with_memo(cursor, load, row)
 
     def insert_step_alone(self, fence: int, values: Mapping[str, Any]) -> bool:
         """PostgreSQL: a new step row as one self-fencing statement in autocommit;
@@ -100,6 +101,13 @@ class DriverWrites:
         with self._alone() as cursor:
             return statement.execute(cursor, {**values, "fence": fence}) == 1
 
+    def update_step_alone(self, values: Mapping[str, Any]) -> bool:
+        """PostgreSQL: an existing step row's update (:func:`update_step_params`) as one
+        self-fencing statement in autocommit; False if the fence no longer holds."""
+        statement = self._free(self.sql.update_step_alone_on_driver)
+        with self._alone() as cursor:
+            return statement.execute(cursor, values) == 1
+
     def run_update_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
         """PostgreSQL: the run's fenced move to ``status`` (its end, or a park) with
         no step, one statement in autocommit; False if the fence no longer holds."""
@@ -107,11 +115,13 @@ class DriverWrites:
         with self._alone() as cursor:
             return statement.execute(cursor, values) == 1
 
-    def with_step_alone(self, status: RunStatus, values: Mapping[str, Any]) -> bool:
-        """PostgreSQL: a new step and the run's move to ``status`` (its end, or a
-        park) as one statement in autocommit (store/one_statement.py); False if the
-        fence no longer holds."""
-        statement = self._free(self.sql.with_step_alone_on_driver.get(status))
+    def with_step_alone(self, status: RunStatus, values: Mapping[str, Any], new: bool) -> bool:
+        """PostgreSQL: a step (``new``, or one the run has, updated) and the run's
+        move to ``status`` (its end, or a park) as one statement in autocommit
+        (store/one_statement.py); False if the fence no longer holds."""
+        sql = self.sql
+        statements = sql.with_step_alone_on_driver if new else sql.with_updated_step_alone_on_driver
+        statement = self._free(statements.get(status))
         with self._alone() as cursor:
             return bool(statement.rows(cursor, values))
 
@@ -140,3 +150,15 @@ class DriverWrites:
         except _Refused:
             return False
         return True
+
+
+def _with_memo(cursor: Any, load: DriverStatement, row: sa.RowMapping) -> Claim:
+    """The claim of ``row`` with its recorded steps (none before its first claim) and,
+    for a step.parallel branch, its parent's, read on ``cursor``."""
+    claim = Claim(run=row, fence=int(row["fence"]), steps={})
+    if not claim.first:  # steps may have been recorded
+        claim.steps = {r["key"]: r for r in load.rows(cursor, {"rid": row["id"]})}
+    if row["branch"] is not None:
+        parent = load.rows(cursor, {"rid": row["parent_run_id"]})
+        claim.parent_steps = {r["key"]: r for r in parent}
+    return claim

@@ -5,7 +5,7 @@ self-fencing statement in autocommit (PostgreSQL), or the driver's cursor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,11 +13,17 @@ from sqlalchemy.dialects import postgresql
 
 from ..runs import RunStatus, sources_of
 from .capabilities import Capabilities
-from .one_statement import run_update_with_step
+from .one_statement import run_update_with_step, run_update_with_updated_step
 from .prepared import DriverStatement, positional_dialect
 from .tables import runs, steps
 
-__all__ = ["CLAIM_COLUMNS", "UNREGISTERED", "SessionStatements", "status_in"]
+__all__ = [
+    "CLAIM_COLUMNS",
+    "UNREGISTERED",
+    "SessionStatements",
+    "status_in",
+    "update_step_params",
+]
 
 S = RunStatus
 CLAIM_COLUMNS = (
@@ -52,6 +58,14 @@ def status_in(values: Sequence[str]) -> sa.ColumnElement[bool]:
     """``status IN (...)`` with one plain parameter each: SQLAlchemy re-renders an
     expanding IN list on every execution, which cost more than the statement."""
     return sa.or_(*(runs.c.status == v for v in values))
+
+
+def update_step_params(fence: int, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of :attr:`SessionStatements.update_step`: the step row
+    ``values`` written over the row of its run and key, while ``fence`` holds."""
+    params = {f"new_{c.name}": values.get(c.name) for c in steps.c}
+    params.update(w_run_id=values["run_id"], w_key=values["key"], w_fence=fence)
+    return params
 
 
 class SessionStatements:
@@ -115,6 +129,7 @@ class SessionStatements:
         self.claim_alone_on_driver = (
             DriverStatement(self.claim_in_one_statement, alone) if alone else None
         )
+        self.load_steps_alone_on_driver = DriverStatement(self.load_steps, alone) if alone else None
 
         names = [c.name for c in steps.c]
         source = (
@@ -138,6 +153,9 @@ class SessionStatements:
                     if n not in ("run_id", "key")
                 }
             )
+        )
+        self.update_step_alone_on_driver = (
+            DriverStatement(self.update_step, alone) if alone else None
         )
 
         def fenced_run_update(allowed: sa.ColumnElement[bool], **values: Any) -> sa.Update:
@@ -183,11 +201,20 @@ class SessionStatements:
             for target in (S.COMPLETED, S.FAILED)
         }
         # a run's end or park: with the one new step that led there, one statement
-        # on PostgreSQL (store/one_statement.py)
+        # on PostgreSQL (store/one_statement.py) ...
         self.run_update: dict[RunStatus, sa.Update] = {**self.move, **self.finish}
         self.with_step = {t: run_update_with_step(u) for t, u in self.run_update.items()}
         self.with_step_alone_on_driver = (
             {t: DriverStatement(u, alone) for t, u in self.with_step.items()} if alone else {}
+        )
+        # ... or with the one step row it already has, updated (a sleep that ended)
+        self.with_updated_step = {
+            t: run_update_with_updated_step(u) for t, u in self.run_update.items()
+        }
+        self.with_updated_step_alone_on_driver = (
+            {t: DriverStatement(u, alone) for t, u in self.with_updated_step.items()}
+            if alone
+            else {}
         )
         self.run_update_alone_on_driver = (
             {t: DriverStatement(u, alone) for t, u in self.run_update.items()} if alone else {}

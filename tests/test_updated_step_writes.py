@@ -1,0 +1,183 @@
+"""On PostgreSQL a run that ends (or parks) with a step row it already has, updated
+(a sleep that ended, a step that succeeded on a later attempt), does so in one
+self-fencing statement in autocommit (store/one_statement.py), on psycopg's cursor;
+so do a lone step update and the step loads of a claim (store/session_driver.py).
+The statement writes both rows or neither: past a lost fence, or without the step
+row, nothing lands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flowkit import make_flow
+from services import Stack
+from sqltrace import pg_statements
+
+from celeryflow import Event, Flow, RunStatus, event
+from celeryflow.durations import utcnow
+from celeryflow.store.tables import runs, steps
+from celeryflow.testing import wait_for, wait_for_run, worker
+
+pytestmark = pytest.mark.parametrize("stack", ["redis-postgres"], indirect=True)
+
+
+def _flow(stack: Stack) -> Flow:
+    """A flow whose worker writes only what a run makes (no reconciler pass, no lease
+    renewal), on a store with its fast paths on."""
+    flow = make_flow(stack, reconcile_interval="1h", lease="1h")
+    flow.store.migrate()
+    if not flow.store.capabilities.one_statement_writes:
+        pytest.skip("the store's fast paths are off (tests/test_general_path.py's rerun)")
+    return flow
+
+
+@contextmanager
+def _traced(flow: Flow) -> Iterator[tuple[list[tuple[str, bool]], list[str]]]:
+    """The writes sent on the store's connections (each with whether its connection
+    was in autocommit), and every statement that went through SQLAlchemy's execute
+    path (the driver's cursor skips it)."""
+    written: list[tuple[str, bool]] = []
+    through_sqlalchemy: list[str] = []
+
+    def on_statement(sql: str, autocommit: bool, _conn: int) -> None:
+        if sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH", "BEGIN"):
+            written.append((sql, autocommit))
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        through_sqlalchemy.append(" ".join(statement.split()))
+
+    sa.event.listen(flow.store.engine, "before_cursor_execute", on_execute)
+    try:
+        with pg_statements(flow.store.engine, on_statement):
+            yield written, through_sqlalchemy
+    finally:
+        sa.event.remove(flow.store.engine, "before_cursor_execute", on_execute)
+
+
+def _session_step_sql(statements: list[str]) -> list[str]:
+    """The run session's statements on cf_steps among ``statements`` (its step loads
+    name the run ``rid``; the test's own reads of the run name it otherwise)."""
+    mine = ("UPDATE cf_steps", "INSERT INTO cf_steps", "WITH ended")
+    return [s for s in statements if s.startswith(mine) or "cf_steps.run_id = %(rid)s" in s]
+
+
+def test_a_run_ending_at_its_sleeps_end_ends_in_one_statement_on_the_driver(
+    stack: Stack,
+) -> None:
+    # The sleep's completion rides in the finish. As a transaction (BEGIN, the step's
+    # UPDATE, the run's UPDATE, COMMIT, through SQLAlchemy) the wake-up of such a run
+    # cost 2.0 ms of CPU against 0.8 ms for its first execution (bench/RESULTS.md).
+    flow = _flow(stack)
+
+    @flow.function(id="napper", trigger=event("t/napper"))
+    def napper(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", 0.2)
+        return "awake"
+
+    with _traced(flow) as (written, through_sqlalchemy), worker(flow):
+        [event_id] = flow.send(Event(name="t/napper"))
+        run = wait_for_run(flow, event_id=event_id)
+
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "awake")
+    [nap] = run.steps
+    assert (nap.id, nap.status) == ("nap", "completed") and nap.ended_at is not None
+    # the send, the claim, the park, the claim at the wake, the finish with the step
+    assert len(written) == 5, written
+    assert all(autocommit for _, autocommit in written), written
+    finish = written[-1][0]
+    assert finish.startswith("WITH ended AS (UPDATE cf_runs") and "UPDATE cf_steps" in finish
+    # the claims' step loads and the finish skipped SQLAlchemy's execute path
+    assert _session_step_sql(through_sqlalchemy) == []
+
+
+def test_a_lone_step_update_and_the_step_loads_go_on_the_driver(stack: Stack) -> None:
+    flow = _flow(stack)
+
+    @flow.function(id="napper2", trigger=event("t/napper2"))
+    def napper2(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", 0.2)
+        return ctx.step.run("after", lambda: "awake")
+
+    with _traced(flow) as (written, through_sqlalchemy), worker(flow):
+        [event_id] = flow.send(Event(name="t/napper2"))
+        run = wait_for_run(flow, event_id=event_id)
+
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "awake")
+    assert [(s.id, s.status) for s in run.steps] == [
+        ("nap", "completed"),
+        ("after", "completed"),
+    ]
+    # the sleep's completion is written by itself before the next step works
+    lone = [sql for sql, _ in written if sql.startswith("UPDATE cf_steps")]
+    assert len(lone) == 1 and all(autocommit for _, autocommit in written), written
+    assert _session_step_sql(through_sqlalchemy) == []
+
+
+def _sleeping(flow: Flow) -> str:
+    """A run parked on a sleep of an hour, its worker stopped."""
+
+    @flow.function(id="sleeper", trigger=event("t/sleeper"))
+    def sleeper(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("nap", "1h")
+        return "awake"
+
+    with worker(flow):
+        [event_id] = flow.send(Event(name="t/sleeper"))
+        [run] = wait_for(
+            lambda: flow.list_runs(event_id=event_id, status="sleeping"), what="a sleeping run"
+        )
+    return run.id
+
+
+def _ended_nap(claim: Any) -> dict[str, Any]:
+    row = dict(claim.steps["nap"])
+    row.update(status="completed", ended_at=utcnow(), wake_at=row["wake_at"])
+    return row
+
+
+def _rows(flow: Flow, run_id: str) -> tuple[Any, Any]:
+    with flow.store.engine.connect() as conn:
+        run = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
+        step = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings().one()
+    return run, step
+
+
+@pytest.mark.parametrize("case", ["held", "fence lost", "no such step"])
+def test_the_finish_with_an_updated_step_writes_both_rows_or_neither(
+    stack: Stack, case: str
+) -> None:
+    flow = _flow(stack)
+    run_id = _sleeping(flow)
+    later = utcnow() + timedelta(hours=2)  # past the sleep's end
+    with flow.store.session() as session:
+        claim = session.claim(run_id, "test", later, later + timedelta(hours=1))
+        assert claim is not None
+        nap = _ended_nap(claim)
+        if case == "fence lost":  # another executor took the run over meanwhile
+            takeover = runs.update().where(runs.c.id == run_id).values(fence=runs.c.fence + 1)
+            with flow.store.engine.begin() as conn:
+                conn.execute(takeover)
+        if case == "no such step":
+            nap["key"] = "not-a-step"
+        held, _ = session.finish(
+            run_id,
+            claim.fence,
+            status=RunStatus.COMPLETED,
+            now=later,
+            output='"awake"',
+            writes=[(nap, False)],
+        )
+    run, step = _rows(flow, run_id)
+    if case == "held":
+        assert held
+        assert (run["status"], run["output"], run["ended_at"]) == ("completed", '"awake"', later)
+        assert (step["status"], step["ended_at"]) == ("completed", nap["ended_at"])
+    else:
+        assert not held
+        assert (run["status"], run["ended_at"]) == ("running", None)
+        assert (step["status"], step["ended_at"]) == ("sleeping", None)
