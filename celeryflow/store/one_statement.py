@@ -19,7 +19,7 @@ runs' INSERT in one transaction, instead of three statements and a waiter lookup
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +33,7 @@ __all__ = [
     "event_insert",
     "event_statement",
     "event_statement_params",
+    "run_end_handing_over",
     "run_update_with_step",
     "run_update_with_updated_step",
     "with_step_params",
@@ -115,6 +116,66 @@ def run_update_with_updated_step(update: sa.Update) -> sa.Update:
         .values(values)
         .returning(steps.c.key)
     )
+
+
+def run_end_handing_over(
+    end: sa.Update,
+    step: str | None,
+    claim_values: Mapping[str, Any],
+    claimable: sa.ColumnElement[bool],
+    claim_columns: Sequence[sa.Column[Any]],
+) -> sa.Select[Any]:
+    """PostgreSQL: ``end`` (the run's fenced UPDATE to its end), with its ``step``
+    ("new", "updated" or None, as :func:`run_update_with_step` and
+    :func:`run_update_with_updated_step` write it), and the claim of the run next in
+    line for the concurrency slot the end frees (same function, its one key
+    ``h_key``; queued first by ``queue_at``, then id; one locked by a claim under way
+    is passed over): store/session.py's hand-over of a slot whose counts the move
+    does not change (flowkeys.SlotHandOver.count_neutral) in one statement, where a
+    transaction costs six round trips while the function's other slots wait on the
+    same line. No row if the end was not written (the fence no longer holds); else
+    one row: ``ended_run`` and, if a run was claimed, its ``claim_columns``."""
+    if step == "updated":
+        end = end.where(sa.exists().where(steps.c.run_id == P("rid"), steps.c.key == P("s_key")))
+    ended = end.returning(runs.c.id).cte("ended")
+    written: sa.CTE | None = None
+    step_values = {n: P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n not in KEYS}
+    if step == "new":
+        values = (P(f"s_{n}", type_=steps.c[n].type) for n in STEP_COLUMNS if n != "run_id")
+        source = sa.select(ended.c.id, *values)
+        insert = steps.insert().from_select(list(STEP_COLUMNS), source)
+        written = insert.returning(steps.c.key).cte("stepped")
+    elif step == "updated":
+        update = steps.update().where(steps.c.run_id == ended.c.id, steps.c.key == P("s_key"))
+        written = update.values(step_values).returning(steps.c.key).cte("stepped")
+    eligible = sa.and_(
+        runs.c.status == "queued", sa.or_(runs.c.wake_at.is_(None), runs.c.wake_at <= P("now"))
+    )
+    following = (
+        sa.select(runs.c.id)
+        .where(
+            runs.c.function_id == P("h_function_id"),
+            runs.c.concurrency_key1 == P("h_key"),
+            runs.c.concurrency_key2.is_(None),
+            eligible,
+            sa.exists(sa.select(ended.c.id)),
+        )
+        .order_by(runs.c.queue_at, runs.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("following")
+    )
+    claimed = (
+        runs.update()
+        .where(runs.c.id == following.c.id, claimable)
+        .values(**claim_values)
+        .returning(*claim_columns)
+        .cte("claimed")
+    )
+    statement = sa.select(ended.c.id.label("ended_run"), *claimed.c).select_from(
+        ended.outerjoin(claimed, sa.true())
+    )
+    return statement if written is None else statement.add_cte(written)
 
 
 def with_step_params(update: dict[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,16 @@ class DriverWrites:
         with self._alone() as cursor:
             return bool(statement.rows(cursor, values))
 
+    def end_handing_over(
+        self, status: RunStatus, step: str | None, values: Mapping[str, Any]
+    ) -> list[sa.RowMapping]:
+        """PostgreSQL: the run's end with its slot handed over, one statement in
+        autocommit (store/one_statement.py's run_end_handing_over); its row, if the
+        end was written."""
+        statement = self._free(self.sql.end_handing_over_on_driver.get((status, step)))
+        with self._alone() as cursor:
+            return statement.rows(cursor, values)
+
     def fenced(
         self,
         fence: int,

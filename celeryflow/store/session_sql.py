@@ -13,7 +13,11 @@ from sqlalchemy.dialects import postgresql
 
 from ..runs import RunStatus, sources_of
 from .capabilities import Capabilities
-from .one_statement import run_update_with_step, run_update_with_updated_step
+from .one_statement import (
+    run_end_handing_over,
+    run_update_with_step,
+    run_update_with_updated_step,
+)
 from .prepared import DriverStatement, positional_dialect
 from .tables import runs, steps
 
@@ -84,20 +88,18 @@ class SessionStatements:
         lease_lapsed = sa.and_(runs.c.status == S.RUNNING.value, runs.c.lease_expires_at < P("now"))
         # a run waiting for an event is claimable only at its timeout
         wait_expired = sa.and_(runs.c.status == S.WAITING.value, runs.c.wake_at <= P("now"))
-        claim = (
-            runs.update()
-            .where(runs.c.id == P("rid"), sa.or_(may_start, wait_expired, lease_lapsed))
-            .values(
-                status=S.RUNNING.value,
-                lease_owner=P("owner"),
-                lease_expires_at=P("lease_until"),
-                due_at=P("lease_until"),
-                wake_at=None,
-                fence=runs.c.fence + 1,
-                started_at=sa.func.coalesce(runs.c.started_at, P("now")),
-                error=_without_unregistered_note,
-            )
-        )
+        claim_values = {
+            "status": S.RUNNING.value,
+            "lease_owner": P("owner"),
+            "lease_expires_at": P("lease_until"),
+            "due_at": P("lease_until"),
+            "wake_at": None,
+            "fence": runs.c.fence + 1,
+            "started_at": sa.func.coalesce(runs.c.started_at, P("now")),
+            "error": _without_unregistered_note,
+        }
+        claimable = sa.or_(may_start, wait_expired, lease_lapsed)
+        claim = runs.update().where(runs.c.id == P("rid"), claimable).values(**claim_values)
         self.claim = claim.returning(*CLAIM_COLUMNS) if self.update_returning else claim
         # PostgreSQL: a claim, or a single step write, is one statement sent in
         # autocommit (one round trip instead of BEGIN, statement, COMMIT). The claim
@@ -186,8 +188,9 @@ class SessionStatements:
             lease_owner=None,
             lease_expires_at=None,
         )
-        self.finish: dict[RunStatus, sa.Update] = {
-            target: fenced_run_update(
+
+        def finish(target: RunStatus) -> sa.Update:
+            return fenced_run_update(
                 status_in(sources_of(target)),
                 status=target.value,
                 output=P("p_output"),
@@ -198,8 +201,8 @@ class SessionStatements:
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            for target in (S.COMPLETED, S.FAILED)
-        }
+
+        self.finish: dict[RunStatus, sa.Update] = {t: finish(t) for t in (S.COMPLETED, S.FAILED)}
         # a run's end or park: with the one new step that led there, one statement
         # on PostgreSQL (store/one_statement.py) ...
         self.run_update: dict[RunStatus, sa.Update] = {**self.move, **self.finish}
@@ -224,5 +227,21 @@ class SessionStatements:
             if on_driver
             else {}
         )
+        # a run's end that hands its concurrency slot to the run next in line, with
+        # its one step (new, updated, or none), as one statement on PostgreSQL
+        self.end_handing_over: dict[tuple[RunStatus, str | None], sa.Select[Any]] = {}
+        self.end_handing_over_on_driver: dict[tuple[RunStatus, str | None], DriverStatement] = {}
+        if self.single_statement_writes and capabilities.skip_locked:
+            for target in (S.COMPLETED, S.FAILED):
+                for step in (None, "new", "updated"):
+                    # a fresh UPDATE: one compiled already (DriverStatement) keeps the
+                    # empty RETURNING columns SQLAlchemy memoized then, in its copies
+                    statement = run_end_handing_over(
+                        finish(target), step, claim_values, claimable, CLAIM_COLUMNS
+                    )
+                    self.end_handing_over[target, step] = statement
+                    if alone is not None:
+                        driven = DriverStatement(statement, alone)
+                        self.end_handing_over_on_driver[target, step] = driven
         # some write of this store may go on the driver (store/session_driver.py)
         self.on_driver = on_driver or alone is not None
