@@ -155,14 +155,22 @@ def _rows(flow: Flow, run_id: str) -> tuple[Any, Any]:
     return run, step
 
 
+# "sqlalchemy": the same statement through SQLAlchemy, where the driver's cursor
+# refused (a driver error, or another PostgreSQL driver than psycopg 3)
+PATHS = ["driver", "sqlalchemy"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", ["held", "fence lost", "no such step"])
 def test_the_finish_with_an_updated_step_writes_both_rows_or_neither(
-    stack: Stack, case: str
+    stack: Stack, case: str, path: str
 ) -> None:
     flow = _flow(stack)
     run_id = _sleeping(flow)
     later = utcnow() + timedelta(hours=2)  # past the sleep's end
     with flow.store.session() as session:
+        if path == "sqlalchemy":
+            session.driver = None
         claim = session.claim(run_id, "test", later, later + timedelta(hours=1))
         assert claim is not None
         nap = _ended_nap(claim)
@@ -231,14 +239,17 @@ def _lined_up(flow: Flow, count: int) -> list[str]:
     return [r.id for r in sorted(queued, key=lambda r: (r.created_at, r.id))]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", ["handed", "fence lost", "nobody in line"])
 def test_the_end_handing_its_slot_over_claims_the_next_run_or_writes_nothing(
-    stack: Stack, case: str
+    stack: Stack, case: str, path: str
 ) -> None:
     flow = _flow(stack)
     lined = _lined_up(flow, 1 if case == "nobody in line" else 2)
     now = utcnow()
     with flow.store.session() as session:
+        if path == "sqlalchemy":
+            session.driver = None
         claim = session.claim(
             lined[0], "first", now, now + timedelta(hours=1), slot_limits=lambda _: [1]
         )
