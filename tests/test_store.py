@@ -20,7 +20,7 @@ from celeryflow.events import Event
 from celeryflow.planning import new_run_id
 from celeryflow.runs import RunStatus
 from celeryflow.store import PlannedRun, Store
-from celeryflow.store.migrate import VERSION_TABLE
+from celeryflow.store.migrate import VERSION_TABLE, head_revision
 from celeryflow.store.tables import metadata, runs
 
 
@@ -70,6 +70,39 @@ def test_migrations_produce_exactly_the_models_schema(store_url: str) -> None:
             if not (d[0] == "remove_table" and d[1].name == VERSION_TABLE)
         ]
     assert diff == []
+
+
+MIGRATE_AT = """
+import sys, time
+from celeryflow.store import Store
+store = Store(sys.argv[1], auto_migrate=False)
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+print(store.migrate()[1])
+"""
+
+
+def test_processes_migrating_a_fresh_store_at_once_all_succeed(store_url: str) -> None:
+    # Workers started together on a fresh database each migrate it (auto_migrate):
+    # without a lock two would create the same tables and all but one fail (PostgreSQL:
+    # a UniqueViolation on pg_type; MariaDB: the table exists). Processes, not threads:
+    # alembic's migration context is one per process. They start on one clock time,
+    # after each has imported celeryflow.
+    migrators = 4
+    start_at = str(time.time() + 4)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, store_url, start_at],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(migrators)
+    ]
+    results = [process.communicate(timeout=120) for process in processes]
+    failures = [err for (_out, err), p in zip(results, processes, strict=True) if p.returncode != 0]
+    assert failures == []
+    assert [out.strip() for out, _err in results] == [head_revision()] * migrators
+    assert Store(store_url).list_runs() == []
 
 
 def test_a_production_database_must_be_migrated_first(store_url: str) -> None:
