@@ -81,7 +81,8 @@ def flow_app(broker: str, store: str, queue: str) -> tuple[Celery, Flow]:
 
 
 def plain_app(broker: str, queue: str) -> Celery:
-    """A plain Celery app: a counting task and the two links of a chain."""
+    """A plain Celery app: a counting task, a relay that publishes it with an ETA, and
+    the two links of a chain."""
     app = Celery(f"cf-bench-plain-{queue}", broker=broker)
     _configure(app, queue)
 
@@ -91,6 +92,13 @@ def plain_app(broker: str, queue: str) -> Celery:
         pipe.incr(COUNT_KEY)
         pipe.set(LAST_AT_KEY, repr(time.time()))
         pipe.execute()
+        return trivial()
+
+    @app.task(name="bench.relay", shared=False)
+    def relay(seconds: float) -> dict[str, Any]:
+        # a sleeper's two messages, as any engine whose wake-up rides the broker sends
+        # them: this start, and the counting task published again with an ETA
+        count.apply_async(countdown=seconds)
         return trivial()
 
     @app.task(name="bench.hop", shared=False)

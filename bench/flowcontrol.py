@@ -63,6 +63,7 @@ WORK = 0.02  # seconds of sleep in each run's one step
 WARM = 16
 TASKS_KEY = "bench:fc:tasks"  # celeryflow.run messages executed (all worker children)
 PARKED_KEY = "bench:fc:parked"  # claims undone for want of a slot
+REFUSED_KEY = "bench:fc:refused"  # doorbells that claimed nothing (run held or ended)
 INSIDE_KEY = "bench:fc:inside"  # step bodies executing now
 MAX_INSIDE_KEY = "bench:fc:max-inside"
 SAMPLE_EVERY = 0.25
@@ -118,7 +119,9 @@ def build(broker: str, store: str, queue: str) -> tuple[Celery, Flow]:
 
 
 def _count_in_worker() -> None:
-    """Worker side: count executed doorbells and claims undone for a slot in Redis."""
+    """Worker side: count executed doorbells, doorbells that claimed nothing and claims
+    undone for a slot in Redis."""
+    from celeryflow.engine import Engine
     from celeryflow.store.session import RunSession
 
     def incr(key: str) -> None:
@@ -137,6 +140,13 @@ def _count_in_worker() -> None:
             return park(self, *args, **kwargs)
 
         setattr(RunSession, "_park_for_slot", counted)  # noqa: B010
+    refuse = Engine._not_claimed
+
+    def refused(self: Any, *args: Any, **kwargs: Any) -> Any:
+        incr(REFUSED_KEY)
+        return refuse(self, *args, **kwargs)
+
+    setattr(Engine, "_not_claimed", refused)  # noqa: B010
 
 
 # The worker subprocesses import this module (``celery -A flowcontrol``) with these set.
@@ -181,6 +191,7 @@ class Result:
     elapsed: float  # send -> newest ended_at
     sent: float  # how long flow.send took
     tasks: int
+    refused: int  # doorbells that claimed nothing
     parked: int
     claims: int  # sum of fences: successful claims
     dispatches: int  # reconciler rings
@@ -216,7 +227,7 @@ def status_counts(engine: sa.Engine, function_id: str) -> dict[str, int]:
 def run_case(case: Case, kind: str, db: int, runs: int, n: int) -> Result:
     broker = redis_url(db)
     rc = redis_client(db)
-    reset_redis_db(db, TASKS_KEY, PARKED_KEY, INSIDE_KEY, MAX_INSIDE_KEY)
+    reset_redis_db(db, TASKS_KEY, REFUSED_KEY, PARKED_KEY, INSIDE_KEY, MAX_INSIDE_KEY)
     queue = f"cf-bench-{os.getpid()}-fc-{n}"
     with fresh_store(kind) as url, ExitStack() as stack:
         _app, flow = build(broker, url, queue)
@@ -231,7 +242,7 @@ def run_case(case: Case, kind: str, db: int, runs: int, n: int) -> Result:
         wait_until(
             lambda: status_counts(engine, "warm").get("completed") == WARM, 90, 0.05, "warm-up"
         )
-        rc.delete(TASKS_KEY, PARKED_KEY, MAX_INSIDE_KEY)
+        rc.delete(TASKS_KEY, REFUSED_KEY, PARKED_KEY, MAX_INSIDE_KEY)
         samples: list[Sample] = []
         stop = threading.Event()
         t0 = 0.0
@@ -280,6 +291,7 @@ def run_case(case: Case, kind: str, db: int, runs: int, n: int) -> Result:
             elapsed=last.timestamp() - t0,
             sent=sent,
             tasks=int(rc.get(TASKS_KEY) or 0),
+            refused=int(rc.get(REFUSED_KEY) or 0),
             parked=int(rc.get(PARKED_KEY) or 0),
             claims=int(claims or 0),
             dispatches=int(dispatches or 0),
@@ -366,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                     got[case.label].append(res)
                     print(
                         f"# {kind} rep {rep + 1}: {case.label}: {res.elapsed:.2f} s "
-                        f"(send {res.sent:.2f} s, {res.tasks} doorbells run, {res.parked} "
+                        f"(send {res.sent:.2f} s, {res.tasks} doorbells run, {res.refused} "
+                        f"claimed nothing, {res.parked} "
                         f"claims undone for a slot, {res.claims} claims, {res.dispatches} "
                         f"reconciler rings, at most {res.max_concurrent} step bodies at once)\n"
                         f"#   run {res.run_ms:.1f} ms, slot handoff {res.handoff_ms:.1f} ms "
@@ -405,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
             f"ideal: {args.runs:,} x 20 ms / {LIMIT} slots = {fmt_time(ideal)}; the (info) rows "
             "compare each case with it.",
             "per rep (lines above): doorbells run = celeryflow.run tasks executed "
-            "(task_prerun); claims undone = RunSession._park_for_slot calls (a counting "
-            "wrapper in the bench's workers); claims = sum of fences; step bodies at once = "
+            "(task_prerun); claimed nothing = Engine._not_claimed calls (the run was held "
+            "by another executor, or had ended); claims undone = RunSession._park_for_slot "
+            "calls (both counting wrappers in the bench's workers); claims = sum of fences; "
+            "step bodies at once = "
             "a Redis counter around the 20 ms body; run = started_at -> ended_at (claim, "
             "step, body; not the final commit); slot handoff = ended_at of the k-th run to "
             f"started_at of the (k+{LIMIT})-th, over the last 3/4 of the runs.",

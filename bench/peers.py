@@ -17,7 +17,9 @@ Workloads (bench/peers/protocol.py has the sizes):
 Systems, each in its own driver subprocess (bench/peers/*_driver.py, which documents
 its configuration): celeryflow, DBOS Transact and pyworkflow-engine (durable default
 configuration, on PostgreSQL and on SQLite), plain Celery (chain of 100 tasks; 1,000
-tasks; ETA tasks; Redis broker, store-independent), and the raw floors of the steps
+tasks; ETA tasks, and on the sleepers a "relay": a task that publishes the ETA task,
+two messages per sleeper as in any engine whose wake-up rides the broker; Redis broker,
+store-independent), and the raw floors of the steps
 workload (100 psycopg autocommit INSERTs; 100 sqlite3 INSERT+COMMITs with WAL +
 synchronous=NORMAL, the store's pragmas, and with synchronous=FULL, as the peers
 commit). The peers are pinned in bench/peers/requirements.txt and run from
@@ -149,6 +151,7 @@ def sides_for(stores: list[str]) -> list[Side]:
                 Side("floor", store, "floor_driver.py", variant="full"),
             ]
     sides.append(Side("Celery", None, "celery_driver.py", broker=True))
+    sides.append(Side("Celery", None, "celery_driver.py", broker=True, variant="relay"))
     return sides
 
 

@@ -8,6 +8,10 @@ app on a Redis broker, no result backend, a worker subprocess
   until the counter reaches 1,000 (the last task's ``time.time()``).
 * sleepers: 200 ``apply_async(countdown=2)`` of the counting task (Celery ETA: the
   worker holds them in memory until due; --pool prefork), until the counter reaches 200.
+  ``--variant relay`` (sleepers only): 200 ``delay()`` of a relay task that, when it
+  runs, publishes the counting task with ``countdown=2``: two messages per sleeper, a
+  start and an ETA wake-up, the pattern of any engine whose wake-up rides the broker
+  (celeryflow's: the run's doorbell, then the parked run's ETA doorbell).
 * waiters: not a Celery feature (see UNSUPPORTED).
 """
 
@@ -40,6 +44,8 @@ UNSUPPORTED = (
 def setup(args: Any) -> Iterator[Any]:
     if args.workload == "waiters":
         raise Unsupported(UNSUPPORTED)
+    if args.variant == "relay" and args.workload != "sleepers":
+        raise Unsupported("the relay variant is measured on the sleepers workload only")
     app = apps.plain_app(args.broker, args.queue)
     count = app.tasks["bench.count"]
     r = redis.Redis.from_url(args.broker, socket_timeout=30)
@@ -82,8 +88,13 @@ def setup(args: Any) -> Iterator[Any]:
             def measure() -> float:
                 r.delete(apps.COUNT_KEY, apps.LAST_AT_KEY)
                 started = time.time()
-                for _ in range(SLEEPERS):
-                    count.apply_async(countdown=SLEEP_S)
+                if args.variant == "relay":
+                    relay = app.tasks["bench.relay"]
+                    for _ in range(SLEEPERS):
+                        relay.delay(SLEEP_S)
+                else:
+                    for _ in range(SLEEPERS):
+                        count.apply_async(countdown=SLEEP_S)
                 return counted(SLEEPERS, started)
 
         yield measure, {"celery": celery.__version__}
