@@ -59,6 +59,8 @@ from .store.rows import StepWrite
 from .unregistered import release_unregistered
 
 if TYPE_CHECKING:
+    from sqlalchemy import RowMapping
+
     from .flow import FlowSettings
     from .store import Store
     from .tasks import CeleryDoorbell
@@ -169,7 +171,7 @@ class Engine:
                     limited=self.registry.limited,
                 )
             if claim is None:
-                return self._not_claimed(session, run_id, now)
+                return self._not_claimed(session, run_id, now, heads)
             function = self.registry.get(claim.run["function_id"])
             if function is None:
                 # A rolling deploy: this worker lacks the function; another may have it.
@@ -191,7 +193,7 @@ class Engine:
                 if session.handed is not None:
                     handed.append(session.handed)
                 elif function.control.concurrency:
-                    heads += self._next_for_slot(function, claim)
+                    heads += self._next_for_slot(function, claim.run)
 
     def _hand_over(self, function: FlowFunction, claim: Claim) -> SlotHandOver:
         return SlotHandOver(
@@ -206,14 +208,14 @@ class Engine:
         function = self.registry.get(function_id)
         return [c.limit for c in function.control.concurrency] if function else []
 
-    def _next_for_slot(self, function: FlowFunction, claim: Claim) -> list[str]:
+    def _next_for_slot(self, function: FlowFunction, run: RowMapping) -> list[str]:
         """The run left its slot (parked, ended, or lost): who is next in line."""
-        keys = [claim.run["concurrency_key1"], claim.run["concurrency_key2"]]
+        keys = [run["concurrency_key1"], run["concurrency_key2"]]
         limits = [c.limit for c in function.control.concurrency]
         try:
             return self.store.next_for_slots(function.id, keys, limits, utcnow())
         except Exception:  # the reconciler's slot pass rings them instead
-            log.exception("run %s: finding the next run for its slot failed", claim.run["id"])
+            log.exception("run %s: finding the next run for its slot failed", run["id"])
             return []
 
     @staticmethod
@@ -224,7 +226,9 @@ class Engine:
             return True  # never started, and waited too long to
         return finish is not None and finish < now
 
-    def _not_claimed(self, session: RunSession, run_id: str, now: datetime) -> datetime | None:
+    def _not_claimed(
+        self, session: RunSession, run_id: str, now: datetime, heads: list[str]
+    ) -> datetime | None:
         row = session.peek(run_id)
         if row is None:
             log.warning("run %s does not exist; message dropped", run_id)
@@ -233,7 +237,14 @@ class Engine:
         parked = (S.QUEUED.value, S.SLEEPING.value, S.WAITING.value)
         if row["status"] in parked and wake is not None and wake > now:
             return wake  # an early doorbell (ETA restored early, reconciler look-ahead)
-        return None  # finished, or a live executor holds it: a duplicate delivery
+        function = self.registry.get(row["function_id"])
+        if row["status"] != S.QUEUED.value and function and function.control.concurrency:
+            # Finished, or held by another executor: a duplicate delivery, or a slot's
+            # doorbell whose run another run's end took first (hand-overs take the run
+            # first in line). The slot it was rung for may still be free: ring who is
+            # next, one run for the one doorbell, so no slot idles until the reconciler.
+            heads += self._next_for_slot(function, row)[:1]
+        return None
 
 
 class Execution(StepProtocol):
