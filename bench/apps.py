@@ -4,15 +4,18 @@ bench/engine.py builds them in-process with :func:`flow_app` / :func:`plain_app`
 worker subprocess (``python -m celery -A apps worker``, with bench/ on PYTHONPATH)
 gets the same app from environment variables:
 
-* ``CF_BENCH_KIND``   -- ``flow`` or ``plain``
+* ``CF_BENCH_KIND``   -- ``flow``, ``plain`` or ``floor``
 * ``CF_BENCH_BROKER`` -- broker URL (a Redis db; the counters live in the same db)
 * ``CF_BENCH_QUEUE``  -- the queue both sides use
-* ``CF_BENCH_STORE``  -- the celeryflow store URL (``flow`` only)
+* ``CF_BENCH_STORE``  -- the celeryflow store URL (``flow``); for ``floor``, a libpq
+  URL or a SQLite file path
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -113,6 +116,106 @@ def plain_app(broker: str, queue: str) -> Celery:
     return app
 
 
+FLOOR_TABLE = "bench_sleepers"
+
+
+class FloorStore:
+    """The least a durable engine writes for a sleeper, through the bare driver: one
+    short row per run, each change committed on its own (psycopg autocommit; SQLite
+    BEGIN IMMEDIATE ... COMMIT with the store's pragmas, WAL + synchronous=NORMAL).
+    One connection per process (prefork children must not share the parent's), shared
+    by its threads under a lock: a timer thread commits beside the child's main thread,
+    and a connection per timer thread would add a connection's setup to each wake-up."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sqlite = not url.startswith("postgresql://")
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._connection: Any = None
+
+    def _conn(self) -> Any:
+        if self._pid != os.getpid():
+            if self.sqlite:
+                conn: Any = sqlite3.connect(
+                    self.url, isolation_level=None, timeout=60, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            else:
+                import psycopg
+
+                conn = psycopg.connect(self.url, autocommit=True)
+            self._connection, self._pid = conn, os.getpid()
+        return self._connection
+
+    def create(self) -> None:
+        self._write(
+            f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} (id VARCHAR(36) PRIMARY KEY, "
+            "status VARCHAR(16) NOT NULL, wake_at DOUBLE PRECISION, ended_at DOUBLE PRECISION)",
+            (),
+        )
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            conn = self._conn()
+            if self.sqlite:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(sql.replace("%s", "?"), params)
+                conn.execute("COMMIT")
+            else:
+                conn.execute(sql, params)
+
+    def start(self, run_id: str) -> None:
+        self._write(f"INSERT INTO {FLOOR_TABLE} (id, status) VALUES (%s, 'queued')", (run_id,))
+
+    def park(self, run_id: str, wake_at: float) -> None:
+        self._write(
+            f"UPDATE {FLOOR_TABLE} SET status = 'sleeping', wake_at = %s WHERE id = %s",
+            (wake_at, run_id),
+        )
+
+    def end(self, run_id: str) -> None:
+        self._write(
+            f"UPDATE {FLOOR_TABLE} SET status = 'completed', ended_at = %s WHERE id = %s",
+            (time.time(), run_id),
+        )
+
+
+def floor_app(broker: str, queue: str, store: str) -> Celery:
+    """The sleepers' floor (bench/peers/floor_driver.py): plain Celery tasks doing the
+    least any durable engine must for a run that sleeps, with nothing else: the sender
+    commits the run's row, then publishes ``floor.start``; that task commits the park
+    (its wake time), and the wake-up either rides the broker (``relay``: ``floor.end``
+    published with ``countdown``, two messages per sleeper) or stays in the worker's
+    memory (a ``threading.Timer`` in the pool process, one message per sleeper and
+    nothing that survives the process); ``floor.end`` commits the end and counts."""
+    app = Celery(f"cf-bench-floor-{queue}", broker=broker)
+    _configure(app, queue)
+    rows = FloorStore(store)
+
+    def ended(run_id: str) -> None:
+        rows.end(run_id)
+        pipe = _client(app).pipeline(transaction=False)
+        pipe.incr(COUNT_KEY)
+        pipe.set(LAST_AT_KEY, repr(time.time()))
+        pipe.execute()
+
+    @app.task(name="floor.end", shared=False)
+    def end(run_id: str) -> None:
+        ended(run_id)
+
+    @app.task(name="floor.start", shared=False)
+    def start(run_id: str, seconds: float, relay: bool) -> None:
+        rows.park(run_id, time.time() + seconds)
+        if relay:
+            end.apply_async((run_id,), countdown=seconds)
+        else:
+            threading.Timer(seconds, ended, (run_id,)).start()
+
+    return app
+
+
 def hundred_chain(app: Celery) -> Any:
     """``chain`` of 100 trivial tasks; the last one records when it ran."""
     hop, last = app.tasks["bench.hop"], app.tasks["bench.last"]
@@ -126,3 +229,7 @@ if _kind == "flow":
     )
 elif _kind == "plain":
     app = plain_app(os.environ["CF_BENCH_BROKER"], os.environ["CF_BENCH_QUEUE"])
+elif _kind == "floor":
+    app = floor_app(
+        os.environ["CF_BENCH_BROKER"], os.environ["CF_BENCH_QUEUE"], os.environ["CF_BENCH_STORE"]
+    )

@@ -9,7 +9,15 @@ durable writes cost on this machine before any engine work.
 * SQLite (``--variant full``): the same with synchronous=FULL (an fsync per commit),
   as DBOS and pyworkflow commit.
 
-Only the steps workload has a floor.
+The sleepers' floor (``--variant relay`` or ``--variant timer``, on either store, a
+Redis broker): bench/apps.py's ``floor_app``, plain Celery tasks that do only the
+durable writes a sleeper needs, through the bare driver (psycopg autocommit; sqlite3
+with the store's pragmas): the sender commits the run's row and publishes its start;
+the start commits the park; the end commits the end. ``relay``: the wake-up is a
+second message, published with ``countdown`` (Celery ETA), as in any engine whose
+wake-up rides the broker; ``timer``: the wake-up stays in the pool process's memory
+(``threading.Timer``), one message per sleeper, the least possible, and lost with
+the process. Worker --pool prefork -c 2, as celeryflow's side.
 """
 
 from __future__ import annotations
@@ -28,17 +36,54 @@ BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(BENCH))
 
+import apps  # noqa: E402
 import engine  # noqa: E402
-from protocol import STEPS, Unsupported, serve  # noqa: E402
+import redis  # noqa: E402
+from protocol import SLEEP_S, SLEEPERS, STEPS, Unsupported, serve  # noqa: E402
 
 from celeryflow.store.database import create_store_engine  # noqa: E402
 from celeryflow.store.tables import steps as steps_table  # noqa: E402
 
 
 @contextlib.contextmanager
+def sleepers(args: Any) -> Iterator[Any]:
+    if args.variant not in ("relay", "timer"):
+        raise Unsupported(f"the sleepers' floor has variants relay and timer, not {args.variant!r}")
+    app = apps.floor_app(args.broker, args.queue, args.url)
+    start = app.tasks["floor.start"]
+    rows = apps.FloorStore(args.url)
+    rows.create()
+    r = redis.Redis.from_url(args.broker, socket_timeout=30)
+    env = {"CF_BENCH_KIND": "floor", "CF_BENCH_BROKER": args.broker, "CF_BENCH_STORE": args.url}
+    relay = args.variant == "relay"
+    with engine.celery_worker(env, args.queue, pool="prefork"):
+
+        def measure() -> float:
+            r.delete(apps.COUNT_KEY, apps.LAST_AT_KEY)
+            started = time.time()
+            for _ in range(SLEEPERS):
+                run_id = os.urandom(16).hex()
+                rows.start(run_id)
+                start.delay(run_id, SLEEP_S, relay)
+            deadline = time.monotonic() + 600
+            while int(r.get(apps.COUNT_KEY) or 0) < SLEEPERS:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{SLEEPERS} sleepers did not finish in 600 s")
+                time.sleep(0.01)
+            return float(r.get(apps.LAST_AT_KEY) or 0) - started
+
+        yield measure, {"store": "sqlite3" if rows.sqlite else "psycopg", "wake": args.variant}
+    r.close()
+
+
+@contextlib.contextmanager
 def setup(args: Any) -> Iterator[Any]:
+    if args.workload == "sleepers":
+        with sleepers(args) as got:
+            yield got
+        return
     if args.workload != "steps":
-        raise Unsupported("a floor is defined for the step latency only")
+        raise Unsupported("a floor is defined for the step latency and the sleepers only")
     cols = [c.name for c in steps_table.c]
     naive = datetime.utcnow()  # the columns hold naive UTC
     if args.store == "postgresql":
