@@ -17,7 +17,7 @@ from traceback import extract_tb
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import kombu.exceptions
-from celery import Celery, bootsteps, signals
+from celery import Celery, bootsteps
 from celery.app.utils import find_app
 from celery.platforms import EX_UNAVAILABLE
 from celery.utils.imports import symbol_by_name
@@ -28,7 +28,6 @@ from .errors import CeleryflowError, ConfigError
 from .infra import BROKER_ERRORS
 from .reconciler import Reconciler, ReconcilerThread
 from .store.database import display_url, store_error_line
-from .wake_timer import WakeTimer
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -80,25 +79,6 @@ BATCH_FAILED: tuple[type[BaseException], ...] = tuple(
 _flows: weakref.WeakKeyDictionary[Celery, Flow] = weakref.WeakKeyDictionary()
 _imported: weakref.WeakSet[Celery] = weakref.WeakSet()  # apps whose task modules are in
 _inline = threading.local()  # the queue of the inline executions this thread is running
-
-
-def _pool_child_exits(**_: Any) -> None:
-    """A pool child exits (after --max-tasks-per-child, or at a warm shutdown): what
-    it holds goes to the broker, with its ETA."""
-    for flow in all_flows():
-        flow.doorbell.wakes.close()
-
-
-def _worker_stops(sender: Any = None, **_: Any) -> None:
-    """A worker stops: a solo or threads pool ran its runs in this process, and what
-    the process holds for that worker's app goes to the broker, with its ETA."""
-    for flow in all_flows():
-        if flow.app is getattr(sender, "app", None):
-            flow.doorbell.wakes.close()
-
-
-signals.worker_process_shutdown.connect(_pool_child_exits, weak=False)
-signals.worker_shutdown.connect(_worker_stops, weak=False)
 
 
 def flow_of(app: Celery) -> Flow | None:
@@ -256,32 +236,6 @@ class CeleryDoorbell:
         self._recovery_queue = recovery_queue
         self.broker_down = False
         self._broker_errors: tuple[type[BaseException], ...] | None = None
-        self.wakes = WakeTimer(self._ring_held)
-        self._holds: bool | None = None  # whether this app's transport lets us hold
-        self._holding = threading.local()
-
-    @contextmanager
-    def holding_wakes(self) -> Iterator[None]:
-        """Within the block (a run executing in a worker), a ring with an ETA is held
-        by this process (wake_timer.py) and published when due, instead of a message
-        the worker holds for the whole wait. Not on AMQP: RabbitMQ hands a dead
-        worker's ETA messages to another worker at once, and a held wake-up would wait
-        for the reconciler."""
-        if self._holds is None:
-            with self.app.connection_for_write() as connection:  # never connects here
-                self._holds = connection.transport.driver_type != "amqp"
-        if not self._holds:
-            yield
-            return
-        self.wakes.reopen()
-        self._holding.on = True
-        try:
-            yield
-        finally:
-            self._holding.on = False
-
-    def _ring_held(self, run_ids: list[str], eta: datetime | None, names: dict[str, str]) -> None:
-        self.ring(run_ids, eta, function_id=names)
 
     def recovery_queue(self) -> str:
         """The queue for runs whose executor died. Named after the flow's queue (read
@@ -341,12 +295,6 @@ class CeleryDoorbell:
             else:
                 log.debug("eager mode: run(s) %s parked until %s", ", ".join(run_ids), eta)
             return
-        if eta is not None and not recovered and getattr(self._holding, "on", False):
-            names = function_id if isinstance(function_id, Mapping) else {}
-            if function_id is not None and not isinstance(function_id, Mapping):
-                names = dict.fromkeys(run_ids, function_id)
-            if self.wakes.hold(run_ids, eta, names):
-                return
         task = self.app.tasks[RUN_TASK]
         options: dict[str, Any] = {}
         if recovered:
@@ -511,12 +459,11 @@ def install(flow: Flow) -> CeleryDoorbell:
         # Acked on receipt: the store, not the broker, keeps the run; a worker that
         # dies mid-step is covered by the lease and the reconciler, and no message
         # stays unacked long enough to meet RabbitMQ's consumer_timeout.
-        with doorbell.holding_wakes():
-            wake = flow.engine.execute(run_id)
-            if wake is not None:
-                if wake - utcnow() <= settings.eta_horizon:
-                    fid = function_of_shadow(getattr(task.request, "shadow", None))
-                    doorbell.ring([run_id], eta=wake, function_id=fid)
+        wake = flow.engine.execute(run_id)
+        if wake is not None:
+            if wake - utcnow() <= settings.eta_horizon:
+                fid = function_of_shadow(getattr(task.request, "shadow", None))
+                doorbell.ring([run_id], eta=wake, function_id=fid)
 
     # A legacy task's outcome, for the step that invoked it. The link callback gets the
     # return value; the errback runs inline in the failing task's worker (Celery's
@@ -687,26 +634,19 @@ def wait_for_store(flow: Flow) -> None:
 def start_test_worker(
     app: Celery, *, pool: str = "threads", concurrency: int = 2, **options: Any
 ) -> Iterator[Any]:
-    """A real Celery worker in a thread of this process (Celery's own test worker).
-    It stops cold (no ``worker_shutdown``): what its runs hold goes to the broker
-    here, with its ETA, as a worker's own process hands it over when it stops."""
+    """A real Celery worker in a thread of this process (Celery's own test worker)."""
     from celery.contrib.testing.worker import start_worker
 
-    try:
-        with start_worker(
-            app,
-            pool=pool,
-            concurrency=concurrency,
-            perform_ping_check=options.pop("perform_ping_check", False),
-            loglevel=options.pop("loglevel", "WARNING"),
-            shutdown_timeout=options.pop("shutdown_timeout", 30.0),
-            **options,
-        ) as worker:
-            yield worker
-    finally:
-        flow = flow_of(app)
-        if flow is not None:
-            flow.doorbell.wakes.close()
+    with start_worker(
+        app,
+        pool=pool,
+        concurrency=concurrency,
+        perform_ping_check=options.pop("perform_ping_check", False),
+        loglevel=options.pop("loglevel", "WARNING"),
+        shutdown_timeout=options.pop("shutdown_timeout", 30.0),
+        **options,
+    ) as worker:
+        yield worker
 
 
 # -- asking the broker and the workers (celeryflow doctor) ------------------------------
