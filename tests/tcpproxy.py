@@ -7,15 +7,21 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:``port`` to ``upstream``. ``cut()`` drops every live
-    connection and refuses new ones until ``restore()``."""
+    connection and refuses new ones until ``restore()``. ``refuse``: a test of what a
+    client sends; a chunk it refuses is not forwarded and its connection is dropped
+    (``refused`` counts them)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], refuse: Callable[[bytes], bool] | None = None
+    ) -> None:
         self.upstream = upstream
+        self.refuse = refuse
+        self.refused = 0
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port: int = probe.getsockname()[1]
@@ -67,13 +73,18 @@ class TcpProxy:
                     server.close()
                     return
                 self._live += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, check in ((client, server, self.refuse), (server, client, None)):
+                threading.Thread(target=self._pump, args=(a, b, check), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, check: Callable[[bytes], bool] | None
+    ) -> None:
         try:
             while data := source.recv(65536):
+                if check is not None and check(data):
+                    with self._lock:
+                        self.refused += 1
+                    break
                 sink.sendall(data)
         except OSError:
             pass
@@ -84,8 +95,10 @@ class TcpProxy:
 
 
 @contextlib.contextmanager
-def tcp_proxy(upstream: tuple[str, int]) -> Iterator[TcpProxy]:
-    proxy = TcpProxy(upstream)
+def tcp_proxy(
+    upstream: tuple[str, int], refuse: Callable[[bytes], bool] | None = None
+) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(upstream, refuse)
     try:
         yield proxy
     finally:
