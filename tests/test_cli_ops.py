@@ -145,8 +145,17 @@ def test_the_cli_against_a_real_worker(
         assert "started no run" in idle
         assert app_ok("resume", "ops-greet").strip() == "resumed ops-greet"
 
+    # The resume went through the CLI's own store; the app's Flow (this process's,
+    # as -A loads it) reads the paused set at most PAUSED_TTL ago, as an app process
+    # does when the CLI runs elsewhere.
+    wait_for(
+        lambda: "ops-greet" not in flow.store.paused_function_ids(),
+        timeout=10,
+        what="the resume to reach the app's paused-set cache",
+    )
     # no worker now: a run queued for long enough is reported, and doctor fails
     queued = app_ok("send", "ops/greet", "--data", '{"name": "cy"}')
+    assert "started no run" not in queued, queued
     down = cli(env, tmp_path, "doctor", "--timeout", "1", "--stuck-after", "0s")
     assert down.returncode == 1, down.stdout
     assert "FAIL  workers     none answered" in down.stdout

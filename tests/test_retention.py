@@ -476,6 +476,12 @@ def _flat(samples: list[Sample], warm_up: int) -> tuple[int, int]:
     return baseline, max(s.store_bytes for s in samples[warm_up:])
 
 
+def _stops_rising(sizes: list[int]) -> bool:
+    """The second half's high-water mark within 10% of the first half's."""
+    half = len(sizes) // 2
+    return max(sizes[half:]) <= max(sizes[:half]) * 1.1
+
+
 @pytest.mark.parametrize("stack", ["embedded", "redis-postgres"], indirect=True)
 def test_store_stays_flat_over_cycles(stack: Stack) -> None:
     """20 cycles of 150 runs (100 on PostgreSQL, slower per run here) with a retention
@@ -501,14 +507,15 @@ def test_store_stays_flat_over_cycles(stack: Stack) -> None:
         assert rows["cf_flow_keys"] <= per_cycle + 1, sample
         assert rows["cf_cron_ticks"] <= 100, sample  # CRON_MARGIN keeps a minute of them
         assert rows["cf_wait_fields"] <= 1, sample
+    # A cycle in which the pruner or the worker fell behind (a loaded machine: CI's
+    # three test processes on two cores) leaves a higher high-water mark, in the store
+    # and in the broker's file alike, since neither gives pages back: what must hold is
+    # that the mark stops rising, not that no cycle ever raised it.
     baseline, largest = _flat(samples, warm_up)
-    assert largest <= baseline * 1.1, [s.store_bytes for s in samples]
+    sizes = [s.store_bytes for s in samples]
+    assert largest <= baseline * 1.1 or _stops_rising(sizes[warm_up:]), sizes
     if embedded:
-        # A cycle in which the worker fell behind (a loaded machine) leaves the broker's
-        # file at a higher high-water mark, since SQLite keeps its pages: what must
-        # hold is that the mark stops rising, not that no cycle ever raised it.
         sizes = [s.broker_bytes or 0 for s in samples]
-        after = sizes[warm_up:]
-        assert max(after[len(after) // 2 :]) <= max(after[: len(after) // 2]) * 1.1, sizes
+        assert _stops_rising(sizes[warm_up:]), sizes
         assert all((s.broker_messages or 0) <= 5 for s in samples), samples
     assert set(samples[-1].rows) == set(TABLES)
