@@ -45,6 +45,24 @@ def _client(app: Celery) -> Any:
     return _redis[pid]
 
 
+def count_one(app: Celery) -> None:
+    """The counting side's finish: bump the counter and note when (one round trip)."""
+    pipe = _client(app).pipeline(transaction=False)
+    pipe.incr(COUNT_KEY)
+    pipe.set(LAST_AT_KEY, repr(time.time()))
+    pipe.execute()
+
+
+def wait_counted(client: Any, total: int, started: float, timeout: float = 600) -> float:
+    """Until the counter reaches ``total``: the last count's time minus ``started``."""
+    deadline = time.monotonic() + timeout
+    while int(client.get(COUNT_KEY) or 0) < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{total} tasks did not finish in {timeout:.0f} s")
+        time.sleep(0.01)
+    return float(client.get(LAST_AT_KEY) or 0) - started
+
+
 def trivial() -> dict[str, Any]:
     return {"ok": True, "n": 1}
 
@@ -91,10 +109,7 @@ def plain_app(broker: str, queue: str) -> Celery:
 
     @app.task(name="bench.count", shared=False)
     def count() -> dict[str, Any]:
-        pipe = _client(app).pipeline(transaction=False)
-        pipe.incr(COUNT_KEY)
-        pipe.set(LAST_AT_KEY, repr(time.time()))
-        pipe.execute()
+        count_one(app)
         return trivial()
 
     @app.task(name="bench.relay", shared=False)
@@ -196,10 +211,7 @@ def floor_app(broker: str, queue: str, store: str) -> Celery:
 
     def ended(run_id: str) -> None:
         rows.end(run_id)
-        pipe = _client(app).pipeline(transaction=False)
-        pipe.incr(COUNT_KEY)
-        pipe.set(LAST_AT_KEY, repr(time.time()))
-        pipe.execute()
+        count_one(app)
 
     @app.task(name="floor.end", shared=False)
     def end(run_id: str) -> None:

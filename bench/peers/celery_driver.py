@@ -53,14 +53,6 @@ def setup(args: Any) -> Iterator[Any]:
     # Celery's default pool; threads for the chain (one task in flight at a time)
     pool = "threads" if args.workload == "steps" else "prefork"
 
-    def counted(total: int, started: float) -> float:
-        deadline = time.monotonic() + 600
-        while int(r.get(apps.COUNT_KEY) or 0) < total:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{total} tasks did not finish in 600 s")
-            time.sleep(0.01)
-        return float(r.get(apps.LAST_AT_KEY) or 0) - started
-
     with engine.celery_worker(env, args.queue, pool=pool):
         if args.workload == "steps":
 
@@ -81,7 +73,7 @@ def setup(args: Any) -> Iterator[Any]:
                 started = time.time()
                 for _ in range(RUNS):
                     count.delay()
-                return RUNS / counted(RUNS, started)
+                return RUNS / apps.wait_counted(r, RUNS, started)
 
         else:
 
@@ -95,7 +87,7 @@ def setup(args: Any) -> Iterator[Any]:
                 else:
                     for _ in range(SLEEPERS):
                         count.apply_async(countdown=SLEEP_S)
-                return counted(SLEEPERS, started)
+                return apps.wait_counted(r, SLEEPERS, started)
 
         yield measure, {"celery": celery.__version__}
     r.close()

@@ -65,12 +65,7 @@ def sleepers(args: Any) -> Iterator[Any]:
                 run_id = os.urandom(16).hex()
                 rows.start(run_id)
                 start.delay(run_id, SLEEP_S, relay)
-            deadline = time.monotonic() + 600
-            while int(r.get(apps.COUNT_KEY) or 0) < SLEEPERS:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{SLEEPERS} sleepers did not finish in 600 s")
-                time.sleep(0.01)
-            return float(r.get(apps.LAST_AT_KEY) or 0) - started
+            return apps.wait_counted(r, SLEEPERS, started)
 
         yield measure, {"store": "sqlite3" if rows.sqlite else "psycopg", "wake": args.variant}
     r.close()
